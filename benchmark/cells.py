@@ -1,0 +1,82 @@
+"""A suite expanded into cells (backbone × formulation × fold × seed), each keyed by a config hash.
+
+The key hashes everything that changes a cell's result, so a changed configuration gets a new key
+and is recomputed rather than mixed with old results. Fine-tuned formulations (`X+f1`) depend on
+their stage-1 cell `X`, which is added when the suite does not list it and is never retrained.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .config import BackboneConfig, FormulationConfig, Suite, stable_hash
+
+
+@dataclass(frozen=True)
+class Cell:
+    backbone: BackboneConfig
+    formulation: FormulationConfig
+    fold: int
+    seed: int
+    key: str
+    depends: str | None = None  # key of the stage-1 cell for a fine-tuned formulation
+    listed: bool = True  # False for a stage-1 cell added only as a dependency
+
+    @property
+    def label(self) -> str:
+        return f"{self.backbone.name} · {self.formulation.display} · fold {self.fold} · seed {self.seed}"
+
+
+def protocol_hash(suite: Suite) -> str:
+    return stable_hash({"dataset": suite.dataset.model_dump(mode="json"),
+                        "protocol": suite.protocol.model_dump(mode="json")})
+
+
+def _key(suite, backbone, formulation, fold, seed):
+    training = suite.training.model_dump(mode="json")
+    training.pop("seeds")
+    return stable_hash({"protocol": protocol_hash(suite), "training": training,
+                        "backbone": backbone.model_dump(mode="json"),
+                        "formulation": formulation.model_dump(mode="json", exclude={"label"}),
+                        "fold": fold, "seed": seed}, 16)
+
+
+def expand_cells(suite: Suite, n_folds: int) -> list[Cell]:
+    """Stage-1 cells first, then fine-tuned ones, so a dependency is always trained before its user."""
+    stage1, stage2, listed_base = [], [], {f.display for f in suite.formulations if not f.finetune}
+    for seed in suite.training.seeds:
+        for backbone in suite.backbones:
+            for fold in range(n_folds):
+                for f in suite.formulations:
+                    if f.finetune:
+                        base = f.base()
+                        base_key = _key(suite, backbone, base, fold, seed)
+                        if base.display not in listed_base and all(c.key != base_key for c in stage1):
+                            stage1.append(Cell(backbone, base, fold, seed, base_key, listed=False))
+                        stage2.append(Cell(backbone, f, fold, seed, _key(suite, backbone, f, fold, seed), base_key))
+                    else:
+                        stage1.append(Cell(backbone, f, fold, seed, _key(suite, backbone, f, fold, seed)))
+    return stage1 + stage2
+
+
+def select(cells: list[Cell], only: list[str]) -> list[Cell]:
+    """`--only backbone=resnet18 --only formulation=mtl,softmax --only fold=0`; dependencies are kept."""
+    from .errors import BenchError
+
+    wanted = {}
+    for item in only or []:
+        key, _, value = item.partition("=")
+        if key not in ("backbone", "formulation", "fold", "seed") or not value:
+            raise BenchError(f"--only {item!r}: use backbone=NAME, formulation=NAME, fold=K or seed=S "
+                             "(comma-separated values allowed).")
+        wanted.setdefault(key, set()).update(value.split(","))
+
+    def keep(c: Cell):
+        attrs = {"backbone": c.backbone.name, "formulation": c.formulation.display, "fold": str(c.fold),
+                 "seed": str(c.seed)}
+        return all(attrs[k] in v for k, v in wanted.items())
+
+    chosen = [c for c in cells if keep(c)]
+    needed = {c.depends for c in chosen if c.depends}
+    deps = [c for c in cells if c.key in needed and c not in chosen]
+    return deps + chosen

@@ -1,0 +1,141 @@
+"""Splits: held-out test and cross-validation folds, computed once per run and identical for every cell.
+
+`study`  — image-level stratified hold-out + stratified k-fold (the study's protocol; leaks patients).
+`grouped` — the same with patients kept whole (StratifiedGroupKFold), optionally the published test set.
+`polat`  — published test set + Monte-Carlo patient-level train/validation splits with a class-share rule.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, train_test_split
+
+from .config import ProtocolConfig
+from .data import NUM_CLASSES, Dataset
+from .errors import BenchError
+
+
+@dataclass
+class Splits:
+    protocol: str
+    grouped: bool
+    test: np.ndarray  # dataset indices
+    folds: list[tuple[np.ndarray, np.ndarray]]  # (train, val) dataset indices
+
+    @property
+    def split_kind(self) -> str:
+        return "patient-grouped" if self.grouped else "image-level"
+
+    def to_json(self, ds: Dataset) -> dict:
+        return {"protocol": self.protocol, "grouped": self.grouped, "test": ds.ids[self.test].tolist(),
+                "folds": [{"train": ds.ids[tr].tolist(), "val": ds.ids[va].tolist()} for tr, va in self.folds]}
+
+    @classmethod
+    def from_json(cls, doc: dict, ds: Dataset) -> "Splits":
+        pos = {k: i for i, k in enumerate(ds.ids.tolist())}
+        idx = lambda ids: np.array([pos[i] for i in ids], dtype=np.int64)  # noqa: E731
+        return cls(doc["protocol"], doc["grouped"], idx(doc["test"]),
+                   [(idx(f["train"]), idx(f["val"])) for f in doc["folds"]])
+
+
+def _require_groups(ds: Dataset, protocol: str):
+    if not ds.meta.get("grouped_ids", False):
+        raise BenchError(f"protocol {protocol!r} keeps patients whole, but dataset {ds.name!r} has no patient ids "
+                         "(add a `group` column to the manifest or use `kind: study`).")
+
+
+def _check_folds(labels, groups, k, grouped, what):
+    for c in range(NUM_CLASSES):
+        mask = labels == c
+        n = len(np.unique(groups[mask])) if grouped else int(mask.sum())
+        if n < k:
+            unit = "patients" if grouped else "images"
+            raise BenchError(f"protocol.folds = {k} but class MES {c} has only {n} {unit} in the {what}; "
+                             f"use at most {max(n, 2)} folds or a larger dataset.")
+
+
+def holdout(ds: Dataset, cfg: ProtocolConfig, grouped: bool) -> tuple[np.ndarray, np.ndarray]:
+    idx = np.arange(len(ds))
+    if cfg.use_published_test or cfg.kind == "polat":
+        if ds.published_test is not None:
+            return idx[~ds.published_test], idx[ds.published_test]
+        if cfg.use_published_test:
+            raise BenchError(f"protocol asks for the published test set, but {ds.name!r} has none (LIMUC's layout "
+                             "train_and_validation_sets/ + test_set/ has one); set `protocol.use_published_test: false`.")
+        # polat on data without a published hold-out: a patient-grouped hold-out stands in for it
+    if grouped:
+        n_splits = max(2, int(round(1 / cfg.test_fraction)))
+        _check_folds(ds.labels, ds.groups, n_splits, True, "dataset (for the grouped hold-out)")
+        sgkf = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=cfg.seed)
+        train, test = next(sgkf.split(idx, ds.labels, ds.groups))
+        return np.sort(train), np.sort(test)
+    _check_folds(ds.labels, ds.groups, 2, False, "dataset")
+    train, test = train_test_split(idx, test_size=cfg.test_fraction, stratify=ds.labels, random_state=cfg.seed)
+    return np.sort(train), np.sort(test)
+
+
+def kfold(train: np.ndarray, ds: Dataset, cfg: ProtocolConfig, grouped: bool):
+    labels, groups = ds.labels[train], ds.groups[train]
+    _check_folds(labels, groups, cfg.folds, grouped, "training part")
+    folds = []
+    for r in range(cfg.repeats):
+        seed = cfg.seed + 1000 * r
+        splitter = (StratifiedGroupKFold(cfg.folds, shuffle=True, random_state=seed) if grouped
+                    else StratifiedKFold(cfg.folds, shuffle=True, random_state=seed))
+        for tr, va in splitter.split(train, labels, groups):
+            folds.append((np.sort(train[tr]), np.sort(train[va])))
+    return folds
+
+
+def monte_carlo(train: np.ndarray, ds: Dataset, cfg: ProtocolConfig):
+    """Polat et al.: fresh random patient-level splits, accepted when every class's validation share is
+    within ±tolerance (relative) of its share in the pool."""
+    labels, groups = ds.labels[train], ds.groups[train]
+    target = np.bincount(labels, minlength=NUM_CLASSES) / len(labels)
+    patients = np.unique(groups)
+    rng = np.random.default_rng(cfg.seed)
+    folds, attempts = [], 0
+    n_splits = cfg.folds * cfg.repeats
+    while len(folds) < n_splits:
+        attempts += 1
+        if attempts > cfg.max_split_attempts * n_splits:
+            raise BenchError(f"polat protocol: no split within ±{cfg.val_share_tolerance:.0%} of the class shares "
+                             f"after {attempts - 1} attempts; raise protocol.val_share_tolerance or val_fraction.")
+        order = rng.permutation(patients)
+        sizes = np.array([np.sum(groups == p) for p in order])
+        n_val = np.searchsorted(np.cumsum(sizes), cfg.val_fraction * len(labels)) + 1
+        val_mask = np.isin(groups, order[:n_val])
+        share = np.bincount(labels[val_mask], minlength=NUM_CLASSES) / max(val_mask.sum(), 1)
+        if np.all(np.abs(share - target) <= cfg.val_share_tolerance * target):
+            folds.append((np.sort(train[~val_mask]), np.sort(train[val_mask])))
+    return folds
+
+
+def make_splits(ds: Dataset, cfg: ProtocolConfig) -> Splits:
+    grouped = cfg.kind in ("grouped", "polat")
+    if grouped:
+        _require_groups(ds, cfg.kind)
+    train, test = holdout(ds, cfg, grouped)
+    folds = monte_carlo(train, ds, cfg) if cfg.kind == "polat" else kfold(train, ds, cfg, grouped)
+    return Splits(cfg.kind, grouped, test, folds)
+
+
+def load_or_make_splits(path: Path, ds: Dataset, cfg: ProtocolConfig) -> Splits:
+    """Computed once per run directory; a later run with other splits is refused rather than mixed."""
+    splits = make_splits(ds, cfg)
+    doc = splits.to_json(ds)
+    if path.exists():
+        stored = json.loads(path.read_text())
+        if stored != doc:
+            raise BenchError(f"{path}: this run directory was made with other splits (dataset or protocol changed). "
+                             "Results from different splits cannot be mixed: use `--out` for a new run directory, "
+                             "or delete the old one.")
+        return splits
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(doc))
+    tmp.replace(path)
+    return splits

@@ -1,0 +1,274 @@
+"""`bench run`: validate everything, load data and splits once, then train and store cell after cell."""
+
+from __future__ import annotations
+
+import signal
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from backbones import BACKBONES, cached_weights, resolve
+from formulations import create_formulation
+
+from .augment import channel_stats
+from .cells import Cell, expand_cells, protocol_hash, select
+from .config import Suite, dump_suite
+from .data import Dataset, load_dataset
+from .device import DevicePlan, pick_device, versions
+from .errors import BenchError, CellFailed, Interrupted
+from .metrics import grade_metrics, task_metrics
+from .protocol import Splits, load_or_make_splits
+from .store import Store, retrying
+from .training import CellData, Schedule, build_model, train_cell
+
+
+@dataclass
+class RunReport:
+    out_dir: Path
+    trained: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    busy: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def preflight(suite: Suite):
+    """Every name and option checked before anything is written or trained."""
+    for f in suite.formulations:
+        create_formulation(f.name, f.options)
+        if f.finetune:
+            bad = set(f.finetune_options) - {"eps", "task_weights", "lr", "epochs"}
+            if bad:
+                raise BenchError(f"formulation {f.display!r}: unknown finetune option {sorted(bad)[0]!r}; valid: "
+                                 "eps, task_weights, lr, epochs.")
+    for b in suite.backbones:
+        spec = resolve(b.name)
+        if b.pretrained:
+            path = Path(b.weights).expanduser() if b.weights else cached_weights(spec.timm_name)
+            if path is None or not path.is_file():
+                from backbones import create_backbone
+
+                create_backbone(b.name, True, b.weights)  # raises the explanatory error
+
+
+def batch_size_for(suite: Suite, backbone) -> int:
+    if backbone.batch_size:
+        return backbone.batch_size
+    spec = BACKBONES.get(backbone.name)
+    if suite.protocol.kind == "polat" and spec and spec.batch_size:
+        return spec.batch_size
+    return suite.training.batch_size
+
+
+def input_size_for(backbone):
+    if backbone.input_size:
+        return tuple(backbone.input_size)
+    return resolve(backbone.name).input_size
+
+
+class Runner:
+    def __init__(self, suite: Suite, out_dir: Path, device: str | None = None, progress=None,
+                 retry_failed: bool = False):
+        self.suite = suite
+        self.out_dir = Path(out_dir)
+        self.plan: DevicePlan = pick_device(device)
+        self.progress = progress
+        self.retry_failed = retry_failed
+        self._stop = False
+        self._stats: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    # ------------------------------------------------------------------ set-up
+    def prepare(self, only=None):
+        preflight(self.suite)
+        self.dataset: Dataset = load_dataset(self.suite.dataset)
+        from .protocol import make_splits
+
+        splits = make_splits(self.dataset, self.suite.protocol)  # errors before anything is written
+        self.store = Store(self.out_dir)
+        stored_protocol = self.store.get_meta("protocol_hash")
+        if stored_protocol and stored_protocol != protocol_hash(self.suite):
+            raise BenchError(
+                f"Run directory {self.out_dir} holds results of a different dataset/protocol configuration "
+                f"(protocol hash {stored_protocol}, this suite {protocol_hash(self.suite)}). Results under other "
+                "splits cannot be mixed: run with --out NEW_DIR, or delete the old directory.")
+        self.splits: Splits = load_or_make_splits(self.out_dir / "splits.json", self.dataset, self.suite.protocol)
+        assert len(self.splits.folds) == len(splits.folds)
+        self.cells = select(expand_cells(self.suite, len(self.splits.folds)), only or [])
+        previous = {c["key"] for c in self.store.cell_rows()}
+        known = {c.key for c in self.cells}
+        self.stale_cells = len(previous - {c.key for c in expand_cells(self.suite, len(self.splits.folds))})
+        self.new_cells = len(known - previous)
+        self.store.set_meta("protocol_hash", protocol_hash(self.suite))
+        self.store.set_meta("suite", self.suite.model_dump(mode="json"))
+        self.store.set_meta("n_folds", len(self.splits.folds))
+        self.store.set_meta("split_kind", self.splits.split_kind)
+        self.store.set_meta("dataset", {"name": self.dataset.name, "images": len(self.dataset),
+                                        "image_size": list(self.dataset.images.shape[1:3]),
+                                        "class_counts": np.bincount(self.dataset.labels, minlength=4).tolist(),
+                                        "patients": int(len(np.unique(self.dataset.groups))),
+                                        "n_test": int(len(self.splits.test))})
+        (self.out_dir / "suite.yaml").write_text(dump_suite(self.suite))
+        return self.cells
+
+    def fold_stats(self, fold):
+        if fold not in self._stats:
+            self._stats[fold] = channel_stats(self.dataset.images, self.splits.folds[fold][0])
+        return self._stats[fold]
+
+    # ------------------------------------------------------------------ running
+    def run(self, only=None) -> RunReport:
+        t0 = time.perf_counter()
+        cells = self.prepare(only)
+        report = RunReport(self.out_dir)
+        previous = signal.signal(signal.SIGINT, self._on_sigint)
+        try:
+            pending = list(cells)
+            while pending:
+                waiting = []
+                for cell in pending:
+                    outcome = self.run_cell(cell)
+                    {"trained": report.trained, "done": report.skipped, "failed": report.failed,
+                     "busy": waiting}[outcome].append(cell)
+                    if self.progress:
+                        self.progress.cell_done(cell, outcome)
+                if not waiting:
+                    break
+                # Another process holds these; wait for it (or for its claim to go stale).
+                pending = waiting
+                time.sleep(2)
+        finally:
+            signal.signal(signal.SIGINT, previous)
+        report.seconds = time.perf_counter() - t0
+        return report
+
+    def _on_sigint(self, *_):
+        if self._stop:
+            raise KeyboardInterrupt
+        self._stop = True
+        if self.progress:
+            self.progress.note("Ctrl-C: stopping after the current epoch is saved (press again to abort now)")
+
+    def run_cell(self, cell: Cell) -> str:
+        if cell.depends:
+            dep = self.store.status(cell.depends)
+            if dep == "failed":
+                state = retrying(self.store.claim, cell.key, self._cell_info(cell), self.retry_failed)
+                if state == "claimed":
+                    self.store.fail(cell.key, "its stage-1 cell failed; run `bench run --retry-failed`")
+                    return "failed"
+                return state
+            if dep != "done":
+                return "busy"
+        state = retrying(self.store.claim, cell.key, self._cell_info(cell), self.retry_failed)
+        if state != "claimed":
+            return state
+        workdir = self.out_dir / "cells" / cell.key
+        try:
+            result, metric_rows, pred_rows = self._train(cell, workdir)
+        except Interrupted as exc:
+            self.store.release(cell.key)
+            raise Interrupted(f"{cell.label}: {exc}. Finished cells and this cell's last epoch are saved; "
+                              f"resume with the same `bench run` command.") from None
+        except BenchError:
+            self.store.release(cell.key)
+            raise
+        except KeyboardInterrupt:
+            self.store.release(cell.key)
+            raise
+        except (CellFailed, Exception) as exc:  # noqa: BLE001 - a failing cell must not stop the suite
+            reason = str(exc) if isinstance(exc, CellFailed) else (
+                f"{type(exc).__name__}: {exc}\n" + "".join(traceback.format_exc(limit=8)))
+            self.store.fail(cell.key, reason)
+            if self.progress:
+                self.progress.note(f"[red]failed[/]: {cell.label}: {str(exc).splitlines()[0] if str(exc) else ''}")
+            return "failed"
+        retrying(self.store.finish, cell.key, result, metric_rows, pred_rows)
+        return "trained"
+
+    def _cell_info(self, cell: Cell):
+        return {"backbone": cell.backbone.name, "formulation": cell.formulation.display, "seed": cell.seed,
+                "fold": cell.fold, "config_hash": cell.key}
+
+    def _train(self, cell: Cell, workdir: Path):
+        suite, cfg = self.suite, self.suite.training
+        formulation = create_formulation(cell.formulation.name, cell.formulation.options)
+        train, val = self.splits.folds[cell.fold]
+        mean, std = self.fold_stats(cell.fold)
+        data = CellData(self.dataset.images, self.dataset.labels, self.dataset.ids, train, val, self.splits.test,
+                        mean, std)
+        model, native_size = build_model(cell.backbone, formulation, cell.seed)
+        input_size = input_size_for(cell.backbone) or native_size
+        epochs, lr, class_weights, init_state, extra = cfg.epochs, cfg.lr, None, None, {}
+        if cell.depends:
+            ft = cell.formulation.finetune_options
+            init_state = torch.load(self.out_dir / "cells" / cell.depends / "best.pt", map_location="cpu",
+                                    weights_only=True)
+            per_task_f1 = self.stage1_f1(cell.depends, formulation)
+            class_weights = formulation.task_weights(per_task_f1, ft)
+            epochs = int(ft.get("epochs", cfg.finetune_epochs or cfg.epochs))
+            lr = float(ft.get("lr", cfg.finetune_lr))
+            extra = {"stage1_key": cell.depends, "stage1_f1": {k: list(map(float, v)) for k, v in per_task_f1.items()},
+                     "class_weights": {k: v.tolist() for k, v in class_weights.items()}}
+        bs = batch_size_for(suite, cell.backbone)
+        if self.progress:
+            self.progress.cell_start(cell, epochs)
+
+        def on_epoch(row):
+            retrying(self.store.heartbeat, cell.key)
+            if self.progress:
+                self.progress.epoch(row)
+
+        sched = Schedule(epochs, lr, bs, class_weights, init_state, on_epoch, lambda: self._stop)
+        outcome = train_cell(model, formulation, data, cfg, sched, self.plan, cell.seed, workdir, input_size)
+        metric_rows, pred_rows = [], []
+        for split, pred in outcome.predictions.items():
+            rows, cm = grade_metrics(pred["y"], pred["pred"])
+            y_t = torch.as_tensor(pred["y"])
+            for task_name, task in formulation.tasks.items():
+                if task_name != "mes" and task_name in pred["task_preds"]:
+                    rows += task_metrics(task_name, task.target(y_t).numpy(), pred["task_preds"][task_name],
+                                         len(task.classes))
+            for k, v in outcome.counters[split].items():
+                rows.append(("diag", k, "", float(v) / max(len(pred["y"]), 1)))
+            metric_rows += [{"split": split, "task": t, "metric": m, "cls": c, "value": float(v)}
+                            for t, m, c, v in rows]
+            extra.setdefault("confusion", {})[split] = cm.tolist()
+            proba, score = pred["proba"], pred["score"]
+            tp = pred["task_preds"]
+            for i, image_id in enumerate(pred["ids"]):
+                pr = {"split": split, "image_id": str(image_id), "y_true": int(pred["y"][i]),
+                      "y_pred": int(pred["pred"][i]),
+                      "p0": None, "p1": None, "p2": None, "p3": None,
+                      "score": None if score is None else float(score[i]),
+                      "aux": None}
+                if proba is not None:
+                    pr.update(p0=float(proba[i, 0]), p1=float(proba[i, 1]), p2=float(proba[i, 2]),
+                              p3=float(proba[i, 3]))
+                if tp:
+                    pr["aux"] = "{" + ",".join(f'"{k}":{int(v[i])}' for k, v in tp.items()) + "}"
+                pred_rows.append(pr)
+        result = {"history": outcome.history, "best_epoch": outcome.best_epoch, "timings": outcome.timings,
+                  "stopped_early": outcome.stopped_early, "state": outcome.state, "counters": outcome.counters,
+                  "checkpoint": str(workdir / "best.pt"), "device": self.plan.description, "versions": versions(),
+                  "batch_size": bs, "input_size": input_size, "n_train": int(len(train)), "n_val": int(len(val)),
+                  "n_test": int(len(self.splits.test)), "norm_mean": mean.tolist(), "norm_std": std.tolist(),
+                  "formulation_options": cell.formulation.options, **extra}
+        return result, metric_rows, pred_rows
+
+    def stage1_f1(self, key, formulation) -> dict[str, np.ndarray]:
+        """Class-wise F1 of the stored stage-1 model on its fold's validation data, per task."""
+        frame = self.store.metrics_frame(key)
+        frame = frame[(frame.split == "val") & (frame.metric == "f1")
+                      & frame.cls.str.isdigit()]
+        out = {}
+        for task_name, task in formulation.tasks.items():
+            rows = frame[frame.task == task_name].sort_values("cls")
+            if len(rows) == len(task.classes):
+                out[task_name] = rows.value.to_numpy()
+        if not out:
+            raise CellFailed(f"stage-1 cell {key} has no validation F1 stored")
+        return out

@@ -1,0 +1,34 @@
+"""The console summary printed at the end of `bench run`: mean ± sd over folds per backbone × formulation."""
+
+from __future__ import annotations
+
+from rich.table import Table
+
+
+def print_summary(run_dir, console):
+    from reports.load import load_run, pick
+
+    run = load_run(run_dir)
+    counts = run.counts
+    title = (f"{run.suite.name}: {counts['done']} of {len(run.cells)} cells finished"
+             + (f", {counts['failed']} FAILED" if counts["failed"] else "")
+             + (f", {counts['missing']} MISSING" if counts["missing"] else "")
+             + f" · {run.meta.get('split_kind')} splits · {run.meta.get('n_folds')} folds")
+    table = Table(title=title)
+    cols = [("val", "accuracy", ""), ("val", "f1", "macro"), ("val", "qwk", ""), ("val", "f1", "3"),
+            ("test", "accuracy", ""), ("test", "f1", "macro")]
+    for name in ("backbone", "formulation", "n"):
+        table.add_column(name, no_wrap=True)
+    for split, metric, cls in cols:
+        table.add_column(f"{split}\n{ {'accuracy': 'acc'}.get(metric, metric)}{'@' + cls if cls else ''}", justify="right", no_wrap=True)
+    for b in run.backbones:
+        for f in run.formulations:
+            cells = run.cells[(run.cells.backbone == b) & (run.cells.formulation == f)]
+            n_done = int((cells.status == "done").sum())
+            row = [b, f, f"{n_done}/{len(cells)}"]
+            for split, metric, cls in cols:
+                vals = pick(run.long, split, "mes", metric, cls)
+                vals = vals[(vals.backbone == b) & (vals.formulation == f)].value
+                row.append("—" if vals.empty else f"{vals.mean():.3f}±{vals.std(ddof=1) if len(vals) > 1 else 0:.3f}")
+            table.add_row(*row)
+    console.print(table)

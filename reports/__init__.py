@@ -1,0 +1,1 @@
+"""Reports: loading a run, statistics, tables, figures and renderers. Torch-free, so they start fast."""

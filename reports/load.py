@@ -1,0 +1,93 @@
+"""A run directory as pandas frames: cells (expected vs finished/failed/missing) and long-format metrics."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from benchmark.cells import expand_cells
+from benchmark.config import Suite
+from benchmark.errors import BenchError
+from benchmark.store import Store
+
+LONG_COLUMNS = ["backbone", "formulation", "seed", "fold", "split", "task", "metric", "cls", "value"]
+
+
+@dataclass
+class Run:
+    path: Path
+    suite: Suite
+    meta: dict
+    cells: pd.DataFrame  # one row per expected (listed) cell: backbone, formulation, seed, fold, key, status, error
+    long: pd.DataFrame  # LONG_COLUMNS, finished listed cells only
+    stale: int  # finished cells of an earlier configuration, ignored
+    store: Store
+
+    @property
+    def backbones(self):
+        return [b.name for b in self.suite.backbones]
+
+    @property
+    def formulations(self):
+        return [f.display for f in self.suite.formulations]
+
+    @property
+    def counts(self):
+        s = self.cells.status.value_counts()
+        return {"done": int(s.get("done", 0)), "failed": int(s.get("failed", 0)),
+                "missing": int(len(self.cells) - s.get("done", 0) - s.get("failed", 0))}
+
+    @property
+    def complete(self):
+        return self.counts["done"] == len(self.cells)
+
+    def result(self, key):
+        return self.store.result(key)
+
+
+def latest_run(root="runs") -> Path:
+    root = Path(root)
+    candidates = sorted(root.glob("*/results.db"), key=lambda p: p.stat().st_mtime) if root.is_dir() else []
+    if not candidates:
+        raise BenchError(f"No run directory under {str(root)!r}. Give RUN_DIR, or run a suite first "
+                         "(`bench run suites/smoke.yaml`).")
+    return candidates[-1].parent
+
+
+def load_run(path=None) -> Run:
+    path = Path(path) if path else latest_run()
+    store = Store(path, create=False)
+    suite_doc = store.get_meta("suite")
+    if suite_doc is None:
+        raise BenchError(f"{path}: the store has no suite recorded; was it written by `bench run`?")
+    suite = Suite.model_validate(suite_doc)
+    n_folds = store.get_meta("n_folds")
+    meta = {k: store.get_meta(k) for k in ("dataset", "split_kind", "n_folds", "protocol_hash")}
+    expected = [c for c in expand_cells(suite, n_folds) if c.listed]
+    rows = {r["key"]: r for r in store.cell_rows()}
+    cells = pd.DataFrame([{
+        "backbone": c.backbone.name, "formulation": c.formulation.display, "seed": c.seed, "fold": c.fold,
+        "key": c.key, "depends": c.depends,
+        "status": rows[c.key]["status"] if c.key in rows else "missing",
+        "error": (rows[c.key]["error"] or "") if c.key in rows else "",
+    } for c in expected])
+    wanted = {c.key for c in expand_cells(suite, n_folds)}
+    stale = sum(1 for k, r in rows.items() if k not in wanted and r["status"] == "done")
+    metrics = store.metrics_frame()
+    done = cells[cells.status == "done"][["key", "backbone", "formulation", "seed", "fold"]]
+    long = done.merge(metrics, on="key")[LONG_COLUMNS + ["key"]]
+    return Run(path, suite, meta, cells, long, stale, store)
+
+
+def pick(long: pd.DataFrame, split="val", task="mes", metric=None, cls="") -> pd.DataFrame:
+    sel = (long.split == split) & (long.task == task) & (long.cls == cls)
+    if metric is not None:
+        sel &= long.metric == metric
+    return long[sel]
+
+
+def results_json(run: Run, key: str) -> dict:
+    return json.loads(json.dumps(run.result(key) or {}))
