@@ -13,6 +13,10 @@ from .errors import BenchError, Interrupted
 
 console = Console()
 err_console = Console(stderr=True)
+# Piped output (CI logs, files) defaults to 80 columns, too narrow for result tables.
+for _c in (console, err_console):
+    if not _c.is_terminal:
+        _c.width = 160
 
 
 def cmd_run(args):

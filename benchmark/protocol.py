@@ -69,7 +69,12 @@ def holdout(ds: Dataset, cfg: ProtocolConfig, grouped: bool) -> tuple[np.ndarray
         # polat on data without a published hold-out: a patient-grouped hold-out stands in for it
     if grouped:
         n_splits = max(2, int(round(1 / cfg.test_fraction)))
-        _check_folds(ds.labels, ds.groups, n_splits, True, "dataset (for the grouped hold-out)")
+        for c in range(NUM_CLASSES):
+            n = len(np.unique(ds.groups[ds.labels == c]))
+            if n < n_splits:
+                raise BenchError(f"protocol.test_fraction = {cfg.test_fraction} keeps patients whole, which needs at "
+                                 f"least {n_splits} patients per class, but MES {c} has only {n}; raise "
+                                 "test_fraction, use a larger dataset, or use `kind: study`.")
         sgkf = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=cfg.seed)
         train, test = next(sgkf.split(idx, ds.labels, ds.groups))
         return np.sort(train), np.sort(test)
@@ -86,7 +91,7 @@ def kfold(train: np.ndarray, ds: Dataset, cfg: ProtocolConfig, grouped: bool):
         seed = cfg.seed + 1000 * r
         splitter = (StratifiedGroupKFold(cfg.folds, shuffle=True, random_state=seed) if grouped
                     else StratifiedKFold(cfg.folds, shuffle=True, random_state=seed))
-        for tr, va in splitter.split(train, labels, groups):
+        for tr, va in splitter.split(train, labels, groups if grouped else None):
             folds.append((np.sort(train[tr]), np.sort(train[va])))
     return folds
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from rich.markup import escape
 from rich.table import Table
 
 
@@ -14,7 +15,7 @@ def print_summary(run_dir, console):
              + (f", {counts['failed']} FAILED" if counts["failed"] else "")
              + (f", {counts['missing']} MISSING" if counts["missing"] else "")
              + f" · {run.meta.get('split_kind')} splits · {run.meta.get('n_folds')} folds")
-    table = Table(title=title)
+    table = Table(title=escape(title))
     cols = [("val", "accuracy", ""), ("val", "f1", "macro"), ("val", "qwk", ""), ("val", "f1", "3"),
             ("test", "accuracy", ""), ("test", "f1", "macro")]
     for name in ("backbone", "formulation", "n"):
@@ -25,7 +26,7 @@ def print_summary(run_dir, console):
         for f in run.formulations:
             cells = run.cells[(run.cells.backbone == b) & (run.cells.formulation == f)]
             n_done = int((cells.status == "done").sum())
-            row = [b, f, f"{n_done}/{len(cells)}"]
+            row = [escape(b), escape(f), f"{n_done}/{len(cells)}"]
             for split, metric, cls in cols:
                 vals = pick(run.long, split, "mes", metric, cls)
                 vals = vals[(vals.backbone == b) & (vals.formulation == f)].value

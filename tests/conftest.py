@@ -1,0 +1,39 @@
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+os.environ.setdefault("MESBENCH_CACHE", str(Path(__file__).resolve().parent.parent / ".cache" / "test-data"))
+os.environ["MESBENCH_DEVICE"] = "cpu"
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def tiny_suite(tmp_path: Path, name="tiny", formulations=("softmax",), **overrides) -> Path:
+    """A suite small enough to train in seconds: 160 synthetic 32×32 images, 2 folds, 2 epochs."""
+    doc = {
+        "name": name,
+        "dataset": {"name": "synthetic", "params": {"n_images": 160, "n_patients": 24, "size": [32, 32], "seed": 1}},
+        "protocol": {"kind": "grouped", "folds": 2, "seed": 0, "test_fraction": 0.25},
+        "training": {"epochs": 2, "lr": 0.003, "batch_size": 32, "finetune_epochs": 1, "finetune_lr": 0.001},
+        "backbones": ["tiny"],
+        "formulations": list(formulations),
+    }
+    for key, value in overrides.items():
+        section, _, field = key.partition("__")
+        if field:
+            doc[section][field] = value
+        else:
+            doc[section] = value
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+@pytest.fixture
+def make_suite(tmp_path):
+    def make(**kw):
+        return tiny_suite(tmp_path, **kw)
+    return make
