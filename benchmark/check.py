@@ -1,0 +1,182 @@
+"""`bench check`: a run's long-format metric table against a committed baseline (or another run).
+
+The baseline is a CSV of (backbone, formulation, seed, fold, split, task, metric, cls, value) with
+optional `# tolerance: default=0.02 mae=0.05 f1@3=0.1 recall@*=0.1` header lines (`@*`: any class). A value worse than the baseline
+by more than its tolerance is a regression (lower is better for MAE and the `diag` counters; counts
+such as support must match exactly); better values are listed as improvements. Missing cells,
+unexpected cells and NaN values fail too.
+
+Default tolerance 0.02: CPU training here is deterministic on one machine (identical values), and
+0.02 absorbs the few flipped predictions that another CPU's float kernels can cause on the CI suite's
+validation folds (~1/60 of accuracy each); per-class values of rare classes get their own header line.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pandas as pd
+
+from .errors import BenchError
+from .metrics import metric_name, parse_metric
+
+DEFAULT_TOLERANCE = 0.02
+ID = ["backbone", "formulation", "seed", "fold"]
+KEY = ID + ["split", "task", "metric", "cls"]
+LOWER_IS_BETTER = {"mae"}
+EXACT = {"support"}
+
+
+@dataclass
+class CheckResult:
+    regressions: pd.DataFrame
+    improvements: pd.DataFrame
+    missing_cells: list[tuple] = field(default_factory=list)
+    unexpected_cells: list[tuple] = field(default_factory=list)
+    nan_values: pd.DataFrame | None = None
+    missing_values: pd.DataFrame | None = None
+    compared: int = 0
+
+    @property
+    def ok(self):
+        return (self.regressions.empty and not self.missing_cells and not self.unexpected_cells
+                and (self.nan_values is None or self.nan_values.empty)
+                and (self.missing_values is None or self.missing_values.empty))
+
+
+def run_table(run_dir) -> pd.DataFrame:
+    from reports.load import LONG_COLUMNS, load_run
+
+    run = load_run(run_dir)
+    table = run.long[LONG_COLUMNS].copy()
+    failed = run.cells[run.cells.status != "done"]
+    table.attrs["unfinished"] = [tuple(r) for r in failed[ID].itertuples(index=False)]
+    return table
+
+
+def read_baseline(path) -> tuple[pd.DataFrame, dict[str, float]]:
+    path = Path(path)
+    if not path.is_file():
+        raise BenchError(f"Baseline {str(path)!r} does not exist. Create it with `bench check RUN_DIR --baseline "
+                         f"{path} --update`.")
+    tolerances = {}
+    for line in path.read_text().splitlines():
+        m = re.match(r"#\s*tolerance:\s*(.*)", line)
+        if m:
+            for item in m.group(1).split():
+                k, _, v = item.partition("=")
+                try:
+                    tolerances[k] = float(v)
+                except ValueError:
+                    raise BenchError(f"{path}: tolerance {item!r} is not name=number.") from None
+    df = pd.read_csv(path, comment="#", dtype={"cls": str, "backbone": str, "formulation": str})
+    missing = set(KEY + ["value"]) - set(df.columns)
+    if missing:
+        raise BenchError(f"{path}: missing column(s) {sorted(missing)}; a baseline has columns "
+                         f"{','.join(KEY + ['value'])}.")
+    df["cls"] = df["cls"].fillna("")
+    return df, tolerances
+
+
+def write_baseline(table: pd.DataFrame, path, tolerances: dict[str, float], source: str):
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = [f"# mesbench baseline from {source}, written {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC",
+              "# tolerance: " + " ".join(f"{k}={v:g}" for k, v in
+                                         sorted({"default": DEFAULT_TOLERANCE, **tolerances}.items()))]
+    body = table.sort_values(KEY)[KEY + ["value"]].to_csv(index=False, float_format="%.6f")
+    path.write_text("\n".join(header) + "\n" + body)
+
+
+def tolerance_for(row, tolerances, default):
+    """Most specific first: `ra.f1`, `f1@3` (any task), `f1@*` (any class), `f1`, then the default."""
+    name = metric_name(row.task, row.metric, row.cls)
+    keys = [name, f"{row.metric}@{row.cls}" if row.cls else row.metric, f"{row.metric}@*" if row.cls else None,
+            metric_name(row.task, row.metric, ""), row.metric]
+    for key in filter(None, keys):
+        if key in tolerances:
+            return tolerances[key]
+    return tolerances.get("default", default)
+
+
+def compare(now: pd.DataFrame, base: pd.DataFrame, tolerances=None, default=DEFAULT_TOLERANCE,
+            metrics: list[str] | None = None) -> CheckResult:
+    tolerances = tolerances or {}
+    for df in (now, base):
+        df["seed"] = df["seed"].astype(int)
+        df["fold"] = df["fold"].astype(int)
+        df["cls"] = df["cls"].fillna("").astype(str)
+    if metrics:
+        wanted = [parse_metric(m) for m in metrics]
+        keep = lambda d: d[[(t, m, c) in wanted for t, m, c in zip(d.task, d.metric, d.cls)]]  # noqa: E731
+        now, base = keep(now), keep(base)
+    cells_now = set(map(tuple, now[ID].drop_duplicates().itertuples(index=False)))
+    cells_base = set(map(tuple, base[ID].drop_duplicates().itertuples(index=False)))
+    merged = base.merge(now, on=KEY, how="left", suffixes=("_base", "_now"))
+    merged = merged[[tuple(r) in cells_now for r in merged[ID].itertuples(index=False)]]
+    nan_now = now[now.value.isna()]
+    missing_values = merged[merged.value_now.isna() & ~merged.index.isin(nan_now.index)]
+    both = merged.dropna(subset=["value_now", "value_base"]).copy()
+    both["tolerance"] = [tolerance_for(r, tolerances, default) for r in both.itertuples()]
+    sign = [(-1 if (m in LOWER_IS_BETTER or t == "diag") else 1) for m, t in zip(both.metric, both.task)]
+    both["diff"] = both.value_now - both.value_base
+    gain = both["diff"] * sign
+    exact = both.metric.isin(EXACT)
+    regress = (exact & (both["diff"].abs() > 1e-9)) | (~exact & (gain < -both.tolerance - 1e-12))
+    improve = ~exact & (gain > both.tolerance + 1e-12)
+    unfinished = set(now.attrs.get("unfinished", []))
+    return CheckResult(
+        regressions=both[regress], improvements=both[improve],
+        missing_cells=sorted(cells_base - cells_now) + sorted(unfinished & cells_base - (cells_base - cells_now)),
+        unexpected_cells=sorted(cells_now - cells_base), nan_values=nan_now,
+        missing_values=missing_values, compared=len(both))
+
+
+def describe_cell(c):
+    return f"{c[0]} · {c[1]} · seed {c[2]} · fold {c[3]}"
+
+
+def render(result: CheckResult, console, limit=60):
+    from rich.markup import escape
+    from rich.table import Table
+
+    def table(df, title, style):
+        t = Table(title=title, title_style=style)
+        for col in ("backbone", "formulation", "seed", "fold", "split", "metric", "baseline", "now", "diff", "tol"):
+            t.add_column(col, no_wrap=True)
+        for r in df.head(limit).itertuples():
+            t.add_row(escape(r.backbone), escape(r.formulation), str(r.seed), str(r.fold), r.split,
+                      metric_name(r.task, r.metric, r.cls), f"{r.value_base:.4f}", f"{r.value_now:.4f}",
+                      f"{r.diff:+.4f}", f"{r.tolerance:g}")
+        if len(df) > limit:
+            t.caption = f"… and {len(df) - limit} more"
+        console.print(t)
+
+    if not result.regressions.empty:
+        table(result.regressions, f"REGRESSIONS: {len(result.regressions)} value(s) outside tolerance", "bold red")
+        worst = result.regressions.groupby(["backbone", "formulation"]).size()
+        for (b, f), n in worst.items():
+            console.print(f"[red]regressed:[/] formulation {escape(f)!s} on {escape(b)} ({n} values)")
+    if not result.improvements.empty:
+        table(result.improvements, f"improvements: {len(result.improvements)} value(s) better than the baseline",
+              "green")
+    for c in result.missing_cells:
+        console.print(f"[red]missing cell[/] (in the baseline, not finished in this run): {escape(describe_cell(c))}")
+    for c in result.unexpected_cells:
+        console.print(f"[red]unexpected cell[/] (in this run, not in the baseline): {escape(describe_cell(c))}")
+    if result.nan_values is not None and not result.nan_values.empty:
+        for r in result.nan_values.head(limit).itertuples():
+            console.print(f"[red]NaN value[/]: {escape(describe_cell((r.backbone, r.formulation, r.seed, r.fold)))} "
+                          f"{r.split} {metric_name(r.task, r.metric, r.cls)}")
+    if result.missing_values is not None and not result.missing_values.empty:
+        console.print(f"[red]{len(result.missing_values)} baseline value(s) absent from this run[/], e.g. "
+                      + ", ".join(metric_name(r.task, r.metric, r.cls)
+                                  for r in result.missing_values.head(5).itertuples()))
+    verdict = "[bold green]check passed[/]" if result.ok else "[bold red]check FAILED[/]"
+    console.print(f"{verdict}: {result.compared} values compared, {len(result.regressions)} regression(s), "
+                  f"{len(result.improvements)} improvement(s), {len(result.missing_cells)} missing and "
+                  f"{len(result.unexpected_cells)} unexpected cell(s)")

@@ -1,0 +1,81 @@
+"""`bench check`: an untouched run passes; a changed formulation, missing/extra cells and NaN fail loudly."""
+
+import sqlite3
+
+import pandas as pd
+import pytest
+
+from benchmark.check import compare, read_baseline
+from benchmark.cli import main
+from formulations.regression import Regression
+
+
+@pytest.fixture
+def baseline_run(make_suite, tmp_path):
+    suite = make_suite(name="chk", formulations=["softmax", "regression"])
+    out = tmp_path / "base"
+    assert main(["run", str(suite), "--out", str(out), "--quiet"]) == 0
+    baseline = tmp_path / "baseline.csv"
+    assert main(["check", str(out), "--baseline", str(baseline), "--update"]) == 0
+    return suite, out, baseline
+
+
+def test_untouched_run_passes(baseline_run, tmp_path, capsys):
+    suite, _, baseline = baseline_run
+    again = tmp_path / "again"
+    assert main(["run", str(suite), "--out", str(again), "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["check", str(again), "--baseline", str(baseline)]) == 0
+    assert "check passed" in capsys.readouterr().out
+    assert main(["check", str(again), "--against", str(baseline_run[1])]) == 0
+
+
+def test_shifted_regression_cut_points_fail_and_name_the_formulation(baseline_run, tmp_path, monkeypatch, capsys):
+    suite, _, baseline = baseline_run
+    monkeypatch.setitem(Regression.defaults, "cutpoints", [1.5, 2.5, 3.5])  # a silent behaviour change
+    changed = tmp_path / "changed"
+    assert main(["run", str(suite), "--out", str(changed), "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["check", str(changed), "--baseline", str(baseline)]) == 1
+    out = capsys.readouterr().out
+    assert "REGRESSIONS" in out and "check FAILED" in out
+    assert "regressed: formulation regression on tiny" in out
+    assert "formulation softmax" not in out  # the untouched formulation is not blamed
+
+
+def test_missing_and_unexpected_cells_fail(baseline_run, tmp_path, capsys):
+    suite, out, baseline = baseline_run
+    partial = tmp_path / "partial"
+    assert main(["run", str(suite), "--out", str(partial), "--quiet", "--only", "fold=0"]) == 0
+    capsys.readouterr()
+    assert main(["check", str(partial), "--baseline", str(baseline)]) == 1
+    text = capsys.readouterr().out
+    assert "missing cell" in text and "fold 1" in text
+    partial_base = tmp_path / "partial.csv"
+    assert main(["check", str(partial), "--baseline", str(partial_base), "--update"]) == 0
+    capsys.readouterr()
+    assert main(["check", str(out), "--baseline", str(partial_base)]) == 1
+    assert "unexpected cell" in capsys.readouterr().out
+
+
+def test_nan_value_fails(baseline_run, tmp_path, capsys):
+    _, out, baseline = baseline_run
+    with sqlite3.connect(out / "results.db") as conn:
+        conn.execute("UPDATE metrics SET value = NULL WHERE metric = 'qwk' AND split = 'val'")
+    capsys.readouterr()
+    assert main(["check", str(out), "--baseline", str(baseline)]) == 1
+    assert "NaN value" in capsys.readouterr().out
+
+
+def test_tolerances_from_header_and_direction_of_mae(tmp_path):
+    rows = lambda v_acc, v_mae: pd.DataFrame(  # noqa: E731
+        [["b", "f", 0, 0, "val", "mes", "accuracy", "", v_acc], ["b", "f", 0, 0, "val", "mes", "mae", "", v_mae]],
+        columns=["backbone", "formulation", "seed", "fold", "split", "task", "metric", "cls", "value"])
+    path = tmp_path / "b.csv"
+    path.write_text("# tolerance: default=0.01 mae=0.2\n" + rows(0.8, 0.5).to_csv(index=False))
+    base, tol = read_baseline(path)
+    assert tol == {"default": 0.01, "mae": 0.2}
+    assert compare(rows(0.795, 0.65), base.copy(), tol).ok  # within tolerances
+    res = compare(rows(0.78, 0.75), base.copy(), tol)  # accuracy down 0.02 and MAE up 0.25: both worse
+    assert sorted(res.regressions.metric) == ["accuracy", "mae"]
+    assert compare(rows(0.8, 0.2), base.copy(), tol).improvements.metric.tolist() == ["mae"]
