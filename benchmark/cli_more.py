@@ -34,6 +34,8 @@ def add_commands(sub):
     insp.add_argument("path")
     insp.set_defaults(fn=cmd_data_inspect)
     _add_check(sub)
+    _add_report(sub)
+    _add_report_speed(sub)
 
 
 def cmd_check(args):
@@ -76,3 +78,119 @@ def _add_check(sub):
     c.add_argument("--metrics", help="comma-separated metric names, e.g. accuracy,f1@macro,f1@3")
     c.add_argument("--update", action="store_true", help="write this run's table as the new baseline")
     c.set_defaults(fn=cmd_check)
+
+
+def cmd_report(args):
+    import sys
+
+    from reports.load import load_run
+    from reports.render import build, to_csv, to_html, to_latex, to_markdown
+    from reports.tables import Options
+
+    from .errors import BenchError
+
+    run = load_run(args.run_dir)
+    if args.reference not in run.formulations and args.reference != "softmax":
+        from .errors import closest
+
+        raise BenchError(f"--reference {args.reference!r} is not a formulation of this run: "
+                         f"{closest(args.reference, run.formulations)}.")
+    if args.backbone and args.backbone not in run.backbones:
+        from .errors import closest
+
+        raise BenchError(f"--backbone {args.backbone!r} is not in this run: {closest(args.backbone, run.backbones)}.")
+    opts = Options(split=args.split, backbone=args.backbone, reference=args.reference, test=args.test,
+                   correction=args.correction, alpha=args.alpha)
+    fmt = "csv" if args.csv else "latex" if args.latex else "html" if args.html else "markdown"
+    if fmt == "csv":
+        text = to_csv(run)
+    else:
+        rep = build(run, opts)
+        if fmt == "html":
+            from reports.figures import all_figures
+
+            rep.figures = all_figures(run, opts, rep.friedman)
+            text = to_html(rep)
+        else:
+            text = to_latex(rep) if fmt == "latex" else to_markdown(rep)
+    out = args.output
+    if fmt == "html" and not out:
+        out = str(run.path / "report.html")
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(text)
+        print(f"report written: {out}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def _add_report(sub):
+    r = sub.add_parser("report", help="tables and figures of a run, with significance tests")
+    r.add_argument("run_dir", nargs="?", help="run directory (default: the most recent under ./runs)")
+    fmt = r.add_mutually_exclusive_group()
+    fmt.add_argument("--markdown", action="store_true", help="Markdown to stdout (default)")
+    fmt.add_argument("--latex", action="store_true")
+    fmt.add_argument("--html", action="store_true", help="one self-contained HTML file with figures")
+    fmt.add_argument("--csv", action="store_true", help="the long-format metric table")
+    r.add_argument("-o", "--output", help="write to this file instead of stdout")
+    r.add_argument("--split", choices=["val", "test"], default="val")
+    r.add_argument("--backbone")
+    r.add_argument("--reference", default="softmax")
+    r.add_argument("--test", choices=["wilcoxon", "corrected-t", "ranksum"], default="wilcoxon")
+    r.add_argument("--correction", choices=["holm", "fdr_bh", "bonferroni", "none"], default="holm")
+    r.add_argument("--alpha", type=float, default=0.05)
+    r.set_defaults(fn=cmd_report)
+
+
+def cmd_report_speed(args):
+    import tempfile
+    import time
+
+    from reports.fake_run import write_fake_run
+
+    from .cli import console
+
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        bbs = ["resnet18", "resnet50", "densenet121", "inception_v3", "mobilenetv3_large_100"][:args.backbones]
+        forms = ["softmax", "regression", "coral", "corn", "mtl", "mtl+f1"][:args.formulations]
+        run = write_fake_run(Path(tmp) / "run", bbs, forms, args.folds)
+        setup = time.perf_counter() - t0
+        times = []
+        for _ in range(args.repeat):
+            t0 = time.perf_counter()
+            from .cli_more import cmd_report as _  # noqa: F401 - import cost counted in the first repeat
+
+            import io
+            import contextlib
+
+            from reports.load import load_run
+            from reports.render import build, to_markdown
+            from reports.tables import Options
+
+            with contextlib.redirect_stdout(io.StringIO()):
+                text = to_markdown(build(load_run(run), Options()))
+            times.append(time.perf_counter() - t0)
+        import subprocess
+        import sys
+
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "benchmark.cli", "report", str(run), "--markdown"], check=True,
+                       stdout=subprocess.DEVNULL)
+        whole = time.perf_counter() - t0
+    console.print(f"report-speed: {len(bbs)} backbones × {len(forms)} formulations × {args.folds} folds "
+                  f"(+ test predictions, {len(text)} characters of markdown); store written in {setup:.1f} s; "
+                  f"markdown rendered in {min(times):.2f} s (best of {args.repeat}; all: "
+                  + ", ".join(f"{t:.2f}" for t in times) + f"); whole `bench report --markdown` command incl. "
+                  f"interpreter start-up and imports: {whole:.2f} s")
+    return 0
+
+
+def _add_report_speed(sub):
+    r = sub.add_parser("report-speed", help="benchmark: time the markdown report of a large run (no training)")
+    r.add_argument("--backbones", type=int, default=5)
+    r.add_argument("--formulations", type=int, default=6)
+    r.add_argument("--folds", type=int, default=10)
+    r.add_argument("--repeat", type=int, default=3)
+    r.set_defaults(fn=cmd_report_speed)

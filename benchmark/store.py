@@ -193,14 +193,20 @@ class Store:
         with self.engine.connect() as conn:
             return pd.read_sql(q, conn)
 
-    def predictions_frame(self, split=None):
+    def predictions_frame(self, split=None, columns=None):
         import pandas as pd
 
-        q = select(predictions)
-        if split:
-            q = q.where(predictions.c.split == split)
-        with self.engine.connect() as conn:
-            return pd.read_sql(q, conn)
+        cols = columns or [c.name for c in predictions.columns]
+        sql = f"SELECT {', '.join(cols)} FROM predictions" + (" WHERE split = ?" if split else "")
+        # The raw DB-API cursor: SQLAlchemy's row objects cost seconds on a paper-sized run.
+        raw = self.engine.raw_connection()
+        try:
+            cur = raw.cursor()
+            cur.execute(sql, (split,) if split else ())
+            rows = cur.fetchall()
+        finally:
+            raw.close()
+        return pd.DataFrame.from_records(rows, columns=cols)
 
 
 def _json_default(obj):

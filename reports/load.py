@@ -6,6 +6,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from benchmark.cells import expand_cells
@@ -13,6 +14,7 @@ from benchmark.config import Suite
 from benchmark.errors import BenchError
 from benchmark.store import Store
 
+_EMPTY = pd.Series([], dtype=float, index=pd.MultiIndex.from_tuples([], names=["seed", "fold"]))
 LONG_COLUMNS = ["backbone", "formulation", "seed", "fold", "split", "task", "metric", "cls", "value"]
 
 
@@ -45,7 +47,31 @@ class Run:
         return self.counts["done"] == len(self.cells)
 
     def result(self, key):
-        return self.store.result(key)
+        if key not in self._results:
+            self._results[key] = self.store.result(key)
+        return self._results[key]
+
+    def __post_init__(self):
+        self._results = {}
+        self._index = None
+
+    def series(self, backbone, formulation, split, task, metric, cls="") -> pd.Series:
+        """Values over (seed, fold) of one metric of one backbone × formulation; one groupby, then lookups."""
+        if self._index is None:
+            cols = ["backbone", "formulation", "split", "task", "metric", "cls"]
+            self._index = self.long.groupby(cols, sort=False).indices
+            self._cols = (self.long.seed.to_numpy(), self.long.fold.to_numpy(), self.long.value.to_numpy())
+            self._series = {}
+        key = (backbone, formulation, split, task, metric, cls)
+        if key not in self._series:
+            pos = self._index.get(key)
+            if pos is None:
+                return _EMPTY
+            seed, fold, value = (c[pos] for c in self._cols)
+            order = np.lexsort((fold, seed))
+            self._series[key] = pd.Series(value[order], index=pd.MultiIndex.from_arrays(
+                [seed[order], fold[order]], names=["seed", "fold"]))
+        return self._series[key]
 
 
 def latest_run(root="runs") -> Path:

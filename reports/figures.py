@@ -1,0 +1,167 @@
+"""Figures (matplotlib, PNG bytes) for the HTML report."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+
+from .load import Run, pick
+from .tables import CLASSES, Options
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def classwise_boxplots(run: Run, opts: Options, backbone: str) -> bytes:
+    plt = _plt()
+    forms = run.formulations
+    fig, axes = plt.subplots(1, 4, figsize=(18, 4), sharey=True)
+    width = 0.8 / max(len(forms), 1)
+    colors = plt.cm.tab10(np.arange(len(forms)) % 10)
+    for ax, metric in zip(axes, ("precision", "recall", "f1", "specificity")):
+        for j, f in enumerate(forms):
+            data = []
+            for k in range(4):
+                sel = pick(run.long, opts.split, "mes", metric, str(k))
+                data.append(sel[(sel.backbone == backbone) & (sel.formulation == f)].value.to_numpy())
+            pos = np.arange(4) + (j - (len(forms) - 1) / 2) * width
+            bp = ax.boxplot(data, positions=pos, widths=width * 0.9, patch_artist=True, showfliers=False)
+            for box in bp["boxes"]:
+                box.set_facecolor(colors[j])
+        ax.set_xticks(range(4), CLASSES)
+        ax.set_title(metric)
+        ax.grid(axis="y", alpha=0.3)
+    axes[-1].legend([plt.Rectangle((0, 0), 1, 1, color=c) for c in colors], forms, fontsize=7, loc="lower right")
+    fig.suptitle(f"Class-wise metrics over folds — {backbone}")
+    return _png(fig)
+
+
+def finetune_change(run: Run, opts: Options) -> bytes | None:
+    pairs = [(f.base().display, f.display) for f in run.suite.formulations if f.finetune]
+    if not pairs:
+        return None
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(run.backbones), figsize=(5 * len(run.backbones), 3.5), squeeze=False)
+    for ax, b in zip(axes[0], run.backbones):
+        width = 0.8 / len(pairs)
+        for j, (before, after) in enumerate(pairs):
+            diffs = []
+            for k in range(4):
+                sel = pick(run.long, opts.split, "mes", "f1", str(k))
+                sel = sel[sel.backbone == b]
+                x = sel[sel.formulation == before].set_index(["seed", "fold"]).value
+                y = sel[sel.formulation == after].set_index(["seed", "fold"]).value
+                common = x.index.intersection(y.index)
+                diffs.append((y[common] - x[common]).mean() if len(common) else np.nan)
+            ax.bar(np.arange(4) + (j - (len(pairs) - 1) / 2) * width, diffs, width, label=after)
+        ax.axhline(0, color="k", lw=0.8)
+        ax.set_xticks(range(4), CLASSES)
+        ax.set_title(f"ΔF1 after inverse-F1 fine-tuning — {b}")
+        ax.legend(fontsize=7)
+    return _png(fig)
+
+
+def confusion_matrices(run: Run, opts: Options, backbone: str) -> bytes:
+    plt = _plt()
+    forms = run.formulations
+    fig, axes = plt.subplots(1, len(forms), figsize=(3.2 * len(forms), 3.2), squeeze=False)
+    for ax, f in zip(axes[0], forms):
+        keys = run.cells[(run.cells.backbone == backbone) & (run.cells.formulation == f)
+                         & (run.cells.status == "done")].key
+        cm = np.zeros((4, 4))
+        for k in keys:
+            cm += np.asarray((run.result(k) or {}).get("confusion", {}).get(opts.split, np.zeros((4, 4))))
+        norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+        ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+        for i in range(4):
+            for j in range(4):
+                ax.text(j, i, f"{norm[i, j]:.2f}", ha="center", va="center", fontsize=8,
+                        color="white" if norm[i, j] > 0.5 else "black")
+        ax.set_xticks(range(4), range(4))
+        ax.set_yticks(range(4), range(4))
+        ax.set_xlabel("predicted MES")
+        ax.set_ylabel("true MES")
+        ax.set_title(f, fontsize=9)
+    fig.suptitle(f"Confusion matrices, fold-summed, row-normalised — {backbone}")
+    return _png(fig)
+
+
+def cd_diagram(result) -> bytes:
+    plt = _plt()
+    names = sorted(result.mean_ranks, key=result.mean_ranks.get)
+    ranks = [result.mean_ranks[n] for n in names]
+    k = len(names)
+    fig, ax = plt.subplots(figsize=(8, 1 + 0.3 * k))
+    ax.set_xlim(0.5, k + 0.5)
+    ax.set_ylim(-k - 1, 1.5)
+    ax.hlines(0, 1, k, color="k")
+    for r in range(1, k + 1):
+        ax.vlines(r, -0.1, 0.1, color="k")
+        ax.text(r, 0.25, str(r), ha="center", fontsize=8)
+    for i, (n, r) in enumerate(zip(names, ranks)):
+        y = -(i + 1) * 0.8
+        ax.plot([r, r], [0, y], color="C0", lw=0.8)
+        ax.plot([r], [0], "o", color="C0")
+        ax.text(r + 0.05, y, f"{n} ({r:.2f})", va="center", fontsize=8)
+    ax.plot([1, 1 + result.critical_difference], [1.0, 1.0], color="red", lw=2)
+    ax.text(1, 1.2, f"CD = {result.critical_difference:.2f}", color="red", fontsize=8)
+    ax.axis("off")
+    ax.set_title("Critical difference diagram (Nemenyi), mean rank over backbones; lower is better", fontsize=9)
+    return _png(fig)
+
+
+def training_curves(run: Run, backbone: str) -> bytes:
+    plt = _plt()
+    forms = run.formulations
+    fig, axes = plt.subplots(2, len(forms), figsize=(3.2 * len(forms), 5), squeeze=False, sharex="col")
+    monitor = run.suite.training.monitor
+    for j, f in enumerate(forms):
+        keys = run.cells[(run.cells.backbone == backbone) & (run.cells.formulation == f)
+                         & (run.cells.status == "done")]
+        for r in keys.itertuples():
+            hist = (run.result(r.key) or {}).get("history", [])
+            ep = [h["epoch"] for h in hist]
+            axes[0, j].plot(ep, [h["train_loss"] for h in hist], color="C0", alpha=0.6, lw=1)
+            axes[0, j].plot(ep, [h["val_loss"] for h in hist], color="C1", alpha=0.6, lw=1)
+            axes[1, j].plot(ep, [h.get(monitor if monitor != "val_loss" else "val_macro_f1") for h in hist],
+                            color="C2", alpha=0.6, lw=1)
+        axes[0, j].set_title(f, fontsize=9)
+        axes[1, j].set_xlabel("epoch")
+    axes[0, 0].set_ylabel("loss (blue train, orange val)")
+    axes[1, 0].set_ylabel(monitor if monitor != "val_loss" else "val macro-F1")
+    fig.suptitle(f"Training curves, all folds — {backbone}")
+    return _png(fig)
+
+
+def all_figures(run: Run, opts: Options, friedman_result=None) -> dict[str, bytes]:
+    figs = {}
+    for b in run.backbones:
+        figs[f"class-wise metrics — {b}"] = classwise_boxplots(run, opts, b)
+        figs[f"confusion matrices — {b}"] = confusion_matrices(run, opts, b)
+        figs[f"training curves — {b}"] = training_curves(run, b)
+    ft = finetune_change(run, opts)
+    if ft:
+        figs["change after fine-tuning"] = ft
+    if friedman_result is not None:
+        figs["critical difference diagram"] = cd_diagram(friedman_result)
+    explain = run.path / "explain"
+    if explain.is_dir():
+        for png in sorted(explain.glob("*.png")):
+            figs[f"Grad-CAM — {png.stem}"] = png.read_bytes()
+    return figs

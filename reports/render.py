@@ -1,0 +1,175 @@
+"""Renderers: one report (header + tables + figures) as Markdown, LaTeX, self-contained HTML, or CSV."""
+
+from __future__ import annotations
+
+import base64
+import gc
+import html
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .load import LONG_COLUMNS, Run
+from .stats import CORRECTIONS, TESTS
+from .tables import (Options, Table, cv_summary, finetune_effect, friedman_table, mtl_tasks, per_class_f1,
+                     test_ensemble)
+
+
+@dataclass
+class Report:
+    title: str
+    header: list[str]
+    warnings: list[str]
+    tables: list[Table]
+    figures: dict[str, bytes] = field(default_factory=dict)
+    friedman: object = None
+
+
+def build(run: Run, opts: Options, with_test=True) -> Report:
+    # statsmodels' multipletests runs gc.collect(); with a paper-sized run loaded that costs ~0.3 s a call.
+    # Freezing the loaded frames keeps those collections cheap.
+    gc.freeze()
+    try:
+        return _build(run, opts, with_test)
+    finally:
+        gc.unfreeze()
+
+
+def _build(run: Run, opts: Options, with_test=True) -> Report:
+    counts = run.counts
+    meta, suite = run.meta, run.suite
+    ds = meta.get("dataset") or {}
+    first_done = run.cells[run.cells.status == "done"].key
+    res = run.result(first_done.iloc[0]) if len(first_done) else {}
+    versions = ", ".join(f"{k} {v}" for k, v in (res or {}).get("versions", {}).items())
+    header = [
+        f"Dataset: {ds.get('name')} ({ds.get('images')} images, {ds.get('patients')} patients, class counts "
+        f"{ds.get('class_counts')}, {ds.get('n_test')} held-out test images)",
+        f"Protocol: {suite.protocol.kind} — {meta.get('split_kind')} splits, {meta.get('n_folds')} folds, "
+        f"seeds {suite.training.seeds}, monitor {suite.training.monitor}, at most {suite.training.epochs} epochs",
+        f"Statistics: {TESTS[opts.test]}; correction {CORRECTIONS[opts.correction]}; α = {opts.alpha}; "
+        f"split shown: {'validation folds' if opts.split == 'val' else 'held-out test (per fold model)'}",
+        f"Cells: {counts['done']} finished, {counts['failed']} failed, {counts['missing']} missing of {len(run.cells)}",
+        f"Device: {(res or {}).get('device', '—')}; versions: {versions or '—'}",
+    ]
+    warnings = []
+    if not run.complete:
+        warnings.append(f"INCOMPLETE RUN: {counts['failed']} failed and {counts['missing']} missing cell(s). Rows "
+                        "marked † are computed from fewer folds; this is not a finished comparison.")
+    if meta.get("split_kind") == "image-level":
+        warnings.append("Image-level splits (the study's protocol): images of one patient can sit on both sides of "
+                        "a split, which inflates every metric. Use `protocol.kind: grouped` for a leak-free result.")
+    if run.stale:
+        warnings.append(f"{run.stale} finished cell(s) of an earlier configuration of this suite are in the store "
+                        "and are ignored here.")
+    tables = [cv_summary(run, opts), per_class_f1(run, opts)]
+    for t in (mtl_tasks(run, opts), finetune_effect(run, opts)):
+        if t is not None:
+            tables.append(t)
+    if with_test:
+        preds = run.store.predictions_frame("test", ["key", "image_id", "y_true", "p0", "p1", "p2", "p3", "score"])
+        gc.freeze()
+        t = test_ensemble(run, opts, preds)
+        if t is not None:
+            tables.append(t)
+    fr, fres = friedman_table(run, opts)
+    if fr is not None:
+        tables.append(fr)
+    failed = run.cells[run.cells.status == "failed"]
+    if len(failed):
+        tables.append(Table("Failed cells", ["backbone", "formulation", "seed", "fold", "reason"],
+                            [[r.backbone, r.formulation, str(r.seed), str(r.fold), (r.error or "").splitlines()[0]
+                              if r.error else ""] for r in failed.itertuples()], key="failed"))
+    return Report(f"mesbench report — {suite.name}", header, warnings, tables, friedman=fres)
+
+
+# ---------------------------------------------------------------------------- markdown
+
+
+def _md_cell(text, bold):
+    text = str(text).replace("|", "\\|")
+    return f"**{text}**" if bold else text
+
+
+def to_markdown(rep: Report) -> str:
+    out = [f"# {rep.title}", ""]
+    for w in rep.warnings:
+        out += [f"> **⚠ {w}**", ""]
+    out += [f"- {h}" for h in rep.header] + [""]
+    for t in rep.tables:
+        out += [f"## {t.title}", "", "| " + " | ".join(t.columns) + " |", "|" + "---|" * len(t.columns)]
+        for i, row in enumerate(t.rows):
+            out.append("| " + " | ".join(_md_cell(c, (i, j) in t.bold) for j, c in enumerate(row)) + " |")
+        out.append("")
+        out += [f"_{n}_" for n in t.notes]
+        out.append("")
+    return "\n".join(out)
+
+
+# ---------------------------------------------------------------------------- latex
+
+
+def _tex(text):
+    text = str(text)
+    for a, b in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("_", r"\_"), ("#", r"\#"),
+                 ("±", r"$\pm$"), ("→", r"$\to$"), ("†", r"$^\dagger$"), ("Δ", r"$\Delta$"), ("α", r"$\alpha$"),
+                 ("χ²", r"$\chi^2$"), ("≥", r"$\geq$"), ("—", "---"), ("–", "--"), ("×", r"$\times$"),
+                 ("⚠", "")):
+        text = text.replace(a, b)
+    return text
+
+
+def to_latex(rep: Report) -> str:
+    out = [f"% {rep.title}", "% requires \\usepackage{booktabs}"]
+    for w in rep.warnings:
+        out.append(f"% WARNING: {w}")
+    out += [f"% {h}" for h in rep.header]
+    for t in rep.tables:
+        out += ["\\begin{table}[ht]", "\\centering", "\\small", f"\\caption{{{_tex(t.title)}}}",
+                f"\\begin{{tabular}}{{{'l' * 2 + 'r' * (len(t.columns) - 2) if len(t.columns) > 1 else 'l'}}}",
+                "\\toprule", " & ".join(_tex(c) for c in t.columns) + " \\\\", "\\midrule"]
+        for i, row in enumerate(t.rows):
+            cells = [(f"\\textbf{{{_tex(c)}}}" if (i, j) in t.bold else _tex(c)) for j, c in enumerate(row)]
+            out.append(" & ".join(cells) + " \\\\")
+        out += ["\\bottomrule", "\\end{tabular}"]
+        for n in t.notes:
+            out.append(f"\\par\\smallskip\\footnotesize {_tex(n)}")
+        out += ["\\end{table}", ""]
+    return "\n".join(out)
+
+
+# ---------------------------------------------------------------------------- html
+
+
+CSS = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse;margin:1em 0;font-size:13px}th,td{border:1px solid #ccc;padding:3px 7px;text-align:right}
+th{background:#f2f2f2}td:first-child,td:nth-child(2){text-align:left}.warn{background:#fff3cd;border:1px solid #e0b000;
+padding:.6em 1em;margin:.5em 0;font-weight:600}.note{font-size:12px;color:#555;max-width:1100px}img{max-width:100%;
+border:1px solid #ddd;margin:.5em 0}"""
+
+
+def to_html(rep: Report) -> str:
+    e = html.escape
+    out = [f"<!doctype html><html><head><meta charset='utf-8'><title>{e(rep.title)}</title><style>{CSS}</style>"
+           "</head><body>", f"<h1>{e(rep.title)}</h1>"]
+    out += [f"<div class='warn'>⚠ {e(w)}</div>" for w in rep.warnings]
+    out.append("<ul>" + "".join(f"<li>{e(h)}</li>" for h in rep.header) + "</ul>")
+    for t in rep.tables:
+        out.append(f"<h2>{e(t.title)}</h2><table><tr>" + "".join(f"<th>{e(c)}</th>" for c in t.columns) + "</tr>")
+        for i, row in enumerate(t.rows):
+            out.append("<tr>" + "".join(f"<td>{'<b>' + e(str(c)) + '</b>' if (i, j) in t.bold else e(str(c))}</td>"
+                                        for j, c in enumerate(row)) + "</tr>")
+        out.append("</table>" + "".join(f"<p class='note'>{e(n)}</p>" for n in t.notes))
+    if rep.figures:
+        out.append("<h2>Figures</h2>")
+        for name, png in rep.figures.items():
+            data = base64.b64encode(png).decode()
+            out.append(f"<h3>{e(name)}</h3><img alt='{e(name)}' src='data:image/png;base64,{data}'>")
+    out.append("</body></html>")
+    return "\n".join(out)
+
+
+def to_csv(run: Run) -> str:
+    long = run.long[LONG_COLUMNS].sort_values(LONG_COLUMNS[:-1])
+    long = long.assign(value=np.round(long.value, 6))
+    return long.to_csv(index=False)
