@@ -111,7 +111,8 @@ def compare(now: pd.DataFrame, base: pd.DataFrame, tolerances=None, default=DEFA
         df["fold"] = df["fold"].astype(int)
         df["cls"] = df["cls"].fillna("").astype(str)
     if metrics:
-        wanted = [parse_metric(m) for m in metrics]
+        known = set(zip(now.task, now.metric, now.cls)) | set(zip(base.task, base.metric, base.cls))
+        wanted = [parse_metric(m, known) for m in metrics]
         keep = lambda d: d[[(t, m, c) in wanted for t, m, c in zip(d.task, d.metric, d.cls)]]  # noqa: E731
         now, base = keep(now), keep(base)
     cells_now = set(map(tuple, now[ID].drop_duplicates().itertuples(index=False)))

@@ -8,6 +8,7 @@ import traceback
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 
 from .errors import BenchError, Interrupted
 
@@ -108,10 +109,10 @@ def main(argv=None):
     except BenchError as exc:
         if args.debug:
             traceback.print_exc()
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         return 2
     except Interrupted as exc:
-        err_console.print(f"[yellow]interrupted:[/] {exc}", highlight=False)
+        err_console.print(f"[yellow]interrupted:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         return 130
     except KeyboardInterrupt:
         err_console.print("[yellow]interrupted[/]: finished cells are saved; run the same command again to resume.")
@@ -119,8 +120,8 @@ def main(argv=None):
     except Exception as exc:  # noqa: BLE001 - never a bare traceback without --debug
         if args.debug:
             raise
-        err_console.print(f"[bold red]internal error:[/] {type(exc).__name__}: {exc}. Run again with `bench --debug "
-                          "...` for the traceback and report it.", highlight=False)
+        err_console.print(f"[bold red]internal error:[/] {type(exc).__name__}: {escape(str(exc))}. Run again with "
+                          "`bench --debug ...` for the traceback and report it.", highlight=False, soft_wrap=True)
         return 1
 
 

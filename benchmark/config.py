@@ -250,6 +250,8 @@ def _allowed_keys(parent_loc):
 
 def apply_overrides(doc: dict, overrides: list[str], source) -> dict:
     """`key.sub=value` pairs (values parsed as YAML) applied on top of the document."""
+    if not overrides:
+        return doc  # keeps the line numbers for error messages
     doc = json.loads(json.dumps(doc))  # plain dicts, deep copy
     for item in overrides:
         if "=" not in item:

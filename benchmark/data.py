@@ -243,7 +243,7 @@ def manifest_dataset(cfg: DatasetConfig) -> Dataset:
     bad = df[labels.isna() | ~labels.isin([0, 1, 2, 3])]
     if len(bad):
         row = bad.index[0]
-        raise BenchError(f"{path}: row {row + 2} has label {df['label'][row]!r}; labels must be integers 0–3 "
+        raise BenchError(f"{path}: row {row + 2} has label '{df['label'][row]}'; labels must be integers 0–3 "
                          f"({len(bad)} bad rows). Fix the manifest.")
     base = path.parent
     files = [Path(p) if Path(p).is_absolute() else base / p for p in df["path"]]

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,13 +50,12 @@ def _require_groups(ds: Dataset, protocol: str):
 
 
 def _check_folds(labels, groups, k, grouped, what):
-    for c in range(NUM_CLASSES):
-        mask = labels == c
-        n = len(np.unique(groups[mask])) if grouped else int(mask.sum())
-        if n < k:
-            unit = "patients" if grouped else "images"
-            raise BenchError(f"protocol.folds = {k} but class MES {c} has only {n} {unit} in the {what}; "
-                             f"use at most {max(n, 2)} folds or a larger dataset.")
+    unit = "patients" if grouped else "images"
+    counts = [len(np.unique(groups[labels == c])) if grouped else int(np.sum(labels == c)) for c in range(NUM_CLASSES)]
+    smallest = int(np.argmin(counts))
+    if counts[smallest] < k:
+        raise BenchError(f"protocol.folds = {k} but the smallest class, MES {smallest}, has only {counts[smallest]} "
+                         f"{unit} in the {what}; use at most {max(counts[smallest], 2)} folds or a larger dataset.")
 
 
 def holdout(ds: Dataset, cfg: ProtocolConfig, grouped: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -140,7 +140,7 @@ def load_or_make_splits(path: Path, ds: Dataset, cfg: ProtocolConfig) -> Splits:
                              "Results from different splits cannot be mixed: use `--out` for a new run directory, "
                              "or delete the old one.")
         return splits
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
     tmp.write_text(json.dumps(doc))
     tmp.replace(path)
     return splits

@@ -153,6 +153,9 @@ class Runner:
             self.progress.note("Ctrl-C: stopping after the current epoch is saved (press again to abort now)")
 
     def run_cell(self, cell: Cell) -> str:
+        if self._stop:
+            raise Interrupted("stopped before the next cell. Finished cells are saved; resume with the same "
+                              "`bench run` command")
         if cell.depends:
             dep = self.store.status(cell.depends)
             if dep == "failed":

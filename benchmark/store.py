@@ -96,8 +96,8 @@ class Store:
             def _begin(conn):
                 conn.exec_driver_sql("BEGIN IMMEDIATE")
         if create:
-            meta.create_all(self.engine)
-        self._check_schema(create)
+            retrying(meta.create_all, self.engine)  # two processes may create the same store at once
+        retrying(self._check_schema, create)
 
     def _check_schema(self, create):
         with self.engine.begin() as conn:

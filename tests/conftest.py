@@ -25,6 +25,8 @@ def tiny_suite(tmp_path: Path, name="tiny", formulations=("softmax",), **overrid
         section, _, field = key.partition("__")
         if field:
             doc[section][field] = value
+        elif isinstance(value, dict) and isinstance(doc.get(section), dict):
+            doc[section] = {**doc[section], **value}
         else:
             doc[section] = value
     path = tmp_path / f"{name}.yaml"

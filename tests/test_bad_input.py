@@ -1,0 +1,243 @@
+"""Bad input: a one-paragraph error naming the file/field/value and the fix, exit ≠ 0, no traceback,
+and nothing from the failed attempt in the store."""
+
+import os
+import sqlite3
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from benchmark.cli import main
+from benchmark.store import Store
+
+
+def run_cli(capsys, *args):
+    capsys.readouterr()
+    code = main(list(args))
+    captured = capsys.readouterr()
+    text = captured.out + captured.err
+    assert "Traceback" not in text
+    return code, " ".join(text.split())  # unwrapped
+
+
+def write_suite(tmp_path, doc=None, text=None, name="bad"):
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(text if text is not None else yaml.safe_dump(doc))
+    return path
+
+
+def base_doc(**changes):
+    doc = {"name": "bad", "dataset": {"name": "synthetic", "params": {"n_images": 160, "n_patients": 24,
+                                                                      "size": [16, 16], "seed": 1}},
+           "protocol": {"kind": "study", "folds": 2, "test_fraction": 0.2},
+           "training": {"epochs": 1}, "backbones": ["tiny"], "formulations": ["softmax"]}
+    for key, value in changes.items():
+        section, _, field = key.partition("__")
+        if field:
+            doc[section][field] = value
+        else:
+            doc[section] = value
+    return doc
+
+
+def assert_rejected(capsys, tmp_path, suite, *needles, out=None):
+    out = out or tmp_path / "out"
+    code, text = run_cli(capsys, "run", str(suite), "--out", str(out), "--quiet")
+    assert code == 2, text
+    for needle in needles:
+        assert needle in text, (needle, text)
+    assert not (out / "results.db").exists(), "a failed attempt must not leave a store"
+    return text
+
+
+def class_tree(root, empty=None, extra=None):
+    for k in range(4):
+        folder = root / f"Mayo {k}"
+        folder.mkdir(parents=True, exist_ok=True)
+        if k == empty:
+            continue
+        for i in range(6):
+            Image.fromarray(np.full((8, 8, 3), 40 * k, np.uint8)).save(folder / f"UC_patient_{i}_{k}.bmp")
+    if extra:
+        extra(root)
+    return root
+
+
+def folder_suite(tmp_path, root):
+    return write_suite(tmp_path, base_doc(dataset={"name": "folder", "root": str(root)}))
+
+
+def test_nonexistent_data_root(capsys, tmp_path):
+    assert_rejected(capsys, tmp_path, folder_suite(tmp_path, tmp_path / "nowhere"), "dataset.root", "nowhere",
+                    "does not exist")
+
+
+def test_empty_class_folder(capsys, tmp_path):
+    root = class_tree(tmp_path / "d", empty=2)
+    assert_rejected(capsys, tmp_path, folder_suite(tmp_path, root), "Mayo 2", "is empty")
+
+
+def test_corrupt_or_truncated_image(capsys, tmp_path):
+    def corrupt(root):
+        good = (root / "Mayo 1" / "UC_patient_0_1.bmp").read_bytes()
+        (root / "Mayo 1" / "UC_patient_0_1.bmp").write_bytes(good[: len(good) // 3])
+    root = class_tree(tmp_path / "d", extra=corrupt)
+    assert_rejected(capsys, tmp_path, folder_suite(tmp_path, root), "cannot be decoded", "UC_patient_0_1.bmp")
+
+
+def test_non_image_file_in_class_folder(capsys, tmp_path):
+    root = class_tree(tmp_path / "d", extra=lambda r: (r / "Mayo 3" / "readme.txt").write_text("x"))
+    assert_rejected(capsys, tmp_path, folder_suite(tmp_path, root), "readme.txt", "not an image file")
+
+
+@pytest.mark.parametrize("field,value,needles", [
+    ("backbones", ["resnet181"], ["Unknown backbone 'resnet181'", "resnet18"]),
+    ("formulations", ["sofmax"], ["Unknown formulation 'sofmax'", "softmax"]),
+    ("dataset", {"name": "synthtic"}, ["Unknown dataset 'synthtic'", "synthetic"]),
+])
+def test_unknown_names_suggest_the_closest(capsys, tmp_path, field, value, needles):
+    assert_rejected(capsys, tmp_path, write_suite(tmp_path, base_doc(**{field: value})), *needles)
+
+
+def test_unknown_metric_suggests_the_closest(capsys, tmp_path, make_suite):
+    suite = make_suite(name="m", formulations=["softmax"])
+    out = tmp_path / "m"
+    assert main(["run", str(suite), "--out", str(out), "--quiet", "--only", "fold=0"]) == 0
+    baseline = tmp_path / "b.csv"
+    assert main(["check", str(out), "--baseline", str(baseline), "--update"]) == 0
+    before = baseline.read_text()
+    code, text = run_cli(capsys, "check", str(out), "--baseline", str(baseline), "--metrics", "acuracy")
+    assert code == 2 and "Unknown metric 'acuracy'" in text and "accuracy" in text
+    assert baseline.read_text() == before
+
+
+def test_misspelled_yaml_key_names_its_line(capsys, tmp_path):
+    text = yaml.safe_dump(base_doc(), sort_keys=False).replace("training:", "trainng:")
+    line = text.splitlines().index("trainng:") + 1
+    out = assert_rejected(capsys, tmp_path, write_suite(tmp_path, text=text), "unknown key 'trainng'",
+                          "did you mean 'training'", f"line {line}")
+    assert "bad.yaml" in out
+
+
+def test_misspelled_nested_key(capsys, tmp_path):
+    doc = base_doc()
+    doc["training"] = {"epocs": 3}
+    assert_rejected(capsys, tmp_path, write_suite(tmp_path, doc), "unknown key 'training.epocs'", "'epochs'")
+
+
+def test_wrong_value_type(capsys, tmp_path):
+    assert_rejected(capsys, tmp_path, write_suite(tmp_path, base_doc(training={"epochs": "ten"})),
+                    "training.epochs", "'ten'", "integer")
+
+
+@pytest.mark.parametrize("options,needle", [({"alpha": -0.5}, "non-negative"),
+                                            ({"alpha": 0, "beta": 0, "gamma": 0}, "not all zero")])
+def test_negative_or_all_zero_loss_weights(capsys, tmp_path, options, needle):
+    suite = write_suite(tmp_path, base_doc(formulations=[{"name": "mtl", "options": options}]))
+    assert_rejected(capsys, tmp_path, suite, "mtl", "alpha, beta, gamma", needle)
+
+
+def test_more_folds_than_images_in_smallest_class(capsys, tmp_path):
+    assert_rejected(capsys, tmp_path, write_suite(tmp_path, base_doc(protocol={"kind": "study", "folds": 40})),
+                    "protocol.folds = 40", "MES 3", "images")
+
+
+def test_more_folds_than_patients_when_grouped(capsys, tmp_path):
+    doc = base_doc(protocol={"kind": "grouped", "folds": 12, "test_fraction": 0.25})
+    assert_rejected(capsys, tmp_path, write_suite(tmp_path, doc), "protocol.folds = 12", "patients")
+
+
+@pytest.mark.parametrize("fraction", [0, 1.5, -0.1])
+def test_test_fraction_outside_unit_interval(capsys, tmp_path, fraction):
+    assert_rejected(capsys, tmp_path, write_suite(tmp_path, base_doc(protocol__test_fraction=fraction)),
+                    "protocol.test_fraction", "between 0 and 1")
+
+
+def _manifest(tmp_path, rows):
+    root = class_tree(tmp_path / "d")
+    (tmp_path / "m.csv").write_text("path,label,group\n" + "\n".join(rows))
+    return write_suite(tmp_path, base_doc(dataset={"name": "manifest", "manifest": str(tmp_path / "m.csv")}))
+
+
+def test_labels_outside_0_to_3_in_manifest(capsys, tmp_path):
+    rows = [f"d/Mayo {k}/UC_patient_{i}_{k}.bmp,{k},{i}" for k in range(4) for i in range(6)]
+    rows[5] = rows[5].rsplit(",", 2)[0] + ",7,5"
+    assert_rejected(capsys, tmp_path, _manifest(tmp_path, rows), "m.csv", "row 7", "'7'", "0–3")
+
+
+def test_duplicate_image_ids_in_manifest(capsys, tmp_path):
+    rows = [f"d/Mayo {k}/UC_patient_{i}_{k}.bmp,{k},{i}" for k in range(4) for i in range(6)]
+    rows.append(rows[0])
+    assert_rejected(capsys, tmp_path, _manifest(tmp_path, rows), "duplicate image ids", "UC_patient_0_0.bmp")
+
+
+def test_pretrained_weights_absent_offline(tmp_path):
+    """In a subprocess with empty caches: the error explains how to supply the file; nothing downloads."""
+    suite = write_suite(tmp_path, base_doc(backbones=[{"name": "resnet18", "pretrained": True}]))
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "TORCH_HOME": str(tmp_path / "torch"),
+           "HF_HUB_OFFLINE": "1", "MESBENCH_DEVICE": "cpu"}
+    proc = subprocess.run([sys.executable, "-m", "benchmark.cli", "run", str(suite), "--out", str(tmp_path / "o"),
+                           "--quiet"], capture_output=True, text=True, env=env, timeout=120)
+    text = " ".join((proc.stdout + proc.stderr).split())
+    assert proc.returncode == 2 and "Traceback" not in text
+    assert "resnet18" in text and "pretrained" in text and "weights:" in text and "nothing is downloaded" in text
+    assert not (tmp_path / "o" / "results.db").exists()
+    assert not list(tmp_path.rglob("*.safetensors")) and not list(tmp_path.rglob("*.pth"))
+
+
+def test_pretrained_weights_file_missing(capsys, tmp_path):
+    suite = write_suite(tmp_path, base_doc(backbones=[{"name": "resnet18", "pretrained": True,
+                                                       "weights": str(tmp_path / "r18.safetensors")}]))
+    assert_rejected(capsys, tmp_path, suite, "r18.safetensors", "does not exist")
+
+
+def test_output_directory_not_writable(capsys, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    code, text = run_cli(capsys, "run", str(write_suite(tmp_path, base_doc())), "--out", str(blocker / "run"),
+                         "--quiet")
+    assert code == 2 and "not writable" in text and "--out" in text
+
+
+def test_store_of_incompatible_schema_version(capsys, tmp_path):
+    out = tmp_path / "old"
+    Store(out)
+    with sqlite3.connect(out / "results.db") as conn:
+        conn.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
+    code, text = run_cli(capsys, "run", str(write_suite(tmp_path, base_doc())), "--out", str(out), "--quiet")
+    assert code == 2 and "schema version 99" in text and "--out" in text
+    with sqlite3.connect(out / "results.db") as conn:
+        assert conn.execute("SELECT COUNT(*) FROM cells").fetchone()[0] == 0
+
+
+def test_suite_changed_under_an_existing_run_directory(capsys, tmp_path):
+    out = tmp_path / "run"
+    first = write_suite(tmp_path, base_doc(), name="v1")
+    assert main(["run", str(first), "--out", str(out), "--quiet", "--only", "fold=0"]) == 0
+    cells_before = Store(out, create=False).cell_rows()
+    changed = base_doc()
+    changed["dataset"]["params"]["seed"] = 2
+    code, text = run_cli(capsys, "run", str(write_suite(tmp_path, changed, name="v2")), "--out", str(out), "--quiet")
+    assert code == 2 and "different dataset/protocol configuration" in text and "--out" in text
+    assert Store(out, create=False).cell_rows() == cells_before
+
+
+def test_training_change_gets_a_new_hash_and_is_said(capsys, tmp_path):
+    out = tmp_path / "run"
+    assert main(["run", str(write_suite(tmp_path, base_doc(), name="v1")), "--out", str(out), "--quiet",
+                 "--only", "fold=0"]) == 0
+    code, text = run_cli(capsys, "run", str(write_suite(tmp_path, base_doc(training={"epochs": 2}), name="v2")),
+                         "--out", str(out), "--quiet", "--only", "fold=0")
+    assert code == 0 and "new configuration hash" in text and "not reported" in text
+    rows = Store(out, create=False).cell_rows()
+    assert len(rows) == 2 and len({r["key"] for r in rows}) == 2
+
+
+def test_unknown_only_filter(capsys, tmp_path):
+    code, text = run_cli(capsys, "run", str(write_suite(tmp_path, base_doc())), "--out", str(tmp_path / "o"),
+                         "--quiet", "--only", "model=x")
+    assert code == 2 and "backbone=NAME" in text
