@@ -1,14 +1,14 @@
 """Batched augmentation and normalisation from the decoded uint8 array, on the training device.
 
-Batches stay NHWC uint8 until the end: NHWC permuted to NCHW *is* channels_last, so no copy is
-needed for the model. Rotation by a uniform angle in [−180°, 180°] plus a random horizontal flip:
-- CPU: nearest-neighbour gather on uint8 (index arithmetic once per pixel, no float image),
-  measured faster than PIL per image and ~3× faster than float grid_sample on a 2-core CPU;
-- CUDA: bilinear `grid_sample` on the GPU, where arithmetic is cheap and the result smoother.
-Pixels rotated in from outside the frame are black, as torchvision's RandomRotation fills them.
+Random horizontal flip and rotation by a uniform angle in [−180°, 180°], then normalisation with
+the fold's training mean/std. Pixels rotated in from outside the frame are black, as torchvision's
+RandomRotation fills them. Batches stay NHWC until the end: NHWC permuted to NCHW *is*
+channels_last, the fastest layout for convolutions on both CPU (oneDNN) and GPU.
+- CUDA: uint8 data resident on the GPU, bilinear `grid_sample` on the batch.
+- CPU: OpenCV `warpAffine` (nearest neighbour, on uint8, multithreaded) per image, then one fused
+  in-place normalisation in NHWC. Measured on a 2-core CPU at 352×288: ~7,000 images/s for the
+  rotation against ~500 for PIL per image and ~150 for float `grid_sample` (see `bench perf`).
 """
-
-from __future__ import annotations
 
 import math
 
@@ -39,23 +39,29 @@ def draw_params(n: int, generator: torch.Generator):
     return angles, flips
 
 
-def rotate_flip_nearest(x: torch.Tensor, angles: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
-    """x: (B, H, W, C) uint8 -> same shape, rotated about the centre then flipped; nearest neighbour."""
-    b, h, w, c = x.shape
-    dev = x.device
-    ys = torch.arange(h, device=dev, dtype=torch.float32) - (h - 1) / 2
-    xs = torch.arange(w, device=dev, dtype=torch.float32) - (w - 1) / 2
-    cos = torch.cos(angles).to(dev).view(b, 1, 1)
-    sin = torch.sin(angles).to(dev).view(b, 1, 1)
-    sign = torch.where(flips.to(dev), -1.0, 1.0).view(b, 1, 1)
-    xo = xs.view(1, 1, w) * sign  # flip applied to the output frame
-    yo = ys.view(1, h, 1)
-    src_x = torch.round(cos * xo - sin * yo + (w - 1) / 2)
-    src_y = torch.round(sin * xo + cos * yo + (h - 1) / 2)
-    inside = (src_x >= 0) & (src_x <= w - 1) & (src_y >= 0) & (src_y <= h - 1)
-    flat = torch.where(inside, src_y * w + src_x, torch.full_like(src_x, h * w)).long().view(b, h * w, 1)
-    padded = torch.cat([x.reshape(b, h * w, c), torch.zeros(b, 1, c, dtype=x.dtype, device=dev)], dim=1)
-    return torch.gather(padded, 1, flat.expand(b, h * w, c)).view(b, h, w, c)
+def affine_matrices(angles, flips, h, w) -> np.ndarray:
+    """(B, 2, 3) OpenCV forward maps: rotate about the centre by `angle`, then flip horizontally."""
+    cx, cy = (w - 1) / 2, (h - 1) / 2
+    out = np.empty((len(angles), 2, 3))
+    for i, (a, f) in enumerate(zip(np.asarray(angles, float), np.asarray(flips, bool))):
+        c, s = math.cos(a), math.sin(a)
+        # dst = R·(p − c) + c, with R the inverse of the sampling rotation used by rotate_flip_bilinear
+        rot = np.array([[c, s, cx - c * cx - s * cy], [-s, c, cy + s * cx - c * cy], [0, 0, 1]])
+        flip = np.array([[-1.0, 0, w - 1], [0, 1, 0], [0, 0, 1]]) if f else np.eye(3)
+        out[i] = (flip @ rot)[:2]
+    return out
+
+
+def rotate_flip_cv2(x: np.ndarray, angles, flips) -> np.ndarray:
+    """x: (B, H, W, C) uint8 -> rotated then flipped copy; nearest neighbour, black outside."""
+    import cv2
+
+    b, h, w, _ = x.shape
+    out = np.empty_like(x)
+    for i, m in enumerate(affine_matrices(angles, flips, h, w)):
+        cv2.warpAffine(x[i], m, (w, h), dst=out[i], flags=cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT,
+                       borderValue=0)
+    return out
 
 
 def rotate_flip_bilinear(x: torch.Tensor, angles: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
@@ -74,39 +80,41 @@ def rotate_flip_bilinear(x: torch.Tensor, angles: torch.Tensor, flips: torch.Ten
 
 
 class BatchMaker:
-    """Turns dataset indices into normalised (B, 3, H, W) batches on the training device."""
+    """Turns dataset indices into normalised channels_last (B, 3, H, W) batches on the training device."""
 
-    def __init__(self, images, mean, std, device: torch.device, input_size=None, channels_last=None):
+    def __init__(self, images, mean, std, device: torch.device, input_size=None):
         self.device = device
-        # Resident uint8 data: the whole array once on the device (GPU) or shared from memory (CPU).
-        tensor = torch.from_numpy(np.ascontiguousarray(images)) if not isinstance(images, torch.Tensor) else images
-        self.images = tensor.to(device, non_blocking=True) if device.type == "cuda" else tensor
-        self.scale = torch.as_tensor(1.0 / (255.0 * std), device=device).view(1, 3, 1, 1)
-        self.shift = torch.as_tensor(-mean / std, device=device).view(1, 3, 1, 1)
+        if device.type == "cuda":
+            # Resident uint8 data: the whole array is copied to the GPU once.
+            self.images = torch.from_numpy(np.ascontiguousarray(images)).to(device, non_blocking=True)
+        else:
+            self.images = images  # numpy array or memory map, shared by every cell of the run
+        self.scale = torch.as_tensor(1.0 / (255.0 * np.asarray(std)), dtype=torch.float32, device=device)
+        self.shift = torch.as_tensor(-np.asarray(mean) / np.asarray(std), dtype=torch.float32, device=device)
         self.input_size = tuple(input_size) if input_size else None
-        self.channels_last = device.type == "cuda" if channels_last is None else channels_last
-        self.path = "gpu-bilinear-grid_sample" if device.type == "cuda" else "cpu-uint8-nearest-gather"
+        self.path = "gpu-bilinear-grid_sample" if device.type == "cuda" else "cpu-opencv-nearest-warpAffine"
 
-    def _gather(self, idx):
-        if self.device.type == "cuda":
-            return self.images[torch.as_tensor(idx, device=self.device)]
-        return self.images[torch.as_tensor(idx)]
+    def _finish_nhwc(self, x_uint8_nhwc: torch.Tensor) -> torch.Tensor:
+        x = x_uint8_nhwc.to(torch.float32)
+        x.mul_(self.scale).add_(self.shift)  # broadcast over the last (channel) axis, in place
+        return self._resize(x.permute(0, 3, 1, 2))  # NCHW view of NHWC memory = channels_last
 
-    def _finish(self, x_nchw_float):
-        x = x_nchw_float * self.scale + self.shift
+    def _resize(self, x):
         if self.input_size and tuple(x.shape[-2:]) != self.input_size:
             x = F.interpolate(x, size=self.input_size, mode="bilinear", align_corners=False)
-        if self.channels_last:
-            return x.contiguous(memory_format=torch.channels_last)
-        return x.contiguous()
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
 
     def train_batch(self, idx, angles, flips):
-        x = self._gather(idx)
         if self.device.type == "cuda":
-            x = rotate_flip_bilinear(x.permute(0, 3, 1, 2).float(), angles, flips)
-            return self._finish(x)
-        x = rotate_flip_nearest(x, angles, flips)
-        return self._finish(x.permute(0, 3, 1, 2).float())
+            x = self.images[torch.as_tensor(idx, device=self.device)].permute(0, 3, 1, 2).float()
+            x = rotate_flip_bilinear(x, angles, flips)
+            x = x * self.scale.view(1, 3, 1, 1) + self.shift.view(1, 3, 1, 1)
+            return self._resize(x.contiguous(memory_format=torch.channels_last))
+        batch = np.ascontiguousarray(self.images[np.asarray(idx)])
+        return self._finish_nhwc(torch.from_numpy(rotate_flip_cv2(batch, angles.numpy(), flips.numpy())))
 
     def eval_batch(self, idx):
-        return self._finish(self._gather(idx).permute(0, 3, 1, 2).float())
+        if self.device.type == "cuda":
+            return self._finish_nhwc(self.images[torch.as_tensor(idx, device=self.device)])
+        return self._finish_nhwc(torch.from_numpy(np.ascontiguousarray(self.images[np.asarray(idx)])))

@@ -1,0 +1,202 @@
+"""`bench perf`: the harness's data path and training epoch against the usual PyTorch recipe.
+
+Measured in one process on the same images: (1) decoded-once uint8 data → batched flip + rotation →
+normalisation on the training device, no model; (2) the usual recipe — PIL decode per image per
+epoch, torchvision per-image transforms, a DataLoader with one worker per core — over the same
+images written as BMP files; (3) the bare model step on pre-staged tensors; (4) the harness's real
+training epoch (`training.train_epoch`). Ratios (1)/(2) and (4)/(3).
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .augment import BatchMaker, draw_params
+from .device import pick_device
+
+
+@dataclass
+class PerfResult:
+    name: str
+    images_per_s: float
+    seconds: float
+    images: int
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed(fn, n_images, device, repeat=2):
+    """Best of `repeat` timed passes after one warm-up pass."""
+    fn()
+    _sync(device)
+    best = None
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        dt = time.perf_counter() - t0
+        best = dt if best is None else min(best, dt)
+    return best, n_images / best
+
+
+def synthetic_images(n, h, w, seed=0):
+    from .synthetic import generate
+
+    images, labels, _, _ = generate(n, max(2, n // 8), (h, w), seed=seed)
+    return images, labels
+
+
+def data_path(images, batch, plan, mean, std):
+    maker = BatchMaker(images, mean, std, plan.device)
+    n = len(images)
+    g = torch.Generator().manual_seed(0)
+
+    def epoch():
+        order = torch.randperm(n, generator=g).numpy()
+        angles, flips = draw_params(n, g)
+        for s in range(0, n, batch):
+            x = maker.train_batch(order[s:s + batch], angles[s:s + batch], flips[s:s + batch])
+        return x
+
+    return epoch, maker.path
+
+
+class _FolderDataset(torch.utils.data.Dataset):
+    def __init__(self, files, labels, transform):
+        self.files, self.labels, self.transform = files, labels, transform
+
+    def __len__(self):
+        return len(self.files)
+
+    def __getitem__(self, i):
+        from PIL import Image
+
+        with Image.open(self.files[i]) as im:
+            return self.transform(im.convert("RGB")), int(self.labels[i])
+
+
+def usual_recipe(images, labels, batch, mean, std, folder: Path):
+    from PIL import Image
+    from torchvision import transforms
+
+    files = []
+    for i, img in enumerate(images):
+        path = folder / f"img_{i:05d}.bmp"
+        Image.fromarray(img).save(path)
+        files.append(path)
+    tf = transforms.Compose([transforms.RandomHorizontalFlip(), transforms.RandomRotation(180), transforms.ToTensor(),
+                             transforms.Normalize(mean.tolist(), std.tolist())])
+    workers = os.cpu_count() or 1
+    loader = torch.utils.data.DataLoader(_FolderDataset(files, labels, tf), batch_size=batch, shuffle=True,
+                                         num_workers=workers, persistent_workers=workers > 0)
+
+    def epoch():
+        for x, _ in loader:
+            pass
+        return x
+
+    return epoch, workers
+
+
+def model_parts(backbone, plan, input_hw):
+    from backbones import create_backbone
+    from formulations import create_formulation
+
+    from .training import Net
+
+    torch.manual_seed(0)
+    bb, d, _ = create_backbone(backbone)
+    formulation = create_formulation("softmax")
+    model = Net(bb, formulation.head(d)).to(plan.device, memory_format=torch.channels_last)
+    opt = torch.optim.Adam(model.parameters(), lr=2e-4)
+    return model, formulation, opt
+
+
+def bare_step(model, formulation, opt, plan, batch, hw, n_images):
+    x = torch.randn(batch, 3, *hw, device=plan.device).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 4, (batch,), device=plan.device)
+    steps = max(1, n_images // batch)
+
+    def epoch():
+        model.train()
+        for _ in range(steps):
+            with plan.autocast():
+                out = model(x)
+            loss = formulation.loss(out.float(), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        return loss
+
+    return epoch, steps * batch
+
+
+def harness_epoch(model, formulation, opt, plan, images, labels, batch, mean, std):
+    from .training import train_epoch
+
+    maker = BatchMaker(images, mean, std, plan.device)
+    idx = np.arange(len(images))
+    g = torch.Generator().manual_seed(1)
+    steps = len(images) // batch
+
+    def epoch():
+        model.train()
+        order = torch.randperm(len(idx), generator=g).numpy()[: steps * batch]
+        angles, flips = draw_params(len(order), g)
+        total, _ = train_epoch(model, formulation, maker, labels, idx, order, angles, flips, batch, opt, None, None,
+                               plan)
+        return float(total.cpu())
+
+    return epoch, steps * batch
+
+
+def peak_memory(plan) -> str:
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB -> MiB on Linux
+    text = f"process peak RSS {rss:,.0f} MiB"
+    if plan.device.type == "cuda":
+        text += f"; GPU peak allocated {torch.cuda.max_memory_allocated(plan.device) / 2**20:,.0f} MiB"
+    return text
+
+
+def run_perf(backbone="resnet18", size=(288, 352), batch=64, n_images=256, device=None, compile_model=False,
+             skip_model=False):
+    plan = pick_device(device)
+    h, w = size
+    images, labels = synthetic_images(n_images, h, w)
+    mean = images.reshape(-1, 3).mean(0) / 255.0
+    std = images.reshape(-1, 3).std(0) / 255.0
+    results = {}
+    fn, path = data_path(images, batch, plan, mean.astype(np.float32), std.astype(np.float32))
+    secs, rate = _timed(fn, n_images, plan.device, repeat=3)
+    results["data"] = PerfResult("(1) harness data path: uint8 cache → flip + rotation → normalise, no model",
+                                 rate, secs, n_images)
+    with tempfile.TemporaryDirectory() as tmp:
+        fn, workers = usual_recipe(images, labels, batch, mean, std, Path(tmp))
+        secs, rate = _timed(fn, n_images, plan.device, repeat=2)
+    results["usual"] = PerfResult(f"(2) usual recipe: PIL decode + torchvision per image, DataLoader({workers} "
+                                  "workers)", rate, secs, n_images)
+    if not skip_model:
+        model, formulation, opt = model_parts(backbone, plan, (h, w))
+        if compile_model:
+            model = torch.compile(model)
+        fn, n = bare_step(model, formulation, opt, plan, batch, (h, w), n_images)
+        secs, rate = _timed(fn, n, plan.device, repeat=2)
+        results["bare"] = PerfResult(f"(3) bare model step ({backbone}, fwd + bwd + Adam, pre-staged tensors)",
+                                     rate, secs, n)
+        fn, n = harness_epoch(model, formulation, opt, plan, images, labels, batch, mean.astype(np.float32),
+                              std.astype(np.float32))
+        secs, rate = _timed(fn, n, plan.device, repeat=2)
+        results["harness"] = PerfResult(f"(4) harness training epoch ({backbone}, training.train_epoch)", rate, secs,
+                                        n)
+    return plan, path, results, peak_memory(plan)
