@@ -37,6 +37,7 @@ def add_commands(sub):
     _add_report(sub)
     _add_report_speed(sub)
     _add_perf(sub)
+    _add_tune(sub)
 
 
 def cmd_check(args):
@@ -243,3 +244,61 @@ def _add_perf(sub):
     r.add_argument("--compile", action="store_true", help="torch.compile the model")
     r.add_argument("--no-model", action="store_true", help="only the data paths (1) and (2)")
     r.set_defaults(fn=cmd_perf)
+
+
+def cmd_tune(args):
+    from rich.table import Table
+
+    from .cli import console
+    from .config import load_suite
+    from .tune import WEIGHT_KEYS, Tuner
+
+    suite = load_suite(args.suite, args.set)
+    out = Path(args.out) if args.out else Path("runs") / f"{suite.name}-tune"
+    tuner = Tuner(suite, out, args.backbone, args.formulation, args.metric, args.folds, args.storage, args.study,
+                  args.device)
+    before = len(tuner.study.trials)
+    study = tuner.optimize(args.trials, args.timeout)
+    states = {}
+    for t in study.trials:
+        states[t.state.name] = states.get(t.state.name, 0) + 1
+    done = sorted([t for t in study.trials if t.state.name == "COMPLETE"], key=lambda t: t.value,
+                  reverse=study.direction.name == "MAXIMIZE")
+    console.print(f"study {tuner.study_name!r} in {tuner.storage}: {len(study.trials)} trials "
+                  f"({len(study.trials) - before} new) — " + ", ".join(f"{k.lower()} {v}" for k, v in
+                                                                         sorted(states.items())))
+    table = Table(title="best trials")
+    for col in ("trial", args.metric, *WEIGHT_KEYS):
+        table.add_column(col, justify="right")
+    for t in done[:10]:
+        table.add_row(str(t.number), f"{t.value:.4f}", *(f"{t.user_attrs[k]:.3f}" for k in WEIGHT_KEYS))
+    console.print(table)
+    if not done:
+        console.print("[red]no completed trial[/]: every trial was pruned or failed; see the study for reasons.")
+        return 1
+    best = tuner.best_weights()
+    console.print("best weights: " + ", ".join(f"{k} = {v:.4f}" for k, v in best.items())
+                  + f" ({args.metric} = {study.best_value:.4f}, mean over {tuner.k} fold(s), validation only)")
+    figs = tuner.figures()
+    override = tuner.write_override()
+    console.print(f"figures: {', '.join(map(str, figs))}")
+    console.print(f"suite with the tuned formulation: {override} — train it under the normal protocol with "
+                  f"`bench run {override}`")
+    return 0
+
+
+def _add_tune(sub):
+    r = sub.add_parser("tune", help="Optuna search of the joint-loss weights alpha, beta, gamma")
+    r.add_argument("suite")
+    r.add_argument("--trials", type=int, required=True)
+    r.add_argument("--backbone")
+    r.add_argument("--formulation", default="mtl")
+    r.add_argument("--metric", default="macro_f1", help="any stored metric, e.g. macro_f1, f1@3, ra.f1")
+    r.add_argument("--folds", type=int, help="use only the first K folds per trial")
+    r.add_argument("--storage", help="Optuna storage URL (default: SQLite in the output directory)")
+    r.add_argument("--study", help="study name")
+    r.add_argument("--out", help="output directory (default runs/<suite>-tune)")
+    r.add_argument("--timeout", type=float, help="stop after this many seconds")
+    r.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE")
+    r.add_argument("--device", choices=["cpu", "cuda"])
+    r.set_defaults(fn=cmd_tune)

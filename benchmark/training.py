@@ -80,6 +80,8 @@ class Schedule:
     init_state: dict | None = None  # stage-1 weights for fine-tuning
     on_epoch: Callable[[dict], None] | None = None
     should_stop: Callable[[], bool] = field(default=lambda: False)
+    # extra per-epoch validation metric (y_true, y_pred, task_preds) -> float, stored as row["objective"]
+    objective: Callable | None = None
 
 
 def _atomic_save(obj, path: Path):
@@ -214,7 +216,8 @@ def train_cell(model: Net, formulation: Formulation, data: CellData, cfg: Traini
         if not math.isfinite(val_loss):
             raise CellFailed(f"validation loss became {val_loss} in epoch {epoch + 1}")
         y_val = data.labels[data.val]
-        pred = formulation.decode(val_out).pred.numpy()
+        decoded = formulation.decode(val_out)
+        pred = decoded.pred.numpy()
         row = {
             "epoch": epoch + 1,
             "train_loss": train_loss,
@@ -225,6 +228,8 @@ def train_cell(model: Net, formulation: Formulation, data: CellData, cfg: Traini
             if len(set(y_val) | set(pred)) > 1 else 0.0,
             "lr": opt.param_groups[0]["lr"],
         }
+        if sched.objective is not None:
+            row["objective"] = float(sched.objective(y_val, pred, {k: v.numpy() for k, v in decoded.task_preds.items()}))
         value, _ = _monitor(row, cfg.monitor)
         plateau.step(value)
         improved = state["best"] is None or (value < state["best"] if mode == "min" else value > state["best"])
@@ -255,7 +260,8 @@ def train_cell(model: Net, formulation: Formulation, data: CellData, cfg: Traini
     val_out, _ = predict(model, formulation, maker, data.val, data.labels, plan, cfg.eval_batch_size)
     formulation.fit_decoding(val_out, torch.as_tensor(data.labels[data.val]))
     predictions, counters = {}, {}
-    for split, idx, out in (("val", data.val, val_out), ("test", data.test, None)):
+    splits = [("val", data.val, val_out)] + ([("test", data.test, None)] if len(data.test) else [])
+    for split, idx, out in splits:  # an empty test part (tuning) is never evaluated
         if out is None:
             out, _ = predict(model, formulation, maker, idx, data.labels, plan, cfg.eval_batch_size)
         d = _decoded_dict(formulation, out, data.labels[idx])

@@ -1,0 +1,93 @@
+"""`bench tune`: a resumable Optuna study over the weight simplex that never sees the test set."""
+
+import numpy as np
+import optuna
+import pytest
+import yaml
+
+import benchmark.tune as tune_mod
+from benchmark.cli import main
+from benchmark.config import load_suite
+from benchmark.store import Store
+from benchmark.tune import Tuner, simplex_from_unit
+
+
+def test_simplex_map_is_exact_non_negative_and_uniform():
+    rng = np.random.default_rng(0)
+    w = np.array([simplex_from_unit(u, v) for u, v in rng.random((20000, 2))])
+    assert np.all(w >= 0) and np.abs(w.sum(1) - 1).max() < 1e-12
+    assert np.allclose(w.mean(0), 1 / 3, atol=0.01)  # the uniform distribution on the simplex has mean 1/3 each
+    assert np.allclose(simplex_from_unit(0, 0), (0, 0, 1)) and np.allclose(simplex_from_unit(1, 0), (1, 0, 0))
+    assert np.allclose(simplex_from_unit(0, 1), (0, 1, 0))
+
+
+def test_three_trials_resume_and_round_trip(make_suite, tmp_path, capsys):
+    suite = make_suite(name="tune", formulations=["softmax", "mtl"])
+    out = tmp_path / "tune"
+    args = ["tune", str(suite), "--trials", "3", "--folds", "1", "--out", str(out)]
+    assert main(args) == 0
+    assert main(args) == 0  # same command again: the study continues
+    study = optuna.load_study(study_name="tune-tiny-mtl-macro_f1", storage=f"sqlite:///{out / 'tune.db'}")
+    assert len(study.trials) == 6
+    for t in study.trials:
+        if "alpha" in t.user_attrs:
+            assert abs(sum(t.user_attrs[k] for k in ("alpha", "beta", "gamma")) - 1) < 1e-9
+    assert (out / "optimization_history.png").stat().st_size > 1000
+    assert (out / "weights_simplex.png").stat().st_size > 1000
+    override = out / "tune.tuned.yaml"
+    tuned = [f for f in load_suite(override).formulations if f.display == "mtl[tuned]"]
+    assert len(tuned) == 1
+    best = study.best_trial.user_attrs
+    assert all(tuned[0].options[k] == pytest.approx(best[k]) for k in ("alpha", "beta", "gamma"))
+    run = tmp_path / "run"
+    assert main(["run", str(override), "--out", str(run), "--quiet", "--only", "formulation=mtl[tuned]",
+                 "--only", "fold=0"]) == 0
+    rows = Store(run, create=False).cell_rows()
+    assert [r["formulation"] for r in rows] == ["mtl[tuned]"]
+    res = Store(run, create=False).result(rows[0]["key"])
+    assert res["formulation_options"]["alpha"] == pytest.approx(best["alpha"])
+    capsys.readouterr()
+    assert main(["report", str(run), "--reference", "mtl[tuned]"]) == 0
+    assert "mtl[tuned]" in capsys.readouterr().out
+
+
+class Recording(np.ndarray):
+    """An image array that remembers every index it was asked for."""
+
+    seen: set
+
+    def __getitem__(self, item):
+        if isinstance(item, np.ndarray) and item.dtype.kind in "iu":
+            Recording.seen.update(item.ravel().tolist())
+        elif isinstance(item, (int, np.integer)):
+            Recording.seen.add(int(item))
+        return np.asarray(super().__getitem__(item))
+
+
+def test_tuner_never_reads_held_out_test_images(make_suite, tmp_path, monkeypatch):
+    suite = load_suite(make_suite(name="leak", formulations=["mtl"]))
+    real_load = tune_mod.load_dataset
+
+    def recording_load(cfg):
+        ds = real_load(cfg)
+        ds.images = ds.images.view(Recording)
+        return ds
+
+    Recording.seen = set()
+    monkeypatch.setattr(tune_mod, "load_dataset", recording_load)
+    tuner = Tuner(suite, tmp_path / "t", metric="f1@3")
+    tuner.optimize(2)
+    test_ids = set(tuner.splits.test.tolist())
+    assert Recording.seen, "the recorder saw nothing: the test would prove nothing"
+    assert not (Recording.seen & test_ids)
+    train_val = set(np.concatenate([np.concatenate(f) for f in tuner.splits.folds]).tolist())
+    assert Recording.seen <= train_val
+
+
+def test_unknown_metric_and_formulation_without_weights(make_suite, capsys):
+    suite = make_suite(name="bad", formulations=["mtl"])
+    capsys.readouterr()
+    assert main(["tune", str(suite), "--trials", "1", "--metric", "f1@7"]) == 2
+    assert "Unknown metric" in capsys.readouterr().err
+    assert main(["tune", str(suite), "--trials", "1", "--formulation", "softmax"]) == 2
+    assert "no joint-loss weights" in " ".join(capsys.readouterr().err.split())
