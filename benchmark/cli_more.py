@@ -38,6 +38,7 @@ def add_commands(sub):
     _add_report_speed(sub)
     _add_perf(sub)
     _add_tune(sub)
+    _add_explain(sub)
 
 
 def cmd_check(args):
@@ -302,3 +303,30 @@ def _add_tune(sub):
     r.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE")
     r.add_argument("--device", choices=["cpu", "cuda"])
     r.set_defaults(fn=cmd_tune)
+
+
+def cmd_explain(args):
+    from .cli import console
+    from .explain import explain
+
+    written, _, flat = explain(args.run_dir, args.backbone, args.formulation, args.fold, args.split, args.per_class,
+                               args.head, args.output, args.device)
+    for p in written:
+        console.print(f"written: {p}")
+    console.print(f"{len(flat)} images, {args.per_class} per true MES grade; `bench report --html` includes "
+                  "these figures when they are in RUN_DIR/explain.")
+    return 0
+
+
+def _add_explain(sub):
+    r = sub.add_parser("explain", help="Grad-CAM grids of stored checkpoints, per formulation and head")
+    r.add_argument("run_dir")
+    r.add_argument("--backbone")
+    r.add_argument("--formulation", nargs="+")
+    r.add_argument("--fold", type=int, default=0)
+    r.add_argument("--split", choices=["val", "test"], default="val")
+    r.add_argument("--per-class", type=int, default=2)
+    r.add_argument("--head", default="grade", choices=["grade", "primary", "remission", "active"])
+    r.add_argument("-o", "--output", help="output folder (default RUN_DIR/explain)")
+    r.add_argument("--device", choices=["cpu", "cuda"])
+    r.set_defaults(fn=cmd_explain)

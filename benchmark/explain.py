@@ -1,0 +1,202 @@
+"""`bench explain`: Grad-CAM (pytorch_grad_cam) of stored best checkpoints, for every formulation and head.
+
+The target layer is the last spatial feature map, taken from timm's `feature_info` (so MobileNet-v3,
+whose timm head pools before its last conv, is explained at its last block). Multi-head models are
+wrapped so Grad-CAM sees one tensor: `grade` explains the predicted MES grade — its logit for
+softmax, its log-probability for the hierarchical model, regression's score, and for CORAL/CORN
+the decision evidence for grade k, Σ_{j<k} l_j − Σ_{j≥k} l_j over the ordinal logits (positive
+exactly when every threshold decision agrees with k; their class probabilities pass through a clip
+that can zero the gradient); `primary` the active logit; the sub-heads their higher grade.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from formulations import create_formulation
+
+from .augment import BatchMaker
+from .config import Suite
+from .data import load_dataset
+from .errors import BenchError
+from .protocol import Splits
+
+HEADS = {"grade": None, "primary": 1, "remission": 1, "active": 1}
+
+
+def target_layer(backbone: nn.Module) -> nn.Module:
+    info = getattr(backbone, "feature_info", None)
+    if info:
+        last = info[-1]
+        name = last["module"] if isinstance(last, dict) else info.module_name()[-1]
+        return backbone.get_submodule(name)
+    convs = [m for m in backbone.modules() if isinstance(m, nn.Conv2d)]
+    if not convs:
+        raise BenchError("this backbone has no convolutional layer for Grad-CAM")
+    return convs[-1]
+
+
+class HeadView(nn.Module):
+    """One tensor per head for Grad-CAM."""
+
+    def __init__(self, net, formulation, head):
+        super().__init__()
+        self.net, self.formulation, self.head = net, formulation, head
+
+    def forward(self, x):
+        out = self.net(x)
+        if self.head != "grade":
+            return out[self.head]
+        if isinstance(out, dict):
+            return torch.log(self.formulation.decode(out).proba.clamp_min(1e-8))
+        if self.formulation.name in ("coral", "corn"):
+            k = out.shape[1] + 1
+            signs = torch.where(torch.arange(k - 1)[None, :] < torch.arange(k)[:, None], 1.0, -1.0)
+            return out @ signs.to(out).T  # (B, 4): evidence for each grade
+        return out  # softmax logits or the regression score (B, 1)
+
+
+def load_cell_model(run_dir: Path, cell, suite: Suite):
+    from .training import build_model
+
+    ckpt = Path(run_dir) / "cells" / cell["key"] / "best.pt"
+    if not ckpt.is_file():
+        raise BenchError(f"cell {cell['backbone']} · {cell['formulation']} · fold {cell['fold']} has no checkpoint at "
+                         f"{ckpt}; run `bench run` on the suite again to produce it (or explain another cell).")
+    fcfg = next(f for f in suite.formulations if f.display == cell["formulation"])
+    bcfg = next(b for b in suite.backbones if b.name == cell["backbone"])
+    formulation = create_formulation(fcfg.name, fcfg.options)
+    model, _ = build_model(bcfg.model_copy(update={"pretrained": False}), formulation, cell["seed"])
+    model.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True))
+    return model.eval(), formulation
+
+
+def pick_images(labels, idx, per_class, seed=0):
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for k in range(4):
+        pool = idx[labels[idx] == k]
+        chosen.append(np.sort(rng.choice(pool, size=min(per_class, len(pool)), replace=False)) if len(pool) else
+                      np.array([], dtype=np.int64))
+    return chosen
+
+
+def cams(model, formulation, head, batch, device):
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    view = HeadView(model, formulation, head).to(device)
+    with torch.no_grad():
+        out = model(batch)
+        pred = formulation.decode(out).pred.cpu().numpy()
+    if head == "grade":
+        category = [0] * len(pred) if formulation.name == "regression" else pred.tolist()
+    else:
+        category = [HEADS[head]] * len(pred)
+    with GradCAM(model=view, target_layers=[target_layer(model.backbone)]) as cam:
+        maps = cam(input_tensor=batch, targets=[ClassifierOutputTarget(c) for c in category])
+    return maps, pred
+
+
+def explain(run_dir, backbone=None, formulations=None, fold=0, split="val", per_class=2, head="grade", out=None,
+            device=None):
+    import cv2
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from pytorch_grad_cam.utils.image import show_cam_on_image
+
+    from reports.load import load_run
+
+    from .device import pick_device
+
+    run = load_run(run_dir)
+    suite = run.suite
+    backbone = backbone or run.backbones[0]
+    if backbone not in run.backbones:
+        from .errors import closest
+
+        raise BenchError(f"--backbone {backbone!r} is not in this run: {closest(backbone, run.backbones)}.")
+    wanted = formulations or run.formulations
+    for f in wanted:
+        if f not in run.formulations:
+            from .errors import closest
+
+            raise BenchError(f"--formulation {f!r} is not in this run: {closest(f, run.formulations)}.")
+    if head not in HEADS:
+        raise BenchError(f"--head {head!r}: one of {', '.join(HEADS)}.")
+    ds = load_dataset(suite.dataset)
+    splits = Splits.from_json(json.loads((Path(run.path) / "splits.json").read_text()), ds)
+    if not 0 <= fold < len(splits.folds):
+        raise BenchError(f"--fold {fold}: this run has folds 0..{len(splits.folds) - 1}.")
+    idx = splits.folds[fold][1] if split == "val" else splits.test
+    chosen = pick_images(ds.labels, idx, per_class)
+    flat = np.concatenate(chosen)
+    plan = pick_device(device)
+    out = Path(out or Path(run.path) / "explain")
+    out.mkdir(parents=True, exist_ok=True)
+    rows = run.cells[(run.cells.backbone == backbone) & (run.cells.fold == fold) & (run.cells.status == "done")]
+    results, written = {}, []
+    for f in wanted:
+        cell = rows[rows.formulation == f]
+        if cell.empty:
+            raise BenchError(f"{backbone} · {f} · fold {fold} is not a finished cell of this run; finish it with "
+                             "`bench run` or pick another --fold.")
+        cell = cell.iloc[0].to_dict()
+        model, formulation = load_cell_model(run.path, cell, suite)
+        if head != "grade" and head not in formulation.tasks:
+            continue
+        res = run.result(cell["key"]) or {}
+        maker = BatchMaker(ds.images, np.asarray(res.get("norm_mean")), np.asarray(res.get("norm_std")),
+                           plan.device, res.get("input_size"))
+        model.to(plan.device)
+        maps, pred = cams(model, formulation, head, maker.eval_batch(flat), plan.device)
+        h, w = ds.images.shape[1:3]
+        maps = np.stack([cv2.resize(m, (w, h)) for m in maps])
+        results[f] = (maps, pred)
+        fig, axes = plt.subplots(len(flat), 2, figsize=(4.4, 2.1 * len(flat)), squeeze=False)
+        for r, i in enumerate(flat):
+            img = np.asarray(ds.images[i], dtype=np.float32) / 255
+            axes[r, 0].imshow(img)
+            axes[r, 1].imshow(show_cam_on_image(img, maps[r], use_rgb=True))
+            axes[r, 0].set_title(f"true MES {ds.labels[i]}", fontsize=8)
+            axes[r, 1].set_title(f"pred MES {pred[r]} · {head}", fontsize=8)
+            for a in axes[r]:
+                a.axis("off")
+        fig.suptitle(f"Grad-CAM — {backbone} · {f} · fold {fold} · {split}", fontsize=9)
+        path = out / f"{backbone}__{_safe(f)}__{head}.png"
+        fig.savefig(path, dpi=90, bbox_inches="tight")
+        plt.close(fig)
+        written.append(path)
+    if not results:
+        raise BenchError(f"--head {head!r}: none of {wanted} has that head (only hierarchical formulations do).")
+    if len(results) > 1:
+        names = list(results)
+        fig, axes = plt.subplots(len(flat), len(names) + 1, figsize=(2.2 * (len(names) + 1), 2.1 * len(flat)),
+                                 squeeze=False)
+        for r, i in enumerate(flat):
+            img = np.asarray(ds.images[i], dtype=np.float32) / 255
+            axes[r, 0].imshow(img)
+            axes[r, 0].set_title(f"true MES {ds.labels[i]}", fontsize=8)
+            for c, f in enumerate(names, start=1):
+                maps, pred = results[f]
+                axes[r, c].imshow(show_cam_on_image(img, maps[r], use_rgb=True))
+                axes[r, c].set_title(f"{f}: {pred[r]}", fontsize=7)
+            for a in axes[r]:
+                a.axis("off")
+        fig.suptitle(f"Grad-CAM side by side — {backbone} · fold {fold} · {split} · {head}", fontsize=9)
+        path = out / f"{backbone}__comparison__{head}.png"
+        fig.savefig(path, dpi=90, bbox_inches="tight")
+        plt.close(fig)
+        written.append(path)
+    return written, results, flat
+
+
+def _safe(name):
+    return "".join(c if c.isalnum() or c in "-+_." else "_" for c in name)
