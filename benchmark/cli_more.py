@@ -63,9 +63,14 @@ def cmd_check(args):
         base, tolerances = read_baseline(args.baseline)
     else:
         raise BenchError("bench check needs --baseline FILE or --against RUN_DIR2.")
-    default = args.tolerance if args.tolerance is not None else tolerances.pop("default", DEFAULT_TOLERANCE)
-    if args.tolerance is not None:
-        tolerances.pop("default", None)
+    for item in args.tolerance or []:  # command-line tolerances override the file's
+        name, sep, value = item.rpartition("=")
+        try:
+            tolerances[name if sep else "default"] = float(value)
+        except ValueError:
+            raise BenchError(f"--tolerance {item!r}: give a number (all metrics) or METRIC=NUMBER, "
+                             "e.g. --tolerance 0.01 --tolerance f1@3=0.1.") from None
+    default = tolerances.pop("default", DEFAULT_TOLERANCE)
     metrics = [m for m in (args.metrics or "").split(",") if m]
     result = compare(now, base, tolerances, default, metrics)
     render(result, console)
@@ -77,7 +82,9 @@ def _add_check(sub):
     c.add_argument("run_dir")
     c.add_argument("--baseline", help="baseline CSV")
     c.add_argument("--against", help="compare with another run directory instead of a baseline file")
-    c.add_argument("--tolerance", type=float, help="absolute tolerance for every metric (overrides the file's)")
+    c.add_argument("--tolerance", action="append", metavar="[METRIC=]NUMBER",
+                   help="absolute tolerance: a number for every metric, or METRIC=NUMBER (e.g. f1@3=0.1, "
+                        "recall@*=0.1); repeatable; overrides the baseline header")
     c.add_argument("--metrics", help="comma-separated metric names, e.g. accuracy,f1@macro,f1@3")
     c.add_argument("--update", action="store_true", help="write this run's table as the new baseline")
     c.set_defaults(fn=cmd_check)

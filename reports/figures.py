@@ -149,6 +149,31 @@ def training_curves(run: Run, backbone: str) -> bytes:
     return _png(fig)
 
 
+def score_distributions(run: Run, opts: Options) -> bytes | None:
+    """Raw scores of score-based formulations (regression) per true grade, with their cut points."""
+    cells = run.cells[run.cells.status == "done"]
+    preds = run.store.predictions_frame(opts.split, ["key", "y_true", "score"])
+    preds = preds[preds.score.notna() & preds.key.isin(cells.key)]
+    if preds.empty:
+        return None
+    plt = _plt()
+    forms = [f for f in run.formulations if cells[cells.formulation == f].key.isin(preds.key).any()]
+    fig, axes = plt.subplots(1, len(forms), figsize=(4.5 * len(forms), 3.2), squeeze=False)
+    for ax, f in zip(axes[0], forms):
+        keys = cells[cells.formulation == f].key
+        sub = preds[preds.key.isin(keys)]
+        ax.violinplot([sub[sub.y_true == k].score.to_numpy() if (sub.y_true == k).any() else [np.nan]
+                       for k in range(4)], positions=range(4), showmedians=True)
+        cuts = np.mean([(run.result(k) or {}).get("state", {}).get("cutpoints", [0.5, 1.5, 2.5]) for k in keys], 0)
+        for c in cuts:
+            ax.axhline(c, color="red", lw=0.8, ls="--")
+        ax.set_xticks(range(4), CLASSES)
+        ax.set_ylabel("score")
+        ax.set_title(f"{f} (dashed: mean cut points)", fontsize=9)
+    fig.suptitle("Regression scores by true grade, all backbones and folds")
+    return _png(fig)
+
+
 def all_figures(run: Run, opts: Options, friedman_result=None) -> dict[str, bytes]:
     figs = {}
     for b in run.backbones:
@@ -160,6 +185,9 @@ def all_figures(run: Run, opts: Options, friedman_result=None) -> dict[str, byte
         figs["change after fine-tuning"] = ft
     if friedman_result is not None:
         figs["critical difference diagram"] = cd_diagram(friedman_result)
+    scores = score_distributions(run, opts)
+    if scores:
+        figs["score distributions"] = scores
     explain = run.path / "explain"
     if explain.is_dir():
         for png in sorted(explain.glob("*.png")):

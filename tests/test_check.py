@@ -79,3 +79,17 @@ def test_tolerances_from_header_and_direction_of_mae(tmp_path):
     res = compare(rows(0.78, 0.75), base.copy(), tol)  # accuracy down 0.02 and MAE up 0.25: both worse
     assert sorted(res.regressions.metric) == ["accuracy", "mae"]
     assert compare(rows(0.8, 0.2), base.copy(), tol).improvements.metric.tolist() == ["mae"]
+
+
+def test_per_metric_tolerance_on_the_command_line(baseline_run, tmp_path, monkeypatch, capsys):
+    suite, _, baseline = baseline_run
+    monkeypatch.setitem(Regression.defaults, "cutpoints", [1.5, 2.5, 3.5])
+    changed = tmp_path / "changed2"
+    assert main(["run", str(suite), "--out", str(changed), "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["check", str(changed), "--baseline", str(baseline), "--tolerance", "1.0"]) == 0
+    assert main(["check", str(changed), "--baseline", str(baseline), "--tolerance", "1.0",
+                 "--tolerance", "accuracy=0.0"]) == 1
+    out = capsys.readouterr().out
+    assert "accuracy" in out and "REGRESSIONS" in out
+    assert main(["check", str(changed), "--baseline", str(baseline), "--tolerance", "f1@3=x"]) == 2

@@ -20,7 +20,7 @@ def test_each_formulation_overfits_a_tiny_batch(name):
     y = torch.tensor([0, 1, 2, 3] * 4)
     head = f.head(12)
     opt = torch.optim.Adam(head.parameters(), lr=0.05)
-    first = float(f.loss(head(x), y))
+    first = float(f.loss(head(x), y).detach())
     for _ in range(200):
         opt.zero_grad()
         loss = f.loss(head(x), y)

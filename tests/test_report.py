@@ -41,6 +41,7 @@ def test_all_tables_in_every_format(real_run, tmp_path, capsys):
     assert main(["report", str(real_run), "--html", "-o", str(tmp_path / "r.html")]) == 0
     html = (tmp_path / "r.html").read_text()
     assert html.count("data:image/png;base64,") >= 4 and "<table>" in html
+    assert "score distributions" in html and "training curves" in html and "confusion matrices" in html
     assert "src='http" not in html  # self-contained
     assert main(["report", str(real_run), "--split", "test", "--test", "corrected-t", "--correction", "fdr_bh"]) == 0
 
