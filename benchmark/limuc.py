@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
 import os
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -100,11 +102,12 @@ def unreadable(entries: list[Entry]) -> list[str]:
 
     def check(e):
         try:
-            with Image.open(e.path) as im:
+            data = e.path.read_bytes()
+            with Image.open(io.BytesIO(data)) as im:
                 im.load()
-                return None, im.size
+                return None, im.size, hashlib.sha1(data).hexdigest()
         except Exception as exc:  # noqa: BLE001 - any decode failure is the finding itself
-            return f"unreadable image {e.path} ({type(exc).__name__})", None
+            return f"unreadable image {e.path} ({type(exc).__name__})", None, None
 
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
         return list(pool.map(check, entries))
@@ -114,8 +117,12 @@ def inspect_tree(root) -> tuple[dict, list[str]]:
     """What a LIMUC-like tree holds and what makes it unusable."""
     scan = scan_tree(Path(root))
     results = unreadable(scan.entries) if scan.entries else []
-    problems = list(scan.problems) + [msg for msg, _ in results if msg]
-    sizes = Counter(size for _, size in results if size)
+    problems = list(scan.problems) + [msg for msg, _, _ in results if msg]
+    sizes = Counter(size for _, size, _ in results if size)
+    by_hash = defaultdict(list)
+    for e, (_, _, digest) in zip(scan.entries, results):
+        if digest:
+            by_hash[digest].append(e)
     per_class = Counter(e.label for e in scan.entries)
     patients = defaultdict(set)
     for e in scan.entries:
@@ -134,6 +141,8 @@ def inspect_tree(root) -> tuple[dict, list[str]]:
         "published_test_images": sum(e.published_test for e in scan.entries),
         "image_sizes": {f"{w}x{h}": n for (w, h), n in sizes.most_common()},
         "names_under_two_classes": sum(len(v) > 1 for v in names.values()),
+        "byte_identical_files": sum(len(v) - 1 for v in by_hash.values() if len(v) > 1),
+        "identical_files_with_different_labels": sum(len({e.label for e in v}) > 1 for v in by_hash.values()),
     }
     return info, problems
 

@@ -133,6 +133,8 @@ def test_inspect_reports_a_good_tree(tmp_path):
     assert info["images"] == 15 and info["published_test_images"] == 4
     assert info["images_per_class"]["Mayo 0"] == 5
     assert info["names_under_two_classes"] == 1 and info["patients_spanning_grades"] >= 2
+    # fake_limuc writes one constant image per class: identical bytes within a class, none across classes
+    assert info["byte_identical_files"] == 15 - 4 and info["identical_files_with_different_labels"] == 0
 
 
 def test_inspect_broken_tree_exits_nonzero_and_names_each_problem(tmp_path):
