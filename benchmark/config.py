@@ -31,8 +31,8 @@ class DatasetConfig(Strict):
 class ProtocolConfig(Strict):
     kind: Literal["study", "grouped", "polat"] = "study"
     test_fraction: float = 0.15
-    folds: int = 10
-    repeats: int = 1
+    folds: int = Field(10, ge=2)
+    repeats: int = Field(1, ge=1)
     seed: int = 0
     use_published_test: bool = False
     val_fraction: float = 0.15  # polat: share of the non-test patients' images in each validation split
@@ -46,27 +46,13 @@ class ProtocolConfig(Strict):
             raise ValueError(f"test_fraction must lie strictly between 0 and 1 (got {v}); the study uses 0.15")
         return v
 
-    @field_validator("folds")
-    @classmethod
-    def _folds(cls, v):
-        if v < 2:
-            raise ValueError(f"folds must be at least 2 (got {v})")
-        return v
-
-    @field_validator("repeats")
-    @classmethod
-    def _repeats(cls, v):
-        if v < 1:
-            raise ValueError(f"repeats must be at least 1 (got {v})")
-        return v
-
 
 class TrainingConfig(Strict):
-    epochs: int = 200
-    lr: float = 2e-4
-    weight_decay: float = 0.0
-    batch_size: int = 32
-    eval_batch_size: int = 256
+    epochs: int = Field(200, ge=1)
+    lr: float = Field(2e-4, ge=0)
+    weight_decay: float = Field(0.0, ge=0)
+    batch_size: int = Field(32, ge=2)
+    eval_batch_size: int = Field(256, ge=1)
     early_stopping: int = 25
     plateau_patience: int = 15
     plateau_factor: float = 0.2
@@ -76,13 +62,6 @@ class TrainingConfig(Strict):
     compile: bool = False
     finetune_lr: float = 2e-5
     finetune_epochs: int | None = None  # None: same as epochs
-
-    @field_validator("epochs", "batch_size", "eval_batch_size")
-    @classmethod
-    def _positive(cls, v):
-        if v < 1:
-            raise ValueError(f"must be a positive integer (got {v})")
-        return v
 
 
 class BackboneConfig(Strict):

@@ -241,3 +241,11 @@ def test_unknown_only_filter(capsys, tmp_path):
     code, text = run_cli(capsys, "run", str(write_suite(tmp_path, base_doc())), "--out", str(tmp_path / "o"),
                          "--quiet", "--only", "model=x")
     assert code == 2 and "backbone=NAME" in text
+
+
+@pytest.mark.parametrize("section,field,value", [("protocol", "folds", 1), ("training", "epochs", 0),
+                                                 ("training", "lr", -0.1), ("training", "batch_size", 1)])
+def test_out_of_range_numbers(capsys, tmp_path, section, field, value):
+    doc = base_doc()
+    doc[section][field] = value
+    assert_rejected(capsys, tmp_path, write_suite(tmp_path, doc), f"{section}.{field}", "greater than or equal")
