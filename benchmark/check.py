@@ -106,10 +106,9 @@ def tolerance_for(row, tolerances, default):
 def compare(now: pd.DataFrame, base: pd.DataFrame, tolerances=None, default=DEFAULT_TOLERANCE,
             metrics: list[str] | None = None) -> CheckResult:
     tolerances = tolerances or {}
-    for df in (now, base):
-        df["seed"] = df["seed"].astype(int)
-        df["fold"] = df["fold"].astype(int)
-        df["cls"] = df["cls"].fillna("").astype(str)
+    unfinished = set(now.attrs.get("unfinished", []))
+    now, base = (df.assign(seed=df["seed"].astype(int), fold=df["fold"].astype(int),
+                           cls=df["cls"].fillna("").astype(str)) for df in (now, base))
     if metrics:
         known = set(zip(now.task, now.metric, now.cls)) | set(zip(base.task, base.metric, base.cls))
         wanted = [parse_metric(m, known) for m in metrics]
@@ -129,7 +128,6 @@ def compare(now: pd.DataFrame, base: pd.DataFrame, tolerances=None, default=DEFA
     exact = both.metric.isin(EXACT)
     regress = (exact & (both["diff"].abs() > 1e-9)) | (~exact & (gain < -both.tolerance - 1e-12))
     improve = ~exact & (gain > both.tolerance + 1e-12)
-    unfinished = set(now.attrs.get("unfinished", []))
     return CheckResult(
         regressions=both[regress], improvements=both[improve],
         missing_cells=sorted(cells_base - cells_now) + sorted(unfinished & cells_base - (cells_base - cells_now)),

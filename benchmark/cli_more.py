@@ -167,20 +167,14 @@ def cmd_report_speed(args):
         forms = ["softmax", "regression", "coral", "corn", "mtl", "mtl+f1"][:args.formulations]
         run = write_fake_run(Path(tmp) / "run", bbs, forms, args.folds)
         setup = time.perf_counter() - t0
+        from reports.load import load_run
+        from reports.render import build, to_markdown
+        from reports.tables import Options
+
         times = []
         for _ in range(args.repeat):
             t0 = time.perf_counter()
-            from .cli_more import cmd_report as _  # noqa: F401 - import cost counted in the first repeat
-
-            import io
-            import contextlib
-
-            from reports.load import load_run
-            from reports.render import build, to_markdown
-            from reports.tables import Options
-
-            with contextlib.redirect_stdout(io.StringIO()):
-                text = to_markdown(build(load_run(run), Options()))
+            text = to_markdown(build(load_run(run), Options()))
             times.append(time.perf_counter() - t0)
         import subprocess
         import sys

@@ -86,9 +86,11 @@ class FormulationConfig(Strict):
         return self.name + ("+f1" if self.finetune else "")
 
     def base(self) -> "FormulationConfig":
-        """The stage-1 formulation a fine-tuned one starts from."""
-        return FormulationConfig(name=self.name, label=self.label.replace("+f1", "") if self.label else None,
-                                 options=self.options)
+        """The stage-1 formulation a fine-tuned one starts from (never labelled like the fine-tuned one)."""
+        label = None
+        if self.label:
+            label = self.label[: -len("+f1")] if self.label.endswith("+f1") else f"{self.label}[stage 1]"
+        return FormulationConfig(name=self.name, label=label, options=self.options)
 
 
 class Suite(Strict):

@@ -110,7 +110,6 @@ def explain(run_dir, backbone=None, formulations=None, fold=0, split="val", per_
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from pytorch_grad_cam.utils.image import show_cam_on_image
 
     from reports.load import load_run
 
@@ -160,42 +159,36 @@ def explain(run_dir, backbone=None, formulations=None, fold=0, split="val", per_
         h, w = ds.images.shape[1:3]
         maps = np.stack([cv2.resize(m, (w, h)) for m in maps])
         results[f] = (maps, pred)
-        fig, axes = plt.subplots(len(flat), 2, figsize=(4.4, 2.1 * len(flat)), squeeze=False)
-        for r, i in enumerate(flat):
-            img = np.asarray(ds.images[i], dtype=np.float32) / 255
-            axes[r, 0].imshow(img)
-            axes[r, 1].imshow(show_cam_on_image(img, maps[r], use_rgb=True))
-            axes[r, 0].set_title(f"true MES {ds.labels[i]}", fontsize=8)
-            axes[r, 1].set_title(f"pred MES {pred[r]} · {head}", fontsize=8)
-            for a in axes[r]:
-                a.axis("off")
-        fig.suptitle(f"Grad-CAM — {backbone} · {f} · fold {fold} · {split}", fontsize=9)
-        path = out / f"{backbone}__{_safe(f)}__{head}.png"
-        fig.savefig(path, dpi=90, bbox_inches="tight")
-        plt.close(fig)
-        written.append(path)
+        written.append(_grid(plt, ds, flat, {f"pred MES · {head}": (maps, pred)},
+                             f"Grad-CAM — {backbone} · {f} · fold {fold} · {split}",
+                             out / f"{backbone}__{_safe(f)}__{head}.png"))
     if not results:
         raise BenchError(f"--head {head!r}: none of {wanted} has that head (only hierarchical formulations do).")
     if len(results) > 1:
-        names = list(results)
-        fig, axes = plt.subplots(len(flat), len(names) + 1, figsize=(2.2 * (len(names) + 1), 2.1 * len(flat)),
-                                 squeeze=False)
-        for r, i in enumerate(flat):
-            img = np.asarray(ds.images[i], dtype=np.float32) / 255
-            axes[r, 0].imshow(img)
-            axes[r, 0].set_title(f"true MES {ds.labels[i]}", fontsize=8)
-            for c, f in enumerate(names, start=1):
-                maps, pred = results[f]
-                axes[r, c].imshow(show_cam_on_image(img, maps[r], use_rgb=True))
-                axes[r, c].set_title(f"{f}: {pred[r]}", fontsize=7)
-            for a in axes[r]:
-                a.axis("off")
-        fig.suptitle(f"Grad-CAM side by side — {backbone} · fold {fold} · {split} · {head}", fontsize=9)
-        path = out / f"{backbone}__comparison__{head}.png"
-        fig.savefig(path, dpi=90, bbox_inches="tight")
-        plt.close(fig)
-        written.append(path)
+        written.append(_grid(plt, ds, flat, results, f"Grad-CAM side by side — {backbone} · fold {fold} · {split} · "
+                             f"{head}", out / f"{backbone}__comparison__{head}.png"))
     return written, results, flat
+
+
+def _grid(plt, ds, flat, columns: dict, title: str, path: Path) -> Path:
+    """Rows = images (true grade on the left), one overlay column per entry of `columns` (label -> maps, preds)."""
+    from pytorch_grad_cam.utils.image import show_cam_on_image
+
+    fig, axes = plt.subplots(len(flat), len(columns) + 1, figsize=(2.2 * (len(columns) + 1), 2.1 * len(flat)),
+                             squeeze=False)
+    for r, i in enumerate(flat):
+        img = np.asarray(ds.images[i], dtype=np.float32) / 255
+        axes[r, 0].imshow(img)
+        axes[r, 0].set_title(f"true MES {ds.labels[i]}", fontsize=8)
+        for c, (label, (maps, pred)) in enumerate(columns.items(), start=1):
+            axes[r, c].imshow(show_cam_on_image(img, maps[r], use_rgb=True))
+            axes[r, c].set_title(f"{label}: {pred[r]}", fontsize=7)
+        for a in axes[r]:
+            a.axis("off")
+    fig.suptitle(title, fontsize=9)
+    fig.savefig(path, dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    return path
 
 
 def _safe(name):

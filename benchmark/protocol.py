@@ -129,13 +129,11 @@ def make_splits(ds: Dataset, cfg: ProtocolConfig) -> Splits:
     return Splits(cfg.kind, grouped, test, folds)
 
 
-def load_or_make_splits(path: Path, ds: Dataset, cfg: ProtocolConfig) -> Splits:
-    """Computed once per run directory; a later run with other splits is refused rather than mixed."""
-    splits = make_splits(ds, cfg)
+def record_splits(path: Path, splits: Splits, ds: Dataset) -> Splits:
+    """Written once per run directory; a later run whose splits differ is refused rather than mixed."""
     doc = splits.to_json(ds)
     if path.exists():
-        stored = json.loads(path.read_text())
-        if stored != doc:
+        if json.loads(path.read_text()) != doc:
             raise BenchError(f"{path}: this run directory was made with other splits (dataset or protocol changed). "
                              "Results from different splits cannot be mixed: use `--out` for a new run directory, "
                              "or delete the old one.")

@@ -21,7 +21,7 @@ from .data import Dataset, load_dataset
 from .device import DevicePlan, pick_device, versions
 from .errors import BenchError, CellFailed, Interrupted
 from .metrics import grade_metrics, task_metrics
-from .protocol import Splits, load_or_make_splits
+from .protocol import Splits, make_splits, record_splits
 from .store import Store, retrying
 from .training import CellData, Schedule, build_model, train_cell
 
@@ -85,8 +85,6 @@ class Runner:
     def prepare(self, only=None):
         preflight(self.suite)
         self.dataset: Dataset = load_dataset(self.suite.dataset)
-        from .protocol import make_splits
-
         splits = make_splits(self.dataset, self.suite.protocol)  # errors before anything is written
         self.store = Store(self.out_dir)
         stored_protocol = self.store.get_meta("protocol_hash")
@@ -95,13 +93,12 @@ class Runner:
                 f"Run directory {self.out_dir} holds results of a different dataset/protocol configuration "
                 f"(protocol hash {stored_protocol}, this suite {protocol_hash(self.suite)}). Results under other "
                 "splits cannot be mixed: run with --out NEW_DIR, or delete the old directory.")
-        self.splits: Splits = load_or_make_splits(self.out_dir / "splits.json", self.dataset, self.suite.protocol)
-        assert len(self.splits.folds) == len(splits.folds)
-        self.cells = select(expand_cells(self.suite, len(self.splits.folds)), only or [])
+        self.splits: Splits = record_splits(self.out_dir / "splits.json", splits, self.dataset)
+        every_cell = expand_cells(self.suite, len(splits.folds))
+        self.cells = select(every_cell, only or [])
         previous = {c["key"] for c in self.store.cell_rows()}
-        known = {c.key for c in self.cells}
-        self.stale_cells = len(previous - {c.key for c in expand_cells(self.suite, len(self.splits.folds))})
-        self.new_cells = len(known - previous)
+        self.stale_cells = len(previous - {c.key for c in every_cell})
+        self.new_cells = len({c.key for c in self.cells} - previous)
         self.store.set_meta("protocol_hash", protocol_hash(self.suite))
         self.store.set_meta("suite", self.suite.model_dump(mode="json"))
         self.store.set_meta("n_folds", len(self.splits.folds))

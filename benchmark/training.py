@@ -90,11 +90,6 @@ def _atomic_save(obj, path: Path):
     os.replace(tmp, path)
 
 
-def _monitor(history_row, monitor):
-    """(value, mode) of the monitored quantity."""
-    return history_row[monitor], ("min" if monitor == "val_loss" else "max")
-
-
 def _epoch_order(n, labels, seed, epoch, sampler):
     g = torch.Generator().manual_seed(seed * 100_003 + epoch)
     if sampler == "weighted":
@@ -230,7 +225,7 @@ def train_cell(model: Net, formulation: Formulation, data: CellData, cfg: Traini
         }
         if sched.objective is not None:
             row["objective"] = float(sched.objective(y_val, pred, {k: v.numpy() for k, v in decoded.task_preds.items()}))
-        value, _ = _monitor(row, cfg.monitor)
+        value = row[cfg.monitor]
         plateau.step(value)
         improved = state["best"] is None or (value < state["best"] if mode == "min" else value > state["best"])
         if improved:

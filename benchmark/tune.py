@@ -24,7 +24,7 @@ from .data import load_dataset
 from .device import pick_device
 from .errors import BenchError, CellFailed
 from .metrics import grade_metrics, parse_metric, task_metrics
-from .protocol import load_or_make_splits
+from .protocol import make_splits, record_splits
 from .runner import batch_size_for, input_size_for, preflight
 from .training import CellData, Schedule, build_model, train_cell
 
@@ -88,7 +88,7 @@ class Tuner:
         preflight(suite)
         self.dataset = load_dataset(suite.dataset)
         self.out.mkdir(parents=True, exist_ok=True)
-        self.splits = load_or_make_splits(self.out / "splits.json", self.dataset, suite.protocol)
+        self.splits = record_splits(self.out / "splits.json", make_splits(self.dataset, suite.protocol), self.dataset)
         n = len(self.splits.folds)
         self.k = min(folds or n, n)
         if folds is not None and folds < 1:

@@ -23,8 +23,10 @@ class Run:
     path: Path
     suite: Suite
     meta: dict
-    cells: pd.DataFrame  # one row per expected (listed) cell: backbone, formulation, seed, fold, key, status, error
-    long: pd.DataFrame  # LONG_COLUMNS, finished listed cells only
+    # one row per expected cell: backbone, formulation, seed, fold, key, status, error, listed (False for a
+    # stage-1 cell that only a fine-tuned formulation asked for)
+    cells: pd.DataFrame
+    long: pd.DataFrame  # LONG_COLUMNS, every finished expected cell
     stale: int  # finished cells of an earlier configuration, ignored
     store: Store
 
@@ -92,15 +94,15 @@ def load_run(path=None) -> Run:
     suite = Suite.model_validate(suite_doc)
     n_folds = store.get_meta("n_folds")
     meta = {k: store.get_meta(k) for k in ("dataset", "split_kind", "n_folds", "protocol_hash")}
-    expected = [c for c in expand_cells(suite, n_folds) if c.listed]
+    expected = expand_cells(suite, n_folds)
     rows = {r["key"]: r for r in store.cell_rows()}
     cells = pd.DataFrame([{
         "backbone": c.backbone.name, "formulation": c.formulation.display, "seed": c.seed, "fold": c.fold,
-        "key": c.key, "depends": c.depends,
+        "key": c.key, "depends": c.depends, "listed": c.listed,
         "status": rows[c.key]["status"] if c.key in rows else "missing",
         "error": (rows[c.key]["error"] or "") if c.key in rows else "",
     } for c in expected])
-    wanted = {c.key for c in expand_cells(suite, n_folds)}
+    wanted = {c.key for c in expected}
     stale = sum(1 for k, r in rows.items() if k not in wanted and r["status"] == "done")
     metrics = store.metrics_frame()
     done = cells[cells.status == "done"][["key", "backbone", "formulation", "seed", "fold"]]

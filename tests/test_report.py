@@ -115,3 +115,15 @@ def test_friedman_table_with_three_formulations_and_two_backbones(tmp_path):
     md = to_markdown(build(load_run(path), Options()))
     assert "Table 6" in md and "Iman–Davenport" in md and "critical difference CD" in md
     assert "per-class F1, densenet121" in md  # default backbone when present
+
+
+def test_unlisted_stage1_appears_in_the_finetune_table(make_suite, tmp_path, capsys):
+    suite = make_suite(name="dep", formulations=["softmax", {"name": "mtl+f1", "label": "study"}])
+    out = tmp_path / "dep"
+    assert main(["run", str(suite), "--out", str(out), "--quiet"]) == 0
+    run = load_run(out)
+    assert run.formulations == ["softmax", "study"]
+    assert set(run.cells.formulation) == {"softmax", "study", "study[stage 1]"}
+    md = to_markdown(build(run, Options()))
+    rows = [line for line in md.splitlines() if "study[stage 1] → study" in line]
+    assert len(rows) == 4 and all("—" not in r.split("|")[4] for r in rows)  # F1 before → after present
