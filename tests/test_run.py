@@ -140,3 +140,14 @@ def test_smoke_suite_lists_every_registered_formulation():
     assert names >= set(FORMULATIONS)
     finetuned = [f.display for f in suite.formulations if f.finetune]
     assert "mtl+f1" in finetuned and len(finetuned) >= 2
+
+
+def test_bench_list_names_backbones_formulations_and_datasets(capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    for name in ("resnet18", "densenet121", "inception_v3", "mobilenetv3_large_100", "tiny", "299×299"):
+        assert name in out
+    for name in FORMULATIONS:
+        assert name in out
+    for name in ("synthetic", "folder", "manifest", "limuc"):
+        assert name in out
