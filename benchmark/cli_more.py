@@ -97,18 +97,13 @@ def cmd_report(args):
     from reports.render import build, to_csv, to_html, to_latex, to_markdown
     from reports.tables import Options
 
-    from .errors import BenchError
+    from .errors import require_in_run
 
     run = load_run(args.run_dir)
-    if args.reference not in run.formulations and args.reference != "softmax":
-        from .errors import closest
-
-        raise BenchError(f"--reference {args.reference!r} is not a formulation of this run: "
-                         f"{closest(args.reference, run.formulations)}.")
-    if args.backbone and args.backbone not in run.backbones:
-        from .errors import closest
-
-        raise BenchError(f"--backbone {args.backbone!r} is not in this run: {closest(args.backbone, run.backbones)}.")
+    if args.reference != "softmax":  # the default may be absent: the tables then say there is no reference
+        require_in_run("--reference", args.reference, run.formulations)
+    if args.backbone:
+        require_in_run("--backbone", args.backbone, run.backbones)
     opts = Options(split=args.split, backbone=args.backbone, reference=args.reference, test=args.test,
                    correction=args.correction, alpha=args.alpha)
     fmt = "csv" if args.csv else "latex" if args.latex else "html" if args.html else "markdown"

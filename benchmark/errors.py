@@ -26,3 +26,9 @@ def closest(name, choices):
 
 def unknown(kind, name, choices):
     return BenchError(f"Unknown {kind} {name!r}: {closest(name, choices)}.")
+
+
+def require_in_run(option, value, choices):
+    """A command-line choice that must name something the run holds (a backbone, a formulation)."""
+    if value not in choices:
+        raise BenchError(f"{option} {value!r} is not in this run: {closest(value, choices)}.")

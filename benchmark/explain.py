@@ -23,7 +23,7 @@ from formulations import create_formulation
 from .augment import BatchMaker
 from .config import Suite
 from .data import load_dataset
-from .errors import BenchError
+from .errors import BenchError, require_in_run
 from .protocol import Splits
 
 HEADS = {"grade": None, "primary": 1, "remission": 1, "active": 1}
@@ -118,16 +118,10 @@ def explain(run_dir, backbone=None, formulations=None, fold=0, split="val", per_
     run = load_run(run_dir)
     suite = run.suite
     backbone = backbone or run.backbones[0]
-    if backbone not in run.backbones:
-        from .errors import closest
-
-        raise BenchError(f"--backbone {backbone!r} is not in this run: {closest(backbone, run.backbones)}.")
+    require_in_run("--backbone", backbone, run.backbones)
     wanted = formulations or run.formulations
     for f in wanted:
-        if f not in run.formulations:
-            from .errors import closest
-
-            raise BenchError(f"--formulation {f!r} is not in this run: {closest(f, run.formulations)}.")
+        require_in_run("--formulation", f, run.formulations)
     if head not in HEADS:
         raise BenchError(f"--head {head!r}: one of {', '.join(HEADS)}.")
     ds = load_dataset(suite.dataset)

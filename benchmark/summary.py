@@ -7,7 +7,7 @@ from rich.table import Table
 
 
 def print_summary(run_dir, console):
-    from reports.load import load_run, pick
+    from reports.load import load_run
 
     run = load_run(run_dir)
     counts = run.counts
@@ -28,8 +28,7 @@ def print_summary(run_dir, console):
             n_done = int((cells.status == "done").sum())
             row = [escape(b), escape(f), f"{n_done}/{len(cells)}"]
             for split, metric, cls in cols:
-                vals = pick(run.long, split, "mes", metric, cls)
-                vals = vals[(vals.backbone == b) & (vals.formulation == f)].value
+                vals = run.series(b, f, split, "mes", metric, cls)
                 row.append("—" if vals.empty else f"{vals.mean():.3f}±{vals.std(ddof=1) if len(vals) > 1 else 0:.3f}")
             table.add_row(*row)
     console.print(table)

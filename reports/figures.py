@@ -6,8 +6,8 @@ import io
 
 import numpy as np
 
-from .load import Run, pick
-from .tables import CLASSES, Options
+from .load import Run
+from .tables import CLASSES, Options, aligned
 
 
 def _png(fig) -> bytes:
@@ -36,10 +36,7 @@ def classwise_boxplots(run: Run, opts: Options, backbone: str) -> bytes:
     colors = plt.cm.tab10(np.arange(len(forms)) % 10)
     for ax, metric in zip(axes, ("precision", "recall", "f1", "specificity")):
         for j, f in enumerate(forms):
-            data = []
-            for k in range(4):
-                sel = pick(run.long, opts.split, "mes", metric, str(k))
-                data.append(sel[(sel.backbone == backbone) & (sel.formulation == f)].value.to_numpy())
+            data = [run.series(backbone, f, opts.split, "mes", metric, str(k)).to_numpy() for k in range(4)]
             pos = np.arange(4) + (j - (len(forms) - 1) / 2) * width
             bp = ax.boxplot(data, positions=pos, widths=width * 0.9, patch_artist=True, showfliers=False)
             for box in bp["boxes"]:
@@ -63,12 +60,9 @@ def finetune_change(run: Run, opts: Options) -> bytes | None:
         for j, (before, after) in enumerate(pairs):
             diffs = []
             for k in range(4):
-                sel = pick(run.long, opts.split, "mes", "f1", str(k))
-                sel = sel[sel.backbone == b]
-                x = sel[sel.formulation == before].set_index(["seed", "fold"]).value
-                y = sel[sel.formulation == after].set_index(["seed", "fold"]).value
-                common = x.index.intersection(y.index)
-                diffs.append((y[common] - x[common]).mean() if len(common) else np.nan)
+                x, y = aligned(run.series(b, before, opts.split, "mes", "f1", str(k)),
+                               run.series(b, after, opts.split, "mes", "f1", str(k)))
+                diffs.append((y - x).mean() if len(x) else np.nan)
             ax.bar(np.arange(4) + (j - (len(pairs) - 1) / 2) * width, diffs, width, label=after)
         ax.axhline(0, color="k", lw=0.8)
         ax.set_xticks(range(4), CLASSES)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -109,13 +108,3 @@ def load_run(path=None) -> Run:
     long = done.merge(metrics, on="key")[LONG_COLUMNS + ["key"]]
     return Run(path, suite, meta, cells, long, stale, store)
 
-
-def pick(long: pd.DataFrame, split="val", task="mes", metric=None, cls="") -> pd.DataFrame:
-    sel = (long.split == split) & (long.task == task) & (long.cls == cls)
-    if metric is not None:
-        sel &= long.metric == metric
-    return long[sel]
-
-
-def results_json(run: Run, key: str) -> dict:
-    return json.loads(json.dumps(run.result(key) or {}))

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from .load import Run, pick
+from .load import Run
 from .stats import (CORRECTIONS, ENSEMBLE_METRICS, TESTS, adjust, bootstrap_metrics, friedman, mcnemar_exact,
                     paired_test, significance_possible, smallest_p, stars)
 
@@ -42,6 +42,12 @@ def fmt(values) -> str:
     return f"{v.mean():.3f} ± {v.std(ddof=1):.3f}" if len(v) > 1 else f"{v.mean():.3f}"
 
 
+
+
+def aligned(x: pd.Series, y: pd.Series) -> tuple[pd.Series, pd.Series]:
+    """Two per-(seed, fold) series restricted to the folds both have: the pairing of every paired test."""
+    common = x.index.intersection(y.index)
+    return x[common], y[common]
 
 
 def _incomplete(run: Run, b, f):
@@ -116,10 +122,9 @@ def per_class_f1(run: Run, opts: Options) -> Table:
             for j, f in enumerate(forms):
                 if f == opts.reference:
                     continue
-                a, r = values[i, j], values[i, jr]
-                common = a.index.intersection(r.index)
-                if len(common) >= 2:
-                    pvals.append(paired_test(a[common], r[common], opts.test, n_train, n_val))
+                a, r = aligned(values[i, j], values[i, jr])
+                if len(a) >= 2:
+                    pvals.append(paired_test(a, r, opts.test, n_train, n_val))
                     where.append((i, j))
     adjusted = adjust(pvals, opts.correction)
     star = {w: stars(p, opts.alpha) for w, p in zip(where, adjusted)}
@@ -173,17 +178,15 @@ def finetune_effect(run: Run, opts: Options) -> Table | None:
             for k, cls in enumerate(CLASSES):
                 row = [b, f"{before} → {after}", cls]
                 for metric in ("f1", "recall", "precision"):
-                    x = run.series(b, before, opts.split, "mes", metric, str(k))
-                    y = run.series(b, after, opts.split, "mes", metric, str(k))
-                    common = x.index.intersection(y.index)
-                    if len(common) == 0:
+                    x, y = aligned(run.series(b, before, opts.split, "mes", metric, str(k)),
+                                   run.series(b, after, opts.split, "mes", metric, str(k)))
+                    if len(x) == 0:
                         row += ["—", "—"]
                         continue
-                    x, y = x[common], y[common]
                     d = y - x
                     row += [f"{x.mean():.3f} → {y.mean():.3f}", f"{d.mean():+.3f}"]
                     if metric == "f1":
-                        pvals.append(paired_test(y, x, opts.test, n_train, n_val) if len(common) >= 2 else np.nan)
+                        pvals.append(paired_test(y, x, opts.test, n_train, n_val) if len(x) >= 2 else np.nan)
                 rows.append(row)
     valid = [p for p in pvals if not np.isnan(p)]
     adj = iter(adjust(valid, opts.correction))

@@ -127,3 +127,11 @@ def test_unlisted_stage1_appears_in_the_finetune_table(make_suite, tmp_path, cap
     md = to_markdown(build(run, Options()))
     rows = [line for line in md.splitlines() if "study[stage 1] → study" in line]
     assert len(rows) == 4 and all("—" not in r.split("|")[4] for r in rows)  # F1 before → after present
+
+
+def test_unknown_reference_or_backbone_names_the_closest(real_run, capsys):
+    capsys.readouterr()
+    assert main(["report", str(real_run), "--reference", "mtl+f"]) == 2
+    assert "--reference 'mtl+f' is not in this run" in " ".join(capsys.readouterr().err.split())
+    assert main(["report", str(real_run), "--backbone", "tin"]) == 2
+    assert "did you mean 'tiny'" in " ".join(capsys.readouterr().err.split())
