@@ -23,6 +23,12 @@ class Cell:
     listed: bool = True  # False for a stage-1 cell added only as a dependency
 
     @property
+    def options(self) -> dict:
+        """The formulation options this cell trains with (per-fold tuned options on top of the shared ones)."""
+        f = self.formulation
+        return {**f.options, **f.options_by_fold.get(self.fold, {})}
+
+    @property
     def label(self) -> str:
         return f"{self.backbone.name} · {self.formulation.display} · fold {self.fold} · seed {self.seed}"
 
@@ -37,8 +43,17 @@ def _key(suite, backbone, formulation, fold, seed):
     training.pop("seeds")
     return stable_hash({"protocol": protocol_hash(suite), "training": training,
                         "backbone": backbone.model_dump(mode="json"),
-                        "formulation": formulation.model_dump(mode="json", exclude={"label"}),
+                        "formulation": _formulation_key(formulation, fold),
                         "fold": fold, "seed": seed}, 16)
+
+
+def _formulation_key(f: FormulationConfig, fold: int) -> dict:
+    """What of a formulation changes a cell: its options for this fold, never its label or provenance note.
+    Fields at their defaults are left out so that adding a new optional field keeps old cells' keys."""
+    doc = f.model_dump(mode="json", exclude={"label", "tuned", "options_by_fold"}, exclude_defaults=True)
+    doc["options"] = {**f.options, **f.options_by_fold.get(fold, {})}
+    doc.setdefault("name", f.name)
+    return doc
 
 
 def expand_cells(suite: Suite, n_folds: int) -> list[Cell]:

@@ -142,7 +142,9 @@ def _add_report(sub):
     r.add_argument("--split", choices=["val", "test"], default="val")
     r.add_argument("--backbone")
     r.add_argument("--reference", default="softmax")
-    r.add_argument("--test", choices=["wilcoxon", "corrected-t", "ranksum"], default="wilcoxon")
+    r.add_argument("--test", choices=["auto", "wilcoxon", "permutation", "corrected-t", "ranksum"], default="auto",
+                   help="paired test across folds (auto: Wilcoxon signed-rank for k-fold designs, corrected t for "
+                        "Monte-Carlo splits)")
     r.add_argument("--correction", choices=["holm", "fdr_bh", "bonferroni", "none"], default="holm")
     r.add_argument("--alpha", type=float, default=0.05)
     r.set_defaults(fn=cmd_report)
@@ -254,44 +256,46 @@ def cmd_tune(args):
     out = Path(args.out) if args.out else Path("runs") / f"{suite.name}-tune"
     tuner = Tuner(suite, out, args.backbone, args.formulation, args.metric, args.folds, args.storage, args.study,
                   args.device)
-    before = len(tuner.study.trials)
-    study = tuner.optimize(args.trials, args.timeout)
-    states = {}
-    for t in study.trials:
-        states[t.state.name] = states.get(t.state.name, 0) + 1
-    done = sorted([t for t in study.trials if t.state.name == "COMPLETE"], key=lambda t: t.value,
-                  reverse=study.direction.name == "MAXIMIZE")
-    console.print(f"study {tuner.study_name!r} in {tuner.storage}: {len(study.trials)} trials "
-                  f"({len(study.trials) - before} new) — " + ", ".join(f"{k.lower()} {v}" for k, v in
-                                                                         sorted(states.items())))
-    table = Table(title="best trials")
-    for col in ("trial", args.metric, *WEIGHT_KEYS):
+    before = {i: len(s.trials) for i, s in tuner.studies.items()}
+    tuner.optimize(args.trials, args.timeout)
+    table = Table(title=f"best trial per outer fold (nested: {args.metric} on an inner split of the fold's training "
+                        "part)")
+    for col in ("fold", "study", "trials (new)", "pruned", args.metric, *WEIGHT_KEYS):
         table.add_column(col, justify="right")
-    for t in done[:10]:
-        table.add_row(str(t.number), f"{t.value:.4f}", *(f"{t.user_attrs[k]:.3f}" for k in WEIGHT_KEYS))
-    console.print(table)
-    if not done:
-        console.print("[red]no completed trial[/]: every trial was pruned or failed; see the study for reasons.")
-        return 1
     best = tuner.best_weights()
-    console.print("best weights: " + ", ".join(f"{k} = {v:.4f}" for k, v in best.items())
-                  + f" ({args.metric} = {study.best_value:.4f}, mean over {tuner.k} fold(s), validation only)")
+    for i, study in tuner.studies.items():
+        pruned = sum(t.state.name == "PRUNED" for t in study.trials)
+        row = [str(i), study.study_name, f"{len(study.trials)} ({len(study.trials) - before[i]})", str(pruned)]
+        if i in best:
+            row += [f"{study.best_value:.4f}", *(f"{best[i][k]:.3f}" for k in WEIGHT_KEYS)]
+        else:
+            row += ["—"] * (1 + len(WEIGHT_KEYS))
+        table.add_row(*row)
+    console.print(f"studies in {tuner.storage}")
+    console.print(table)
+    if len(best) < len(tuner.studies):
+        console.print("[red]no completed trial[/] in fold(s) "
+                      + ", ".join(str(i) for i in tuner.studies if i not in best)
+                      + ": every trial was pruned or failed; run more trials.")
+        return 1
     figs = tuner.figures()
     override = tuner.write_override()
     console.print(f"figures: {', '.join(map(str, figs))}")
-    console.print(f"suite with the tuned formulation: {override} — train it under the normal protocol with "
-                  f"`bench run {override}`")
+    console.print(f"suite with the tuned formulation (each fold its own weights): {override} — train it under the "
+                  f"normal protocol with `bench run {override}`"
+                  + (f" (tuned folds {sorted(best)} only: add --only fold={','.join(map(str, sorted(best)))})"
+                     if tuner.k < len(tuner.splits.folds) else ""))
     return 0
 
 
 def _add_tune(sub):
     r = sub.add_parser("tune", help="Optuna search of the joint-loss weights alpha, beta, gamma")
     r.add_argument("suite")
-    r.add_argument("--trials", type=int, required=True)
+    r.add_argument("--trials", type=int, required=True, help="trials per outer fold")
     r.add_argument("--backbone")
     r.add_argument("--formulation", default="mtl")
     r.add_argument("--metric", default="macro_f1", help="any stored metric, e.g. macro_f1, f1@3, ra.f1")
-    r.add_argument("--folds", type=int, help="use only the first K folds per trial")
+    r.add_argument("--folds", type=int, help="tune only the first K outer folds (default: every fold)")
     r.add_argument("--storage", help="Optuna storage URL (default: SQLite in the output directory)")
     r.add_argument("--study", help="study name")
     r.add_argument("--out", help="output directory (default runs/<suite>-tune)")

@@ -49,19 +49,19 @@ class ProtocolConfig(Strict):
 
 class TrainingConfig(Strict):
     epochs: int = Field(200, ge=1)
-    lr: float = Field(2e-4, ge=0)
-    weight_decay: float = Field(0.0, ge=0)
+    lr: float = Field(2e-4, gt=0, allow_inf_nan=False)
+    weight_decay: float = Field(0.0, ge=0, allow_inf_nan=False)
     batch_size: int = Field(32, ge=2)
     eval_batch_size: int = Field(256, ge=1)
-    early_stopping: int = 25
-    plateau_patience: int = 15
-    plateau_factor: float = 0.2
+    early_stopping: int = Field(25, ge=1)
+    plateau_patience: int = Field(15, ge=0)
+    plateau_factor: float = Field(0.2, gt=0, lt=1)
     monitor: Literal["val_loss", "val_accuracy", "val_macro_f1", "val_qwk"] = "val_loss"
     sampler: Literal["none", "weighted"] = "none"
-    seeds: list[int] = Field(default_factory=lambda: [0])
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     compile: bool = False
-    finetune_lr: float = 2e-5
-    finetune_epochs: int | None = None  # None: same as epochs
+    finetune_lr: float = Field(2e-5, ge=0, allow_inf_nan=False)
+    finetune_epochs: int | None = Field(None, ge=1)  # None: same as epochs
 
 
 class BackboneConfig(Strict):
@@ -72,35 +72,63 @@ class BackboneConfig(Strict):
     input_size: tuple[int, int] | None = None
 
 
+FINETUNE_SUFFIX = {"inverse_f1": "+f1", "plain": "+ft"}
+
+
+class FinetuneOptions(Strict):
+    """The fine-tuning stage: `inverse_f1` re-weights the loss by 1/F1 per class, `plain` is its control
+    (the identical stage 2 without weights)."""
+
+    lr: float | None = Field(None, ge=0, allow_inf_nan=False)  # None: training.finetune_lr
+    epochs: int | None = Field(None, ge=1)  # None: training.finetune_epochs
+    eps: float = Field(1e-3, gt=0, allow_inf_nan=False)  # F1 floor before inverting
+    max_weight: float = Field(10.0, ge=1, allow_inf_nan=False)  # cap, as a multiple of the smallest weight
+    task_weights: bool = False  # MTL: also re-weight alpha/beta/gamma by 1/macro-F1 of each task
+
+
 class FormulationConfig(Strict):
     name: str
     label: str | None = None
     options: dict[str, Any] = Field(default_factory=dict)
-    finetune: Literal["inverse_f1"] | None = None
-    finetune_options: dict[str, Any] = Field(default_factory=dict)
+    finetune: Literal["inverse_f1", "plain"] | None = None
+    finetune_options: FinetuneOptions = Field(default_factory=FinetuneOptions)
+    # Per-fold options (written by `bench tune`, which tunes each outer fold on its own training part).
+    options_by_fold: dict[int, dict[str, Any]] = Field(default_factory=dict)
+    tuned: str | None = None  # where tuned options came from, shown in report notes
 
     @property
     def display(self) -> str:
         if self.label:
             return self.label
-        return self.name + ("+f1" if self.finetune else "")
+        return self.name + (FINETUNE_SUFFIX[self.finetune] if self.finetune else "")
 
     def base(self) -> "FormulationConfig":
         """The stage-1 formulation a fine-tuned one starts from (never labelled like the fine-tuned one)."""
         label = None
         if self.label:
-            label = self.label[: -len("+f1")] if self.label.endswith("+f1") else f"{self.label}[stage 1]"
-        return FormulationConfig(name=self.name, label=label, options=self.options)
+            suffix = FINETUNE_SUFFIX[self.finetune] if self.finetune else ""
+            label = self.label[: -len(suffix)] if suffix and self.label.endswith(suffix) else f"{self.label}[stage 1]"
+        return FormulationConfig(name=self.name, label=label, options=self.options,
+                                 options_by_fold=self.options_by_fold, tuned=self.tuned)
 
 
 class Suite(Strict):
-    name: str
+    name: str = Field(min_length=1)
     description: str = ""
     dataset: DatasetConfig = Field(default_factory=DatasetConfig)
     protocol: ProtocolConfig = Field(default_factory=ProtocolConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     backbones: list[BackboneConfig]
     formulations: list[FormulationConfig]
+
+    @field_validator("name")
+    @classmethod
+    def _one_path_component(cls, v):
+        # The name becomes runs/<name>: anything that is not one plain folder name would write elsewhere.
+        if v in (".", "..") or any(c in v for c in "/\\") or v != v.strip() or "\x00" in v:
+            raise ValueError(f"the suite name becomes the folder runs/<name>, so it must be one plain folder name "
+                             f"(no '/', '\\', '.' or '..'); got {v!r}")
+        return v
 
     @field_validator("backbones", mode="before")
     @classmethod
@@ -126,11 +154,13 @@ class Suite(Strict):
 
 
 def parse_formulation_entry(entry):
-    """'mtl+f1' is shorthand for {name: mtl, finetune: inverse_f1}."""
+    """'mtl+f1' is shorthand for {name: mtl, finetune: inverse_f1}; 'mtl+ft' for {name: mtl, finetune: plain}."""
     if isinstance(entry, str):
         entry = {"name": entry}
-    if isinstance(entry, dict) and isinstance(entry.get("name"), str) and entry["name"].endswith("+f1"):
-        entry = dict(entry, name=entry["name"][: -len("+f1")], finetune="inverse_f1")
+    if isinstance(entry, dict) and isinstance(entry.get("name"), str):
+        for kind, suffix in FINETUNE_SUFFIX.items():
+            if entry["name"].endswith(suffix):
+                entry = dict(entry, name=entry["name"][: -len(suffix)], finetune=kind)
     return entry
 
 
@@ -179,7 +209,14 @@ def load_suite(path: str | os.PathLike, overrides: list[str] | None = None) -> S
     if not path.is_file():
         raise BenchError(f"Suite file {str(path)!r} does not exist. Give the path of a suite YAML, e.g. suites/smoke.yaml.")
     try:
-        doc = yaml.load(path.read_text(), Loader=_LineLoader)  # noqa: S506 - SafeLoader subclass
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise BenchError(f"{path}: not a text file (byte {exc.start} is not UTF-8). A suite is a YAML text file; "
+                         "check that the path names the suite, not a binary file.") from None
+    except OSError as exc:
+        raise BenchError(f"{path}: cannot be read ({exc.strerror}). Check the path and its permissions.") from None
+    try:
+        doc = yaml.load(text, Loader=_LineLoader)  # noqa: S506 - SafeLoader subclass
     except yaml.YAMLError as exc:
         raise BenchError(f"{path}: not valid YAML ({exc}). Fix the syntax at the line shown.") from None
     if not isinstance(doc, dict):

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -74,29 +77,69 @@ def load_dataset(cfg: DatasetConfig) -> Dataset:
 
 
 def _cached(key: dict, build: Callable[[], Dataset], mmap: bool) -> Dataset:
-    """Decode once: arrays saved under the cache dir, keyed by what they were built from."""
-    stem = cache_dir() / f"{key['kind']}-{stable_hash(key, 16)}"
+    """Decode once: arrays saved under the cache dir, keyed by everything that defines the dataset. A
+    damaged entry is rebuilt, never fatal; a full disk is a clear error and leaves no partial file."""
+    directory = cache_dir()
+    _remove_stale_temp_files(directory)
+    stem = directory / f"{key['kind']}-{stable_hash(key, 16)}"
     img_path, meta_path = stem.with_suffix(".images.npy"), stem.with_suffix(".json")
     if img_path.exists() and meta_path.exists():
-        meta = json.loads(meta_path.read_text())
-        images = np.load(img_path, mmap_mode="r" if mmap else None)
-        return Dataset(meta["name"], images, np.asarray(meta["labels"], np.int64), np.asarray(meta["groups"]),
-                       np.asarray(meta["ids"]),
-                       None if meta["published_test"] is None else np.asarray(meta["published_test"], bool),
-                       meta["meta"])
+        try:
+            meta = json.loads(meta_path.read_text())
+            images = np.load(img_path, mmap_mode="r" if mmap else None)
+            labels = np.asarray(meta["labels"], np.int64)
+            if images.ndim != 4 or images.shape[0] != len(labels) or images.dtype != np.uint8:
+                raise ValueError(f"{images.shape} {images.dtype} for {len(labels)} labels")
+            return Dataset(meta["name"], images, labels, np.asarray(meta["groups"]), np.asarray(meta["ids"]),
+                           None if meta["published_test"] is None else np.asarray(meta["published_test"], bool),
+                           meta["meta"])
+        except (OSError, ValueError, KeyError, TypeError, EOFError):
+            # damaged (a killed write, a truncated copy): decode again rather than fail
+            img_path.unlink(missing_ok=True)
+            meta_path.unlink(missing_ok=True)
     ds = build()
-    tmp = img_path.with_suffix(f".{os.getpid()}.tmp.npy")
-    np.save(tmp, np.ascontiguousarray(ds.images))
-    os.replace(tmp, img_path)
-    payload = {"name": ds.name, "labels": ds.labels.tolist(), "groups": ds.groups.tolist(), "ids": ds.ids.tolist(),
-               "published_test": None if ds.published_test is None else ds.published_test.tolist(),
-               "meta": ds.meta}
-    tmpm = meta_path.with_suffix(f".{os.getpid()}.tmp")
-    tmpm.write_text(json.dumps(payload))
-    os.replace(tmpm, meta_path)
+    token = uuid.uuid4().hex
+    tmp = img_path.with_name(f"{img_path.name}.{token}.tmp.npy")
+    tmpm = meta_path.with_name(f"{meta_path.name}.{token}.tmp")
+    try:
+        np.save(tmp, np.ascontiguousarray(ds.images))
+        payload = {"name": ds.name, "labels": ds.labels.tolist(), "groups": ds.groups.tolist(), "ids": ds.ids.tolist(),
+                   "published_test": None if ds.published_test is None else ds.published_test.tolist(),
+                   "meta": ds.meta}
+        tmpm.write_text(json.dumps(payload))
+        os.replace(tmp, img_path)
+        os.replace(tmpm, meta_path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        tmpm.unlink(missing_ok=True)
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES):
+            raise BenchError(f"cannot write the decoded-image cache in {directory} ({exc.strerror}): "
+                             f"{ds.images.nbytes / 1e9:.2f} GB are needed there. Free space, or point MESBENCH_CACHE "
+                             "at a folder with room.") from None
+        raise
     if mmap:
         ds.images = np.load(img_path, mmap_mode="r")
     return ds
+
+
+def _remove_stale_temp_files(directory: Path, older_than_s: float = 3600.0):
+    """Temp files of a killed cache write; recent ones may belong to a process writing right now."""
+    now = time.time()
+    for tmp in directory.glob("*.tmp*"):
+        try:
+            if now - tmp.stat().st_mtime > older_than_s:
+                tmp.unlink()
+        except OSError:
+            pass
+
+
+def content_key(labels, groups, ids, published_test=None) -> str:
+    """What the decoded images are labelled and grouped as: part of every cache key, so a changed label,
+    patient or class order never reuses a cache entry built for other ones."""
+    return stable_hash({"labels": np.asarray(labels).tolist(), "groups": np.asarray(groups).astype(str).tolist(),
+                        "ids": np.asarray(ids).astype(str).tolist(),
+                        "published_test": None if published_test is None else np.asarray(published_test).tolist()},
+                       20)
 
 
 @register_dataset("synthetic")
@@ -140,7 +183,7 @@ def decode_files(paths: list[Path], resize: tuple[int, int] | None, source: str)
     def read(path):
         try:
             with Image.open(path) as im:
-                im = im.convert("RGB")
+                im = to_rgb8(im, path)
                 if resize is not None:
                     im = im.resize((resize[1], resize[0]), Image.BILINEAR)
                 return np.asarray(im, dtype=np.uint8)
@@ -164,6 +207,31 @@ def decode_files(paths: list[Path], resize: tuple[int, int] | None, source: str)
     return out
 
 
+HIGH_BIT_MODES = {"I;16": 16, "I;16L": 16, "I;16B": 16, "I;16N": 16, "I": 32}
+
+
+def bit_depth(im) -> str:
+    """'8-bit RGB', '16-bit gray', … for `bench data inspect`."""
+    bits = HIGH_BIT_MODES.get(im.mode, 1 if im.mode == "1" else 8)
+    kind = {"L": "gray", "LA": "gray", "1": "binary", "P": "palette", "RGBA": "RGBA", "CMYK": "CMYK"}.get(
+        im.mode, "gray" if im.mode in HIGH_BIT_MODES else "RGB" if im.mode == "RGB" else im.mode)
+    return f"{bits}-bit {kind}"
+
+
+def to_rgb8(im, path):
+    """8-bit RGB. 16-bit images are scaled (v / 257, so 65535 -> 255), not clipped as `convert('RGB')`
+    would clip them to {0, 255}; 32-bit integer images are refused rather than guessed at."""
+    from PIL import Image
+
+    if im.mode in HIGH_BIT_MODES:
+        a = np.asarray(im)
+        if im.mode == "I" and (a.min() < 0 or a.max() > 65535):
+            raise ValueError(f"32-bit integer image with values {a.min()}..{a.max()}: convert it to 8- or 16-bit")
+        a8 = np.rint(a.astype(np.float64) / 257.0).astype(np.uint8)
+        return Image.fromarray(np.repeat(a8[..., None], 3, axis=2), "RGB")
+    return im.convert("RGB")
+
+
 def files_key(paths: list[Path]) -> str:
     h = hashlib.sha256()
     for p in paths:
@@ -173,7 +241,8 @@ def files_key(paths: list[Path]) -> str:
 
 
 def decoded_dataset(name, paths, labels, groups, ids, cfg: DatasetConfig, source, published_test=None, meta=None):
-    key = {"kind": name, "files": files_key(paths), "resize": cfg.resize}
+    key = {"kind": name, "version": 2, "files": files_key(paths), "resize": cfg.resize,
+           "class_dirs": list(cfg.class_dirs), "content": content_key(labels, groups, ids, published_test)}
 
     def build():
         images = decode_files(paths, cfg.resize, source)
@@ -235,10 +304,24 @@ def manifest_dataset(cfg: DatasetConfig) -> Dataset:
     path = Path(os.path.expandvars(cfg.manifest)).expanduser()
     if not path.is_file():
         raise BenchError(f"dataset.manifest {str(path)!r} does not exist. Give the path of the CSV manifest.")
-    df = pd.read_csv(path)
+    fix = "The manifest must be a UTF-8 CSV with a header line `path,label[,group]` and one image per row."
+    try:
+        df = pd.read_csv(path, dtype={"path": str, "group": str}, keep_default_na=False, na_values={"label": [""]})
+    except pd.errors.EmptyDataError:
+        raise BenchError(f"{path}: the file is empty. {fix}") from None
+    except UnicodeDecodeError:
+        raise BenchError(f"{path}: not a text file (not UTF-8). {fix}") from None
+    except (pd.errors.ParserError, ValueError) as exc:
+        raise BenchError(f"{path}: not a readable CSV ({str(exc).splitlines()[0]}). {fix}") from None
     missing = {"path", "label"} - set(df.columns)
     if missing:
         raise BenchError(f"{path}: missing column(s) {sorted(missing)}; the manifest needs path,label[,group].")
+    if df.empty:
+        raise BenchError(f"{path}: the manifest has a header but no image rows. {fix}")
+    blank = df.index[df["path"].astype(str).str.strip() == ""]
+    if len(blank):
+        raise BenchError(f"{path}: row {blank[0] + 2} has an empty path ({len(blank)} such rows). Give every row the "
+                         "image's file path (relative to the CSV or absolute).")
     labels = pd.to_numeric(df["label"], errors="coerce")
     bad = df[labels.isna() | ~labels.isin([0, 1, 2, 3])]
     if len(bad):
@@ -253,6 +336,10 @@ def manifest_dataset(cfg: DatasetConfig) -> Dataset:
     missing_files = [str(f) for f in files if not f.is_file()]
     if missing_files:
         raise BenchError(f"{path}: {len(missing_files)} listed file(s) do not exist, e.g. {missing_files[0]!r}.")
+    if "group" in df.columns and (df["group"].astype(str).str.strip() == "").any():
+        row = int(np.flatnonzero(df["group"].astype(str).str.strip() == "")[0])
+        raise BenchError(f"{path}: row {row + 2} has an empty group (patient id). Give every row its patient, or drop "
+                         "the group column (then patients cannot be kept whole).")
     groups = df["group"].astype(str).tolist() if "group" in df.columns else [f"img:{i}" for i in range(len(df))]
     return decoded_dataset("manifest", files, labels.astype(int).tolist(), groups, df["path"].astype(str).tolist(),
                            cfg, str(path), meta={"manifest": str(path), "grouped_ids": "group" in df.columns})

@@ -4,9 +4,9 @@ The target layer is the last spatial feature map, taken from timm's `feature_inf
 whose timm head pools before its last conv, is explained at its last block). Multi-head models are
 wrapped so Grad-CAM sees one tensor: `grade` explains the predicted MES grade — its logit for
 softmax, its log-probability for the hierarchical model, regression's score, and for CORAL/CORN
-the decision evidence for grade k, Σ_{j<k} l_j − Σ_{j≥k} l_j over the ordinal logits (positive
-exactly when every threshold decision agrees with k; their class probabilities pass through a clip
-that can zero the gradient); `primary` the active logit; the sub-heads their higher grade.
+the decision evidence for grade k over the ordinal logits — each formulation says which scores
+(`gradcam_scores`) and which column (`gradcam_class`); `primary` the active logit; the sub-heads their
+higher grade.
 """
 
 from __future__ import annotations
@@ -52,13 +52,7 @@ class HeadView(nn.Module):
         out = self.net(x)
         if self.head != "grade":
             return out[self.head]
-        if isinstance(out, dict):
-            return torch.log(self.formulation.decode(out).proba.clamp_min(1e-8))
-        if self.formulation.name in ("coral", "corn"):
-            k = out.shape[1] + 1
-            signs = torch.where(torch.arange(k - 1)[None, :] < torch.arange(k)[:, None], 1.0, -1.0)
-            return out @ signs.to(out).T  # (B, 4): evidence for each grade
-        return out  # softmax logits or the regression score (B, 1)
+        return self.formulation.gradcam_scores(out)
 
 
 def load_cell_model(run_dir: Path, cell, suite: Suite):
@@ -70,9 +64,14 @@ def load_cell_model(run_dir: Path, cell, suite: Suite):
                          f"{ckpt}; run `bench run` on the suite again to produce it (or explain another cell).")
     fcfg = next(f for f in suite.formulations if f.display == cell["formulation"])
     bcfg = next(b for b in suite.backbones if b.name == cell["backbone"])
-    formulation = create_formulation(fcfg.name, fcfg.options)
+    formulation = create_formulation(fcfg.name, {**fcfg.options, **fcfg.options_by_fold.get(int(cell["fold"]), {})})
     model, _ = build_model(bcfg.model_copy(update={"pretrained": False}), formulation, cell["seed"])
-    model.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True))
+    from .training import load_checkpoint
+
+    try:
+        model.load_state_dict(load_checkpoint(ckpt, "cpu", "checkpoint"))
+    except Exception as exc:  # noqa: BLE001 - CellFailed or a state dict of another model
+        raise BenchError(f"cell {cell['backbone']} · {cell['formulation']} · fold {cell['fold']}: {exc}") from None
     return model.eval(), formulation
 
 
@@ -93,9 +92,9 @@ def cams(model, formulation, head, batch, device):
     view = HeadView(model, formulation, head).to(device)
     with torch.no_grad():
         out = model(batch)
-        pred = formulation.decode(out).pred.cpu().numpy()
+        pred = formulation.decode(out).pred
     if head == "grade":
-        category = [0] * len(pred) if formulation.name == "regression" else pred.tolist()
+        category = formulation.gradcam_class(pred)
     else:
         category = [HEADS[head]] * len(pred)
     with GradCAM(model=view, target_layers=[target_layer(model.backbone)]) as cam:

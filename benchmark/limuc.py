@@ -100,14 +100,16 @@ def unreadable(entries: list[Entry]) -> list[str]:
 
     from PIL import Image
 
+    from .data import bit_depth
+
     def check(e):
         try:
             data = e.path.read_bytes()
             with Image.open(io.BytesIO(data)) as im:
                 im.load()
-                return None, im.size, hashlib.sha1(data).hexdigest()
+                return None, im.size, hashlib.sha1(data).hexdigest(), bit_depth(im)
         except Exception as exc:  # noqa: BLE001 - any decode failure is the finding itself
-            return f"unreadable image {e.path} ({type(exc).__name__})", None, None
+            return f"unreadable image {e.path} ({type(exc).__name__})", None, None, None
 
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
         return list(pool.map(check, entries))
@@ -117,10 +119,11 @@ def inspect_tree(root) -> tuple[dict, list[str]]:
     """What a LIMUC-like tree holds and what makes it unusable."""
     scan = scan_tree(Path(root))
     results = unreadable(scan.entries) if scan.entries else []
-    problems = list(scan.problems) + [msg for msg, _, _ in results if msg]
-    sizes = Counter(size for _, size, _ in results if size)
+    problems = list(scan.problems) + [msg for msg, *_ in results if msg]
+    sizes = Counter(size for _, size, _, _ in results if size)
+    depths = Counter(depth for *_, depth in results if depth)
     by_hash = defaultdict(list)
-    for e, (_, _, digest) in zip(scan.entries, results):
+    for e, (_, _, digest, _) in zip(scan.entries, results):
         if digest:
             by_hash[digest].append(e)
     per_class = Counter(e.label for e in scan.entries)
@@ -140,6 +143,8 @@ def inspect_tree(root) -> tuple[dict, list[str]]:
         "patients_spanning_grades": sum(len(v) > 1 for v in patients.values()),
         "published_test_images": sum(e.published_test for e in scan.entries),
         "image_sizes": {f"{w}x{h}": n for (w, h), n in sizes.most_common()},
+        # 16-bit images are scaled to 8 bits when decoded (v / 257), never clipped
+        "bit_depths": dict(depths.most_common()),
         "names_under_two_classes": sum(len(v) > 1 for v in names.values()),
         "byte_identical_files": sum(len(v) - 1 for v in by_hash.values() if len(v) > 1),
         "identical_files_with_different_labels": sum(len({e.label for e in v}) > 1 for v in by_hash.values()),

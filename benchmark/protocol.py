@@ -8,7 +8,7 @@
 from __future__ import annotations
 
 import json
-import os
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,9 +53,16 @@ def _check_folds(labels, groups, k, grouped, what):
     unit = "patients" if grouped else "images"
     counts = [len(np.unique(groups[labels == c])) if grouped else int(np.sum(labels == c)) for c in range(NUM_CLASSES)]
     smallest = int(np.argmin(counts))
-    if counts[smallest] < k:
-        raise BenchError(f"protocol.folds = {k} but the smallest class, MES {smallest}, has only {counts[smallest]} "
-                         f"{unit} in the {what}; use at most {max(counts[smallest], 2)} folds or a larger dataset.")
+    if counts[smallest] >= k:
+        return
+    n = counts[smallest]
+    if n < 2:
+        fix = (f"No split can then put MES {smallest} on both sides: add {unit} of MES {smallest}"
+               + (", or use `kind: study` (image-level splits, which leak patients)" if grouped else "") + ".")
+        raise BenchError(f"protocol.folds = {k} needs MES {smallest} in every fold, but it has only {n} "
+                         f"{unit[:-1] if n == 1 else unit} in the {what}. {fix}")
+    raise BenchError(f"protocol.folds = {k} but the smallest class, MES {smallest}, has only {n} {unit} in the "
+                     f"{what}; use at most {n} folds (protocol.folds: {n}) or a larger dataset.")
 
 
 def holdout(ds: Dataset, cfg: ProtocolConfig, grouped: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -79,7 +86,18 @@ def holdout(ds: Dataset, cfg: ProtocolConfig, grouped: bool) -> tuple[np.ndarray
         train, test = next(sgkf.split(idx, ds.labels, ds.groups))
         return np.sort(train), np.sort(test)
     _check_folds(ds.labels, ds.groups, 2, False, "dataset")
-    train, test = train_test_split(idx, test_size=cfg.test_fraction, stratify=ds.labels, random_state=cfg.seed)
+    n_test = int(np.ceil(cfg.test_fraction * len(idx)))
+    if n_test < NUM_CLASSES or len(idx) - n_test < NUM_CLASSES:
+        need = NUM_CLASSES / len(idx)
+        raise BenchError(f"protocol.test_fraction = {cfg.test_fraction} of {len(idx)} images gives a hold-out of "
+                         f"{n_test} and a training part of {len(idx) - n_test} images, but a stratified split needs "
+                         f"at least {NUM_CLASSES} images (one per grade) on each side: use a test_fraction between "
+                         f"{need:.2f} and {1 - need:.2f}, or a larger dataset.")
+    try:
+        train, test = train_test_split(idx, test_size=cfg.test_fraction, stratify=ds.labels, random_state=cfg.seed)
+    except ValueError as exc:
+        raise BenchError(f"protocol: the stratified hold-out split failed ({exc}); raise protocol.test_fraction or "
+                         "use a larger dataset.") from None
     return np.sort(train), np.sort(test)
 
 
@@ -133,12 +151,23 @@ def record_splits(path: Path, splits: Splits, ds: Dataset) -> Splits:
     """Written once per run directory; a later run whose splits differ is refused rather than mixed."""
     doc = splits.to_json(ds)
     if path.exists():
-        if json.loads(path.read_text()) != doc:
+        try:
+            stored = json.loads(path.read_text())
+        except (ValueError, UnicodeDecodeError):
+            raise BenchError(f"{path} is damaged (not valid JSON). It records the splits of this run's finished cells; "
+                             "restore it from a backup, or delete it: the same suite recomputes the same splits and "
+                             "writes it again (a different suite is then refused as usual by the store).") from None
+        if stored != doc:
             raise BenchError(f"{path}: this run directory was made with other splits (dataset or protocol changed). "
                              "Results from different splits cannot be mixed: use `--out` for a new run directory, "
                              "or delete the old one.")
         return splits
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(doc))
-    tmp.replace(path)
+    tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        tmp.write_text(json.dumps(doc))
+        tmp.replace(path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise BenchError(f"cannot write {path} ({exc.strerror}); free space or choose another run directory with "
+                         "--out.") from None
     return splits

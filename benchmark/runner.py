@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import json
 import signal
 import time
 import traceback
@@ -22,8 +24,9 @@ from .device import DevicePlan, pick_device, versions
 from .errors import BenchError, CellFailed, Interrupted
 from .metrics import grade_metrics, task_metrics
 from .protocol import Splits, make_splits, record_splits
-from .store import Store, retrying
-from .training import CellData, Schedule, build_model, train_cell
+from .store import Heartbeat, Store, retrying
+from .training import (CellData, Schedule, build_model, discard_unloadable_checkpoints, load_checkpoint,
+                       train_cell)
 
 
 @dataclass
@@ -32,7 +35,6 @@ class RunReport:
     trained: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
-    busy: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
 
@@ -40,11 +42,8 @@ def preflight(suite: Suite):
     """Every name and option checked before anything is written or trained."""
     for f in suite.formulations:
         create_formulation(f.name, f.options)
-        if f.finetune:
-            bad = set(f.finetune_options) - {"eps", "task_weights", "lr", "epochs"}
-            if bad:
-                raise BenchError(f"formulation {f.display!r}: unknown finetune option {sorted(bad)[0]!r}; valid: "
-                                 "eps, task_weights, lr, epochs.")
+        for fold, extra in f.options_by_fold.items():
+            create_formulation(f.name, {**f.options, **extra})
     for b in suite.backbones:
         spec = resolve(b.name)
         if b.pretrained:
@@ -96,6 +95,13 @@ class Runner:
         self.splits: Splits = record_splits(self.out_dir / "splits.json", splits, self.dataset)
         every_cell = expand_cells(self.suite, len(splits.folds))
         self.cells = select(every_cell, only or [])
+        for cell in self.cells:
+            f = cell.formulation
+            if f.options_by_fold and cell.fold not in f.options_by_fold:
+                raise BenchError(f"formulation {f.display!r} has per-fold options (from `bench tune`) for folds "
+                                 f"{sorted(f.options_by_fold)} only, but this run has {len(splits.folds)} folds: tune "
+                                 f"the missing folds, or restrict the run with --only fold="
+                                 f"{','.join(map(str, sorted(f.options_by_fold)))}.")
         previous = {c["key"] for c in self.store.cell_rows()}
         self.stale_cells = len(previous - {c.key for c in every_cell})
         self.new_cells = len({c.key for c in self.cells} - previous)
@@ -103,11 +109,18 @@ class Runner:
         self.store.set_meta("suite", self.suite.model_dump(mode="json"))
         self.store.set_meta("n_folds", len(self.splits.folds))
         self.store.set_meta("split_kind", self.splits.split_kind)
+        self.store.set_meta("fold_sizes", {i: [int(len(tr)), int(len(va))] for i, (tr, va) in
+                                           enumerate(self.splits.folds)})
         self.store.set_meta("dataset", {"name": self.dataset.name, "images": len(self.dataset),
                                         "image_size": list(self.dataset.images.shape[1:3]),
                                         "class_counts": np.bincount(self.dataset.labels, minlength=4).tolist(),
                                         "patients": int(len(np.unique(self.dataset.groups))),
                                         "n_test": int(len(self.splits.test))})
+        # Patient of every held-out test image: the report resamples patients, not images, for its CIs.
+        if self.dataset.meta.get("grouped_ids", False):
+            test = self.splits.test
+            self.store.set_meta("test_groups", dict(zip(self.dataset.ids[test].tolist(),
+                                                        map(str, self.dataset.groups[test].tolist()))))
         (self.out_dir / "suite.yaml").write_text(dump_suite(self.suite))
         return self.cells
 
@@ -129,7 +142,7 @@ class Runner:
                 for cell in pending:
                     outcome = self.run_cell(cell)
                     {"trained": report.trained, "done": report.skipped, "failed": report.failed,
-                     "busy": waiting}[outcome].append(cell)
+                     "busy": waiting, "superseded": waiting}[outcome].append(cell)
                     if self.progress:
                         self.progress.cell_done(cell, outcome)
                 if not waiting:
@@ -167,9 +180,18 @@ class Runner:
         if state != "claimed":
             return state
         workdir = self.out_dir / "cells" / cell.key
+        if self.retry_failed:
+            for path in discard_unloadable_checkpoints(workdir):
+                if self.progress:
+                    self.progress.note(f"[yellow]note[/]: discarded unloadable checkpoint {path}; {cell.label} "
+                                       "trains again from scratch")
+        beat = Heartbeat(self.store, cell.key)
         try:
-            result, metric_rows, pred_rows = self._train(cell, workdir)
+            with beat:
+                result, metric_rows, pred_rows = self._train(cell, workdir, beat.lost.is_set)
         except Interrupted as exc:
+            if beat.lost.is_set():  # another worker took the cell over: stop and leave it to them
+                return "superseded"
             self.store.release(cell.key)
             raise Interrupted(f"{cell.label}: {exc}. Finished cells and this cell's last epoch are saved; "
                               f"resume with the same `bench run` command.") from None
@@ -179,84 +201,94 @@ class Runner:
         except KeyboardInterrupt:
             self.store.release(cell.key)
             raise
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+                reason = f"{type(exc).__name__}: {exc}\n" + "".join(traceback.format_exc(limit=8))
+                return self._failed(cell, reason, exc)
+            self.store.release(cell.key)
+            for tmp in workdir.glob("*.tmp"):
+                tmp.unlink(missing_ok=True)
+            what = "is full" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else "is read-only"
+            raise BenchError(f"the disk {what} while writing {exc.filename or workdir} ({exc.strerror}). Nothing of "
+                             f"{cell.label} was stored; the cell is unclaimed and resumes from its last saved epoch. "
+                             "Free space (or choose another run directory with --out) and run the same command "
+                             "again.") from None
         except (CellFailed, Exception) as exc:  # noqa: BLE001 - a failing cell must not stop the suite
             reason = str(exc) if isinstance(exc, CellFailed) else (
                 f"{type(exc).__name__}: {exc}\n" + "".join(traceback.format_exc(limit=8)))
-            self.store.fail(cell.key, reason)
+            return self._failed(cell, reason, exc)
+        if not retrying(self.store.finish, cell.key, result, metric_rows, pred_rows):
             if self.progress:
-                self.progress.note(f"[red]failed[/]: {cell.label}: {str(exc).splitlines()[0] if str(exc) else ''}")
-            return "failed"
-        retrying(self.store.finish, cell.key, result, metric_rows, pred_rows)
+                self.progress.note(f"[yellow]note[/]: {cell.label} was taken over by another worker while this one "
+                                   "trained it (its heartbeat went stale); this result is discarded, theirs is kept")
+            return "superseded"
         return "trained"
+
+    def _failed(self, cell, reason, exc):
+        if not retrying(self.store.fail, cell.key, reason):
+            return "superseded"
+        if self.progress:
+            self.progress.note(f"[red]failed[/]: {cell.label}: {str(exc).splitlines()[0] if str(exc) else ''}")
+        return "failed"
 
     def _cell_info(self, cell: Cell):
         return {"backbone": cell.backbone.name, "formulation": cell.formulation.display, "seed": cell.seed,
                 "fold": cell.fold, "config_hash": cell.key}
 
-    def _train(self, cell: Cell, workdir: Path):
+    def _train(self, cell: Cell, workdir: Path, claim_lost=lambda: False):
         suite, cfg = self.suite, self.suite.training
-        formulation = create_formulation(cell.formulation.name, cell.formulation.options)
+        options = cell.options
+        formulation = create_formulation(cell.formulation.name, options)
         train, val = self.splits.folds[cell.fold]
         mean, std = self.fold_stats(cell.fold)
         data = CellData(self.dataset.images, self.dataset.labels, self.dataset.ids, train, val, self.splits.test,
-                        mean, std)
+                        mean, std, self.dataset.groups, self.splits.grouped)
         model, native_size = build_model(cell.backbone, formulation, cell.seed)
         input_size = input_size_for(cell.backbone) or native_size
         epochs, lr, class_weights, init_state, extra = cfg.epochs, cfg.lr, None, None, {}
         if cell.depends:
             ft = cell.formulation.finetune_options
-            init_state = torch.load(self.out_dir / "cells" / cell.depends / "best.pt", map_location="cpu",
-                                    weights_only=True)
-            per_task_f1 = self.stage1_f1(cell.depends, formulation)
-            class_weights = formulation.task_weights(per_task_f1, ft)
-            epochs = int(ft.get("epochs", cfg.finetune_epochs or cfg.epochs))
-            lr = float(ft.get("lr", cfg.finetune_lr))
-            extra = {"stage1_key": cell.depends, "stage1_f1": {k: list(map(float, v)) for k, v in per_task_f1.items()},
-                     "class_weights": {k: v.tolist() for k, v in class_weights.items()}}
+            init_state = load_checkpoint(self.out_dir / "cells" / cell.depends / "best.pt", "cpu",
+                                         "stage-1 checkpoint")
+            epochs = ft.epochs or cfg.finetune_epochs or cfg.epochs
+            lr = ft.lr if ft.lr is not None else cfg.finetune_lr
+            extra = {"stage1_key": cell.depends, "finetune": cell.formulation.finetune, "class_weights": None}
+            if cell.formulation.finetune == "inverse_f1":
+                per_task_f1 = self.stage1_f1(cell.depends, formulation)
+                weights = formulation.task_weights(per_task_f1, ft.model_dump())
+                class_weights = {k: torch.as_tensor(np.asarray(v), dtype=torch.float32) for k, v in weights.items()}
+                extra.update(stage1_f1={k: list(map(float, v)) for k, v in per_task_f1.items()},
+                             class_weights={k: np.asarray(v).tolist() for k, v in weights.items()})
         bs = batch_size_for(suite, cell.backbone)
         if self.progress:
             self.progress.cell_start(cell, epochs)
 
         def on_epoch(row):
-            retrying(self.store.heartbeat, cell.key)
             if self.progress:
                 self.progress.epoch(row)
 
-        sched = Schedule(epochs, lr, bs, class_weights, init_state, on_epoch, lambda: self._stop)
+        sched = Schedule(epochs, lr, bs, class_weights, init_state, on_epoch, lambda: self._stop or claim_lost())
         outcome = train_cell(model, formulation, data, cfg, sched, self.plan, cell.seed, workdir, input_size)
         metric_rows, pred_rows = [], []
         for split, pred in outcome.predictions.items():
             rows, cm = grade_metrics(pred["y"], pred["pred"])
-            y_t = torch.as_tensor(pred["y"])
             for task_name, task in formulation.tasks.items():
                 if task_name != "mes" and task_name in pred["task_preds"]:
-                    rows += task_metrics(task_name, task.target(y_t).numpy(), pred["task_preds"][task_name],
+                    rows += task_metrics(task_name, task.target(pred["y"]), pred["task_preds"][task_name],
                                          len(task.classes))
             for k, v in outcome.counters[split].items():
                 rows.append(("diag", k, "", float(v) / max(len(pred["y"]), 1)))
             metric_rows += [{"split": split, "task": t, "metric": m, "cls": c, "value": float(v)}
                             for t, m, c, v in rows]
             extra.setdefault("confusion", {})[split] = cm.tolist()
-            proba, score = pred["proba"], pred["score"]
-            tp = pred["task_preds"]
-            for i, image_id in enumerate(pred["ids"]):
-                pr = {"split": split, "image_id": str(image_id), "y_true": int(pred["y"][i]),
-                      "y_pred": int(pred["pred"][i]),
-                      "p0": None, "p1": None, "p2": None, "p3": None,
-                      "score": None if score is None else float(score[i]),
-                      "aux": None}
-                if proba is not None:
-                    pr.update(p0=float(proba[i, 0]), p1=float(proba[i, 1]), p2=float(proba[i, 2]),
-                              p3=float(proba[i, 3]))
-                if tp:
-                    pr["aux"] = "{" + ",".join(f'"{k}":{int(v[i])}' for k, v in tp.items()) + "}"
-                pred_rows.append(pr)
+            pred_rows += prediction_rows(split, pred)
         result = {"history": outcome.history, "best_epoch": outcome.best_epoch, "timings": outcome.timings,
                   "stopped_early": outcome.stopped_early, "state": outcome.state, "counters": outcome.counters,
                   "checkpoint": str(workdir / "best.pt"), "device": self.plan.description, "versions": versions(),
                   "batch_size": bs, "input_size": input_size, "n_train": int(len(train)), "n_val": int(len(val)),
                   "n_test": int(len(self.splits.test)), "norm_mean": mean.tolist(), "norm_std": std.tolist(),
-                  "formulation_options": cell.formulation.options, **extra}
+                  "formulation_options": options, "output_names": list(formulation.output_names),
+                  "cross_fitted": formulation.fits_decoding, **extra}
         return result, metric_rows, pred_rows
 
     def stage1_f1(self, key, formulation) -> dict[str, np.ndarray]:
@@ -272,3 +304,19 @@ class Runner:
         if not out:
             raise CellFailed(f"stage-1 cell {key} has no validation F1 stored")
         return out
+
+
+def prediction_rows(split: str, pred: dict) -> list[dict]:
+    """One row per image: truth, prediction, class probabilities / score where the formulation has them, and
+    its raw outputs (float64 bytes) from which fold-ensembles are decoded."""
+    proba, score, outputs, tp = pred["proba"], pred["score"], pred["outputs"], pred["task_preds"]
+    rows = []
+    for i, image_id in enumerate(pred["ids"]):
+        row = {"split": split, "image_id": str(image_id), "y_true": int(pred["y"][i]), "y_pred": int(pred["pred"][i]),
+               "p0": None, "p1": None, "p2": None, "p3": None, "score": None if score is None else float(score[i]),
+               "aux": json.dumps({k: int(v[i]) for k, v in tp.items()}) if tp else None,
+               "outputs": np.ascontiguousarray(outputs[i], dtype=np.float64).tobytes()}
+        if proba is not None:
+            row.update(p0=float(proba[i, 0]), p1=float(proba[i, 1]), p2=float(proba[i, 2]), p3=float(proba[i, 3]))
+        rows.append(row)
+    return rows

@@ -1,28 +1,37 @@
 """Results store: SQLite through SQLAlchemy in the run directory (a PostgreSQL URL can replace it).
 
 One row per cell. A cell is claimed (status 'running', owner, heartbeat) before it trains, so two
-processes never train the same cell; a claim whose owner died (same host, pid gone) or whose
-heartbeat went stale is taken over. A finished cell's row, metrics and per-image predictions are
-written in one transaction: the store never holds half a cell.
+processes never train the same cell. The owner id is random per process (host names and pids repeat
+across containers); a background thread refreshes the heartbeat every HEARTBEAT_SECONDS while the cell
+trains, and a claim is taken over only when its heartbeat is older than STALE_SECONDS. Writes that
+end a cell (finish, fail) check that the writer still owns it, so a superseded worker can never
+overwrite the new owner's result. A finished cell's row, metrics and per-image predictions are written
+in one transaction: the store never holds half a cell.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import socket
+import sqlite3
+import threading
 import time
+import uuid
 from pathlib import Path
 
 import numpy as np
-from sqlalchemy import (Column, Float, Integer, MetaData, String, Table, Text, create_engine, delete, event, insert,
-                        select, update)
-from sqlalchemy.exc import OperationalError
+from sqlalchemy import (URL, Column, Float, Integer, LargeBinary, MetaData, String, Table, Text, create_engine,
+                        delete, event, insert, select, update)
+from sqlalchemy.exc import DatabaseError, OperationalError
 
 from .errors import BenchError
 
-SCHEMA_VERSION = 1
-STALE_SECONDS = float(os.environ.get("MESBENCH_STALE_SECONDS", 900))
+SCHEMA_VERSION = 2
+STALE_SECONDS = float(os.environ.get("MESBENCH_STALE_SECONDS", 60))
+HEARTBEAT_SECONDS = float(os.environ.get("MESBENCH_HEARTBEAT_SECONDS", min(10.0, STALE_SECONDS / 4)))
+OWNER = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
 
 meta = MetaData()
 meta_table = Table("meta", meta, Column("key", String, primary_key=True), Column("value", Text))
@@ -45,35 +54,39 @@ predictions = Table(
     Column("y_true", Integer), Column("y_pred", Integer),
     Column("p0", Float), Column("p1", Float), Column("p2", Float), Column("p3", Float), Column("score", Float),
     Column("aux", Text),
+    # the formulation's per-image outputs (float64 bytes): what fold-ensembles average and decode
+    Column("outputs", LargeBinary),
 )
 
 
 def owner_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
+    return OWNER
 
 
-def _owner_dead(owner: str) -> bool:
-    host, _, pid = (owner or "").rpartition(":")
-    if host != socket.gethostname() or not pid.isdigit():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
+def sqlite_url(db: Path, readonly: bool = False) -> URL:
+    """Built with URL.create, never by pasting a path into a URL string (`?` or `#` in a path)."""
+    if not readonly:
+        return URL.create("sqlite", database=str(db))
+    from urllib.parse import quote
+
+    query = {"mode": "ro", "uri": "true"}
+    if not os.access(db.parent, os.W_OK):
+        # An archived (read-only) run directory cannot hold SQLite's shared-memory file: read it as
+        # immutable, which is what it is.
+        query["immutable"] = "1"
+    return URL.create("sqlite", database=f"file:{quote(str(db.resolve()))}", query=query)
 
 
 class Store:
-    def __init__(self, url_or_dir: str | Path, create: bool = True):
+    def __init__(self, url_or_dir: str | Path, create: bool = True, readonly: bool = False):
         url = str(url_or_dir)
+        self.readonly = readonly
         if "://" not in url:
             path = Path(url)
             if create:
                 try:
                     path.mkdir(parents=True, exist_ok=True)
-                    probe = path / f".write-test-{os.getpid()}"
+                    probe = path / f".write-test-{uuid.uuid4().hex}"
                     probe.write_text("")
                     probe.unlink()
                 except OSError as exc:
@@ -82,10 +95,20 @@ class Store:
             elif not (path / "results.db").exists():
                 raise BenchError(f"{str(path)!r} holds no results store (results.db). Give a run directory written "
                                  "by `bench run`.")
-            url = f"sqlite:///{path / 'results.db'}"
+            self.where = str(path / "results.db")
+            url = sqlite_url(path / "results.db", readonly)
+        else:
+            self.where = url
         self.url = url
-        self.engine = create_engine(url, connect_args={"timeout": 120} if url.startswith("sqlite") else {})
-        if url.startswith("sqlite"):
+        sqlite = str(url).startswith("sqlite")
+        self.engine = create_engine(url, connect_args={"timeout": 120} if sqlite else {})
+        store = self
+
+        @event.listens_for(self.engine, "handle_error")
+        def _explain(ctx):
+            raise store.explain_error(ctx.original_exception) from None
+
+        if sqlite and not readonly:
             @event.listens_for(self.engine, "connect")
             def _connect(dbapi_conn, _):
                 dbapi_conn.isolation_level = None
@@ -99,17 +122,36 @@ class Store:
             retrying(meta.create_all, self.engine)  # two processes may create the same store at once
         retrying(self._check_schema, create)
 
+    def explain_error(self, exc) -> Exception:
+        """A database error as one paragraph naming the store and the fix; 'locked' stays retryable."""
+        text = str(exc).lower()
+        if "locked" in text or "busy" in text:
+            return OperationalError("", {}, exc)
+        if "readonly" in text or "read-only" in text:
+            return BenchError(f"Store {self.where} is read-only ({exc}). `bench run` must write to it: make the run "
+                              "directory writable, or copy it and run on the copy (`report`, `check` and `explain` "
+                              "only read).")
+        if "full" in text or getattr(exc, "errno", None) == errno.ENOSPC:
+            return BenchError(f"Store {self.where}: the disk is full ({exc}). Free space there, or choose another "
+                              "run directory with --out; finished cells are kept, the interrupted one resumes.")
+        return BenchError(f"Store {self.where} cannot be read as a results database ({type(exc).__name__}: {exc}). "
+                          "The file is damaged or is not a mesbench store: move it away and run the suite again "
+                          "into a new directory (--out), or restore the file from a backup.")
+
     def _check_schema(self, create):
-        with self.engine.begin() as conn:
+        with self.engine.connect() as conn:
             row = conn.execute(select(meta_table.c.value).where(meta_table.c.key == "schema_version")).first()
-            if row is None:
-                if create:
-                    conn.execute(insert(meta_table).values(key="schema_version", value=str(SCHEMA_VERSION)))
-                return
-            if int(row[0]) != SCHEMA_VERSION:
-                raise BenchError(f"Store {self.url} was written with schema version {row[0]}, this mesbench reads "
-                                 f"version {SCHEMA_VERSION}. Use a new run directory (--out), or the mesbench "
-                                 "version that wrote it.")
+        if row is None:
+            if create:
+                with self.engine.begin() as conn:
+                    if conn.execute(select(meta_table.c.value).where(meta_table.c.key == "schema_version")).first() \
+                            is None:
+                        conn.execute(insert(meta_table).values(key="schema_version", value=str(SCHEMA_VERSION)))
+            return
+        if int(row[0]) != SCHEMA_VERSION:
+            raise BenchError(f"Store {self.where} was written with schema version {row[0]}, this mesbench reads "
+                             f"version {SCHEMA_VERSION}. Use a new run directory (--out), or the mesbench "
+                             "version that wrote it.")
 
     # ------------------------------------------------------------------ meta
     def get_meta(self, key, default=None):
@@ -124,7 +166,7 @@ class Store:
 
     # ------------------------------------------------------------------ claims
     def claim(self, key: str, info: dict, retry_failed: bool = False) -> str:
-        """'claimed' (this process trains it), 'done', 'failed' or 'busy' (another live process has it)."""
+        """'claimed' (this process trains it), 'done', 'failed' or 'busy' (another live owner has it)."""
         me, now = owner_id(), time.time()
         with self.engine.begin() as conn:
             row = conn.execute(select(cells.c.status, cells.c.owner, cells.c.heartbeat, cells.c.attempts)
@@ -138,19 +180,26 @@ class Store:
                 return "done"
             if status == "failed" and not retry_failed:
                 return "failed"
-            if status == "running" and owner != me and not _owner_dead(owner) and now - heartbeat < STALE_SECONDS:
+            if status == "running" and owner and owner != me and now - (heartbeat or 0) < STALE_SECONDS:
                 return "busy"
             conn.execute(update(cells).where(cells.c.key == key).values(
                 status="running", owner=me, heartbeat=now, attempts=(attempts or 0) + 1, error=None))
             return "claimed"
 
-    def heartbeat(self, key):
+    def owner_of(self, key):
+        with self.engine.connect() as conn:
+            row = conn.execute(select(cells.c.owner, cells.c.heartbeat).where(cells.c.key == key)).first()
+        return (None, None) if row is None else tuple(row)
+
+    def heartbeat(self, key) -> bool:
+        """Refresh this process's claim; False when the claim is no longer ours."""
         with self.engine.begin() as conn:
-            conn.execute(update(cells).where((cells.c.key == key) & (cells.c.owner == owner_id()))
-                         .values(heartbeat=time.time()))
+            res = conn.execute(update(cells).where((cells.c.key == key) & (cells.c.owner == owner_id())
+                                                   & (cells.c.status == "running")).values(heartbeat=time.time()))
+        return res.rowcount == 1
 
     def release(self, key):
-        """Give a claim back (Ctrl-C): the cell stays resumable from its last epoch checkpoint."""
+        """Give a claim back (Ctrl-C, full disk): the cell stays resumable from its last epoch checkpoint."""
         with self.engine.begin() as conn:
             conn.execute(update(cells).where((cells.c.key == key) & (cells.c.owner == owner_id())
                                              & (cells.c.status == "running")).values(heartbeat=0.0, owner=""))
@@ -160,13 +209,24 @@ class Store:
             row = conn.execute(select(cells.c.status).where(cells.c.key == key)).first()
         return None if row is None else row[0]
 
-    def fail(self, key, reason: str):
+    def _owned(self, conn, key) -> bool:
+        row = conn.execute(select(cells.c.owner, cells.c.status).where(cells.c.key == key)).first()
+        return row is not None and row[0] == owner_id() and row[1] == "running"
+
+    def fail(self, key, reason: str) -> bool:
+        """Mark our claimed cell failed; False (and nothing written) when another owner took it over."""
         with self.engine.begin() as conn:
+            if not self._owned(conn, key):
+                return False
             conn.execute(update(cells).where(cells.c.key == key).values(status="failed", error=reason,
                                                                          finished=time.time()))
+        return True
 
-    def finish(self, key, result: dict, metric_rows: list[dict], prediction_rows: list[dict]):
+    def finish(self, key, result: dict, metric_rows: list[dict], prediction_rows: list[dict]) -> bool:
+        """Store our claimed cell's result in one transaction; False (nothing written) when superseded."""
         with self.engine.begin() as conn:
+            if not self._owned(conn, key):
+                return False
             conn.execute(delete(metrics).where(metrics.c.key == key))
             conn.execute(delete(predictions).where(predictions.c.key == key))
             if metric_rows:
@@ -175,6 +235,7 @@ class Store:
                 conn.execute(insert(predictions), [dict(r, key=key) for r in prediction_rows])
             conn.execute(update(cells).where(cells.c.key == key).values(
                 status="done", finished=time.time(), error=None, result=json.dumps(result, default=_json_default)))
+        return True
 
     # ------------------------------------------------------------------ reading
     def cell_rows(self):
@@ -204,6 +265,8 @@ class Store:
             cur = raw.cursor()
             cur.execute(sql, (split,) if split else ())
             rows = cur.fetchall()
+        except sqlite3.DatabaseError as exc:  # the DB-API's own errors bypass SQLAlchemy's error handler
+            raise self.explain_error(exc) from None
         finally:
             raw.close()
         return pd.DataFrame.from_records(rows, columns=cols)
@@ -217,6 +280,35 @@ def _json_default(obj):
     if isinstance(obj, (np.floating,)):
         return float(obj)
     return str(obj)
+
+
+class Heartbeat:
+    """Refreshes a claim from a background thread at a fixed interval while a cell trains, so a long epoch
+    or evaluation never makes a live claim look stale. `lost` is set when the claim was taken over."""
+
+    def __init__(self, store: Store, key: str, interval: float = HEARTBEAT_SECONDS):
+        self.store, self.key, self.interval = store, key, interval
+        self.lost = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name=f"heartbeat-{key}", daemon=True)
+
+    def _loop(self):
+        while not self._stop.wait(self.interval):
+            try:
+                if not retrying(self.store.heartbeat, self.key):
+                    self.lost.set()
+                    return
+            except Exception:  # noqa: BLE001 - a failed beat is retried at the next interval
+                continue
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join(timeout=5)
+        return False
 
 
 def retrying(fn, *args, attempts=5, **kwargs):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import os
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -23,6 +24,7 @@ from torch import nn
 
 from backbones import create_backbone
 from formulations import Formulation
+from formulations.base import GRADES, NUM_CLASSES
 
 from .augment import BatchMaker, draw_params
 from .config import BackboneConfig, TrainingConfig
@@ -58,15 +60,17 @@ class CellData:
     test: np.ndarray
     mean: np.ndarray
     std: np.ndarray
+    groups: np.ndarray | None = None  # patient ids, for patient-grouped cross-fitting of fitted decoding
+    grouped: bool = False
 
 
 @dataclass
 class CellOutcome:
     history: list[dict]
     best_epoch: int
-    predictions: dict[str, dict]  # split -> {ids, y, pred, proba, score, task_preds}
+    predictions: dict[str, dict]  # split -> {ids, y, pred, proba, score, outputs, task_preds}
     counters: dict[str, dict]
-    state: dict
+    state: dict  # decoding state used for the test set (fitted on the whole validation fold where fitted)
     timings: dict
     stopped_early: bool
 
@@ -76,7 +80,7 @@ class Schedule:
     epochs: int
     lr: float
     batch_size: int
-    class_weights: dict[str, torch.Tensor] | None = None
+    class_weights: dict[str, torch.Tensor] | None = None  # training loss only; selection is always unweighted
     init_state: dict | None = None  # stage-1 weights for fine-tuning
     on_epoch: Callable[[dict], None] | None = None
     should_stop: Callable[[], bool] = field(default=lambda: False)
@@ -84,16 +88,40 @@ class Schedule:
     objective: Callable | None = None
 
 
-def _atomic_save(obj, path: Path):
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+def atomic_save(obj, path: Path):
+    """Write to a uniquely named temp file, then rename: a kill never leaves a half-written checkpoint
+    under the real name, and two processes never share a temp name."""
+    tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def remove_stale_temp_files(workdir: Path) -> int:
+    """Temp files of a killed save; only the cell's owner writes in its folder, so any left are stale."""
+    n = 0
+    for tmp in workdir.glob("*.tmp"):
+        tmp.unlink(missing_ok=True)
+        n += 1
+    return n
+
+
+def load_checkpoint(path: Path, device, what: str):
+    """`weights_only=True` always: a run directory is data, never code."""
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - unpickling, truncation, zip errors: all mean "unusable file"
+        raise CellFailed(f"{what} {path} cannot be loaded ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
+                         "`bench run --retry-failed` discards it and trains the cell again") from None
 
 
 def _epoch_order(n, labels, seed, epoch, sampler):
     g = torch.Generator().manual_seed(seed * 100_003 + epoch)
     if sampler == "weighted":
-        counts = np.bincount(labels, minlength=4).astype(float)
+        counts = np.bincount(labels, minlength=NUM_CLASSES).astype(float)
         w = torch.as_tensor(1.0 / np.maximum(counts[labels], 1))
         order = torch.multinomial(w, n, replacement=True, generator=g)
     else:
@@ -103,9 +131,8 @@ def _epoch_order(n, labels, seed, epoch, sampler):
 
 
 @torch.inference_mode()
-def predict(model, formulation: Formulation, maker: BatchMaker, idx, labels, plan: DevicePlan, batch_size,
-            class_weights=None):
-    """Raw outputs (concatenated on CPU), mean loss and decoded predictions for dataset indices."""
+def predict(model, formulation: Formulation, maker: BatchMaker, idx, labels, plan: DevicePlan, batch_size):
+    """Raw outputs (concatenated on CPU) and the unweighted mean loss for dataset indices."""
     model.eval()
     outs, losses = [], []
     for start in range(0, len(idx), batch_size):
@@ -115,23 +142,40 @@ def predict(model, formulation: Formulation, maker: BatchMaker, idx, labels, pla
         with plan.autocast():
             out = model(x)
         out = {k: v.float() for k, v in out.items()} if isinstance(out, dict) else out.float()
-        losses.append(formulation.loss(out, y, class_weights) * len(bidx))
+        losses.append(formulation.loss(out, y, None) * len(bidx))
         outs.append({k: v.cpu() for k, v in out.items()} if isinstance(out, dict) else out.cpu())
     out = ({k: torch.cat([o[k] for o in outs]) for k in outs[0]} if isinstance(outs[0], dict) else torch.cat(outs))
     loss = float(torch.stack(losses).sum().cpu()) / max(len(idx), 1)
     return out, loss
 
 
-def _decoded_dict(formulation, out, y):
-    dec = formulation.decode(out)
-    return {
-        "y": y,
-        "pred": dec.pred.cpu().numpy(),
-        "proba": None if dec.proba is None else dec.proba.cpu().numpy(),
-        "score": None if dec.score is None else dec.score.cpu().numpy(),
-        "task_preds": {k: v.cpu().numpy() for k, v in dec.task_preds.items()},
-        "counters": dec.counters,
-    }
+def cross_fit(formulation: Formulation, outputs: np.ndarray, y: np.ndarray, groups, grouped: bool, seed: int):
+    """Validation predictions of a fitted decoding without scoring it on the data it was fitted on: the
+    fold's validation images are split in two halves (stratified; patients kept whole where the protocol
+    groups them), each half is decoded with the parameters fitted on the other. Returns (predictions,
+    the two half-fits, the split unit)."""
+    import warnings
+
+    from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
+
+    unit = "patient" if grouped and groups is not None and len(np.unique(groups)) >= 2 else "image"
+    splitter = (StratifiedGroupKFold(2, shuffle=True, random_state=seed) if unit == "patient"
+                else StratifiedKFold(2, shuffle=True, random_state=seed))
+    pred = np.empty(len(y), dtype=np.int64)
+    halves = []
+    with warnings.catch_warnings():  # a rare class with one image per half is expected on small folds
+        warnings.simplefilter("ignore", UserWarning)
+        splits = list(splitter.split(outputs, y, groups if unit == "patient" else None))
+    for fit_idx, score_idx in splits:
+        state = formulation.fit_decoding(outputs[fit_idx], y[fit_idx])
+        pred[score_idx] = formulation.predict(outputs[score_idx], state)
+        halves.append(state)
+    return pred, halves, unit
+
+
+def _as_dict(dec, y, ids):
+    return {"y": y, "ids": ids, "pred": dec.pred, "proba": dec.proba, "score": dec.score, "outputs": dec.outputs,
+            "task_preds": dec.task_preds}
 
 
 def train_epoch(model, formulation, maker: BatchMaker, labels, train_idx, order, angles, flips, bs, opt, scaler,
@@ -168,6 +212,7 @@ def train_epoch(model, formulation, maker: BatchMaker, labels, train_idx, order,
 def train_cell(model: Net, formulation: Formulation, data: CellData, cfg: TrainingConfig, sched: Schedule,
                plan: DevicePlan, seed: int, workdir: Path, input_size=None) -> CellOutcome:
     workdir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temp_files(workdir)
     last_path, best_path = workdir / "last.pt", workdir / "best.pt"
     device = plan.device
     maker = BatchMaker(data.images, data.mean, data.std, device, input_size)
@@ -184,18 +229,24 @@ def train_cell(model: Net, formulation: Formulation, data: CellData, cfg: Traini
 
     state = {"epoch": 0, "best": None, "best_epoch": -1, "bad_epochs": 0, "history": [], "train_seconds": 0.0}
     if last_path.exists():  # resume a killed cell from its last finished epoch
-        ckpt = torch.load(last_path, map_location=device, weights_only=False)
-        model.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
-        plateau.load_state_dict(ckpt["scheduler"])
-        torch.set_rng_state(ckpt["rng_cpu"])
-        if scaler is not None and ckpt.get("scaler"):
-            scaler.load_state_dict(ckpt["scaler"])
-        state = ckpt["state"]
+        try:
+            ckpt = load_checkpoint(last_path, device, "checkpoint")
+            model.load_state_dict(ckpt["model"])
+            opt.load_state_dict(ckpt["optimizer"])
+            plateau.load_state_dict(ckpt["scheduler"])
+            torch.set_rng_state(ckpt["rng_cpu"])
+            if scaler is not None and ckpt.get("scaler"):
+                scaler.load_state_dict(ckpt["scaler"])
+            state = ckpt["state"]
+        except (KeyError, RuntimeError, ValueError, TypeError) as exc:
+            raise CellFailed(f"checkpoint {last_path} does not fit this cell ({type(exc).__name__}: "
+                             f"{str(exc).splitlines()[0][:200]}); `bench run --retry-failed` discards it and trains "
+                             "the cell again") from None
 
     train_idx, y_train = data.train, data.labels[data.train]
     bs = sched.batch_size
     stopped_early = False
+    initial = formulation.initial_state()
     while state["epoch"] < sched.epochs:
         epoch = state["epoch"]
         t0 = time.perf_counter()
@@ -206,31 +257,33 @@ def train_cell(model: Net, formulation: Formulation, data: CellData, cfg: Traini
         train_loss = float(total.cpu()) / max(seen, 1)
         if not math.isfinite(train_loss):
             raise CellFailed(f"training loss became {train_loss} in epoch {epoch + 1}")
-        val_out, val_loss = predict(model, formulation, maker, data.val, data.labels, plan, cfg.eval_batch_size,
-                                    weights)
+        train_time = time.perf_counter() - t0
+        # Model selection monitors the unweighted validation loss, in stage 2 as in stage 1.
+        val_out, val_loss = predict(model, formulation, maker, data.val, data.labels, plan, cfg.eval_batch_size)
         if not math.isfinite(val_loss):
             raise CellFailed(f"validation loss became {val_loss} in epoch {epoch + 1}")
         y_val = data.labels[data.val]
-        decoded = formulation.decode(val_out)
-        pred = decoded.pred.numpy()
+        decoded = formulation.decode(val_out, initial)
+        pred = decoded.pred
         row = {
             "epoch": epoch + 1,
             "train_loss": train_loss,
             "val_loss": val_loss,
             "val_accuracy": float(accuracy_score(y_val, pred)),
-            "val_macro_f1": float(f1_score(y_val, pred, average="macro", labels=[0, 1, 2, 3], zero_division=0)),
-            "val_qwk": float(cohen_kappa_score(y_val, pred, weights="quadratic", labels=[0, 1, 2, 3]))
+            "val_macro_f1": float(f1_score(y_val, pred, average="macro", labels=list(GRADES), zero_division=0)),
+            "val_qwk": float(cohen_kappa_score(y_val, pred, weights="quadratic", labels=list(GRADES)))
             if len(set(y_val) | set(pred)) > 1 else 0.0,
             "lr": opt.param_groups[0]["lr"],
+            "train_images_per_s": seen / max(train_time, 1e-9),
         }
         if sched.objective is not None:
-            row["objective"] = float(sched.objective(y_val, pred, {k: v.numpy() for k, v in decoded.task_preds.items()}))
+            row["objective"] = float(sched.objective(y_val, pred, decoded.task_preds))
         value = row[cfg.monitor]
         plateau.step(value)
         improved = state["best"] is None or (value < state["best"] if mode == "min" else value > state["best"])
         if improved:
             state.update(best=value, best_epoch=epoch + 1, bad_epochs=0)
-            _atomic_save(model.state_dict(), best_path)
+            atomic_save(model.state_dict(), best_path)
         else:
             state["bad_epochs"] += 1
         row["seconds"] = time.perf_counter() - t0
@@ -238,9 +291,9 @@ def train_cell(model: Net, formulation: Formulation, data: CellData, cfg: Traini
         state["history"].append(row)
         state["epoch"] = epoch + 1
         stop = state["bad_epochs"] >= cfg.early_stopping
-        _atomic_save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": plateau.state_dict(),
-                      "rng_cpu": torch.get_rng_state(), "scaler": scaler.state_dict() if scaler else None,
-                      "state": state}, last_path)
+        atomic_save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": plateau.state_dict(),
+                     "rng_cpu": torch.get_rng_state(), "scaler": scaler.state_dict() if scaler else None,
+                     "state": state}, last_path)
         if sched.on_epoch:
             sched.on_epoch(row)
         if stop:
@@ -249,20 +302,50 @@ def train_cell(model: Net, formulation: Formulation, data: CellData, cfg: Traini
         if sched.should_stop():
             raise Interrupted(f"stopped after epoch {epoch + 1}")
 
-    # Evaluate the best epoch's weights; decoding parameters are fitted on validation only.
+    # Evaluate the best epoch's weights. Fitted decoding: fitted on the whole validation fold for the test
+    # set; the validation metrics are cross-fitted so that no number is scored on the data it was fitted on.
     t0 = time.perf_counter()
-    model.load_state_dict(torch.load(best_path, map_location=device, weights_only=True))
+    model.load_state_dict(load_checkpoint(best_path, device, "best checkpoint"))
     val_out, _ = predict(model, formulation, maker, data.val, data.labels, plan, cfg.eval_batch_size)
-    formulation.fit_decoding(val_out, torch.as_tensor(data.labels[data.val]))
-    predictions, counters = {}, {}
-    splits = [("val", data.val, val_out)] + ([("test", data.test, None)] if len(data.test) else [])
-    for split, idx, out in splits:  # an empty test part (tuning) is never evaluated
-        if out is None:
-            out, _ = predict(model, formulation, maker, idx, data.labels, plan, cfg.eval_batch_size)
-        d = _decoded_dict(formulation, out, data.labels[idx])
-        d["ids"] = data.ids[idx]
-        counters[split] = d.pop("counters")
-        predictions[split] = d
-    return CellOutcome(state["history"], state["best_epoch"], predictions, counters, dict(formulation.state),
-                       {"train_seconds": state["train_seconds"], "eval_seconds": time.perf_counter() - t0,
-                        "epochs": state["epoch"]}, stopped_early)
+    y_val = data.labels[data.val]
+    val_outputs = formulation.outputs(val_out).detach().float().cpu().numpy().astype(np.float64)
+    dec_state = formulation.fit_decoding(val_outputs, y_val)
+    val_dec = formulation.decode_outputs(val_outputs, dec_state)
+    if formulation.fits_decoding:
+        val_dec.pred, halves, unit = cross_fit(formulation, val_outputs, y_val, None if data.groups is None
+                                               else data.groups[data.val], data.grouped, seed)
+        dec_state = {**dec_state, "cross_fit": {"unit": unit, "halves": halves}}
+    predictions = {"val": _as_dict(val_dec, y_val, data.ids[data.val])}
+    counters = {"val": val_dec.counters}
+    if len(data.test):  # an empty test part (tuning) is never evaluated
+        test_out, _ = predict(model, formulation, maker, data.test, data.labels, plan, cfg.eval_batch_size)
+        test_dec = formulation.decode(test_out, dec_state)
+        predictions["test"] = _as_dict(test_dec, data.labels[data.test], data.ids[data.test])
+        counters["test"] = test_dec.counters
+    eval_seconds = time.perf_counter() - t0
+    n_eval = len(data.val) + len(data.test)
+    history = state["history"]
+    timings = {"train_seconds": state["train_seconds"], "eval_seconds": eval_seconds, "epochs": state["epoch"],
+               "train_images_per_s": float(np.median([h.get("train_images_per_s", 0.0) for h in history]))
+               if history else 0.0,
+               "eval_images_per_s": n_eval / max(eval_seconds, 1e-9),
+               "peak_memory_bytes": int(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else None}
+    return CellOutcome(history, state["best_epoch"], predictions, counters, dec_state, timings, stopped_early)
+
+
+def discard_unloadable_checkpoints(workdir: Path) -> list[Path]:
+    """For --retry-failed: when a checkpoint of the cell cannot be loaded, both are deleted so the cell
+    trains again from scratch instead of failing forever."""
+    removed = []
+    last, best = workdir / "last.pt", workdir / "best.pt"
+    for path in (last, best):
+        if path.exists():
+            try:
+                torch.load(path, map_location="cpu", weights_only=True)
+            except Exception:  # noqa: BLE001 - whatever the reason, the file is unusable
+                removed.append(path)
+    if removed:  # best.pt and last.pt belong to one history: one without the other cannot resume it
+        removed = [p for p in (last, best) if p.exists()]
+    for path in removed:
+        path.unlink(missing_ok=True)
+    return removed

@@ -1,11 +1,15 @@
-"""`bench tune`: Optuna search of the hierarchical model's joint-loss weights α, β, γ.
+"""`bench tune`: Optuna search of the hierarchical model's joint-loss weights α, β, γ, nested in the CV.
 
 The weights live on the simplex (each ≥ 0, sum 1) through stick-breaking of two Optuna floats
 u, v ∈ [0, 1]: α = 1 − √(1 − u), β = (1 − α)·v, γ = 1 − α − β — one-to-one onto the simplex (no
-wasted or duplicate region) and uniform when u, v are. The objective is the mean over the first K cross-validation folds of a validation metric;
-each epoch's value is reported to a median pruner. The held-out test set is never touched: the
-cells of a trial get an empty test part. Storage is SQLite in the output directory by default,
-so re-running continues the study; a PostgreSQL URL lets several workers share one study.
+wasted or duplicate region) and uniform when u, v are.
+
+Nested: each outer fold gets its own study, whose trials train and validate on an inner split of that
+fold's training part (stratified; patient-grouped where the protocol groups). So the weights a fold's
+`[tuned]` cell uses were chosen without its validation images (and of course without the held-out
+test set, which no trial ever reads). Each epoch's inner-validation value goes to a median pruner.
+Storage is SQLite in the output directory by default, so re-running continues the studies; a
+PostgreSQL URL lets several workers share them.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from .errors import BenchError, CellFailed
 from .metrics import grade_metrics, parse_metric, task_metrics
 from .protocol import make_splits, record_splits
 from .runner import batch_size_for, input_size_for, preflight
+from .store import sqlite_url
 from .training import CellData, Schedule, build_model, train_cell
 
 WEIGHT_KEYS = ("alpha", "beta", "gamma")
@@ -47,7 +52,7 @@ def metric_value(key, y, pred, task_preds, formulation) -> float:
         spec = formulation.tasks.get(task)
         if spec is None or task not in task_preds:
             raise BenchError(f"metric {task}.{metric}: formulation {formulation.name!r} has no task {task!r}.")
-        rows = task_metrics(task, spec.target(torch.as_tensor(y)).numpy(), task_preds[task], len(spec.classes))
+        rows = task_metrics(task, spec.target(np.asarray(y)), task_preds[task], len(spec.classes))
     for t, m, c, v in rows:
         if (t, m, c) == key:
             return float(v)
@@ -62,6 +67,22 @@ def known_metrics(formulation) -> set:
             keys |= {(t, m, c) for t, m, c, _ in task_metrics(name, np.array([0, 1]), np.array([0, 1]),
                                                                len(spec.classes))}
     return keys
+
+
+def inner_split(train: np.ndarray, labels: np.ndarray, groups: np.ndarray, grouped: bool, n_splits: int, seed: int):
+    """One (inner train, inner validation) split of an outer fold's training part, like the outer folds."""
+    from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
+
+    y, g = labels[train], groups[train]
+    splitter = (StratifiedGroupKFold(n_splits, shuffle=True, random_state=seed) if grouped
+                else StratifiedKFold(n_splits, shuffle=True, random_state=seed))
+    try:
+        tr, va = next(splitter.split(train, y, g if grouped else None))
+    except ValueError as exc:
+        raise BenchError(f"bench tune: the inner split of an outer fold's training part failed ({exc}); every class "
+                         f"needs at least {n_splits} {'patients' if grouped else 'images'} in each outer training part. "
+                         "Use a larger dataset or fewer protocol.folds.") from None
+    return np.sort(train[tr]), np.sort(train[va])
 
 
 class Tuner:
@@ -83,6 +104,8 @@ class Tuner:
         if "alpha" not in create_formulation(self.fcfg.name).defaults:
             raise BenchError(f"--formulation {formulation!r} has no joint-loss weights alpha/beta/gamma to tune; "
                              "use a hierarchical formulation such as 'mtl'.")
+        if folds is not None and folds < 1:
+            raise BenchError(f"--folds must be at least 1 (got {folds}).")
         self.metric_name = metric
         self.metric = parse_metric(metric, known_metrics(create_formulation(self.fcfg.name)))
         preflight(suite)
@@ -91,69 +114,89 @@ class Tuner:
         self.splits = record_splits(self.out / "splits.json", make_splits(self.dataset, suite.protocol), self.dataset)
         n = len(self.splits.folds)
         self.k = min(folds or n, n)
-        if folds is not None and folds < 1:
-            raise BenchError(f"--folds must be at least 1 (got {folds}).")
+        self.inner = {i: inner_split(self.splits.folds[i][0], self.dataset.labels, self.dataset.groups,
+                                     self.splits.grouped, max(suite.protocol.folds, 2), suite.protocol.seed + 7 + i)
+                      for i in range(self.k)}
         self.plan = pick_device(device)
-        self.storage = storage or f"sqlite:///{(self.out / 'tune.db').resolve()}"
+        self.storage = storage or str(sqlite_url(self.out / "tune.db"))
         self.study_name = study or f"{suite.name}-{self.backbone.name}-{self.fcfg.name}-{metric}"
-        self.study = optuna.create_study(
-            study_name=self.study_name, storage=self.storage, load_if_exists=True, direction="minimize"
-            if self.metric[1] == "mae" else "maximize", sampler=optuna.samplers.TPESampler(seed=seed),
-            pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1))
+        direction = "minimize" if self.metric[1] == "mae" else "maximize"
+        self.studies = {i: optuna.create_study(
+            study_name=f"{self.study_name}-fold{i}", storage=self.storage, load_if_exists=True, direction=direction,
+            sampler=optuna.samplers.TPESampler(seed=seed + i),
+            pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)) for i in range(self.k)}
 
-    def objective(self, trial):
+    @property
+    def study(self):  # the first fold's study (single-fold use and tests)
+        return self.studies[0]
+
+    def trial_dir(self, fold: int, trial, weights: dict) -> Path:
+        """Keyed by study, trial and parameters: another study in the same --out never resumes these."""
+        from .config import stable_hash
+
+        study = self.studies[fold].study_name
+        return self.out / "trials" / _safe(study) / f"{trial.number:04d}-{stable_hash(weights, 10)}"
+
+    def objective(self, trial, fold: int = 0):
         u = trial.suggest_float("u", 0.0, 1.0)
         v = trial.suggest_float("v", 0.0, 1.0)
         weights = dict(zip(WEIGHT_KEYS, simplex_from_unit(u, v)))
         for k, w in weights.items():
             trial.set_user_attr(k, w)
-        options = {**self.fcfg.options, **weights}
+        options = {**self.fcfg.options, **self.fcfg.options_by_fold.get(fold, {}), **weights}
         cfg = self.suite.training
-        values, step = [], 0
+        formulation = create_formulation(self.fcfg.name, options)
+        train, val = self.inner[fold]
+        mean, std = channel_stats(self.dataset.images, train)
+        # no outer validation and no held-out test images: only the outer fold's training part
+        data = CellData(self.dataset.images, self.dataset.labels, self.dataset.ids, train, val,
+                        np.array([], dtype=np.int64), mean, std, self.dataset.groups, self.splits.grouped)
+        model, native = build_model(self.backbone, formulation, cfg.seeds[0])
+
+        def on_epoch(row):
+            trial.report(row["objective"], row["epoch"] - 1)
+            if trial.should_prune():
+                raise self.optuna.TrialPruned(f"pruned at epoch {row['epoch']}")
+
+        metric = lambda y, p, tp: metric_value(self.metric, y, p, tp, formulation)  # noqa: E731
+        sched = Schedule(cfg.epochs, cfg.lr, batch_size_for(self.suite, self.backbone), on_epoch=on_epoch,
+                         objective=metric)
+        outcome = train_cell(model, formulation, data, cfg, sched, self.plan, cfg.seeds[0],
+                             self.trial_dir(fold, trial, weights), input_size_for(self.backbone) or native)
+        pred = outcome.predictions["val"]
+        return metric_value(self.metric, pred["y"], pred["pred"], pred["task_preds"], formulation)
+
+    def optimize_fold(self, fold: int, trials: int, timeout=None, callbacks=None):
+        study = self.studies[fold]
+        study.optimize(lambda t: self.objective(t, fold), n_trials=trials, timeout=timeout, catch=(CellFailed,),
+                       callbacks=callbacks)
+        return study
+
+    def optimize(self, trials, timeout=None, callbacks=None):
         for fold in range(self.k):
-            formulation = create_formulation(self.fcfg.name, options)
-            train, val = self.splits.folds[fold]
-            mean, std = channel_stats(self.dataset.images, train)
-            # no held-out test images: tuning must never see them
-            data = CellData(self.dataset.images, self.dataset.labels, self.dataset.ids, train, val,
-                            np.array([], dtype=np.int64), mean, std)
-            model, native = build_model(self.backbone, formulation, cfg.seeds[0])
+            self.optimize_fold(fold, trials, timeout, callbacks)
+        return self.studies
 
-            def on_epoch(row, fold=fold):
-                nonlocal step
-                trial.report(row["objective"], step)
-                step += 1
-                if trial.should_prune():
-                    raise self.optuna.TrialPruned(f"pruned at fold {fold}, epoch {row['epoch']}")
-
-            metric = lambda y, p, tp, f=formulation: metric_value(self.metric, y, p, tp, f)  # noqa: E731
-            sched = Schedule(cfg.epochs, cfg.lr, batch_size_for(self.suite, self.backbone), on_epoch=on_epoch,
-                             objective=metric)
-            outcome = train_cell(model, formulation, data, cfg, sched, self.plan, cfg.seeds[0],
-                                 self.out / "trials" / f"{trial.number:04d}" / f"fold{fold}",
-                                 input_size_for(self.backbone) or native)
-            pred = outcome.predictions["val"]
-            values.append(metric_value(self.metric, pred["y"], pred["pred"], pred["task_preds"], formulation))
-        return float(np.mean(values))
-
-    def optimize(self, trials, timeout=None):
-        self.optuna.logging.set_verbosity(self.optuna.logging.WARNING)
-        self.study.optimize(self.objective, n_trials=trials, timeout=timeout, catch=(CellFailed,))
-        return self.study
-
-    def best_weights(self):
-        best = self.study.best_trial
-        return {k: best.user_attrs[k] for k in WEIGHT_KEYS}
+    def best_weights(self) -> dict[int, dict[str, float]]:
+        return {i: {k: s.best_trial.user_attrs[k] for k in WEIGHT_KEYS} for i, s in self.studies.items()
+                if any(t.state.name == "COMPLETE" for t in s.trials)}
 
     def write_override(self) -> Path:
-        """A suite that `bench run` accepts: the original plus the tuned formulation, labelled `[tuned]`."""
-        tuned = FormulationConfig(name=self.fcfg.name, label=f"{self.fcfg.display}[tuned]",
-                                  options={**self.fcfg.options, **self.best_weights()})
+        """A suite that `bench run` accepts: the original plus the tuned formulation, labelled `[tuned]`, with
+        each outer fold's own weights."""
+        best = self.best_weights()
+        n_trials = {i: len(s.trials) for i, s in self.studies.items()}
+        provenance = (f"`bench tune` study {self.study_name!r}, metric {self.metric_name}, on backbone "
+                      f"{self.backbone.name}: each outer fold's weights searched ({n_trials} trials per fold) on an "
+                      f"inner {'patient-grouped' if self.splits.grouped else 'stratified'} split of that fold's own "
+                      "training part, so its validation and the held-out test images were never seen")
+        tuned = FormulationConfig(name=self.fcfg.name, label=f"{self.fcfg.display}[tuned]", options=self.fcfg.options,
+                                  options_by_fold=best, tuned=provenance)
         forms = [f for f in self.suite.formulations if f.display != tuned.display] + [tuned]
         suite = self.suite.model_copy(update={"formulations": forms})
         path = self.out / f"{self.suite.name}.tuned.yaml"
-        path.write_text(f"# written by bench tune: study {self.study_name!r}, best {self.metric_name} = "
-                        f"{self.study.best_value:.4f}\n" + dump_suite(suite))
+        path.write_text(f"# written by bench tune: study {self.study_name!r}, tuned folds {sorted(best)}\n"
+                        + dump_suite(suite))
         return path
 
     def figures(self) -> list[Path]:
@@ -162,38 +205,51 @@ class Tuner:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        done = [t for t in self.study.trials if t.state.name == "COMPLETE"]
+        maximize = next(iter(self.studies.values())).direction.name == "MAXIMIZE"
         paths = []
-        fig, ax = plt.subplots(figsize=(6, 3.5))
-        xs = [t.number for t in done]
-        ys = [t.value for t in done]
-        best = np.maximum.accumulate(ys) if self.study.direction.name == "MAXIMIZE" else np.minimum.accumulate(ys)
-        ax.plot(xs, ys, "o", label="trial")
-        ax.plot(xs, best, "-", label="best so far")
-        pruned = [t.number for t in self.study.trials if t.state.name == "PRUNED"]
-        if pruned:
-            ax.plot(pruned, [min(ys or [0])] * len(pruned), "x", color="grey", label="pruned")
+        fig, ax = plt.subplots(figsize=(6.5, 3.8))
+        all_w, all_v = [], []
+        for i, study in self.studies.items():
+            done = [t for t in study.trials if t.state.name == "COMPLETE"]
+            if not done:
+                continue
+            xs = [t.number for t in done]
+            ys = [t.value for t in done]
+            best = np.maximum.accumulate(ys) if maximize else np.minimum.accumulate(ys)
+            line = ax.plot(xs, ys, "o", alpha=0.6, label=f"fold {i}: trial")[0]
+            # the best-so-far line runs to the last trial of the study, pruned ones included
+            last = max(t.number for t in study.trials)
+            ax.step(xs + [last], list(best) + [best[-1]], where="post", color=line.get_color(),
+                    label=f"fold {i}: best so far")
+            all_w += [[t.user_attrs[k] for k in WEIGHT_KEYS] for t in done]
+            all_v += ys
         ax.set_xlabel("trial")
-        ax.set_ylabel(self.metric_name)
-        ax.legend()
-        ax.set_title("Optimisation history")
+        ax.set_ylabel(f"{self.metric_name} (inner validation)")
+        ax.legend(fontsize=7)
+        ax.set_title("Optimisation history per outer fold")
         paths.append(self.out / "optimization_history.png")
         fig.savefig(paths[-1], dpi=90, bbox_inches="tight")
         plt.close(fig)
-        fig, ax = plt.subplots(figsize=(5, 4.5))
-        w = np.array([[t.user_attrs[k] for k in WEIGHT_KEYS] for t in done]) if done else np.zeros((0, 3))
+        fig, ax = plt.subplots(figsize=(5.5, 5))
+        w = np.array(all_w) if all_w else np.zeros((0, 3))
         x = w[:, 1] + w[:, 2] / 2
         y = w[:, 2] * math.sqrt(3) / 2
         ax.plot([0, 1, 0.5, 0], [0, 0, math.sqrt(3) / 2, 0], "k-", lw=0.8)
-        sc = ax.scatter(x, y, c=ys, cmap="viridis", s=40)
-        fig.colorbar(sc, label=self.metric_name)
-        for (px, py, label) in ((0, -0.05, "α (primary)"), (1, -0.05, "β (remission)"),
-                                (0.5, math.sqrt(3) / 2 + 0.03, "γ (active)")):
-            ax.text(px, py, label, ha="center")
+        sc = ax.scatter(x, y, c=all_v, cmap="viridis", s=40)
+        fig.colorbar(sc, label=self.metric_name, shrink=0.7)
+        for (px, py, label, ha) in ((0, -0.07, "α (primary)", "left"), (1, -0.07, "β (remission)", "right"),
+                                    (0.5, math.sqrt(3) / 2 + 0.04, "γ (active)", "center")):
+            ax.text(px, py, label, ha=ha)
+        ax.set_xlim(-0.1, 1.1)
+        ax.set_ylim(-0.15, 1.0)
         ax.set_aspect("equal")
         ax.axis("off")
-        ax.set_title("Trials on the weight simplex")
+        ax.set_title("Trials on the weight simplex (all folds)")
         paths.append(self.out / "weights_simplex.png")
         fig.savefig(paths[-1], dpi=90, bbox_inches="tight")
         plt.close(fig)
         return paths
+
+
+def _safe(name):
+    return "".join(c if c.isalnum() or c in "-+_." else "_" for c in name)

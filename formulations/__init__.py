@@ -1,4 +1,7 @@
-"""Formulation registry. Adding one = one new file with a @register_formulation class + one import here."""
+"""Formulation registry. Adding one = one new file with a @register_formulation class + one import here.
+
+Importing this package does not import torch (see base.py): the report reads decoding rules from here.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +10,7 @@ from benchmark.errors import unknown
 from .base import Decoded, Formulation, Task
 
 FORMULATIONS: dict[str, type[Formulation]] = {}
+FINETUNE_SUFFIXES = {"+f1": "inverse_f1", "+ft": "plain"}
 
 
 def register_formulation(cls: type[Formulation]) -> type[Formulation]:
@@ -16,7 +20,8 @@ def register_formulation(cls: type[Formulation]) -> type[Formulation]:
 
 def create_formulation(name: str, options: dict | None = None) -> Formulation:
     if name not in FORMULATIONS:
-        raise unknown("formulation", name, list(FORMULATIONS) + [f"{n}+f1" for n in FORMULATIONS])
+        raise unknown("formulation", name, list(FORMULATIONS) + [f"{n}{s}" for n in FORMULATIONS
+                                                                 for s in FINETUNE_SUFFIXES])
     return FORMULATIONS[name](**(options or {}))
 
 

@@ -1,46 +1,76 @@
-"""The formulation interface: head, loss, decoding — the only things formulations differ in."""
+"""The formulation contract: head, loss, per-image outputs, decoding, fold-ensembling, Grad-CAM targets.
+
+A formulation turns the network's raw output into a small per-image float vector, its *outputs*
+(class probabilities, cumulative probabilities, a score, per-head probabilities). Everything after
+that is numpy: the grade a single model predicts and the grade a fold-ensemble predicts come from
+the same `predict(outputs, state)`, applied to one model's outputs or to the combination of several
+models' outputs. So an ensemble of one fold reproduces that fold's stored predictions exactly, and
+the report can decode ensembles by each formulation's own rule without knowing any by name.
+
+Importing this package must not import torch: the report side (torch-free) reads the decoding and
+ensembling rules from here. Methods that need torch import it where they run.
+"""
 
 from __future__ import annotations
 
+import abc
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, ClassVar
 
-import torch
-from torch import nn
+import numpy as np
 
 from benchmark.errors import BenchError, closest
 
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
 NUM_CLASSES = 4
+GRADES = tuple(range(NUM_CLASSES))
 
 
 @dataclass(frozen=True)
 class Task:
-    """A classification task derived from the MES label; -1 marks images that do not belong to it."""
+    """A classification task derived from the MES grade: `labels[g]` is the task label of grade g, −1
+    where images of that grade do not belong to the task (masked out of its loss and metrics)."""
 
     classes: tuple[str, ...]
-    target: Callable[[torch.Tensor], torch.Tensor]
-    offset: int = 0  # task class k is MES grade k + offset (for per-class weights in MES terms)
+    labels: tuple[int, ...]
+
+    def target(self, y):
+        """Task labels for grades `y` (numpy array or torch tensor, same type back)."""
+        if isinstance(y, np.ndarray):
+            return np.asarray(self.labels, dtype=np.int64)[y]
+        import torch
+
+        return torch.as_tensor(self.labels, dtype=torch.long, device=y.device)[y]
 
 
-MES_TASK = Task(("MES 0", "MES 1", "MES 2", "MES 3"), lambda y: y)
+MES_TASK = Task(tuple(f"MES {k}" for k in GRADES), GRADES)
 
 
 @dataclass
 class Decoded:
-    pred: torch.Tensor  # (B,) MES grade
-    proba: torch.Tensor | None = None  # (B, 4) class probabilities, where the formulation has them
-    score: torch.Tensor | None = None  # (B,) continuous score, where the formulation has one
-    task_preds: dict[str, torch.Tensor] = field(default_factory=dict)  # extra tasks' predictions
-    counters: dict[str, int] = field(default_factory=dict)  # diagnostics summed over batches
+    """A batch decoded by one formulation (numpy)."""
+
+    pred: np.ndarray  # (B,) MES grade
+    outputs: np.ndarray  # (B, m) the formulation's per-image outputs, float64
+    proba: np.ndarray | None = None  # (B, 4) class probabilities, where the formulation has them
+    score: np.ndarray | None = None  # (B,) continuous score, where the formulation has one
+    task_preds: dict[str, np.ndarray] = field(default_factory=dict)
+    counters: dict[str, int] = field(default_factory=dict)
 
 
-class Formulation:
-    """Subclass, set `name`, implement `head`, `loss`, `decode`; register with @register_formulation."""
+class Formulation(abc.ABC):
+    """Subclass, set `name`, `description`, `output_names`; implement the abstract methods; register
+    with @register_formulation in the same file."""
 
-    name: str = ""
-    description: str = ""
-    defaults: dict[str, Any] = {}
-    tasks: dict[str, Task] = {"mes": MES_TASK}
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    defaults: ClassVar[dict[str, Any]] = {}
+    tasks: ClassVar[dict[str, Task]] = {"mes": MES_TASK}
+    output_names: ClassVar[tuple[str, ...]] = ()
+    # Which rule the fold-ensemble uses, in words, for the report's table note.
+    ensemble_rule: ClassVar[str] = "mean of the fold models' outputs, decoded by the formulation's own rule"
 
     def __init__(self, **options):
         bad = set(options) - set(self.defaults)
@@ -49,32 +79,114 @@ class Formulation:
             raise BenchError(f"formulation {self.name!r}: unknown option {k!r}: "
                              f"{closest(k, self.defaults) if self.defaults else 'it takes no options'}.")
         self.options = {**self.defaults, **options}
-        self.state: dict[str, Any] = {}  # decoding parameters fitted on validation data (e.g. cut points)
 
-    def head(self, d: int) -> nn.Module:
-        raise NotImplementedError
+    # ------------------------------------------------------------------ training (torch)
+    @abc.abstractmethod
+    def head(self, d: int):
+        """The head module on the pooled d-dimensional features."""
 
+    @abc.abstractmethod
     def loss(self, out, y: torch.Tensor, weights: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
-        """Mean loss; `weights` maps a task name to per-class weights (inverse-F1 fine-tuning)."""
-        raise NotImplementedError
+        """Mean loss; `weights` maps a task name to per-class weights (fine-tuning stage)."""
 
-    def decode(self, out) -> Decoded:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def outputs(self, out) -> torch.Tensor:
+        """(B, len(output_names)) float: the per-image quantities stored, and averaged over fold models."""
 
-    def fit_decoding(self, outputs, y: torch.Tensor) -> None:
-        """Fit decoding parameters on the validation fold (never on the test set). Default: nothing."""
+    def gradcam_scores(self, out) -> torch.Tensor:
+        """(B, n) differentiable scores whose column `gradcam_class(pred)` Grad-CAM explains for the grade."""
+        return out
 
-    def task_weights(self, per_task_f1: dict[str, "torch.Tensor"], options: dict) -> dict[str, torch.Tensor]:
-        """Loss weights for the fine-tuning stage; default: inverse F1 per class of every task."""
+    def gradcam_class(self, pred: np.ndarray) -> list[int]:
+        return [int(p) for p in pred]
+
+    # ------------------------------------------------------------------ decoding (numpy)
+    @abc.abstractmethod
+    def predict(self, outputs: np.ndarray, state: dict) -> np.ndarray:
+        """MES grades (B,) from outputs (B, m): of one model, or combined over fold models."""
+
+    def proba(self, outputs: np.ndarray, state: dict) -> np.ndarray | None:
+        return None
+
+    def score(self, outputs: np.ndarray) -> np.ndarray | None:
+        return None
+
+    def task_predictions(self, outputs: np.ndarray, state: dict) -> dict[str, np.ndarray]:
+        return {}
+
+    def counters(self, outputs: np.ndarray) -> dict[str, int]:
+        return {}
+
+    def example_outputs(self, grades: np.ndarray, confidence: float = 0.8) -> np.ndarray:
+        """Outputs of a model that predicts `grades` with the given confidence: for fake runs and tests
+        (`predict(example_outputs(g), initial_state()) == g` must hold)."""
+        raise NotImplementedError(f"formulation {self.name!r} gives no example outputs")
+
+    def initial_state(self) -> dict:
+        """Decoding parameters before any fitting (e.g. fixed cut points)."""
+        return {}
+
+    @property
+    def fits_decoding(self) -> bool:
+        """True when `fit_decoding` learns something from labelled data: its validation metrics must then
+        be cross-fitted, never computed on the data it was fitted on."""
+        return False
+
+    def fit_decoding(self, outputs: np.ndarray, y: np.ndarray) -> dict:
+        """Decoding parameters fitted on validation outputs (never on the test set)."""
+        return self.initial_state()
+
+    # ------------------------------------------------------------------ fold-ensembling (numpy)
+    def combine_outputs(self, stacked: np.ndarray) -> np.ndarray:
+        """(models, B, m) -> (B, m)."""
+        return stacked.mean(axis=0)
+
+    def combine_states(self, states: list[dict]) -> dict:
+        """One decoding state for the ensemble from the fold models' states."""
+        return states[0] if states else self.initial_state()
+
+    def ensemble_predict(self, stacked: np.ndarray, states: list[dict]) -> np.ndarray:
+        return self.predict(self.combine_outputs(stacked), self.combine_states(states))
+
+    # ------------------------------------------------------------------ helpers
+    def decode(self, out, state: dict | None = None) -> Decoded:
+        """Raw network output -> everything stored for a batch; one path for every split and model."""
+        o = self.outputs(out).detach().float().cpu().numpy().astype(np.float64)
+        return self.decode_outputs(o, self.initial_state() if state is None else state)
+
+    def decode_outputs(self, o: np.ndarray, state: dict) -> Decoded:
+        return Decoded(pred=np.asarray(self.predict(o, state), dtype=np.int64), outputs=o, proba=self.proba(o, state),
+                       score=self.score(o), task_preds=self.task_predictions(o, state), counters=self.counters(o))
+
+    def task_weights(self, per_task_f1: dict[str, np.ndarray], options: dict) -> dict[str, np.ndarray]:
+        """Loss weights for the inverse-F1 fine-tuning stage; default: inverse F1 per class of every task."""
         from .finetune import inverse_f1_weights
 
-        return {t: torch.as_tensor(inverse_f1_weights(f1, options.get("eps", 1e-3)), dtype=torch.float32)
+        return {t: inverse_f1_weights(f1, options.get("eps", 1e-3), options.get("max_weight", 10.0))
                 for t, f1 in per_task_f1.items()}
 
 
-def weighted_mean(per_sample: torch.Tensor, y: torch.Tensor, class_weights: torch.Tensor | None):
+def weighted_mean(per_sample, y, class_weights):
     """Mean of per-sample losses, each weighted by its class's weight (sum w·l / sum w)."""
     if class_weights is None:
         return per_sample.mean()
     w = class_weights.to(per_sample.device, per_sample.dtype)[y]
     return (w * per_sample).sum() / w.sum().clamp_min(1e-12)
+
+
+def cumulative_to_class_proba(cum: np.ndarray) -> np.ndarray:
+    """P(y > k) for k = 0..K-2  ->  P(y = k), clipped to [0, 1] and renormalised."""
+    n = cum.shape[0]
+    ext = np.concatenate([np.ones((n, 1)), cum, np.zeros((n, 1))], axis=1)
+    proba = np.clip(ext[:, :-1] - ext[:, 1:], 0, 1)
+    return proba / np.maximum(proba.sum(1, keepdims=True), 1e-12)
+
+
+def ordinal_evidence(out):
+    """(B, K−1) threshold logits -> (B, K) evidence for each grade k: Σ_{j<k} l_j − Σ_{j≥k} l_j, positive
+    exactly when every threshold decision agrees with k (Grad-CAM target of ordinal heads)."""
+    import torch
+
+    k = out.shape[1] + 1
+    signs = torch.where(torch.arange(k - 1)[None, :] < torch.arange(k)[:, None], 1.0, -1.0)
+    return out @ signs.to(out).T

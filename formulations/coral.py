@@ -1,45 +1,57 @@
 """CORAL ordinal regression (Cao, Mirjalili, Raschka 2020) via coral-pytorch.
 
-CoralLayer gives 3 logits sharing one weight vector; label = count of sigmoid(logit) > 0.5.
-Class probabilities come from differencing the cumulative ones, clipped and renormalised.
-CORAL does not guarantee monotone cumulative probabilities while training, so violations
-(rank inconsistencies) are counted and stored.
+CoralLayer gives 3 logits sharing one weight vector; label = count of P(y > k) = sigmoid(logit_k) > 0.5
+(coral-pytorch's `proba_to_label`). Outputs are the cumulative probabilities; a fold-ensemble averages
+them and applies the same threshold rule (an argmax over differenced probabilities is another rule, and
+on imbalanced data a much worse one). Class probabilities come from differencing, clipped and
+renormalised. CORAL does not guarantee monotone cumulative probabilities, so violations (rank
+inconsistencies) are counted and stored.
 """
 
-import torch
-from coral_pytorch.dataset import levels_from_labelbatch, proba_to_label
-from coral_pytorch.layers import CoralLayer
-from coral_pytorch.losses import coral_loss
+import numpy as np
 
 from . import register_formulation
-from .base import NUM_CLASSES, Decoded, Formulation, weighted_mean
-
-
-def cumulative_to_class_proba(cum: torch.Tensor) -> torch.Tensor:
-    """P(y > k) for k = 0..K-2  ->  P(y = k), clipped to [0, 1] and renormalised."""
-    ones = torch.ones_like(cum[:, :1])
-    zeros = torch.zeros_like(cum[:, :1])
-    ext = torch.cat([ones, cum, zeros], dim=1)
-    proba = (ext[:, :-1] - ext[:, 1:]).clamp(0, 1)
-    return proba / proba.sum(1, keepdim=True).clamp_min(1e-12)
+from .base import NUM_CLASSES, Formulation, cumulative_to_class_proba, ordinal_evidence, weighted_mean
 
 
 @register_formulation
 class Coral(Formulation):
     name = "coral"
     description = "CoralLayer(d, 4), coral_loss, count of sigmoid > 0.5"
+    output_names = tuple(f"P(MES > {k})" for k in range(NUM_CLASSES - 1))
+    ensemble_rule = "mean cumulative probabilities P(y > k), count of those > 0.5"
 
     def head(self, d):
+        from coral_pytorch.layers import CoralLayer
+
         return CoralLayer(d, NUM_CLASSES)
 
     def loss(self, out, y, weights=None):
+        from coral_pytorch.dataset import levels_from_labelbatch
+        from coral_pytorch.losses import coral_loss
+
         # levels_from_labelbatch builds on the CPU; move to the logits' device.
         levels = levels_from_labelbatch(y.cpu(), NUM_CLASSES).to(out.device, out.dtype)
         per = coral_loss(out, levels, reduction=None)
         return weighted_mean(per, y, None if weights is None else weights["mes"])
 
-    def decode(self, out):
-        cum = torch.sigmoid(out.float())
-        inconsistent = int((cum[:, 1:] > cum[:, :-1]).any(1).sum())
-        return Decoded(pred=proba_to_label(cum), proba=cumulative_to_class_proba(cum),
-                       counters={"rank_inconsistent": inconsistent})
+    def outputs(self, out):
+        import torch
+
+        return torch.sigmoid(out.float())
+
+    def predict(self, outputs, state):
+        return (outputs > 0.5).sum(1)
+
+    def proba(self, outputs, state):
+        return cumulative_to_class_proba(outputs)
+
+    def counters(self, outputs):
+        return {"rank_inconsistent": int((outputs[:, 1:] > outputs[:, :-1]).any(1).sum())}
+
+    def gradcam_scores(self, out):
+        return ordinal_evidence(out)
+
+    def example_outputs(self, grades, confidence=0.8):
+        above = np.asarray(grades)[:, None] > np.arange(NUM_CLASSES - 1)[None, :]
+        return np.where(above, confidence, 1 - confidence).astype(float)

@@ -1,39 +1,67 @@
-"""CORN (conditional ordinal regression) via coral-pytorch: Linear(d, 3), corn_loss, corn_label_from_logits."""
+"""CORN (conditional ordinal regression) via coral-pytorch: Linear(d, 3), corn_loss, corn_label_from_logits.
 
-import torch
-from coral_pytorch.dataset import corn_label_from_logits
-from coral_pytorch.losses import corn_loss
-from torch import nn
+Outputs are the cumulative probabilities P(y > k) = Π_{j≤k} sigmoid(l_j) (the conditional chain); the
+label is the count of them above 0.5, exactly `corn_label_from_logits`. A fold-ensemble averages the
+cumulative probabilities and applies the same rule.
+"""
+
+import numpy as np
 
 from . import register_formulation
-from .base import NUM_CLASSES, Decoded, Formulation
+from .base import NUM_CLASSES, Formulation, cumulative_to_class_proba, ordinal_evidence
+
+
+def corn_per_sample(logits, y):
+    """(B,) summed binary losses of each sample over the conditional tasks it takes part in, and (B,) how
+    many tasks that is: corn_loss = Σ loss / Σ count (task k uses the samples with y ≥ k, label y > k)."""
+    import torch
+    import torch.nn.functional as F
+
+    k = torch.arange(logits.shape[1], device=logits.device)
+    valid = (y[:, None] >= k[None, :]).to(logits.dtype)
+    label = (y[:, None] > k[None, :]).to(logits.dtype)
+    logsig = F.logsigmoid(logits)
+    per = -(logsig * label + (logsig - logits) * (1 - label)) * valid
+    return per.sum(1), valid.sum(1)
 
 
 @register_formulation
 class Corn(Formulation):
     name = "corn"
     description = "Linear(d, 3), corn_loss, corn_label_from_logits"
+    output_names = tuple(f"P(MES > {k})" for k in range(NUM_CLASSES - 1))
+    ensemble_rule = "mean cumulative probabilities of the conditional chain, count of those > 0.5"
 
     def head(self, d):
+        from torch import nn
+
         return nn.Linear(d, NUM_CLASSES - 1)
 
     def loss(self, out, y, weights=None):
         if weights is None:
+            from coral_pytorch.losses import corn_loss
+
             return corn_loss(out, y, NUM_CLASSES)
-        # corn_loss has no per-sample weights: combine its per-class losses, each weighted by
-        # the class weight and its share of the batch.
-        w = weights["mes"].to(out.device, torch.float32)
-        total, norm = 0.0, 0.0
-        for c in torch.unique(y).tolist():
-            mask = y == c
-            n = mask.sum()
-            total = total + w[c] * n * corn_loss(out[mask], y[mask], NUM_CLASSES)
-            norm = norm + w[c] * n
-        return total / norm
+        # Per-sample weights by class, normalised like corn_loss (by the weighted count of binary
+        # decisions), so unit weights give corn_loss itself.
+        loss, count = corn_per_sample(out, y)
+        w = weights["mes"].to(out.device, out.dtype)[y]
+        return (w * loss).sum() / (w * count).sum().clamp_min(1e-12)
 
-    def decode(self, out):
-        cond = torch.sigmoid(out.float())
-        cum = torch.cumprod(cond, dim=1)  # P(y > k)
-        from .coral import cumulative_to_class_proba
+    def outputs(self, out):
+        import torch
 
-        return Decoded(pred=corn_label_from_logits(out.float()), proba=cumulative_to_class_proba(cum))
+        return torch.cumprod(torch.sigmoid(out.float()), dim=1)
+
+    def predict(self, outputs, state):
+        return (outputs > 0.5).sum(1)
+
+    def proba(self, outputs, state):
+        return cumulative_to_class_proba(outputs)
+
+    def gradcam_scores(self, out):
+        return ordinal_evidence(out)
+
+    def example_outputs(self, grades, confidence=0.8):
+        above = np.asarray(grades)[:, None] > np.arange(NUM_CLASSES - 1)[None, :]
+        return np.where(above, confidence, 1 - confidence).astype(float)

@@ -4,37 +4,29 @@ Three heads on the shared features: primary remission (MES 0–1) vs active (MES
 sub-task MES 0 vs 1; active sub-task MES 2 vs 3. Images outside a sub-task carry label −1 and are
 masked out of its loss. L = α·L_primary + β·L_remission + γ·L_active.
 Decoding `hard` routes by the primary head (the study's rule); `soft` multiplies probabilities.
+Outputs are the three heads' probabilities; a fold-ensemble averages each head's probabilities and
+then applies the same hard or soft rule.
 """
 
-import torch
-import torch.nn.functional as F
-from torch import nn
+import numpy as np
 
 from benchmark.errors import BenchError
 
 from . import register_formulation
-from .base import Decoded, Formulation, Task
+from .base import Formulation, Task
 
 TASKS = {
-    "primary": Task(("remission", "active"), lambda y: (y >= 2).long()),
-    "remission": Task(("MES 0", "MES 1"), lambda y: torch.where(y <= 1, y, torch.full_like(y, -1)), offset=0),
-    "active": Task(("MES 2", "MES 3"), lambda y: torch.where(y >= 2, y - 2, torch.full_like(y, -1)), offset=2),
+    "primary": Task(("remission", "active"), (0, 0, 1, 1)),
+    "remission": Task(("MES 0", "MES 1"), (0, 1, -1, -1)),
+    "active": Task(("MES 2", "MES 3"), (-1, -1, 0, 1)),
 }
-
-
-class MultiHead(nn.Module):
-    def __init__(self, d):
-        super().__init__()
-        self.primary = nn.Linear(d, 2)
-        self.remission = nn.Linear(d, 2)
-        self.active = nn.Linear(d, 2)
-
-    def forward(self, x):
-        return {"primary": self.primary(x), "remission": self.remission(x), "active": self.active(x)}
+HEADS = tuple(TASKS)
 
 
 def masked_ce(logits, target, weight=None):
     """Cross-entropy over the valid (≠ −1) samples; exactly 0 (not NaN) when there is none."""
+    import torch.nn.functional as F
+
     valid = target >= 0
     if not bool(valid.any()):
         return logits.sum() * 0.0
@@ -44,7 +36,22 @@ def masked_ce(logits, target, weight=None):
 
 def combine(p_primary, p_rem, p_act):
     """P(MES k) = P(group) · P(k | group)."""
-    return torch.cat([p_primary[:, :1] * p_rem, p_primary[:, 1:] * p_act], dim=1)
+    return np.concatenate([p_primary[:, :1] * p_rem, p_primary[:, 1:] * p_act], axis=1)
+
+
+def multi_head(d):
+    from torch import nn
+
+    class MultiHead(nn.Module):
+        def __init__(self):
+            super().__init__()
+            for h in HEADS:
+                setattr(self, h, nn.Linear(d, len(TASKS[h].classes)))
+
+        def forward(self, x):
+            return {h: getattr(self, h)(x) for h in HEADS}
+
+    return MultiHead()
 
 
 @register_formulation
@@ -53,44 +60,76 @@ class HierarchicalMTL(Formulation):
     description = "primary remission/active + two sub-heads, masked joint CE, hard or soft decoding"
     defaults = {"alpha": 1 / 3, "beta": 1 / 3, "gamma": 1 / 3, "decoding": "hard"}
     tasks = TASKS
+    output_names = ("P(remission)", "P(active)", "P(MES 0 | remission)", "P(MES 1 | remission)",
+                    "P(MES 2 | active)", "P(MES 3 | active)")
 
     def __init__(self, **options):
         super().__init__(**options)
         w = [self.options[k] for k in ("alpha", "beta", "gamma")]
-        if any(not isinstance(v, (int, float)) or v < 0 for v in w) or sum(w) <= 0:
+        if any(not isinstance(v, (int, float)) or isinstance(v, bool) or not np.isfinite(v) or v < 0 for v in w) \
+                or sum(w) <= 0:
             raise BenchError(f"formulation 'mtl': alpha, beta, gamma must be non-negative numbers, not all zero "
                              f"(got {w}); the study uses 1/3 each.")
         if self.options["decoding"] not in ("hard", "soft"):
             raise BenchError(f"formulation 'mtl': decoding must be 'hard' or 'soft' (got {self.options['decoding']!r}).")
-        self.state["loss_weights"] = [float(v) for v in w]
+        self.loss_weights = [float(v) for v in w]
+
+    @property
+    def ensemble_rule(self):
+        return f"mean probabilities of each head, then the {self.options['decoding']} rule"
 
     def head(self, d):
-        return MultiHead(d)
+        return multi_head(d)
 
     def loss(self, out, y, weights=None):
         weights = weights or {}
-        a, b, g = weights["_tasks"].tolist() if "_tasks" in weights else self.state["loss_weights"]
+        a, b, g = weights["_tasks"].tolist() if "_tasks" in weights else self.loss_weights
         return (a * masked_ce(out["primary"], TASKS["primary"].target(y), weights.get("primary"))
                 + b * masked_ce(out["remission"], TASKS["remission"].target(y), weights.get("remission"))
                 + g * masked_ce(out["active"], TASKS["active"].target(y), weights.get("active")))
 
-    def decode(self, out):
-        p1 = out["primary"].float().softmax(1)
-        p_rem = out["remission"].float().softmax(1)
-        p_act = out["active"].float().softmax(1)
-        proba = combine(p1, p_rem, p_act)
+    def outputs(self, out):
+        import torch
+
+        return torch.cat([out[h].float().softmax(1) for h in HEADS], dim=1)
+
+    @staticmethod
+    def _split(outputs):
+        return outputs[:, 0:2], outputs[:, 2:4], outputs[:, 4:6]
+
+    def predict(self, outputs, state):
+        p1, p_rem, p_act = self._split(outputs)
         if self.options["decoding"] == "soft":
-            pred = proba.argmax(1)
-        else:
-            pred = torch.where(p1.argmax(1) == 1, 2 + p_act.argmax(1), p_rem.argmax(1))
-        return Decoded(pred=pred, proba=proba,
-                       task_preds={"primary": p1.argmax(1), "remission": p_rem.argmax(1), "active": p_act.argmax(1)})
+            return combine(p1, p_rem, p_act).argmax(1)
+        return np.where(p1.argmax(1) == 1, 2 + p_act.argmax(1), p_rem.argmax(1))
+
+    def proba(self, outputs, state):
+        return combine(*self._split(outputs))
+
+    def task_predictions(self, outputs, state):
+        return {h: p.argmax(1) for h, p in zip(HEADS, self._split(outputs))}
+
+    def example_outputs(self, grades, confidence=0.8):
+        grades = np.asarray(grades)
+        c, o = confidence, 1 - confidence
+        active = grades >= 2
+        primary = np.where(active[:, None], [o, c], [c, o])
+        within = np.where((grades % 2 == 1)[:, None], [o, c], [c, o])
+        rest = np.full((len(grades), 2), 0.5)
+        return np.concatenate([primary, np.where(active[:, None], rest, within),
+                               np.where(active[:, None], within, rest)], axis=1)
+
+    def gradcam_scores(self, out):
+        import torch
+
+        p = [out[h].float().softmax(1) for h in HEADS]
+        proba = torch.cat([p[0][:, :1] * p[1], p[0][:, 1:] * p[2]], dim=1)
+        return torch.log(proba.clamp_min(1e-8))
 
     def task_weights(self, per_task_f1, options):
         from .finetune import inverse_f1_task_weights
 
         weights = super().task_weights({t: f for t, f in per_task_f1.items() if t in TASKS}, options)
         if options.get("task_weights", False):
-            weights["_tasks"] = torch.as_tensor(inverse_f1_task_weights(
-                [per_task_f1[t] for t in ("primary", "remission", "active")], options.get("eps", 1e-3)))
+            weights["_tasks"] = inverse_f1_task_weights([per_task_f1[t] for t in HEADS], options.get("eps", 1e-3))
         return weights

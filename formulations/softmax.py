@@ -1,24 +1,39 @@
 """Flat softmax: Linear(d, 4), cross-entropy, argmax. The reference formulation."""
 
-import torch.nn.functional as F
-from torch import nn
+import numpy as np
 
 from . import register_formulation
-from .base import NUM_CLASSES, Decoded, Formulation
+from .base import NUM_CLASSES, Formulation
 
 
 @register_formulation
 class Softmax(Formulation):
     name = "softmax"
     description = "Linear(d, 4), cross-entropy, argmax"
+    output_names = tuple(f"P(MES {k})" for k in range(NUM_CLASSES))
+    ensemble_rule = "mean class probabilities, argmax"
 
     def head(self, d):
+        from torch import nn
+
         return nn.Linear(d, NUM_CLASSES)
 
     def loss(self, out, y, weights=None):
+        import torch.nn.functional as F
+
         w = None if weights is None else weights["mes"].to(out.device, out.dtype)
         return F.cross_entropy(out, y, weight=w)
 
-    def decode(self, out):
-        proba = out.float().softmax(1)
-        return Decoded(pred=proba.argmax(1), proba=proba)
+    def outputs(self, out):
+        return out.float().softmax(1)
+
+    def predict(self, outputs, state):
+        return outputs.argmax(1)
+
+    def proba(self, outputs, state):
+        return outputs
+
+    def example_outputs(self, grades, confidence=0.8):
+        out = np.full((len(grades), NUM_CLASSES), (1 - confidence) / (NUM_CLASSES - 1))
+        out[np.arange(len(grades)), grades] = confidence
+        return out

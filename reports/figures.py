@@ -7,7 +7,7 @@ import io
 import numpy as np
 
 from .load import Run
-from .tables import CLASSES, Options, aligned
+from .tables import CLASSES, Options, aligned, finetune_comparisons
 
 
 def _png(fig) -> bytes:
@@ -50,7 +50,7 @@ def classwise_boxplots(run: Run, opts: Options, backbone: str) -> bytes:
 
 
 def finetune_change(run: Run, opts: Options) -> bytes | None:
-    pairs = [(f.base().display, f.display) for f in run.suite.formulations if f.finetune]
+    pairs = [(before, after) for before, after, _ in finetune_comparisons(run)]
     if not pairs:
         return None
     plt = _plt()
@@ -63,10 +63,10 @@ def finetune_change(run: Run, opts: Options) -> bytes | None:
                 x, y = aligned(run.series(b, before, opts.split, "mes", "f1", str(k)),
                                run.series(b, after, opts.split, "mes", "f1", str(k)))
                 diffs.append((y - x).mean() if len(x) else np.nan)
-            ax.bar(np.arange(4) + (j - (len(pairs) - 1) / 2) * width, diffs, width, label=after)
+            ax.bar(np.arange(4) + (j - (len(pairs) - 1) / 2) * width, diffs, width, label=f"{before} → {after}")
         ax.axhline(0, color="k", lw=0.8)
         ax.set_xticks(range(4), CLASSES)
-        ax.set_title(f"ΔF1 after inverse-F1 fine-tuning — {b}")
+        ax.set_title(f"ΔF1 after fine-tuning — {b}")
         ax.legend(fontsize=7)
     return _png(fig)
 
@@ -96,27 +96,22 @@ def confusion_matrices(run: Run, opts: Options, backbone: str) -> bytes:
     return _png(fig)
 
 
-def cd_diagram(result) -> bytes:
+def cd_diagram(friedman_result) -> bytes:
+    """scikit-posthocs' critical-difference diagram: mean ranks, with formulations that the Nemenyi post-hoc
+    test cannot tell apart joined by a bar (a clique)."""
+    import pandas as pd
+    import scikit_posthocs as sp
+
+    from .stats import nemenyi_matrix
+
+    res, scores = friedman_result
     plt = _plt()
-    names = sorted(result.mean_ranks, key=result.mean_ranks.get)
-    ranks = [result.mean_ranks[n] for n in names]
-    k = len(names)
-    fig, ax = plt.subplots(figsize=(8, 1 + 0.3 * k))
-    ax.set_xlim(0.5, k + 0.5)
-    ax.set_ylim(-k - 1, 1.5)
-    ax.hlines(0, 1, k, color="k")
-    for r in range(1, k + 1):
-        ax.vlines(r, -0.1, 0.1, color="k")
-        ax.text(r, 0.25, str(r), ha="center", fontsize=8)
-    for i, (n, r) in enumerate(zip(names, ranks)):
-        y = -(i + 1) * 0.8
-        ax.plot([r, r], [0, y], color="C0", lw=0.8)
-        ax.plot([r], [0], "o", color="C0")
-        ax.text(r + 0.05, y, f"{n} ({r:.2f})", va="center", fontsize=8)
-    ax.plot([1, 1 + result.critical_difference], [1.0, 1.0], color="red", lw=2)
-    ax.text(1, 1.2, f"CD = {result.critical_difference:.2f}", color="red", fontsize=8)
-    ax.axis("off")
-    ax.set_title("Critical difference diagram (Nemenyi), mean rank over backbones; lower is better", fontsize=9)
+    names = list(res.mean_ranks)
+    fig, ax = plt.subplots(figsize=(8, 1.2 + 0.25 * len(names)))
+    sp.critical_difference_diagram(pd.Series(res.mean_ranks), nemenyi_matrix(scores, names), ax=ax)
+    ax.set_title(f"Critical difference diagram: mean rank over {res.n_blocks} backbones (1 = best); bars join "
+                 f"formulations the Nemenyi test cannot tell apart (α = 0.05, CD = {res.critical_difference:.2f})",
+                 fontsize=8)
     return _png(fig)
 
 

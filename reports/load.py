@@ -55,6 +55,31 @@ class Run:
     def __post_init__(self):
         self._results = {}
         self._index = None
+        self._formulations = {}
+
+    def config(self, display):
+        return next(f for f in self.suite.formulations if f.display == display)
+
+    def formulation(self, display):
+        """The formulation object behind a displayed name: its decoding and ensembling rules (torch-free)."""
+        if display not in self._formulations:
+            from formulations import create_formulation
+
+            cfg = self.config(display)
+            self._formulations[display] = create_formulation(cfg.name, cfg.options)
+        return self._formulations[display]
+
+    def fits_decoding(self, display) -> bool:
+        return self.formulation(display).fits_decoding
+
+    def extra_tasks(self) -> dict[str, tuple[str, ...]]:
+        """Tasks beyond the 4-class grade that some formulation of the run has (name -> class names)."""
+        tasks = {}
+        for f in self.formulations:
+            for name, task in self.formulation(f).tasks.items():
+                if name != "mes":
+                    tasks.setdefault(name, task.classes)
+        return tasks
 
     def series(self, backbone, formulation, split, task, metric, cls="") -> pd.Series:
         """Values over (seed, fold) of one metric of one backbone × formulation; one groupby, then lookups."""
@@ -86,13 +111,14 @@ def latest_run(root="runs") -> Path:
 
 def load_run(path=None) -> Run:
     path = Path(path) if path else latest_run()
-    store = Store(path, create=False)
+    store = Store(path, create=False, readonly=True)
     suite_doc = store.get_meta("suite")
     if suite_doc is None:
         raise BenchError(f"{path}: the store has no suite recorded; was it written by `bench run`?")
     suite = Suite.model_validate(suite_doc)
     n_folds = store.get_meta("n_folds")
-    meta = {k: store.get_meta(k) for k in ("dataset", "split_kind", "n_folds", "protocol_hash")}
+    meta = {k: store.get_meta(k) for k in ("dataset", "split_kind", "n_folds", "protocol_hash", "test_groups",
+                                            "fold_sizes")}
     expected = expand_cells(suite, n_folds)
     rows = {r["key"]: r for r in store.cell_rows()}
     cells = pd.DataFrame([{

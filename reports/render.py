@@ -11,8 +11,8 @@ import numpy as np
 
 from .load import LONG_COLUMNS, Run
 from .stats import CORRECTIONS, TESTS
-from .tables import (Options, Table, cv_summary, finetune_effect, friedman_table, mtl_tasks, per_class_f1,
-                     test_ensemble)
+from .tables import (Design, Options, Table, cv_summary, finetune_effect, friedman_table, mtl_tasks,
+                     per_class_f1, test_ensemble)
 
 
 @dataclass
@@ -38,6 +38,7 @@ def build(run: Run, opts: Options, with_test=True) -> Report:
 def _build(run: Run, opts: Options, with_test=True) -> Report:
     counts = run.counts
     meta, suite = run.meta, run.suite
+    design = Design.of(run, opts)
     ds = meta.get("dataset") or {}
     first_done = run.cells[run.cells.status == "done"].key
     res = run.result(first_done.iloc[0]) if len(first_done) else {}
@@ -47,8 +48,9 @@ def _build(run: Run, opts: Options, with_test=True) -> Report:
         f"{ds.get('class_counts')}, {ds.get('n_test')} held-out test images)",
         f"Protocol: {suite.protocol.kind} — {meta.get('split_kind')} splits, {meta.get('n_folds')} folds, "
         f"seeds {suite.training.seeds}, monitor {suite.training.monitor}, at most {suite.training.epochs} epochs",
-        f"Statistics: {TESTS[opts.test]}; correction {CORRECTIONS[opts.correction]}; α = {opts.alpha}; "
-        f"split shown: {'validation folds' if opts.split == 'val' else 'held-out test (per fold model)'}",
+        f"Statistics: {TESTS[design.test]}{' (auto)' if opts.test == 'auto' else ''}; pairing unit: "
+        f"{design.unit_text()}; correction {CORRECTIONS[opts.correction]}; α = {opts.alpha}; split shown: "
+        f"{design.split_text()}",
         f"Cells: {counts['done']} finished, {counts['failed']} failed, {counts['missing']} missing of {len(run.cells)}",
         f"Device: {(res or {}).get('device', '—')}; versions: {versions or '—'}",
     ]
@@ -67,7 +69,7 @@ def _build(run: Run, opts: Options, with_test=True) -> Report:
         if t is not None:
             tables.append(t)
     if with_test:
-        preds = run.store.predictions_frame("test", ["key", "image_id", "y_true", "p0", "p1", "p2", "p3", "score"])
+        preds = run.store.predictions_frame("test", ["key", "image_id", "y_true", "y_pred", "outputs"])
         gc.freeze()
         t = test_ensemble(run, opts, preds)
         if t is not None:

@@ -15,15 +15,19 @@ import numpy as np
 from scipy import stats
 
 TESTS = {
-    "wilcoxon": "Wilcoxon signed-rank test (paired by fold, two-sided)",
-    "corrected-t": "Nadeau–Bengio corrected resampled t-test (paired by fold, two-sided)",
+    "wilcoxon": "Wilcoxon signed-rank test (paired, two-sided, exact)",
+    "permutation": "exact paired permutation test (sign flips of the paired differences, two-sided)",
+    "corrected-t": "corrected resampled t-test (paired, two-sided; Nadeau–Bengio, Bouckaert–Frank for repeats)",
     "ranksum": "Wilcoxon rank-sum test (UNPAIRED, as in the study; ignores the fold pairing)",
 }
 CORRECTIONS = {"holm": "Holm", "fdr_bh": "Benjamini–Hochberg FDR", "bonferroni": "Bonferroni", "none": "none"}
 
 
 def paired_test(a, b, test="wilcoxon", n_train=None, n_test=None) -> float:
-    """Two-sided p for the difference a − b over folds; identical samples give p = 1 (no difference)."""
+    """Two-sided p for the difference a − b over paired units; identical samples give p = 1.
+
+    For `corrected-t`, `n_test / n_train` is the test-to-training size ratio of the resamples (the
+    mean over them when their sizes differ)."""
     a, b = np.asarray(a, float), np.asarray(b, float)
     d = a - b
     if len(d) < 2 or np.allclose(d, 0):
@@ -31,6 +35,8 @@ def paired_test(a, b, test="wilcoxon", n_train=None, n_test=None) -> float:
     if test == "wilcoxon":
         return float(stats.wilcoxon(a, b, zero_method="wilcox", alternative="two-sided").pvalue) \
             if np.count_nonzero(d) else 1.0
+    if test == "permutation":
+        return sign_flip_p(d)
     if test == "ranksum":
         return float(stats.ranksums(a, b).pvalue)
     if test == "corrected-t":
@@ -38,8 +44,18 @@ def paired_test(a, b, test="wilcoxon", n_train=None, n_test=None) -> float:
     raise ValueError(f"unknown test {test!r}")
 
 
+def sign_flip_p(d) -> float:
+    """Exact two-sided paired permutation p of mean(d): all 2^n sign flips (scipy.stats.permutation_test)."""
+    d = np.asarray(d, float)
+    res = stats.permutation_test((d,), lambda x, axis=-1: np.mean(x, axis=axis), permutation_type="samples",
+                                 alternative="two-sided", n_resamples=np.inf if len(d) <= 20 else 100_000,
+                                 vectorized=True, random_state=0)
+    return float(res.pvalue)
+
+
 def corrected_t(a, b, n_train, n_test) -> tuple[float, float]:
-    """Nadeau & Bengio (2003): t = mean(d) / sqrt((1/n + n_test/n_train) · var(d)), df = n − 1."""
+    """Nadeau & Bengio (2003) / Bouckaert & Frank (2004): t = mean(d) / sqrt((1/n + n_test/n_train) · var(d)),
+    df = n − 1, with n the number of resamples (k folds × r repeats)."""
     d = np.asarray(a, float) - np.asarray(b, float)
     n = len(d)
     var = d.var(ddof=1)
@@ -59,12 +75,13 @@ def adjust(pvalues, method="holm") -> np.ndarray:
 
 
 def smallest_p(test: str, n: int) -> float:
-    """The smallest two-sided p the test can give with n paired folds (exact Wilcoxon: 2 / 2^n)."""
-    if test == "wilcoxon":
-        return 2.0 / 2 ** n
+    """The smallest two-sided p reachable with n paired units. Rank and permutation tests: 2 / 2^n
+    (exact). A t-test has no floor, but below the distribution-free floor 2 / 2^n its small p-values rest
+    on the normality of n differences alone, so the same floor is used to decide whether stars may be
+    drawn at all."""
     if test == "ranksum":
         return float(stats.ranksums(np.arange(n) + n, np.arange(n)).pvalue)
-    return 0.0
+    return 2.0 / 2 ** n
 
 
 def significance_possible(test, n, m, method, alpha) -> bool:
@@ -82,25 +99,85 @@ def stars(p, alpha=0.05) -> str:
 @dataclass
 class FriedmanResult:
     statistic: float
-    p_value: float
-    iman_davenport_f: float
-    iman_davenport_p: float
+    p_value: float  # chi-square approximation (scipy), or exact where `exact` says so
+    iman_davenport_f: float  # nan when undefined (every block ranks the treatments identically)
+    iman_davenport_p: float  # nan when undefined
     mean_ranks: dict[str, float]
     critical_difference: float
     n_blocks: int
+    exact: bool = False  # p_value is the exact permutation p (small designs)
+    note: str = ""
+
+
+EXACT_FRIEDMAN_LIMIT = 200_000
+
+
+def friedman_exact_p(ranks: np.ndarray) -> float | None:
+    """Exact permutation p of the Friedman statistic: every assignment of within-block rank orders is
+    equally likely under H0. None when there are more than EXACT_FRIEDMAN_LIMIT assignments."""
+    import itertools
+    import math
+
+    n, k = ranks.shape
+    if math.factorial(k) ** n > EXACT_FRIEDMAN_LIMIT:
+        return None
+    perms = np.array([np.take(ranks[0], p) for p in itertools.permutations(range(k))])  # all orders of one block
+    observed = _friedman_q(ranks.sum(0), n, k)
+    # the first block can be held fixed (relabelling treatments leaves the statistic's distribution unchanged)
+    sums = ranks[0][None, :]
+    for _ in range(1, n):
+        sums = (sums[:, None, :] + perms[None, :, :]).reshape(-1, k)
+    q = _friedman_q(sums, n, k)
+    return float(np.mean(q >= observed - 1e-9))
+
+
+def _friedman_q(rank_sums, n, k):
+    rank_sums = np.asarray(rank_sums, float)
+    return 12.0 / (n * k * (k + 1)) * (rank_sums ** 2).sum(-1) - 3 * n * (k + 1)
 
 
 def friedman(scores: np.ndarray, names: list[str], alpha=0.05) -> FriedmanResult:
-    """scores: (blocks N, treatments k), higher is better; rank 1 = best within a block."""
+    """scores: (blocks N, treatments k), higher is better; rank 1 = best within a block.
+
+    Iman–Davenport's F is undefined when every block ranks the treatments identically (its denominator
+    is 0): then it is reported as undefined, never as F = inf, p = 0. For small designs the Friedman p is
+    the exact permutation p, since the chi-square approximation is poor there."""
     n, k = scores.shape
     chi2, p = stats.friedmanchisquare(*scores.T)
     ranks = np.vstack([stats.rankdata(-row) for row in scores])
+    exact = friedman_exact_p(ranks)
+    note = ""
+    if exact is not None:
+        p = exact
+        note = f"Friedman p is the exact permutation p ({math_factorial(k)}^{n} within-block orderings)."
     denom = n * (k - 1) - chi2
-    f = (n - 1) * chi2 / denom if denom > 0 else np.inf
-    pf = float(stats.f.sf(f, k - 1, (k - 1) * (n - 1))) if np.isfinite(f) else 0.0
+    if denom > 1e-12:
+        f = (n - 1) * chi2 / denom
+        pf = float(stats.f.sf(f, k - 1, (k - 1) * (n - 1)))
+    else:
+        f, pf = float("nan"), float("nan")
+        note += (" Iman–Davenport F is undefined: every block ranks the formulations identically (complete "
+                 "agreement); the Friedman p stands alone.")
     q = stats.studentized_range.ppf(1 - alpha, k, np.inf) / np.sqrt(2)
     cd = q * np.sqrt(k * (k + 1) / (6 * n))
-    return FriedmanResult(float(chi2), float(p), float(f), pf, dict(zip(names, ranks.mean(0))), float(cd), n)
+    return FriedmanResult(float(chi2), float(p), float(f), pf, dict(zip(names, ranks.mean(0))), float(cd), n,
+                          exact is not None, note.strip())
+
+
+def math_factorial(k):
+    import math
+
+    return math.factorial(k)
+
+
+def nemenyi_matrix(scores: np.ndarray, names: list[str]):
+    """Pairwise Nemenyi p-values after Friedman (scikit-posthocs), as a DataFrame indexed by name."""
+    import pandas as pd
+    import scikit_posthocs as sp
+
+    m = sp.posthoc_nemenyi_friedman(pd.DataFrame(scores, columns=names))
+    m.index, m.columns = names, names
+    return m
 
 
 def mcnemar_exact(y, pred_a, pred_b) -> tuple[int, int, float]:
@@ -148,8 +225,44 @@ def confusion_metrics(cm):
 ENSEMBLE_METRICS = ["accuracy", "macro-F1", "QWK", "MES 3 recall"]
 
 
+def _weighted_confusion(y, p, weights, k=4):
+    """Confusion counts (R, k, k) with per-image weights (R, n)."""
+    cell = (np.asarray(y) * k + np.asarray(p)).astype(np.int64)
+    r = weights.shape[0]
+    offsets = (np.arange(r) * k * k)[:, None]
+    counts = np.bincount((cell[None, :] + offsets).ravel(), weights=weights.ravel(), minlength=r * k * k)
+    return counts.reshape(r, k, k)
+
+
+def cluster_bootstrap(y, preds: list, clusters, n_resamples=1000, seed=0, confidence=0.95):
+    """Point estimates and percentile CIs of ENSEMBLE_METRICS for each prediction vector in `preds`, and of
+    the difference of each to preds[0], all on the same resamples of clusters (patients): resampling
+    patients, not images, because images of one patient are correlated. With every image its own
+    cluster this is the ordinary paired image bootstrap. Returns (point, low, high), each of shape
+    (len(preds), 2, n_metrics): [:, 0] the metric, [:, 1] its difference to preds[0]."""
+    y = np.asarray(y)
+    codes, clusters = np.unique(np.asarray(clusters), return_inverse=True)
+    n_clusters = len(codes)
+    preds = [np.asarray(p) for p in preds]
+
+    def statistic(idx, axis=-1):
+        single = np.ndim(idx) == 1
+        idx = np.atleast_2d(idx).astype(np.int64)
+        counts = np.stack([np.bincount(row, minlength=n_clusters) for row in idx])
+        w = counts[:, clusters].astype(float)
+        values = np.stack([confusion_metrics(_weighted_confusion(y, p, w)) for p in preds])  # (P, M, R)
+        out = np.stack([values, values - values[:1]], axis=1)  # (P, 2, M, R)
+        return out[..., 0] if single else out
+
+    point = statistic(np.arange(n_clusters))
+    res = stats.bootstrap((np.arange(n_clusters),), statistic, vectorized=True, n_resamples=n_resamples,
+                          method="percentile", confidence_level=confidence, random_state=np.random.default_rng(seed),
+                          batch=200)
+    return point, res.confidence_interval.low, res.confidence_interval.high
+
+
 def bootstrap_metrics(y, pred, n_resamples=1000, seed=0, confidence=0.95):
-    """Point estimates and paired percentile bootstrap CIs for ENSEMBLE_METRICS."""
+    """Point estimates and paired percentile bootstrap CIs for ENSEMBLE_METRICS, images independent."""
     y, pred = np.asarray(y), np.asarray(pred)
     point = confusion_metrics(_confusion(y, pred))
     res = stats.bootstrap((y, pred), lambda a, b, axis=-1: confusion_metrics(_confusion(a, b)), paired=True,

@@ -1,4 +1,8 @@
-"""The report's tables, each a small function of a loaded run that returns a renderer-neutral Table."""
+"""The report's tables, each a small function of a loaded run that returns a renderer-neutral Table.
+
+Every table note says what its numbers are: which split, which pairing unit, which test and
+correction, which kind of confidence interval, and that nothing is scored in-sample.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +11,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from benchmark.errors import BenchError
+
 from .load import Run
-from .stats import (CORRECTIONS, ENSEMBLE_METRICS, TESTS, adjust, bootstrap_metrics, friedman, mcnemar_exact,
+from .stats import (CORRECTIONS, ENSEMBLE_METRICS, TESTS, adjust, cluster_bootstrap, friedman, mcnemar_exact,
                     paired_test, significance_possible, smallest_p, stars)
 
 CLASSES = ["MES 0", "MES 1", "MES 2", "MES 3"]
@@ -29,7 +35,7 @@ class Options:
     split: str = "val"
     backbone: str | None = None
     reference: str = "softmax"
-    test: str = "wilcoxon"
+    test: str = "auto"
     correction: str = "holm"
     alpha: float = 0.05
     n_resamples: int = 1000
@@ -42,10 +48,8 @@ def fmt(values) -> str:
     return f"{v.mean():.3f} ± {v.std(ddof=1):.3f}" if len(v) > 1 else f"{v.mean():.3f}"
 
 
-
-
 def aligned(x: pd.Series, y: pd.Series) -> tuple[pd.Series, pd.Series]:
-    """Two per-(seed, fold) series restricted to the folds both have: the pairing of every paired test."""
+    """Two per-(seed, fold) series restricted to the folds both have."""
     common = x.index.intersection(y.index)
     return x[common], y[common]
 
@@ -55,25 +59,164 @@ def _incomplete(run: Run, b, f):
     return (c.status != "done").any()
 
 
-def fold_sizes(run: Run):
-    """Mean training and validation sizes of the folds (for the corrected t-test)."""
-    rows = run.cells[run.cells.status == "done"]
-    if rows.empty:
-        return None, None
-    res = run.result(rows.key.iloc[0]) or {}
-    return res.get("n_train"), res.get("n_val")
+# ---------------------------------------------------------------------------- the design of a comparison
 
 
-def legend(opts: Options, m: int, n_folds: int) -> str:
-    text = (f"Stars: paired comparison with {opts.reference} — {TESTS[opts.test]}, correction "
-            f"{CORRECTIONS[opts.correction]} over the {m} comparisons of this table, α = {opts.alpha}; "
-            f"* p < {opts.alpha:g}, ** p < {opts.alpha / 5:g}, *** p < {opts.alpha / 50:g}.")
-    if m and not significance_possible(opts.test, n_folds, m, opts.correction, opts.alpha):
-        text += (f" NOTE: with {n_folds} folds the smallest possible p of this test is "
-                 f"{smallest_p(opts.test, n_folds):.4f}, so after the {CORRECTIONS[opts.correction]} correction over "
-                 f"{m} comparisons no difference can reach α = {opts.alpha}: the absence of stars here says nothing "
-                 "about the absence of differences.")
+@dataclass
+class Design:
+    """Which values of a run are independent pairing units, and how a paired test must treat them.
+
+    A value in the long table is indexed by (seed, fold), where `fold` numbers every resample of the
+    run: repeat r, fold j of a repeated k-fold is fold r·k + j; a Monte-Carlo protocol (polat) numbers its
+    overlapping random splits. Seeds and repeats re-use the same images, so they are not independent:
+    rank and permutation tests get one value per fold index (the mean over seeds and repeats), and the
+    corrected t-test gets one value per resample (mean over seeds) with the Bouckaert–Frank correction."""
+
+    split: str
+    test: str  # resolved: never "auto"
+    monte_carlo: bool
+    k: int  # folds per repeat (k-fold) or number of splits (Monte-Carlo)
+    repeats: int
+    seeds: int
+    sizes: dict[int, tuple[int, int]]  # resample -> (n_train, n_val)
+    n_test: int
+
+    @classmethod
+    def of(cls, run: Run, opts: Options) -> "Design":
+        proto = run.suite.protocol
+        monte_carlo = proto.kind == "polat"
+        n_folds = int(run.meta.get("n_folds") or 0)
+        repeats = 1 if monte_carlo else proto.repeats
+        k = n_folds if monte_carlo else max(n_folds // max(repeats, 1), 1)
+        test = opts.test
+        if test == "auto":
+            test = "corrected-t" if monte_carlo else "wilcoxon"
+        if monte_carlo and test in ("wilcoxon", "permutation"):
+            raise BenchError(f"--test {test}: this run uses Monte-Carlo splits (protocol 'polat'), whose validation "
+                             "sets overlap, so no set of them is independent and a rank or permutation test over "
+                             "them would be anticonservative. Use --test corrected-t (Nadeau–Bengio), or auto.")
+        sizes = {int(f): (int(a), int(b)) for f, (a, b) in (run.meta.get("fold_sizes") or {}).items()}
+        if not sizes:  # runs written before fold sizes were recorded: read them from the cells
+            for r in run.cells[run.cells.status == "done"].drop_duplicates("fold").itertuples():
+                res = run.result(r.key) or {}
+                if res.get("n_train"):
+                    sizes[int(r.fold)] = (int(res["n_train"]), int(res.get("n_val") or 0))
+        n_test = int((run.meta.get("dataset") or {}).get("n_test") or 0)
+        return cls(opts.split, test, monte_carlo, k, repeats, len(run.suite.training.seeds), sizes, n_test)
+
+    def units(self, x: pd.Series, y: pd.Series):
+        """Paired vectors for the test, and the test-to-train size ratio for the corrected t."""
+        x, y = aligned(x, y)
+        if len(x) == 0:
+            return np.array([]), np.array([]), None
+        folds = x.index.get_level_values("fold").to_numpy()
+        if self.test == "ranksum":
+            return x.to_numpy(), y.to_numpy(), None
+        if self.test == "corrected-t":
+            a, b = x.groupby(level="fold").mean(), y.groupby(level="fold").mean()
+            ratios = [self._ratio(int(f)) for f in a.index]
+            ratios = [r for r in ratios if r is not None]
+            return a.to_numpy(), b.to_numpy(), (float(np.mean(ratios)) if ratios else None)
+        unit = folds % self.k
+        a = x.groupby(unit).mean()
+        b = y.groupby(unit).mean()
+        return a.to_numpy(), b.to_numpy(), None
+
+    def _ratio(self, fold):
+        if fold not in self.sizes:
+            return None
+        n_train, n_val = self.sizes[fold]
+        n_eval = n_val if self.split == "val" else self.n_test
+        return n_eval / n_train if n_train else None
+
+    def p_value(self, x: pd.Series, y: pd.Series) -> float:
+        a, b, ratio = self.units(x, y)
+        if len(a) < 2:
+            return np.nan
+        if self.test == "corrected-t":
+            if ratio is None:
+                raise BenchError("the corrected t-test needs each fold's training and validation sizes, which this "
+                                 "run does not record; use --test wilcoxon or permutation.")
+            return paired_test(a, b, "corrected-t", 1.0, ratio)
+        return paired_test(a, b, self.test)
+
+    @property
+    def n_units(self) -> int:
+        if self.test == "ranksum":
+            return self.k * self.repeats * self.seeds
+        if self.test == "corrected-t":
+            return self.k * self.repeats
+        return self.k
+
+    def unit_text(self) -> str:
+        extra = []
+        if self.repeats > 1:
+            extra.append(f"{self.repeats} repeats")
+        if self.seeds > 1:
+            extra.append(f"{self.seeds} seeds")
+        if self.test == "ranksum":
+            return "none (unpaired: every fold value of every repeat and seed is one observation)"
+        if self.test == "corrected-t":
+            if self.monte_carlo:
+                return (f"Monte-Carlo split (n = {self.k} overlapping splits"
+                        + (f", each the mean over {self.seeds} seeds" if self.seeds > 1 else "")
+                        + "); variance corrected for the overlap (Nadeau–Bengio), df = n − 1")
+            core = f"resample (n = {self.k * self.repeats} = {self.repeats} × {self.k} folds"
+            return core + (f", each the mean over {self.seeds} seeds" if self.seeds > 1 else "") + \
+                "); variance corrected for overlapping training sets (" + \
+                ("Bouckaert–Frank repeated k-fold" if self.repeats > 1 else "Nadeau–Bengio") + "), df = n − 1"
+        if extra:
+            return f"fold index (n = {self.k}; each value the mean over {' × '.join(extra)} of that fold index)"
+        return f"fold (n = {self.k})"
+
+    def split_text(self) -> str:
+        return ("validation folds (each fold's model on its own validation part)" if self.split == "val" else
+                "held-out test set (each fold's model on the same test images)")
+
+
+def legend(opts: Options, design: Design, m: int, subject="Stars: paired comparison with") -> str:
+    """What a star means in this table, and when stars are impossible or unreliable at this n."""
+    text = (f"{subject} {opts.reference} on the {design.split_text()}. Pairing unit: {design.unit_text()}. "
+            f"Test: {TESTS[design.test]}; correction: {CORRECTIONS[opts.correction]} over the {m} comparisons of "
+            f"this table; α = {opts.alpha}; * p < {opts.alpha:g}, ** p < {opts.alpha / 5:g}, "
+            f"*** p < {opts.alpha / 50:g}.")
+    if m and not stars_allowed(opts, design, m):
+        n = design.n_units
+        floor = smallest_p(design.test, n)
+        if design.test == "corrected-t":
+            text += (f" NO STARS DRAWN: with n = {n} pairing units no distribution-free paired test can give p below "
+                     f"{floor:.4f}, so after the {CORRECTIONS[opts.correction]} correction over {m} comparisons no "
+                     f"difference could reach α = {opts.alpha} without resting wholly on the normality of {n} "
+                     "differences: significance is unreliable at this n, and the absence of stars says nothing about "
+                     "the absence of differences.")
+        else:
+            text += (f" NO STARS POSSIBLE: with n = {n} pairing units the smallest possible p of this test is "
+                     f"{floor:.4f}, so after the {CORRECTIONS[opts.correction]} correction over {m} comparisons no "
+                     f"difference can reach α = {opts.alpha}: the absence of stars says nothing about the absence of "
+                     "differences.")
     return text
+
+
+def stars_allowed(opts: Options, design: Design, m: int) -> bool:
+    return significance_possible(design.test, design.n_units, m, opts.correction, opts.alpha)
+
+
+def protocol_notes(run: Run) -> list[str]:
+    """In-sample status and provenance: cross-fitted decoding, tuned formulations."""
+    notes = []
+    fitted = [f.display for f in run.suite.formulations if run.fits_decoding(f.display)]
+    if fitted:
+        notes.append(f"No number is in-sample. Fitted decoding ({', '.join(fitted)}): validation metrics are "
+                     "cross-fitted (parameters fitted on one half of the fold's validation images, scored on the "
+                     "other, and swapped; halves stratified and patient-grouped where the protocol groups); the test "
+                     "set is decoded with the parameters fitted on the whole validation fold.")
+    for f in run.suite.formulations:
+        if f.tuned:
+            notes.append(f"{f.display}: options tuned — {f.tuned}")
+    return notes
+
+
+# ---------------------------------------------------------------------------- tables
 
 
 SUMMARY_COLUMNS = [("accuracy", "mes", "accuracy", ""), ("macro-F1", "mes", "f1", "macro"), ("QWK", "mes", "qwk", ""),
@@ -90,9 +233,10 @@ def cv_summary(run: Run, opts: Options) -> Table:
             marked |= flag
             rows.append([b, f + (" †" if flag else "")] + [fmt(run.series(b, f, opts.split, t, m, c))
                                                            for _, t, m, c in SUMMARY_COLUMNS])
-    where = "cross-validation folds (each fold's model on its validation part)" if opts.split == "val" else \
-        "held-out test set (each fold's model)"
-    notes = [f"Mean ± sd over {where}."]
+    where = ("validation folds (each fold's model on its validation part)" if opts.split == "val" else
+             "held-out test set (each fold's model)")
+    notes = [f"Mean ± sd over the {where}; {run.meta.get('n_folds')} resamples × {len(run.suite.training.seeds)} "
+             "seed(s)."] + protocol_notes(run)
     if marked:
         notes.append("† incomplete: some cells of this row are failed or missing; its statistics use fewer folds.")
     return Table("Table 1 — cross-validation summary" if opts.split == "val" else "Table 1 — per-fold test summary",
@@ -106,11 +250,11 @@ def default_backbone(run: Run, opts: Options) -> str:
 
 
 def per_class_f1(run: Run, opts: Options) -> Table:
+    design = Design.of(run, opts)
     b = default_backbone(run, opts)
     forms = run.formulations
     others = [f for f in forms if f != opts.reference]
     row_keys = [(name, str(k)) for k, name in enumerate(CLASSES)] + [("macro", "macro")]
-    n_train, n_val = fold_sizes(run)
     pvals, where = [], []
     values = {}
     for i, (_, cls) in enumerate(row_keys):
@@ -122,12 +266,13 @@ def per_class_f1(run: Run, opts: Options) -> Table:
             for j, f in enumerate(forms):
                 if f == opts.reference:
                     continue
-                a, r = aligned(values[i, j], values[i, jr])
-                if len(a) >= 2:
-                    pvals.append(paired_test(a, r, opts.test, n_train, n_val))
+                p = design.p_value(values[i, j], values[i, jr])
+                if not np.isnan(p):
+                    pvals.append(p)
                     where.append((i, j))
     adjusted = adjust(pvals, opts.correction)
-    star = {w: stars(p, opts.alpha) for w, p in zip(where, adjusted)}
+    allowed = stars_allowed(opts, design, len(pvals))
+    star = {w: stars(p, opts.alpha) for w, p in zip(where, adjusted)} if allowed else {}
     rows, bold = [], set()
     for i, (name, _) in enumerate(row_keys):
         means = [values[i, j].mean() if len(values[i, j]) else -np.inf for j in range(len(forms))]
@@ -138,149 +283,233 @@ def per_class_f1(run: Run, opts: Options) -> Table:
             if len(values[i, j]) and np.isclose(means[j], best):
                 bold.add((i, j + 1))
         rows.append(row)
-    n_folds = int(np.median([len(values[i, 0]) for i in range(len(row_keys))])) if forms else 0
-    notes = [f"F1 per class on the {'validation folds' if opts.split == 'val' else 'test set'}, mean ± sd over folds; "
-             "best per row in bold."]
+    notes = [f"F1 per class on the {design.split_text()}, mean ± sd over folds; best per row in bold."]
     if opts.reference not in forms:
         notes.append(f"No stars: the reference formulation {opts.reference!r} is not in this run.")
     else:
-        notes.append(legend(opts, len(pvals), n_folds))
+        notes.append(legend(opts, design, len(pvals)))
     if not others:
         notes.append("Only one formulation: nothing to compare.")
-    return Table(f"Table 2 — per-class F1, {b}", ["class"] + forms, rows, bold, notes, key="per_class_f1")
+    return Table(f"Table 2 — per-class F1, {b}", ["class"] + forms, rows, bold, notes + protocol_notes(run),
+                 key="per_class_f1")
 
 
 def mtl_tasks(run: Run, opts: Options) -> Table | None:
-    forms = [f for f in run.formulations
-             if any(len(run.series(b, f, opts.split, "primary", "accuracy")) for b in run.backbones)]
+    tasks = run.extra_tasks()
+    forms = [f for f in run.formulations if any(len(run.series(b, f, opts.split, t, "accuracy"))
+                                                for b in run.backbones for t in tasks)]
     if not forms:
         return None
     rows = []
     for b in run.backbones:
         for f in forms:
-            rows.append([b, f] + [fmt(run.series(b, f, opts.split, t, "accuracy"))
-                                  for t in ("primary", "remission", "active", "mes")])
-    return Table("Table 3 — per-task accuracy of the hierarchical model",
-                 ["backbone", "formulation", "primary (remission vs active)", "remission sub-task (MES 0 vs 1)",
-                  "active sub-task (MES 2 vs 3)", "4-class MES"], rows,
-                 notes=["Sub-task accuracies on the images of that sub-task only; mean ± sd over folds."],
-                 key="mtl_tasks")
+            rows.append([b, f] + [fmt(run.series(b, f, opts.split, t, "accuracy")) for t in list(tasks) + ["mes"]])
+    return Table("Table 3 — per-task accuracy of the multi-task formulations",
+                 ["backbone", "formulation"] + [f"{t} ({' vs '.join(c)})" for t, c in tasks.items()] + ["4-class MES"],
+                 rows, notes=["Each task's accuracy on the images that belong to that task only (sub-task labels −1 "
+                              f"excluded); mean ± sd over the {Design.of(run, opts).split_text()}."], key="mtl_tasks")
+
+
+def finetune_comparisons(run: Run) -> list[tuple[str, str, str]]:
+    """(before, after, what the difference isolates) for every fine-tuned formulation, and +f1 vs +ft where
+    both exist: the control separates re-weighting from extra epochs at a new learning rate."""
+    out = []
+    forms = run.suite.formulations
+    for f in forms:
+        if f.finetune:
+            what = "re-weighting + extra training" if f.finetune == "inverse_f1" else "extra training alone"
+            out.append((f.base().display, f.display, what))
+    for f in forms:
+        if f.finetune == "inverse_f1":
+            for g in forms:
+                if g.finetune == "plain" and g.base().display == f.base().display:
+                    out.append((g.display, f.display, "re-weighting alone"))
+    return out
 
 
 def finetune_effect(run: Run, opts: Options) -> Table | None:
-    pairs = [(f.base().display, f.display) for f in run.suite.formulations if f.finetune]
+    pairs = finetune_comparisons(run)
     if not pairs:
         return None
-    n_train, n_val = fold_sizes(run)
+    design = Design.of(run, opts)
     rows, pvals = [], []
     for b in run.backbones:
-        for before, after in pairs:
+        for before, after, what in pairs:
             for k, cls in enumerate(CLASSES):
-                row = [b, f"{before} → {after}", cls]
+                row = [b, f"{before} → {after}", what, cls]
                 for metric in ("f1", "recall", "precision"):
                     x, y = aligned(run.series(b, before, opts.split, "mes", metric, str(k)),
                                    run.series(b, after, opts.split, "mes", metric, str(k)))
                     if len(x) == 0:
                         row += ["—", "—"]
+                        if metric == "f1":
+                            pvals.append(np.nan)
                         continue
                     d = y - x
                     row += [f"{x.mean():.3f} → {y.mean():.3f}", f"{d.mean():+.3f}"]
                     if metric == "f1":
-                        pvals.append(paired_test(y, x, opts.test, n_train, n_val) if len(x) >= 2 else np.nan)
+                        pvals.append(design.p_value(y, x))
                 rows.append(row)
     valid = [p for p in pvals if not np.isnan(p)]
     adj = iter(adjust(valid, opts.correction))
+    allowed = stars_allowed(opts, design, len(valid))
     for row, p in zip(rows, pvals):
-        row.append("—" if np.isnan(p) else f"{next(adj):.3g}")
-    n_folds = run.meta.get("n_folds") or 0
-    notes = ["Before → after inverse-F1 fine-tuning, mean over folds; Δ = after − before per fold, averaged.",
-             legend(Options(**{**opts.__dict__, "reference": "the stage-1 model"}), len(valid), n_folds)
-             .replace("Stars: paired comparison", "p (F1): paired comparison")]
-    return Table("Table 4 — effect of inverse-F1 fine-tuning",
-                 ["backbone", "formulation", "class", "F1", "ΔF1", "recall", "Δrecall", "precision", "Δprecision",
-                  "p (ΔF1)"], rows, notes=notes, key="finetune")
+        row.append("—" if np.isnan(p) else f"{next(adj):.3g}" + ("" if allowed else " (n.s. at this n)"))
+    weights_note = ("Inverse-F1 weights: w ∝ 1/max(F1, ε) per class on the stage-1 model's validation fold, capped at "
+                    "max_weight × the smallest and normalised to mean 1 (stored per cell). Stage 2 of `+f1` and of its "
+                    "control `+ft` is identical (same start, epochs, learning rate) except the weights; model "
+                    "selection in stage 2 monitors the unweighted validation loss, as in stage 1.")
+    notes = ["Before → after fine-tuning, mean over folds; Δ = after − before per fold, averaged.", weights_note,
+             legend(opts, design, len(valid), subject="p (ΔF1): paired comparison of after with before (the "
+                    "'reference' of each row) —").replace(f" {opts.reference} on", " on", 1)]
+    if not any(f.finetune == "plain" for f in run.suite.formulations):
+        notes.append("No `+ft` control in this suite: '+f1 vs stage 1' mixes re-weighting with extra training. Add "
+                     "`X+ft` next to `X+f1` to separate them.")
+    return Table("Table 4 — effect of fine-tuning",
+                 ["backbone", "comparison", "isolates", "class", "F1", "ΔF1", "recall", "Δrecall", "precision",
+                  "Δprecision", "p (ΔF1)"], rows, notes=notes, key="finetune")
+
+
+# ---------------------------------------------------------------------------- held-out test: fold-ensembles
 
 
 @dataclass
 class TestPredictions:
-    """Test-set predictions of every cell, with image ids as integer codes, prepared once."""
+    """Test-set outputs of every cell, aligned by image, prepared once."""
 
     by_key: dict
     codes: np.ndarray
     image_ids: np.ndarray
     y_by_image: np.ndarray
-    proba: np.ndarray  # (n, 4), NaN where the formulation has no probabilities
-    score: np.ndarray
+    outputs: list  # per row: float64 outputs of the formulation
+    y_pred: np.ndarray
 
     @classmethod
     def from_frame(cls, preds: pd.DataFrame) -> "TestPredictions":
         codes, uniques = pd.factorize(preds.image_id)
         y = np.zeros(len(uniques), dtype=np.int64)
         y[codes] = preds.y_true.to_numpy()
-        return cls(preds.groupby("key").indices, codes, np.asarray(uniques), y,
-                   preds[["p0", "p1", "p2", "p3"]].to_numpy(dtype=float), preds.score.to_numpy(dtype=float))
+        return cls(preds.groupby("key").indices, codes, np.asarray(uniques), y, preds.outputs.tolist(),
+                   preds.y_pred.to_numpy())
 
-    def ensemble(self, run: Run, b: str, f: str):
-        """Fold-ensemble: mean of the fold models' probabilities (or scores, decoded with the mean cut points).
-        Returns (image codes, true grades, predicted grades) or None."""
-        keys = run.cells[(run.cells.backbone == b) & (run.cells.formulation == f)
-                         & (run.cells.status == "done")].key
-        keys = [k for k in keys if k in self.by_key]
-        if not keys:
-            return None
-        pos = np.concatenate([self.by_key[k] for k in keys])
-        codes = self.codes[pos]
-        n = len(self.image_ids)
-        count = np.bincount(codes, minlength=n)
-        present = np.flatnonzero(count)
-        if not np.isnan(self.proba[pos]).any():
-            sums = np.stack([np.bincount(codes, self.proba[pos, j], minlength=n) for j in range(4)], 1)
-            pred = sums[present].argmax(1)
-        else:
-            score = np.bincount(codes, self.score[pos], minlength=n)[present] / count[present]
-            cuts = np.mean([(run.result(k) or {}).get("state", {}).get("cutpoints", [0.5, 1.5, 2.5]) for k in keys],
-                           axis=0)
-            pred = np.searchsorted(cuts, score, side="right")
-        return present, self.y_by_image[present], pred
+    def stacked(self, keys):
+        """(models, images, m) outputs of these cells on the images all of them predicted, and those images."""
+        per_key = []
+        for k in keys:
+            pos = self.by_key[k]
+            order = np.argsort(self.codes[pos], kind="stable")
+            pos = pos[order]
+            per_key.append((self.codes[pos], pos))
+        common = per_key[0][0]
+        for c, _ in per_key[1:]:
+            common = np.intersect1d(common, c)
+        mats = []
+        for c, pos in per_key:
+            sel = pos[np.isin(c, common)]
+            mats.append(np.stack([np.frombuffer(self.outputs[i], dtype=np.float64) for i in sel]))
+        return np.stack(mats), common
+
+
+def ensemble(run: Run, tp: TestPredictions, b: str, f: str):
+    """The fold-ensemble of backbone b × formulation f by the formulation's own rule: (image codes, true
+    grades, predicted grades, number of models) or None."""
+    keys = [k for k in run.cells[(run.cells.backbone == b) & (run.cells.formulation == f)
+                                 & (run.cells.status == "done")].key if k in tp.by_key]
+    if not keys:
+        return None
+    formulation = run.formulation(f)
+    stacked, codes = tp.stacked(keys)
+    states = [(run.result(k) or {}).get("state") or formulation.initial_state() for k in keys]
+    pred = formulation.ensemble_predict(stacked, states)
+    return codes, tp.y_by_image[codes], np.asarray(pred), len(keys)
 
 
 def test_ensemble(run: Run, opts: Options, preds: pd.DataFrame) -> Table | None:
     if preds.empty:
         return None
+    if preds.outputs.isna().any():
+        return Table("Table 5 — held-out test set, fold-ensemble", ["note"], [[
+            "this run's test predictions carry no formulation outputs (written by an older mesbench): no ensemble "
+            "can be decoded by the formulations' own rules, so none is shown"]], key="test")
     tp = TestPredictions.from_frame(preds)
+    groups = run.meta.get("test_groups") or {}
+    clustered = bool(groups)
     rows = []
+    ref_name = opts.reference if opts.reference in run.formulations else None
     for b in run.backbones:
-        ref = tp.ensemble(run, b, opts.reference)
+        ref = ensemble(run, tp, b, ref_name) if ref_name else None
         for f in run.formulations:
-            ens = tp.ensemble(run, b, f)
+            ens = ensemble(run, tp, b, f)
+            n_cols = len(ENSEMBLE_METRICS) + 3 + (0 if clustered else 1)
             if ens is None:
-                rows.append([b, f] + ["—"] * (len(ENSEMBLE_METRICS) + 1))
+                rows.append([b, f] + ["—"] * n_cols)
                 continue
-            codes, y, pred = ens
-            point, lo, hi = bootstrap_metrics(y, pred, opts.n_resamples)
+            codes, y, pred, n_models = ens
             row = [b, f + (" †" if _incomplete(run, b, f) else "")]
-            row += [f"{point[i]:.3f} [{lo[i]:.3f}, {hi[i]:.3f}]" for i in range(len(ENSEMBLE_METRICS))]
-            if f == opts.reference:
-                row.append("reference")
-            elif ref is None:
-                row.append("—")
-            else:
+            if ref is not None and f != ref_name:
                 common, ia, ib = np.intersect1d(codes, ref[0], return_indices=True)
-                n01, n10, p = mcnemar_exact(y[ia], pred[ia], ref[2][ib])
-                row.append(f"{n01}/{n10}, p = {p:.3g}")
+                yc, preds_list = y[ia], [ref[2][ib], pred[ia]]
+            else:
+                common, yc, preds_list = codes, y, [pred]
+            clusters = ([groups.get(i, i) for i in tp.image_ids[common]] if clustered
+                        else np.arange(len(common)))
+            point, lo, hi = cluster_bootstrap(yc, preds_list, clusters, opts.n_resamples)
+            me = len(preds_list) - 1
+            row += [f"{point[me, 0, i]:.3f} [{lo[me, 0, i]:.3f}, {hi[me, 0, i]:.3f}]" for i in range(len(ENSEMBLE_METRICS))]
+            if f == ref_name:
+                row += ["reference", "reference"]
+            elif me == 0:
+                row += ["—", "—"]
+            else:
+                row += [f"{point[1, 1, i]:+.3f} [{lo[1, 1, i]:+.3f}, {hi[1, 1, i]:+.3f}]" for i in (0, 1)]
+            if not clustered:
+                if f == ref_name:
+                    row.append("reference")
+                elif me == 0:
+                    row.append("—")
+                else:
+                    n01, n10, p = mcnemar_exact(yc, preds_list[1], preds_list[0])
+                    row.append(f"{n01}/{n10}, p = {p:.3g}")
+            row.insert(2, str(n_models))
             rows.append(row)
-    return Table("Table 5 — held-out test set, fold-ensemble",
-                 ["backbone", "formulation"] + ENSEMBLE_METRICS + [f"McNemar vs {opts.reference} (b/c, exact p)"],
-                 rows, notes=[f"Ensemble = mean of the fold models' class probabilities (regression: mean score, mean "
-                              f"cut points). 95% paired percentile bootstrap CIs ({opts.n_resamples} resamples, "
-                              "scipy.stats.bootstrap). McNemar b/c = images only this / only the reference gets "
-                              "right; uncorrected."], key="test")
+    by_rule: dict[str, list[str]] = {}
+    for f in run.formulations:
+        by_rule.setdefault(run.formulation(f).ensemble_rule, []).append(f)
+    rules = "; ".join(f"{', '.join(fs)}: {rule}" for rule, fs in by_rule.items())
+    if clustered:
+        n_pat = len(set(groups.values()))
+        ci = (f"95% percentile CIs from a patient-level (cluster) bootstrap: the {n_pat} test patients are resampled "
+              f"with replacement ({opts.n_resamples} resamples, scipy.stats.bootstrap), since images of one patient are "
+              "correlated. Δ = this formulation − the reference, computed on the same resamples (a paired CI of the "
+              "difference). McNemar's test is not shown: it assumes independent images.")
+    else:
+        ci = (f"This dataset has no patient ids: 95% paired percentile bootstrap CIs over images ({opts.n_resamples} "
+              "resamples, scipy.stats.bootstrap); Δ = this − reference on the same resamples. McNemar b/c = images "
+              "only this / only the reference gets right; exact, uncorrected.")
+    notes = [f"Held-out test set; ensemble = the fold models (column 'models') combined and decoded by each "
+             f"formulation's own rule — {rules}.", ci] + protocol_notes(run)
+    columns = ["backbone", "formulation", "models"] + ENSEMBLE_METRICS + [f"Δ accuracy vs {opts.reference}",
+                                                                           f"Δ macro-F1 vs {opts.reference}"]
+    if not clustered:
+        columns.append(f"McNemar vs {opts.reference} (b/c, exact p)")
+    return Table("Table 5 — held-out test set, fold-ensemble", columns, rows, notes=notes, key="test")
+
+
+# ---------------------------------------------------------------------------- ranking over blocks
+
+
+MIN_FRIEDMAN_BLOCKS = 3
 
 
 def friedman_table(run: Run, opts: Options) -> tuple[Table | None, object]:
     forms, bbs = run.formulations, run.backbones
     if len(forms) < 3 or len(bbs) < 2:
         return None, None
+    if len(bbs) < MIN_FRIEDMAN_BLOCKS:
+        return Table("Table 6 — Friedman ranking", ["note"], [[
+            f"not shown: the Friedman test ranks formulations within blocks (here backbones) and needs at least "
+            f"{MIN_FRIEDMAN_BLOCKS}; this run has {len(bbs)}, with which no ranking difference can be significant. "
+            "Folds of one dataset are not independent blocks."]], key="friedman"), None
     scores = np.array([[run.series(b, f, opts.split, "mes", "f1", "macro").mean() for f in forms]
                        for b in bbs])
     if np.isnan(scores).any():
@@ -294,9 +523,12 @@ def friedman_table(run: Run, opts: Options) -> tuple[Table | None, object]:
     for f in sorted(forms, key=lambda f: res.mean_ranks[f]):
         j = forms.index(f)
         rank_rows.append([f, f"{res.mean_ranks[f]:.2f}"] + [f"{per_block[b][j]:g}" for b in bbs])
-    notes = [f"Blocks: the {len(bbs)} backbones (macro-F1 averaged over folds); rank 1 = best. Friedman χ² = "
-             f"{res.statistic:.3f} (p = {res.p_value:.3g}); Iman–Davenport F = {res.iman_davenport_f:.3f} "
-             f"(p = {res.iman_davenport_p:.3g}); Nemenyi critical difference CD = {res.critical_difference:.3f} at "
-             f"α = {opts.alpha} — formulations whose mean ranks differ by less than CD are not distinguishable."]
+    id_text = ("Iman–Davenport F undefined" if np.isnan(res.iman_davenport_f) else
+               f"Iman–Davenport F = {res.iman_davenport_f:.3f} (p = {res.iman_davenport_p:.3g})")
+    notes = [f"Blocks: the {len(bbs)} backbones (macro-F1 on the {Design.of(run, opts).split_text()}, averaged over "
+             f"folds); rank 1 = best. Friedman χ² = {res.statistic:.3f} (p = {res.p_value:.3g}"
+             f"{', exact' if res.exact else ', χ² approximation'}); {id_text}; Nemenyi critical difference CD = "
+             f"{res.critical_difference:.3f} at α = {opts.alpha} — formulations whose mean ranks differ by less than "
+             "CD are not distinguishable." + (f" {res.note}" if res.note else "")]
     return Table("Table 6 — Friedman / Nemenyi ranking of formulations", ["formulation", "mean rank"] + bbs,
-                 rank_rows, notes=notes, key="friedman"), res
+                 rank_rows, notes=notes, key="friedman"), (res, scores)

@@ -2,6 +2,7 @@
 and nothing from the failed attempt in the store."""
 
 import os
+import re
 import sqlite3
 import subprocess
 import sys
@@ -243,9 +244,18 @@ def test_unknown_only_filter(capsys, tmp_path):
     assert code == 2 and "backbone=NAME" in text
 
 
-@pytest.mark.parametrize("section,field,value", [("protocol", "folds", 1), ("training", "epochs", 0),
-                                                 ("training", "lr", -0.1), ("training", "batch_size", 1)])
-def test_out_of_range_numbers(capsys, tmp_path, section, field, value):
+@pytest.mark.parametrize("section,field,value,needle", [
+    ("protocol", "folds", 1, "greater than or equal to 2"), ("training", "epochs", 0, "greater than or equal to 1"),
+    ("training", "lr", -0.1, "greater than 0"), ("training", "lr", 0, "greater than 0"),
+    ("training", "lr", float("nan"), "finite number"), ("training", "lr", float("inf"), "finite number"),
+    ("training", "batch_size", 1, "greater than or equal to 2"),
+    ("training", "early_stopping", 0, "greater than or equal to 1"),
+    ("training", "early_stopping", -3, "greater than or equal to 1"),
+    ("training", "plateau_factor", 1.0, "less than 1"), ("training", "plateau_factor", 0, "greater than 0"),
+    ("training", "seeds", [], "at least 1 item")])
+def test_out_of_range_numbers(capsys, tmp_path, section, field, value, needle):
+    """Refused when the suite is loaded — before any data is read — naming the field and its YAML line."""
     doc = base_doc()
     doc[section][field] = value
-    assert_rejected(capsys, tmp_path, write_suite(tmp_path, doc), f"{section}.{field}", "greater than or equal")
+    text = assert_rejected(capsys, tmp_path, write_suite(tmp_path, doc), f"{section}.{field}", needle)
+    assert re.search(r"line \d+", text), text

@@ -109,12 +109,21 @@ def test_incomplete_run_says_so_at_the_top_and_marks_rows(tmp_path):
     assert "Image-level splits" in first  # study protocol warning
 
 
-def test_friedman_table_with_three_formulations_and_two_backbones(tmp_path):
-    path = write_fake_run(tmp_path / "f", backbones=("resnet18", "densenet121"),
+def test_friedman_table_with_three_formulations_and_three_backbones(tmp_path):
+    path = write_fake_run(tmp_path / "f", backbones=("resnet18", "densenet121", "resnet50"),
                           formulations=("softmax", "coral", "mtl"), folds=3, n_val=80, n_test=60)
     md = to_markdown(build(load_run(path), Options()))
     assert "Table 6" in md and "Iman–Davenport" in md and "critical difference CD" in md
     assert "per-class F1, densenet121" in md  # default backbone when present
+
+
+def test_friedman_with_two_blocks_says_what_it_cannot_show(tmp_path):
+    path = write_fake_run(tmp_path / "f2", backbones=("resnet18", "densenet121"),
+                          formulations=("softmax", "coral", "mtl"), folds=3, n_val=80, n_test=60)
+    md = to_markdown(build(load_run(path), Options()))
+    table6 = md.split("## Table 6")[1]
+    assert "needs at least 3" in table6 and "this run has 2" in table6
+    assert "Iman–Davenport" not in table6
 
 
 def test_unlisted_stage1_appears_in_the_finetune_table(make_suite, tmp_path, capsys):

@@ -12,7 +12,7 @@ from benchmark.runner import Runner
 from benchmark.store import Store
 from benchmark.training import _epoch_order, build_model
 from formulations import FORMULATIONS, create_formulation, register_formulation
-from formulations.base import Decoded, Formulation
+from formulations.base import Formulation
 
 
 def metrics_of(out):
@@ -108,11 +108,12 @@ def test_finetune_alone_trains_its_stage1_cell_as_a_dependency(make_suite, tmp_p
     assert sorted(r["formulation"] for r in rows) == ["softmax", "softmax", "softmax+f1", "softmax+f1"]
 
 
-def test_a_formulation_defined_in_one_place_runs_a_cell(make_suite, tmp_path):
+def test_a_formulation_defined_in_one_place_runs_a_cell(make_suite, tmp_path, capsys):
     @register_formulation
     class Toy(Formulation):
         name = "toy_binary_ce"
         description = "test-only: one-vs-rest BCE"
+        output_names = ("s0", "s1", "s2", "s3")
 
         def head(self, d):
             return nn.Linear(d, 4)
@@ -120,16 +121,23 @@ def test_a_formulation_defined_in_one_place_runs_a_cell(make_suite, tmp_path):
         def loss(self, out, y, weights=None):
             return nn.functional.binary_cross_entropy_with_logits(out, nn.functional.one_hot(y, 4).float())
 
-        def decode(self, out):
-            p = torch.sigmoid(out.float())
-            return Decoded(pred=p.argmax(1), proba=p / p.sum(1, keepdim=True))
+        def outputs(self, out):
+            return torch.sigmoid(out.float())
+
+        def predict(self, outputs, state):
+            return outputs.argmax(1)
 
     try:
-        suite = make_suite(name="toy", formulations=["toy_binary_ce"], protocol__folds=2)
+        suite = make_suite(name="toy", formulations=["softmax", "toy_binary_ce"], protocol__folds=2)
         out = tmp_path / "toy"
-        assert main(["run", str(suite), "--out", str(out), "--quiet", "--only", "fold=0"]) == 0
+        assert main(["run", str(suite), "--out", str(out), "--quiet"]) == 0
         rows = Store(out, create=False).cell_rows()
-        assert [r["formulation"] for r in rows] == ["toy_binary_ce"] and rows[0]["status"] == "done"
+        assert sorted(r["formulation"] for r in rows).count("toy_binary_ce") == 2
+        assert all(r["status"] == "done" for r in rows)
+        capsys.readouterr()
+        assert main(["report", str(out)]) == 0  # ensembled and reported with no edit outside this test
+        table5 = capsys.readouterr().out.split("## Table 5")[1]
+        assert "| tiny | toy_binary_ce | 2 |" in table5
     finally:
         FORMULATIONS.pop("toy_binary_ce")
 

@@ -27,7 +27,7 @@ def test_three_trials_resume_and_round_trip(make_suite, tmp_path, capsys):
     args = ["tune", str(suite), "--trials", "3", "--folds", "1", "--out", str(out)]
     assert main(args) == 0
     assert main(args) == 0  # same command again: the study continues
-    study = optuna.load_study(study_name="tune-tiny-mtl-macro_f1", storage=f"sqlite:///{out / 'tune.db'}")
+    study = optuna.load_study(study_name="tune-tiny-mtl-macro_f1-fold0", storage=f"sqlite:///{out / 'tune.db'}")
     assert len(study.trials) == 6
     for t in study.trials:
         if "alpha" in t.user_attrs:
@@ -38,7 +38,14 @@ def test_three_trials_resume_and_round_trip(make_suite, tmp_path, capsys):
     tuned = [f for f in load_suite(override).formulations if f.display == "mtl[tuned]"]
     assert len(tuned) == 1
     best = study.best_trial.user_attrs
-    assert all(tuned[0].options[k] == pytest.approx(best[k]) for k in ("alpha", "beta", "gamma"))
+    assert set(tuned[0].options_by_fold) == {0}  # only the tuned outer fold has weights
+    assert all(tuned[0].options_by_fold[0][k] == pytest.approx(best[k]) for k in ("alpha", "beta", "gamma"))
+    assert "inner" in tuned[0].tuned and "never seen" in tuned[0].tuned
+    # a fold without tuned weights is refused, not silently trained with the defaults
+    capsys.readouterr()
+    assert main(["run", str(override), "--out", str(tmp_path / "refused"), "--quiet",
+                 "--only", "formulation=mtl[tuned]"]) == 2
+    assert "per-fold options" in " ".join(capsys.readouterr().err.split())
     run = tmp_path / "run"
     assert main(["run", str(override), "--out", str(run), "--quiet", "--only", "formulation=mtl[tuned]",
                  "--only", "fold=0"]) == 0
@@ -48,7 +55,8 @@ def test_three_trials_resume_and_round_trip(make_suite, tmp_path, capsys):
     assert res["formulation_options"]["alpha"] == pytest.approx(best["alpha"])
     capsys.readouterr()
     assert main(["report", str(run), "--reference", "mtl[tuned]"]) == 0
-    assert "mtl[tuned]" in capsys.readouterr().out
+    md = capsys.readouterr().out
+    assert "mtl[tuned]: options tuned" in md  # the report marks where the tuned options came from
 
 
 class Recording(np.ndarray):
@@ -64,7 +72,8 @@ class Recording(np.ndarray):
         return np.asarray(super().__getitem__(item))
 
 
-def test_tuner_never_reads_held_out_test_images(make_suite, tmp_path, monkeypatch):
+def test_tuning_never_reads_test_images_nor_the_outer_validation_fold(make_suite, tmp_path, monkeypatch):
+    """Nested: the study of outer fold i reads only images of fold i's training part."""
     suite = load_suite(make_suite(name="leak", formulations=["mtl"]))
     real_load = tune_mod.load_dataset
 
@@ -73,15 +82,33 @@ def test_tuner_never_reads_held_out_test_images(make_suite, tmp_path, monkeypatc
         ds.images = ds.images.view(Recording)
         return ds
 
-    Recording.seen = set()
     monkeypatch.setattr(tune_mod, "load_dataset", recording_load)
     tuner = Tuner(suite, tmp_path / "t", metric="f1@3")
-    tuner.optimize(2)
-    test_ids = set(tuner.splits.test.tolist())
-    assert Recording.seen, "the recorder saw nothing: the test would prove nothing"
-    assert not (Recording.seen & test_ids)
-    train_val = set(np.concatenate([np.concatenate(f) for f in tuner.splits.folds]).tolist())
-    assert Recording.seen <= train_val
+    assert tuner.k == 2
+    for fold in range(tuner.k):
+        Recording.seen = set()
+        tuner.optimize_fold(fold, 2)
+        assert Recording.seen, "the recorder saw nothing: the test would prove nothing"
+        outer_train, outer_val = tuner.splits.folds[fold]
+        assert not (Recording.seen & set(tuner.splits.test.tolist()))
+        assert not (Recording.seen & set(outer_val.tolist()))
+        assert Recording.seen <= set(outer_train.tolist())
+        inner_train, inner_val = tuner.inner[fold]
+        assert not set(inner_train) & set(inner_val)
+        assert not set(tuner.dataset.groups[inner_train]) & set(tuner.dataset.groups[inner_val])  # grouped
+
+
+def test_a_second_study_in_the_same_folder_never_resumes_the_first_ones_trials(make_suite, tmp_path, capsys):
+    suite = make_suite(name="two", formulations=["mtl"])
+    out = tmp_path / "two"
+    assert main(["tune", str(suite), "--trials", "1", "--folds", "1", "--out", str(out), "--study", "A"]) == 0
+    first = sorted((out / "trials").rglob("last.pt"))
+    assert len(first) == 1 and "A-fold0" in str(first[0])
+    stamp = first[0].stat().st_mtime_ns
+    assert main(["tune", str(suite), "--trials", "1", "--folds", "1", "--out", str(out), "--study", "B"]) == 0
+    second = sorted((out / "trials").rglob("last.pt"))
+    assert len(second) == 2 and any("B-fold0" in str(p) for p in second)
+    assert first[0].stat().st_mtime_ns == stamp  # study A's checkpoint was neither resumed nor touched
 
 
 def test_unknown_metric_and_formulation_without_weights(make_suite, capsys):
