@@ -86,10 +86,22 @@ def select(cells: list[Cell], only: list[str]) -> list[Cell]:
                              "(comma-separated values allowed).")
         wanted.setdefault(key, set()).update(value.split(","))
 
+    def attrs(c: Cell):
+        return {"backbone": c.backbone.name, "formulation": c.formulation.display, "fold": str(c.fold),
+                "seed": str(c.seed)}
+
     def keep(c: Cell):
-        attrs = {"backbone": c.backbone.name, "formulation": c.formulation.display, "fold": str(c.fold),
-                 "seed": str(c.seed)}
-        return all(attrs[k] in v for k, v in wanted.items())
+        a = attrs(c)
+        return all(a[k] in v for k, v in wanted.items())
+
+    for key, values in wanted.items():
+        valid = list(dict.fromkeys(attrs(c)[key] for c in cells))
+        unmatched = sorted(values - set(valid))
+        if unmatched:
+            from .errors import closest
+
+            raise BenchError(f"--only {key}={unmatched[0]}: matches no cell of this suite — "
+                             f"{closest(unmatched[0], valid)}. Nothing was run.")
 
     chosen = [c for c in cells if keep(c)]
     needed = {c.depends for c in chosen if c.depends}

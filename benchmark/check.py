@@ -13,12 +13,14 @@ validation folds (~1/60 of accuracy each); per-class values of rare classes get 
 
 from __future__ import annotations
 
+import io
 import math
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from .errors import BenchError
@@ -58,26 +60,60 @@ def run_table(run_dir) -> pd.DataFrame:
     return table
 
 
+def check_tolerance(value: float, where: str) -> float:
+    """A tolerance is a finite number ≥ 0: NaN would hide every regression, a negative one would report
+    every value as both a regression and an improvement."""
+    if not math.isfinite(value) or value < 0:
+        raise BenchError(f"{where}: tolerance {value!r} must be a finite number ≥ 0 (e.g. 0.02).")
+    return value
+
+
 def read_baseline(path) -> tuple[pd.DataFrame, dict[str, float]]:
     path = Path(path)
+    remake = f"Recreate it with `bench check RUN_DIR --baseline {path} --update`."
     if not path.is_file():
         raise BenchError(f"Baseline {str(path)!r} does not exist. Create it with `bench check RUN_DIR --baseline "
                          f"{path} --update`.")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise BenchError(f"{path}: not a text file, so not a baseline (a CSV with columns "
+                         f"{','.join(KEY + ['value'])}). {remake}") from None
     tolerances = {}
-    for line in path.read_text().splitlines():
+    for line in text.splitlines():
         m = re.match(r"#\s*tolerance:\s*(.*)", line)
         if m:
             for item in m.group(1).split():
                 k, _, v = item.partition("=")
                 try:
-                    tolerances[k] = float(v)
+                    tolerances[k] = check_tolerance(float(v), f"{path}, tolerance {item!r}")
                 except ValueError:
                     raise BenchError(f"{path}: tolerance {item!r} is not name=number.") from None
-    df = pd.read_csv(path, comment="#", dtype={"cls": str, "backbone": str, "formulation": str})
+    try:
+        df = pd.read_csv(io.StringIO(text), comment="#", dtype={"cls": str, "backbone": str, "formulation": str})
+    except pd.errors.EmptyDataError:
+        raise BenchError(f"{path}: the baseline is empty (no header, no values). {remake}") from None
+    except (pd.errors.ParserError, ValueError) as exc:
+        raise BenchError(f"{path}: not a readable CSV ({str(exc).splitlines()[0]}). {remake}") from None
     missing = set(KEY + ["value"]) - set(df.columns)
     if missing:
         raise BenchError(f"{path}: missing column(s) {sorted(missing)}; a baseline has columns "
-                         f"{','.join(KEY + ['value'])}.")
+                         f"{','.join(KEY + ['value'])}. {remake}")
+    if df.empty:
+        raise BenchError(f"{path}: the baseline holds no values, so a check against it would compare nothing and "
+                         f"pass. {remake}")
+    values = pd.to_numeric(df["value"], errors="coerce")
+    bad = df.index[values.isna() & df["value"].notna() & (df["value"].astype(str).str.lower() != "nan")]
+    if len(bad):
+        raise BenchError(f"{path}: data row {bad[0] + 1} has value {df['value'][bad[0]]!r}, which is not a number "
+                         f"({len(bad)} such rows). Fix the value or {remake[0].lower()}{remake[1:]}")
+    for col in ("seed", "fold"):
+        ints = pd.to_numeric(df[col], errors="coerce")
+        if ints.isna().any():
+            row = int(np.flatnonzero(ints.isna())[0])
+            raise BenchError(f"{path}: data row {row + 1} has {col} {df[col][row]!r}, which is not an integer. "
+                             f"{remake}")
+    df["value"] = values
     df["cls"] = df["cls"].fillna("")
     return df, tolerances
 
@@ -116,11 +152,15 @@ def compare(now: pd.DataFrame, base: pd.DataFrame, tolerances=None, default=DEFA
         now, base = keep(now), keep(base)
     cells_now = set(map(tuple, now[ID].drop_duplicates().itertuples(index=False)))
     cells_base = set(map(tuple, base[ID].drop_duplicates().itertuples(index=False)))
-    merged = base.merge(now, on=KEY, how="left", suffixes=("_base", "_now"))
+    merged = base.merge(now, on=KEY, how="left", suffixes=("_base", "_now"), indicator=True)
     merged = merged[[tuple(r) in cells_now for r in merged[ID].itertuples(index=False)]]
-    nan_now = now[now.value.isna()]
-    missing_values = merged[merged.value_now.isna() & ~merged.index.isin(nan_now.index)]
-    both = merged.dropna(subset=["value_now", "value_base"]).copy()
+    absent = merged["_merge"] == "left_only"
+    missing_values = merged[absent]
+    present = merged[~absent]
+    # NaN on one side only is a failure (a NaN baseline is no licence to skip the value); NaN on both agrees
+    nan_now = present[present.value_now.isna() != present.value_base.isna()].rename(
+        columns={"value_now": "value"})
+    both = present.dropna(subset=["value_now", "value_base"]).copy()
     both["tolerance"] = [tolerance_for(r, tolerances, default) for r in both.itertuples()]
     sign = [(-1 if (m in LOWER_IS_BETTER or t == "diag") else 1) for m, t in zip(both.metric, both.task)]
     both["diff"] = both.value_now - both.value_base
@@ -169,7 +209,9 @@ def render(result: CheckResult, console, limit=60):
         console.print(f"[red]unexpected cell[/] (in this run, not in the baseline): {escape(describe_cell(c))}")
     if result.nan_values is not None and not result.nan_values.empty:
         for r in result.nan_values.head(limit).itertuples():
-            console.print(f"[red]NaN value[/]: {escape(describe_cell((r.backbone, r.formulation, r.seed, r.fold)))} "
+            side = "this run" if np.isnan(r.value) else "the baseline"
+            console.print(f"[red]NaN value[/] in {side}: "
+                          f"{escape(describe_cell((r.backbone, r.formulation, r.seed, r.fold)))} "
                           f"{r.split} {metric_name(r.task, r.metric, r.cls)}")
     if result.missing_values is not None and not result.missing_values.empty:
         console.print(f"[red]{len(result.missing_values)} baseline value(s) absent from this run[/], e.g. "

@@ -50,6 +50,9 @@ def cmd_check(args):
     if args.update:
         if not args.baseline:
             raise BenchError("--update needs --baseline FILE: the file to write.")
+        if now.empty:
+            raise BenchError(f"{args.run_dir} has no finished cell, so --update would write an empty baseline that "
+                             "every later check passes. Finish the run (`bench run SUITE --out RUN_DIR`) first.")
         tolerances = {}
         if Path(args.baseline).is_file():
             _, tolerances = read_baseline(args.baseline)
@@ -63,10 +66,12 @@ def cmd_check(args):
         base, tolerances = read_baseline(args.baseline)
     else:
         raise BenchError("bench check needs --baseline FILE or --against RUN_DIR2.")
+    from .check import check_tolerance
+
     for item in args.tolerance or []:  # command-line tolerances override the file's
         name, sep, value = item.rpartition("=")
         try:
-            tolerances[name if sep else "default"] = float(value)
+            tolerances[name if sep else "default"] = check_tolerance(float(value), f"--tolerance {item!r}")
         except ValueError:
             raise BenchError(f"--tolerance {item!r}: give a number (all metrics) or METRIC=NUMBER, "
                              "e.g. --tolerance 0.01 --tolerance f1@3=0.1.") from None

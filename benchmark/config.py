@@ -206,7 +206,12 @@ def _line_of(doc, loc):
 
 def load_suite(path: str | os.PathLike, overrides: list[str] | None = None) -> Suite:
     path = Path(path)
-    if not path.is_file():
+    try:
+        exists = path.is_file()
+    except OSError as exc:
+        raise BenchError(f"Suite file {str(path)!r} cannot be reached ({exc.strerror}); check the path and the "
+                         "permissions of its folders.") from None
+    if not exists:
         raise BenchError(f"Suite file {str(path)!r} does not exist. Give the path of a suite YAML, e.g. suites/smoke.yaml.")
     try:
         text = path.read_text(encoding="utf-8")

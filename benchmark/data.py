@@ -6,6 +6,7 @@ import errno
 import hashlib
 import json
 import os
+import shutil
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -112,7 +113,9 @@ def _cached(key: dict, build: Callable[[], Dataset], mmap: bool) -> Dataset:
     except OSError as exc:
         tmp.unlink(missing_ok=True)
         tmpm.unlink(missing_ok=True)
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES):
+        # numpy's short write carries no errno; the free space says whether the disk was the cause
+        full = shutil.disk_usage(directory).free < ds.images.nbytes + (1 << 20)
+        if full or exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES):
             raise BenchError(f"cannot write the decoded-image cache in {directory} ({exc.strerror}): "
                              f"{ds.images.nbytes / 1e9:.2f} GB are needed there. Free space, or point MESBENCH_CACHE "
                              "at a folder with room.") from None

@@ -78,10 +78,14 @@ def holdout(ds: Dataset, cfg: ProtocolConfig, grouped: bool) -> tuple[np.ndarray
         n_splits = max(2, int(round(1 / cfg.test_fraction)))
         for c in range(NUM_CLASSES):
             n = len(np.unique(ds.groups[ds.labels == c]))
+            if n < 2:
+                raise BenchError(f"MES {c} has only 1 patient, so no patient-grouped split can put MES {c} on both "
+                                 f"sides of the hold-out: add patients of MES {c}, or use `kind: study` (image-level "
+                                 "splits, which leak patients).")
             if n < n_splits:
                 raise BenchError(f"protocol.test_fraction = {cfg.test_fraction} keeps patients whole, which needs at "
-                                 f"least {n_splits} patients per class, but MES {c} has only {n}; raise "
-                                 "test_fraction, use a larger dataset, or use `kind: study`.")
+                                 f"least {n_splits} patients per class, but MES {c} has only {n}; raise test_fraction "
+                                 f"to at least {1 / n:.2f}, use a larger dataset, or use `kind: study`.")
         sgkf = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=cfg.seed)
         train, test = next(sgkf.split(idx, ds.labels, ds.groups))
         return np.sort(train), np.sort(test)

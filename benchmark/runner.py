@@ -152,6 +152,7 @@ class Runner:
                 time.sleep(2)
         finally:
             signal.signal(signal.SIGINT, previous)
+            self.store.close()
         report.seconds = time.perf_counter() - t0
         return report
 

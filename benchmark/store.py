@@ -70,9 +70,10 @@ def sqlite_url(db: Path, readonly: bool = False) -> URL:
     from urllib.parse import quote
 
     query = {"mode": "ro", "uri": "true"}
-    if not os.access(db.parent, os.W_OK):
+    wal, shm = db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")
+    if not os.access(db.parent, os.W_OK) and not (wal.exists() and shm.exists()):
         # An archived (read-only) run directory cannot hold SQLite's shared-memory file: read it as
-        # immutable, which is what it is.
+        # immutable, which is what it is (`bench run` checkpoints the log into the file when it ends).
         query["immutable"] = "1"
     return URL.create("sqlite", database=f"file:{quote(str(db.resolve()))}", query=query)
 
@@ -152,6 +153,17 @@ class Store:
             raise BenchError(f"Store {self.where} was written with schema version {row[0]}, this mesbench reads "
                              f"version {SCHEMA_VERSION}. Use a new run directory (--out), or the mesbench "
                              "version that wrote it.")
+
+    def close(self):
+        """Fold the write-ahead log into results.db and drop pooled connections: the run directory is then one
+        self-contained file that reads anywhere, read-only and archived included."""
+        if not self.readonly and str(self.url).startswith("sqlite"):
+            try:
+                with self.engine.connect() as conn:
+                    conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+            except Exception:  # noqa: BLE001 - another process may hold the log; it checkpoints later
+                pass
+        self.engine.dispose()
 
     # ------------------------------------------------------------------ meta
     def get_meta(self, key, default=None):

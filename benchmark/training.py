@@ -9,6 +9,7 @@ Every epoch is checkpointed atomically, so a killed cell resumes from its last f
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import time
@@ -92,8 +93,11 @@ def atomic_save(obj, path: Path):
     """Write to a uniquely named temp file, then rename: a kill never leaves a half-written checkpoint
     under the real name, and two processes never share a temp name."""
     tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex}.tmp")
+    buf = io.BytesIO()
+    torch.save(obj, buf)  # serialised in memory first: a full disk then raises OSError(ENOSPC), not a zip error
     try:
-        torch.save(obj, tmp)
+        with open(tmp, "wb") as fh:
+            fh.write(buf.getbuffer())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

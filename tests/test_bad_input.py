@@ -259,3 +259,147 @@ def test_out_of_range_numbers(capsys, tmp_path, section, field, value, needle):
     doc[section][field] = value
     text = assert_rejected(capsys, tmp_path, write_suite(tmp_path, doc), f"{section}.{field}", needle)
     assert re.search(r"line \d+", text), text
+
+
+# ---------------------------------------------------------------------------- inputs that used to be "internal error"
+
+
+def test_suite_file_of_binary_bytes(capsys, tmp_path):
+    path = tmp_path / "binary.yaml"
+    path.write_bytes(bytes(range(256)) * 4)
+    text = assert_rejected(capsys, tmp_path, path, "binary.yaml", "not a text file")
+    assert "internal error" not in text
+
+
+def _small_manifest(tmp_path, per_class, **protocol):
+    class_tree(tmp_path / "d")
+    rows = [f"d/Mayo {k}/UC_patient_{i}_{k}.bmp,{k}" for k in range(4) for i in range(per_class)]
+    (tmp_path / "m.csv").write_text("path,label\n" + "\n".join(rows))
+    return write_suite(tmp_path, base_doc(dataset={"name": "manifest", "manifest": str(tmp_path / "m.csv")},
+                                          protocol={"kind": "study", **protocol}))
+
+
+def test_three_images_per_class_with_five_folds(capsys, tmp_path):
+    suite = _small_manifest(tmp_path, 3, folds=5, test_fraction=0.15)
+    text = assert_rejected(capsys, tmp_path, suite, "protocol.test_fraction = 0.15 of 12 images", "at least 4")
+    assert "internal error" not in text
+
+
+@pytest.mark.parametrize("content,needle", [
+    ("path,label,group\n", "header but no image rows"),
+    ("", "the file is empty"),
+    ("path,label\n,1\nd/Mayo 0/UC_patient_0_0.bmp,0\n", "row 2 has an empty path"),
+    (None, "not a text file"),
+])
+def test_broken_manifests(capsys, tmp_path, content, needle):
+    class_tree(tmp_path / "d")
+    manifest = tmp_path / "m.csv"
+    if content is None:
+        manifest.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 8)
+    else:
+        manifest.write_text(content)
+    suite = write_suite(tmp_path, base_doc(dataset={"name": "manifest", "manifest": str(manifest)}))
+    text = assert_rejected(capsys, tmp_path, suite, "m.csv", needle)
+    assert "internal error" not in text
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "random"])
+@pytest.mark.parametrize("command", ["run", "report"])
+def test_damaged_results_db(capsys, tmp_path, make_suite, damage, command):
+    suite = make_suite(name="dmg", formulations=["softmax"])
+    out = tmp_path / "dmg"
+    assert main(["run", str(suite), "--out", str(out), "--quiet", "--only", "fold=0"]) == 0
+    db = out / "results.db"
+    for side in ("-wal", "-shm"):
+        (out / f"results.db{side}").unlink(missing_ok=True)
+    data = db.read_bytes()
+    db.write_bytes({"truncated": data[: len(data) // 3], "garbage": b"this is not a database\n" * 200,
+                    "random": np.random.default_rng(0).bytes(8192)}[damage])
+    args = ["run", str(suite), "--out", str(out), "--quiet"] if command == "run" else ["report", str(out)]
+    code, text = run_cli(capsys, *args)
+    assert code == 2, text
+    assert "results.db" in text and "internal error" not in text
+    assert "move it away" in text or "damaged" in text
+
+
+def test_damaged_splits_json(capsys, tmp_path, make_suite):
+    suite = make_suite(name="spl", formulations=["softmax"])
+    out = tmp_path / "spl"
+    assert main(["run", str(suite), "--out", str(out), "--quiet", "--only", "fold=0"]) == 0
+    path = out / "splits.json"
+    path.write_text(path.read_text()[:100])
+    code, text = run_cli(capsys, "run", str(suite), "--out", str(out), "--quiet")
+    assert code == 2 and "splits.json is damaged" in text and "delete it" in text
+
+
+@pytest.mark.parametrize("target,damage", [("images.npy", "truncate"), ("json", "garbage")])
+def test_damaged_cache_entry_is_rebuilt(capsys, tmp_path, monkeypatch, target, damage):
+    from benchmark.config import DatasetConfig
+    from benchmark.data import load_dataset
+
+    monkeypatch.setenv("MESBENCH_CACHE", str(tmp_path / "cache"))
+    cfg = DatasetConfig(name="synthetic", params={"n_images": 80, "n_patients": 12, "size": [16, 16], "seed": 3})
+    first = load_dataset(cfg)
+    entry = next((tmp_path / "cache").glob(f"*.{target}"))
+    if damage == "truncate":
+        entry.write_bytes(entry.read_bytes()[:200])
+    else:
+        entry.write_bytes(b"\x00{not json")
+    again = load_dataset(cfg)  # rebuilt, not fatal
+    assert np.array_equal(np.asarray(again.images), np.asarray(first.images))
+    assert np.array_equal(again.labels, first.labels)
+    assert np.load(entry if target == "images.npy" else entry.with_name(entry.name.replace(".json", ".images.npy")),
+                   mmap_mode="r").shape[0] == 80
+
+
+def test_suite_name_must_be_one_folder_name(capsys, tmp_path):
+    for name in ("../../x", "a/b", "..", "."):
+        text = assert_rejected(capsys, tmp_path, write_suite(tmp_path, base_doc(name=name)), "name",
+                               "one plain folder name")
+        assert not (tmp_path.parent.parent / "x").exists()
+    assert "internal error" not in text
+
+
+def test_one_patient_class_gives_advice_that_fixes_it(capsys, tmp_path):
+    """A grade held by a single patient cannot appear on both sides of any grouped split; 'use at most 2
+    folds' (with folds already 2) fixed nothing."""
+    root = class_tree(tmp_path / "d")
+    rows = [f"d/Mayo {k}/UC_patient_{i}_{k}.bmp,{k},{'solo' if k == 3 else i}" for k in range(4) for i in range(6)]
+    (tmp_path / "m.csv").write_text("path,label,group\n" + "\n".join(rows))
+    suite = write_suite(tmp_path, base_doc(dataset={"name": "manifest", "manifest": str(tmp_path / "m.csv")},
+                                           protocol={"kind": "grouped", "folds": 2, "test_fraction": 0.25}))
+    code, text = run_cli(capsys, "run", str(suite), "--out", str(tmp_path / "o"), "--quiet")
+    assert code == 2 and "MES 3" in text and "1 patient" in text
+    assert "use at most 2 folds" not in text and "add patients of MES 3" in text
+    del root
+
+
+@pytest.mark.parametrize("value", ["fold=7", "formulation=softmx", "backbone=resnet18", "seed=3"])
+def test_only_that_matches_nothing_is_refused(capsys, tmp_path, value):
+    code, text = run_cli(capsys, "run", str(write_suite(tmp_path, base_doc())), "--out", str(tmp_path / "o"),
+                         "--quiet", "--only", value)
+    key = value.split("=")[0]
+    assert code == 2 and f"--only {value}" in text and "matches no cell" in text, text
+    valid = {"fold": "0, 1", "formulation": "softmax", "backbone": "tiny", "seed": "0"}[key]
+    assert valid in text
+    assert not (tmp_path / "o" / "results.db").exists() or not Store(tmp_path / "o", create=False).cell_rows()
+
+
+def test_sixteen_bit_images_are_scaled_not_clipped(tmp_path, monkeypatch, capsys):
+    from benchmark.config import DatasetConfig
+    from benchmark.data import load_dataset
+
+    monkeypatch.setenv("MESBENCH_CACHE", str(tmp_path / "cache"))
+    root = tmp_path / "d16"
+    values = {0: 1000, 1: 20000, 2: 40000, 3: 65535}
+    for k, v in values.items():
+        (root / f"Mayo {k}").mkdir(parents=True)
+        for i in range(4):
+            Image.fromarray(np.full((8, 8), v, np.uint16)).save(root / f"Mayo {k}" / f"UC_patient_{i}_{k}.png")
+    assert Image.open(root / "Mayo 1" / "UC_patient_0_1.png").mode.startswith("I;16")
+    ds = load_dataset(DatasetConfig(name="folder", root=str(root)))
+    for k, v in values.items():
+        pixel = np.asarray(ds.images)[ds.labels == k][0, 0, 0]
+        assert pixel.tolist() == [round(v / 257)] * 3, (k, pixel)  # 1000 -> 4, not 255
+    code, text = run_cli(capsys, "data", "inspect", str(root))
+    assert "16-bit gray: 16" in text

@@ -93,3 +93,59 @@ def test_per_metric_tolerance_on_the_command_line(baseline_run, tmp_path, monkey
     out = capsys.readouterr().out
     assert "accuracy" in out and "REGRESSIONS" in out
     assert main(["check", str(changed), "--baseline", str(baseline), "--tolerance", "f1@3=x"]) == 2
+
+
+def _rows(values):
+    return pd.DataFrame([["b", "f", 0, 0, "val", "mes", "accuracy", "", v] for v in values][:1]
+                        + [["b", "f", 0, 0, "val", "mes", "qwk", "", values[-1]]],
+                        columns=["backbone", "formulation", "seed", "fold", "split", "task", "metric", "cls", "value"])
+
+
+@pytest.mark.parametrize("tolerance", ["nan", "-0.01", "inf"])
+def test_invalid_tolerances_are_refused(baseline_run, tmp_path, capsys, tolerance):
+    _, out, baseline = baseline_run
+    capsys.readouterr()
+    assert main(["check", str(out), "--baseline", str(baseline), "--tolerance", tolerance]) == 2
+    assert "finite number ≥ 0" in capsys.readouterr().err
+    bad = tmp_path / "bad-tol.csv"
+    bad.write_text(f"# tolerance: default={tolerance}\n" + baseline.read_text())
+    assert main(["check", str(out), "--baseline", str(bad)]) == 2
+    assert "bad-tol.csv" in capsys.readouterr().err
+
+
+def test_nan_on_either_side_fails_unless_both_are_nan(tmp_path):
+    path = tmp_path / "b.csv"
+    path.write_text(_rows([0.8, float("nan")]).to_csv(index=False))
+    base, _ = read_baseline(path)
+    assert not compare(_rows([0.8, 0.9]), base.copy()).ok  # NaN baseline: not a licence to skip the value
+    assert compare(_rows([0.8, float("nan")]), base.copy()).ok  # both NaN agree
+    path.write_text(_rows([0.8, 0.9]).to_csv(index=False))
+    base, _ = read_baseline(path)
+    assert not compare(_rows([0.8, float("nan")]), base.copy()).ok
+
+
+def test_update_refuses_a_run_with_no_finished_cell(make_suite, tmp_path, capsys):
+    from benchmark.runner import Runner
+    from benchmark.config import load_suite
+
+    out = tmp_path / "empty"
+    Runner(load_suite(make_suite(name="e", formulations=["softmax"])), out).prepare()
+    capsys.readouterr()
+    assert main(["check", str(out), "--baseline", str(tmp_path / "b.csv"), "--update"]) == 2
+    assert "no finished cell" in capsys.readouterr().err and not (tmp_path / "b.csv").exists()
+
+
+@pytest.mark.parametrize("content,needle", [
+    ("backbone,formulation,seed,fold,split,task,metric,cls,value\nb,f,0,0,val,mes,accuracy,,high\n", "not a number"),
+    ("", "empty"),
+    (b"\xff\xfe\x00binary\x00" * 50, "not a text file"),
+    ("# tolerance: default=0.02\nbackbone,formulation,seed,fold,split,task,metric,cls,value\n", "holds no values"),
+])
+def test_broken_baselines_are_clear_errors(baseline_run, tmp_path, capsys, content, needle):
+    _, out, _ = baseline_run
+    path = tmp_path / "broken.csv"
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    capsys.readouterr()
+    assert main(["check", str(out), "--baseline", str(path)]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "broken.csv" in err and needle in err and "internal error" not in err

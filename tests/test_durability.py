@@ -16,10 +16,11 @@ from torch import nn
 from benchmark.cli import main
 from benchmark.store import Store
 from formulations import FORMULATIONS, register_formulation
-from formulations.base import Decoded, Formulation
+from formulations.base import Formulation
 from test_run import metrics_of
 
-ENV = {**os.environ, "MESBENCH_DEVICE": "cpu", "OMP_NUM_THREADS": "1", "MESBENCH_STALE_SECONDS": "900"}
+ENV = {**os.environ, "MESBENCH_DEVICE": "cpu", "OMP_NUM_THREADS": "1", "MESBENCH_STALE_SECONDS": "2",
+       "MESBENCH_HEARTBEAT_SECONDS": "0.25"}
 
 
 def bench(*args, **kw):
@@ -43,7 +44,7 @@ def _wait_for(predicate, timeout=180):
 
 def _epoch_of(last):
     try:
-        return torch.load(last, weights_only=False)["state"]["epoch"]
+        return torch.load(last, weights_only=True)["state"]["epoch"]
     except Exception:  # noqa: BLE001 - a file being replaced right now
         return 0
 
@@ -71,7 +72,7 @@ def test_sigkill_mid_cell_then_rerun_equals_uninterrupted(make_suite, tmp_path):
     running = [r for r in rows if r["status"] == "running"]
     assert running, "the killed cell should still be claimed"
     key = running[0]["key"]
-    before = torch.load(killed / "cells" / key / "last.pt", weights_only=False)["state"]
+    before = torch.load(killed / "cells" / key / "last.pt", weights_only=True)["state"]
     done_before = {r["key"]: r["finished"] for r in rows if r["status"] == "done"}
 
     p = bench("run", str(suite), "--out", str(killed), "--quiet")
@@ -101,6 +102,7 @@ def test_two_processes_on_one_run_directory_train_each_cell_once(make_suite, tmp
 class NanLoss(Formulation):
     name = "nan_loss"
     description = "test-only: loss becomes NaN"
+    output_names = ("a", "b", "c", "d")
 
     def head(self, d):
         return nn.Linear(d, 4)
@@ -108,8 +110,11 @@ class NanLoss(Formulation):
     def loss(self, out, y, weights=None):
         return out.sum() * float("nan")
 
-    def decode(self, out):
-        return Decoded(pred=out.argmax(1), proba=out.softmax(1))
+    def outputs(self, out):
+        return out.softmax(1)
+
+    def predict(self, outputs, state):
+        return outputs.argmax(1)
 
 
 def test_nan_cell_is_stored_failed_suite_goes_on_and_retry_retries(make_suite, tmp_path, capsys):
