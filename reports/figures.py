@@ -99,20 +99,26 @@ def confusion_matrices(run: Run, opts: Options, backbone: str) -> bytes:
 def cd_diagram(friedman_result) -> bytes:
     """scikit-posthocs' critical-difference diagram: mean ranks, with formulations that the Nemenyi post-hoc
     test cannot tell apart joined by a bar (a clique)."""
+    res, scores = friedman_result
+    plt = _plt()
+    names = list(res.mean_ranks)
+    fig, ax = plt.subplots(figsize=(8, 1.2 + 0.25 * len(names)))
+    draw_cd(ax, res, scores)
+    ax.set_title(f"Critical difference diagram: mean rank over {res.n_blocks} backbones (1 = best); bars join "
+                 f"formulations the Nemenyi test cannot tell apart (α = 0.05, CD = {res.critical_difference:.2f})",
+                 fontsize=8)
+    return _png(fig)
+
+
+def draw_cd(ax, res, scores):
+    """The diagram's elements (scikit-posthocs): 'crossbars' are the cliques of indistinguishable formulations."""
     import pandas as pd
     import scikit_posthocs as sp
 
     from .stats import nemenyi_matrix
 
-    res, scores = friedman_result
-    plt = _plt()
     names = list(res.mean_ranks)
-    fig, ax = plt.subplots(figsize=(8, 1.2 + 0.25 * len(names)))
-    sp.critical_difference_diagram(pd.Series(res.mean_ranks), nemenyi_matrix(scores, names), ax=ax)
-    ax.set_title(f"Critical difference diagram: mean rank over {res.n_blocks} backbones (1 = best); bars join "
-                 f"formulations the Nemenyi test cannot tell apart (α = 0.05, CD = {res.critical_difference:.2f})",
-                 fontsize=8)
-    return _png(fig)
+    return sp.critical_difference_diagram(pd.Series(res.mean_ranks), nemenyi_matrix(scores, names), ax=ax)
 
 
 def training_curves(run: Run, backbone: str) -> bytes:

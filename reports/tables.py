@@ -374,7 +374,7 @@ def finetune_effect(run: Run, opts: Options) -> Table | None:
 
 
 @dataclass
-class TestPredictions:
+class FoldPredictions:
     """Test-set outputs of every cell, aligned by image, prepared once."""
 
     by_key: dict
@@ -385,7 +385,7 @@ class TestPredictions:
     y_pred: np.ndarray
 
     @classmethod
-    def from_frame(cls, preds: pd.DataFrame) -> "TestPredictions":
+    def from_frame(cls, preds: pd.DataFrame) -> "FoldPredictions":
         codes, uniques = pd.factorize(preds.image_id)
         y = np.zeros(len(uniques), dtype=np.int64)
         y[codes] = preds.y_true.to_numpy()
@@ -410,7 +410,7 @@ class TestPredictions:
         return np.stack(mats), common
 
 
-def ensemble(run: Run, tp: TestPredictions, b: str, f: str):
+def ensemble(run: Run, tp: FoldPredictions, b: str, f: str):
     """The fold-ensemble of backbone b × formulation f by the formulation's own rule: (image codes, true
     grades, predicted grades, number of models) or None."""
     keys = [k for k in run.cells[(run.cells.backbone == b) & (run.cells.formulation == f)
@@ -431,7 +431,7 @@ def test_ensemble(run: Run, opts: Options, preds: pd.DataFrame) -> Table | None:
         return Table("Table 5 — held-out test set, fold-ensemble", ["note"], [[
             "this run's test predictions carry no formulation outputs (written by an older mesbench): no ensemble "
             "can be decoded by the formulations' own rules, so none is shown"]], key="test")
-    tp = TestPredictions.from_frame(preds)
+    tp = FoldPredictions.from_frame(preds)
     groups = run.meta.get("test_groups") or {}
     clustered = bool(groups)
     rows = []

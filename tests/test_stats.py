@@ -71,6 +71,34 @@ def test_friedman_equals_scipy_and_iman_davenport_formula():
     assert res.critical_difference == pytest.approx(2.569 * np.sqrt(k * (k + 1) / (6 * n)), rel=1e-3)
 
 
+def _brute_friedman_p(scores):
+    """Every combination of within-block orderings, enumerated directly."""
+    import itertools
+
+    n, k = scores.shape
+    ranks = np.vstack([stats.rankdata(-row) for row in scores])
+    q = lambda r: 12 / (n * k * (k + 1)) * (r.sum(0) ** 2).sum() - 3 * n * (k + 1)  # noqa: E731
+    observed = q(ranks)
+    perms = [np.array(p) for p in itertools.permutations(range(k))]
+    hits = total = 0
+    for combo in itertools.product(perms, repeat=n):
+        total += 1
+        hits += q(np.vstack([ranks[i][c] for i, c in enumerate(combo)])) >= observed - 1e-9
+    return hits / total
+
+
+def test_identical_rankings_give_no_infinite_f_and_the_exact_p():
+    scores = np.array([[0.7, 0.75, 0.8], [0.6, 0.65, 0.7]])
+    res = friedman(scores, ["a", "b", "c"])
+    assert np.isnan(res.iman_davenport_f) and np.isnan(res.iman_davenport_p)  # undefined, not inf / 0
+    assert res.p_value == pytest.approx(1 / 6) == pytest.approx(_brute_friedman_p(scores))
+    assert stats.friedmanchisquare(*scores.T).pvalue == pytest.approx(0.135, abs=1e-3)  # the approximation
+    assert res.exact and "undefined" in res.note
+    rng = np.random.default_rng(2)
+    small = rng.random((3, 3))
+    assert friedman(small, list("abc")).p_value == pytest.approx(_brute_friedman_p(small))
+
+
 def test_mcnemar_exact_equals_statsmodels():
     rng = np.random.default_rng(1)
     y = rng.integers(0, 4, 300)
