@@ -26,7 +26,9 @@ def test_paper_suite_is_the_study_protocol():
     assert s.training.plateau_patience == 15 and s.training.plateau_factor == 0.2
     assert [b.name for b in s.backbones] == ["resnet18", "resnet50", "densenet121", "inception_v3",
                                              "mobilenetv3_large_100"]
-    assert len(expand_cells(s, 10)) == 5 * 6 * 10
+    study = ["softmax", "regression", "coral", "corn", "mtl", "mtl+f1"]  # the study's six, plus the +ft control
+    assert [f.display for f in s.formulations if f.display != "mtl+ft"][:6] == study
+    assert len(expand_cells(s, 10)) == 5 * 7 * 10
 
 
 @pytest.mark.parametrize("name", ["paper", "polat", "limuc-grouped"])
