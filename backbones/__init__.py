@@ -1,22 +1,20 @@
 """Backbone registry over timm: pooled feature extractors with the classifier removed.
 
-Like timm's own registry: a decorator, a dict and `create_backbone`. Any timm model name works
-even when not registered here; registered names add defaults (input size, batch size).
+Like timm's own registry: a dict filled by registration and `create_backbone`. Any timm model name works
+even when not registered here; registered names add defaults (input size, batch size). Importing this
+package imports neither timm nor torch and changes nothing in the environment: the registry of specs is
+plain data, and timm is imported where a model is built or an unregistered name is looked up.
 """
 
 from __future__ import annotations
 
+import difflib
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
-# Nothing may download at run time: make the Hugging Face hub client refuse before it tries.
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-import timm  # noqa: E402
-import torch  # noqa: E402
-
-from benchmark.errors import BenchError, closest  # noqa: E402
+from benchmark.errors import BenchError
+from benchmark.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -27,12 +25,11 @@ class BackboneSpec:
     batch_size: int | None = None  # default batch size (Polat et al.'s per-backbone sizes)
 
 
-BACKBONES: dict[str, BackboneSpec] = {}
+BACKBONES: Registry[BackboneSpec] = Registry("backbone")
 
 
-def register_backbone(name, timm_name=None, input_size=None, batch_size=None):
-    BACKBONES[name] = BackboneSpec(name, timm_name or name, input_size, batch_size)
-    return BACKBONES[name]
+def register_backbone(name, timm_name=None, input_size=None, batch_size=None) -> BackboneSpec:
+    return BACKBONES.register(name, BackboneSpec(name, timm_name or name, input_size, batch_size))
 
 
 register_backbone("resnet18", batch_size=64)
@@ -44,17 +41,32 @@ register_backbone("mobilenetv3_large_100", batch_size=16)
 register_backbone("tiny", timm_name="test_resnet", batch_size=32)
 
 
+def unknown_backbone(name: str) -> BenchError:
+    """The five closest names (registered or timm), not all ~1,300 of timm's."""
+    import timm
+
+    names = list(BACKBONES) + timm.list_models()
+    near = difflib.get_close_matches(name, names, n=5, cutoff=0.4)
+    shown = ", ".join(repr(n) for n in near) if near else "none close"
+    return BenchError(f"Unknown backbone {name!r}: closest {shown}. Registered: {', '.join(BACKBONES)}; any timm "
+                      "model name also works (`bench list --timm` lists them all).")
+
+
 def resolve(name: str) -> BackboneSpec:
     if name in BACKBONES:
-        return BACKBONES[name]
+        return BACKBONES.get(name)
+    import timm
+
     if name in timm.list_models():
         return BackboneSpec(name, name)
-    raise BenchError(f"Unknown backbone {name!r}: {closest(name, list(BACKBONES) + timm.list_models())}. "
-                     "Any timm model name is accepted.")
+    raise unknown_backbone(name)
 
 
 def cached_weights(timm_name: str) -> Path | None:
     """An already-downloaded ImageNet checkpoint for this model in the HF or torch hub cache."""
+    import timm
+    import torch
+
     cfg = timm.models.get_pretrained_cfg(timm_name)
     if cfg is None:
         return None
@@ -77,7 +89,10 @@ def cached_weights(timm_name: str) -> Path | None:
 
 
 def create_backbone(name: str, pretrained: bool = False, weights: str | None = None):
-    """(module, feature size, input size). The module maps images to a pooled (B, d) feature vector."""
+    """(module, feature size, input size). The module maps images to a pooled (B, d) feature vector.
+    Weights come from `weights` or an already filled cache; nothing is downloaded here."""
+    import timm
+
     spec = resolve(name)
     if not pretrained:
         model = timm.create_model(spec.timm_name, pretrained=False, num_classes=0)
@@ -102,4 +117,4 @@ def create_backbone(name: str, pretrained: bool = False, weights: str | None = N
 
 
 def list_backbones() -> list[BackboneSpec]:
-    return list(BACKBONES.values())
+    return BACKBONES.values()

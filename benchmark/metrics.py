@@ -1,4 +1,5 @@
-"""Per-cell metrics, computed with scikit-learn with the label set fixed, as long-format rows.
+"""The one metrics catalogue: per-epoch monitoring, cut-point fitting, tuning and final evaluation all
+compute through these functions (scikit-learn, with the label set fixed).
 
 A row is (task, metric, cls, value): task `mes` (4-class grade), `ra` (remission MES 0–1 vs active
 MES 2–3, active positive) and, for multi-task formulations, each head's task on its valid samples.
@@ -9,13 +10,43 @@ A metric is named `[task.]metric[@cls]`, e.g. `accuracy`, `f1@3`, `f1@macro`, `r
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import (accuracy_score, cohen_kappa_score, confusion_matrix, mean_absolute_error,
+from sklearn.metrics import (accuracy_score, cohen_kappa_score, confusion_matrix, f1_score, mean_absolute_error,
                              precision_recall_fscore_support)
 
 from .errors import BenchError, closest
+from .labels import GRADES
 
 ALIASES = {"macro_f1": "f1@macro", "qwk": "qwk", "mae": "mae", "kappa": "kappa", "accuracy": "accuracy",
            "macro_recall": "recall@macro", "macro_precision": "precision@macro"}
+LOWER_IS_BETTER = {"mae"}
+
+
+def _two_labels(y_true, y_pred) -> bool:
+    return len(set(np.asarray(y_true).tolist()) | set(np.asarray(y_pred).tolist())) > 1
+
+
+def accuracy(y_true, y_pred) -> float:
+    return float(accuracy_score(y_true, y_pred)) if len(y_true) else 0.0
+
+
+def macro_f1(y_true, y_pred, labels=GRADES) -> float:
+    return float(f1_score(y_true, y_pred, average="macro", labels=list(labels), zero_division=0))
+
+
+def qwk(y_true, y_pred, labels=GRADES) -> float:
+    """Quadratic weighted kappa; 0 when undefined (a single label on both sides)."""
+    if not _two_labels(y_true, y_pred):
+        return 0.0
+    return float(cohen_kappa_score(y_true, y_pred, weights="quadratic", labels=list(labels)))
+
+
+# Scalar grade metrics by name: what `cutpoint_metric` and `--metric` shorthands select.
+SCALARS = {"accuracy": accuracy, "macro_f1": macro_f1, "qwk": qwk}
+
+
+def monitor_values(y_true, y_pred) -> dict[str, float]:
+    """The per-epoch validation values of the training history (and of `training.monitor`)."""
+    return {f"val_{name}": fn(y_true, y_pred) for name, fn in SCALARS.items()}
 
 
 def per_class_rows(y_true, y_pred, labels, task):
@@ -25,16 +56,14 @@ def per_class_rows(y_true, y_pred, labels, task):
     tn = cm.sum() - cm.sum(0) - cm.sum(1) + np.diag(cm)
     negatives = cm.sum() - cm.sum(1)
     spec = np.divide(tn, negatives, out=np.zeros(len(labels)), where=negatives > 0)
-    rows = [(task, "accuracy", "", accuracy_score(y_true, y_pred) if len(y_true) else 0.0)]
+    rows = [(task, "accuracy", "", accuracy(y_true, y_pred))]
     for name, vals in (("precision", p), ("recall", r), ("f1", f), ("specificity", spec), ("support", s)):
         for k, v in enumerate(vals):
             rows.append((task, name, str(k), float(v)))
         if name != "support":
             rows.append((task, name, "macro", float(np.mean(vals))))
-    if len(y_true) and len(set(y_true.tolist()) | set(y_pred.tolist())) > 1:
-        kappa = cohen_kappa_score(y_true, y_pred, labels=labels)
-    else:
-        kappa = 0.0  # undefined (one label only): no agreement beyond chance to report
+    # undefined with one label only: no agreement beyond chance to report
+    kappa = cohen_kappa_score(y_true, y_pred, labels=labels) if len(y_true) and _two_labels(y_true, y_pred) else 0.0
     rows.append((task, "kappa", "", float(kappa)))
     return rows, cm
 
@@ -47,18 +76,17 @@ def binary_rows(y_true, y_pred, task):
     cm = confusion_matrix(y_true, y_pred, labels=[0, 1])
     tn, fp = cm[0]
     spec = tn / (tn + fp) if tn + fp else 0.0
-    kappa = cohen_kappa_score(y_true, y_pred, labels=[0, 1]) if len(set(y_true) | set(y_pred)) > 1 else 0.0
-    return [(task, "accuracy", "", float(accuracy_score(y_true, y_pred))), (task, "precision", "", float(p)),
+    kappa = cohen_kappa_score(y_true, y_pred, labels=[0, 1]) if _two_labels(y_true, y_pred) else 0.0
+    return [(task, "accuracy", "", accuracy(y_true, y_pred)), (task, "precision", "", float(p)),
             (task, "recall", "", float(r)), (task, "f1", "", float(f)), (task, "specificity", "", float(spec)),
             (task, "kappa", "", float(kappa))]
 
 
 def grade_metrics(y_true, y_pred):
     """All MES metrics and the remission-vs-active ones; returns (rows, confusion matrix)."""
-    labels = [0, 1, 2, 3]
+    labels = list(GRADES)
     rows, cm = per_class_rows(y_true, y_pred, labels, "mes")
-    rows.append(("mes", "qwk", "", float(cohen_kappa_score(y_true, y_pred, weights="quadratic", labels=labels))
-                 if len(set(np.asarray(y_true).tolist()) | set(np.asarray(y_pred).tolist())) > 1 else 0.0))
+    rows.append(("mes", "qwk", "", qwk(y_true, y_pred)))
     rows.append(("mes", "mae", "", float(mean_absolute_error(y_true, y_pred))))
     rows += binary_rows(np.asarray(y_true) >= 2, np.asarray(y_pred) >= 2, "ra")
     return rows, cm
@@ -70,6 +98,30 @@ def task_metrics(task, y_task, pred_task, n_classes):
     valid = y_task >= 0
     rows, _ = per_class_rows(y_task[valid], pred_task[valid], list(range(n_classes)), task)
     return rows
+
+
+def all_rows(y, pred, task_preds: dict, tasks: dict):
+    """Every metric row of one prediction set: the grade, remission-vs-active, and each extra task."""
+    rows, cm = grade_metrics(y, pred)
+    for name, task in tasks.items():
+        if name != "mes" and name in task_preds:
+            rows += task_metrics(name, task.target(np.asarray(y)), task_preds[name], len(task.classes))
+    return rows, cm
+
+
+def known_metrics(tasks: dict) -> set[tuple[str, str, str]]:
+    """Every (task, metric, cls) a formulation with these tasks produces."""
+    y = np.array(GRADES)
+    rows, _ = all_rows(y, y, {name: np.array([0, 1] * 2) for name in tasks}, tasks)
+    return {(t, m, c) for t, m, c, _ in rows}
+
+
+def metric_value(key, y, pred, task_preds, tasks) -> float:
+    rows, _ = all_rows(y, pred, task_preds, tasks)
+    for t, m, c, v in rows:
+        if (t, m, c) == key:
+            return float(v)
+    raise BenchError(f"metric {metric_name(*key)} is not computed for these tasks ({', '.join(tasks)}).")
 
 
 def parse_metric(name: str, known: set[tuple[str, str, str]] | None = None) -> tuple[str, str, str]:

@@ -18,14 +18,36 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from benchmark.errors import BenchError, closest
+from benchmark.labels import CLASS_NAMES, GRADES, NUM_CLASSES
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-NUM_CLASSES = 4
-GRADES = tuple(range(NUM_CLASSES))
+__all__ = ["NUM_CLASSES", "GRADES", "Task", "MES_TASK", "Decoded", "Formulation", "NoOptions", "option_error"]
+
+
+class NoOptions(BaseModel):
+    """A formulation's options: a pydantic model, so a wrong value gets the same file-line-closest-name
+    error in a suite as every other field."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+def option_error(name: str, exc: ValidationError, fields) -> str:
+    """One sentence per wrong option, with the closest valid name for a misspelt one."""
+    msgs = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"])
+        if err["type"] == "extra_forbidden":
+            msgs.append(f"unknown option {loc!r}: " + (closest(loc, fields) if fields else "it takes no options"))
+        elif loc:
+            msgs.append(f"option {loc!r}: {err['msg']} (got {err.get('input')!r})")
+        else:
+            msgs.append(str(err["msg"]).removeprefix("Value error, "))
+    return f"formulation {name!r}: " + "; ".join(msgs)
 
 
 @dataclass(frozen=True)
@@ -45,7 +67,7 @@ class Task:
         return torch.as_tensor(self.labels, dtype=torch.long, device=y.device)[y]
 
 
-MES_TASK = Task(tuple(f"MES {k}" for k in GRADES), GRADES)
+MES_TASK = Task(CLASS_NAMES, GRADES)
 
 
 @dataclass
@@ -66,19 +88,26 @@ class Formulation(abc.ABC):
 
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
-    defaults: ClassVar[dict[str, Any]] = {}
+    reference_text: ClassVar[str] = ""  # the paper it comes from, for `bench list`
+    Options: ClassVar[type[BaseModel]] = NoOptions
     tasks: ClassVar[dict[str, Task]] = {"mes": MES_TASK}
     output_names: ClassVar[tuple[str, ...]] = ()
+    # The formulation the report compares others with by default (the flat baseline).
+    is_reference: ClassVar[bool] = False
+    # Options `bench tune` may search: loss weights on the simplex.
+    tunable_weights: ClassVar[tuple[str, ...]] = ()
     # Which rule the fold-ensemble uses, in words, for the report's table note.
     ensemble_rule: ClassVar[str] = "mean of the fold models' outputs, decoded by the formulation's own rule"
 
     def __init__(self, **options):
-        bad = set(options) - set(self.defaults)
-        if bad:
-            k = sorted(bad)[0]
-            raise BenchError(f"formulation {self.name!r}: unknown option {k!r}: "
-                             f"{closest(k, self.defaults) if self.defaults else 'it takes no options'}.")
-        self.options = {**self.defaults, **options}
+        self.options: dict[str, Any] = self.validate_options(options)
+
+    @classmethod
+    def validate_options(cls, options: dict) -> dict[str, Any]:
+        try:
+            return cls.Options.model_validate(options or {}).model_dump()
+        except ValidationError as exc:
+            raise BenchError(option_error(cls.name, exc, list(cls.Options.model_fields)) + ".") from None
 
     # ------------------------------------------------------------------ training (torch)
     @abc.abstractmethod
@@ -121,6 +150,10 @@ class Formulation(abc.ABC):
         """Outputs of a model that predicts `grades` with the given confidence: for fake runs and tests
         (`predict(example_outputs(g), initial_state()) == g` must hold)."""
         raise NotImplementedError(f"formulation {self.name!r} gives no example outputs")
+
+    def score_thresholds(self, state: dict) -> list[float] | None:
+        """Where a score-based decoding cuts its score into grades (for the report's score figure)."""
+        return None
 
     def initial_state(self) -> dict:
         """Decoding parameters before any fitting (e.g. fixed cut points)."""

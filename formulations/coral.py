@@ -18,6 +18,7 @@ from .base import NUM_CLASSES, Formulation, cumulative_to_class_proba, ordinal_e
 class Coral(Formulation):
     name = "coral"
     description = "CoralLayer(d, 4), coral_loss, count of sigmoid > 0.5"
+    reference_text = "Cao, Mirjalili & Raschka, Pattern Recognit. Lett. 2020 (coral-pytorch)"
     output_names = tuple(f"P(MES > {k})" for k in range(NUM_CLASSES - 1))
     ensemble_rule = "mean cumulative probabilities P(y > k), count of those > 0.5"
 

@@ -29,6 +29,7 @@ def corn_per_sample(logits, y):
 class Corn(Formulation):
     name = "corn"
     description = "Linear(d, 3), corn_loss, corn_label_from_logits"
+    reference_text = "Shi, Cao & Raschka, Pattern Anal. Appl. 2023 (coral-pytorch)"
     output_names = tuple(f"P(MES > {k})" for k in range(NUM_CLASSES - 1))
     ensemble_rule = "mean cumulative probabilities of the conditional chain, count of those > 0.5"
 

@@ -8,9 +8,10 @@ Outputs are the three heads' probabilities; a fold-ensemble averages each head's
 then applies the same hard or soft rule.
 """
 
-import numpy as np
+from typing import Literal
 
-from benchmark.errors import BenchError
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from . import register_formulation
 from .base import Formulation, Task
@@ -21,6 +22,22 @@ TASKS = {
     "active": Task(("MES 2", "MES 3"), (-1, -1, 0, 1)),
 }
 HEADS = tuple(TASKS)
+
+
+class MTLOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    alpha: float = Field(1 / 3, allow_inf_nan=False)
+    beta: float = Field(1 / 3, allow_inf_nan=False)
+    gamma: float = Field(1 / 3, allow_inf_nan=False)
+    decoding: Literal["hard", "soft"] = "hard"
+
+    @model_validator(mode="after")
+    def _weights(self):
+        w = [self.alpha, self.beta, self.gamma]
+        if any(v < 0 for v in w) or sum(w) <= 0:
+            raise ValueError(f"alpha, beta, gamma must be non-negative numbers, not all zero (got {w}); the study "
+                             "uses 1/3 each")
+        return self
 
 
 def masked_ce(logits, target, weight=None):
@@ -58,21 +75,16 @@ def multi_head(d):
 class HierarchicalMTL(Formulation):
     name = "mtl"
     description = "primary remission/active + two sub-heads, masked joint CE, hard or soft decoding"
-    defaults = {"alpha": 1 / 3, "beta": 1 / 3, "gamma": 1 / 3, "decoding": "hard"}
+    reference_text = "Kim & Lee, Digital Health 2025 (hierarchical multi-task, coarse to fine)"
+    Options = MTLOptions
+    tunable_weights = ("alpha", "beta", "gamma")
     tasks = TASKS
     output_names = ("P(remission)", "P(active)", "P(MES 0 | remission)", "P(MES 1 | remission)",
                     "P(MES 2 | active)", "P(MES 3 | active)")
 
     def __init__(self, **options):
         super().__init__(**options)
-        w = [self.options[k] for k in ("alpha", "beta", "gamma")]
-        if any(not isinstance(v, (int, float)) or isinstance(v, bool) or not np.isfinite(v) or v < 0 for v in w) \
-                or sum(w) <= 0:
-            raise BenchError(f"formulation 'mtl': alpha, beta, gamma must be non-negative numbers, not all zero "
-                             f"(got {w}); the study uses 1/3 each.")
-        if self.options["decoding"] not in ("hard", "soft"):
-            raise BenchError(f"formulation 'mtl': decoding must be 'hard' or 'soft' (got {self.options['decoding']!r}).")
-        self.loss_weights = [float(v) for v in w]
+        self.loss_weights = [float(self.options[k]) for k in self.tunable_weights]
 
     @property
     def ensemble_rule(self):

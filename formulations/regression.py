@@ -7,9 +7,12 @@ half, score the other) and decodes the test set with the whole-fold fit. A fold-
 scores and decodes them with the mean of the fold models' cut points.
 """
 
-import numpy as np
+from typing import Literal
 
-from benchmark.errors import BenchError
+import numpy as np
+from pydantic import BaseModel, ConfigDict, field_validator
+
+from benchmark.metrics import SCALARS
 
 from . import register_formulation
 from .base import GRADES, Formulation, weighted_mean
@@ -17,23 +20,19 @@ from .base import GRADES, Formulation, weighted_mean
 DEFAULT_CUTPOINTS = (0.5, 1.5, 2.5)
 
 
-def _qwk(y, p):
-    from sklearn.metrics import cohen_kappa_score
+class RegressionOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    tune_cutpoints: bool = False
+    cutpoint_metric: Literal["qwk", "macro_f1", "accuracy"] = "qwk"
+    cutpoints: list[float] = list(DEFAULT_CUTPOINTS)
 
-    return cohen_kappa_score(y, p, weights="quadratic", labels=list(GRADES))
-
-
-def _macro_f1(y, p):
-    from sklearn.metrics import f1_score
-
-    return f1_score(y, p, average="macro", labels=list(GRADES), zero_division=0)
-
-
-def _accuracy(y, p):
-    return float(np.mean(np.asarray(y) == np.asarray(p)))
-
-
-_METRICS = {"qwk": _qwk, "macro_f1": _macro_f1, "accuracy": _accuracy}
+    @field_validator("cutpoints")
+    @classmethod
+    def _increasing(cls, v):
+        if len(v) != len(GRADES) - 1 or sorted(v) != v or not all(np.isfinite(v)):
+            raise ValueError(f"cutpoints must be {len(GRADES) - 1} increasing finite numbers (got {v!r}); the "
+                             f"default is {list(DEFAULT_CUTPOINTS)}")
+        return v
 
 
 def decode_scores(scores, cutpoints):
@@ -43,7 +42,7 @@ def decode_scores(scores, cutpoints):
 
 def fit_cutpoints(scores, y, metric="qwk", passes=3):
     """Coordinate search over candidate cut points (score quantiles), keeping them increasing."""
-    score_fn = _METRICS[metric]
+    score_fn = SCALARS[metric]
     scores, y = np.asarray(scores, float), np.asarray(y)
     cuts = np.array(DEFAULT_CUTPOINTS, float)
     grid = np.unique(np.quantile(scores, np.linspace(0, 1, 101)))
@@ -68,20 +67,10 @@ def fit_cutpoints(scores, y, metric="qwk", passes=3):
 class Regression(Formulation):
     name = "regression"
     description = "Linear(d, 1), MSE on the grade, cut points 0.5/1.5/2.5 (optionally tuned on validation)"
-    defaults = {"tune_cutpoints": False, "cutpoint_metric": "qwk", "cutpoints": list(DEFAULT_CUTPOINTS)}
+    reference_text = "Polat et al., 2023 (regression with fixed thresholds)"
+    Options = RegressionOptions
     output_names = ("score",)
     ensemble_rule = "mean score, decoded with the mean of the fold models' cut points"
-
-    def __init__(self, **options):
-        super().__init__(**options)
-        if self.options["cutpoint_metric"] not in _METRICS:
-            raise BenchError(f"formulation 'regression': cutpoint_metric {self.options['cutpoint_metric']!r} is not "
-                             f"one of {sorted(_METRICS)}.")
-        cuts = self.options["cutpoints"]
-        if (not isinstance(cuts, list) or len(cuts) != len(GRADES) - 1
-                or not all(isinstance(c, (int, float)) for c in cuts) or sorted(cuts) != cuts):
-            raise BenchError(f"formulation 'regression': cutpoints must be {len(GRADES) - 1} increasing numbers "
-                             f"(got {cuts!r}); the default is {list(DEFAULT_CUTPOINTS)}.")
 
     def head(self, d):
         from torch import nn
@@ -102,6 +91,9 @@ class Regression(Formulation):
 
     def score(self, outputs):
         return outputs[:, 0]
+
+    def score_thresholds(self, state):
+        return list(state["cutpoints"])
 
     def initial_state(self):
         return {"cutpoints": [float(c) for c in self.options["cutpoints"]]}

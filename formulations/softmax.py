@@ -10,6 +10,8 @@ from .base import NUM_CLASSES, Formulation
 class Softmax(Formulation):
     name = "softmax"
     description = "Linear(d, 4), cross-entropy, argmax"
+    reference_text = "the flat multi-class baseline"
+    is_reference = True
     output_names = tuple(f"P(MES {k})" for k in range(NUM_CLASSES))
     ensemble_rule = "mean class probabilities, argmax"
 

@@ -6,6 +6,8 @@ import io
 
 import numpy as np
 
+from benchmark.labels import GRADES, NUM_CLASSES
+
 from .load import Run
 from .tables import CLASSES, Options, aligned, finetune_comparisons
 
@@ -36,12 +38,12 @@ def classwise_boxplots(run: Run, opts: Options, backbone: str) -> bytes:
     colors = plt.cm.tab10(np.arange(len(forms)) % 10)
     for ax, metric in zip(axes, ("precision", "recall", "f1", "specificity")):
         for j, f in enumerate(forms):
-            data = [run.series(backbone, f, opts.split, "mes", metric, str(k)).to_numpy() for k in range(4)]
-            pos = np.arange(4) + (j - (len(forms) - 1) / 2) * width
+            data = [run.series(backbone, f, opts.split, "mes", metric, str(k)).to_numpy() for k in GRADES]
+            pos = np.arange(NUM_CLASSES) + (j - (len(forms) - 1) / 2) * width
             bp = ax.boxplot(data, positions=pos, widths=width * 0.9, patch_artist=True, showfliers=False)
             for box in bp["boxes"]:
                 box.set_facecolor(colors[j])
-        ax.set_xticks(range(4), CLASSES)
+        ax.set_xticks(GRADES, CLASSES)
         ax.set_title(metric)
         ax.grid(axis="y", alpha=0.3)
     axes[-1].legend([plt.Rectangle((0, 0), 1, 1, color=c) for c in colors], forms, fontsize=7, loc="lower right")
@@ -59,13 +61,13 @@ def finetune_change(run: Run, opts: Options) -> bytes | None:
         width = 0.8 / len(pairs)
         for j, (before, after) in enumerate(pairs):
             diffs = []
-            for k in range(4):
+            for k in GRADES:
                 x, y = aligned(run.series(b, before, opts.split, "mes", "f1", str(k)),
                                run.series(b, after, opts.split, "mes", "f1", str(k)))
                 diffs.append((y - x).mean() if len(x) else np.nan)
-            ax.bar(np.arange(4) + (j - (len(pairs) - 1) / 2) * width, diffs, width, label=f"{before} → {after}")
+            ax.bar(np.arange(NUM_CLASSES) + (j - (len(pairs) - 1) / 2) * width, diffs, width, label=f"{before} → {after}")
         ax.axhline(0, color="k", lw=0.8)
-        ax.set_xticks(range(4), CLASSES)
+        ax.set_xticks(GRADES, CLASSES)
         ax.set_title(f"ΔF1 after fine-tuning — {b}")
         ax.legend(fontsize=7)
     return _png(fig)
@@ -78,17 +80,17 @@ def confusion_matrices(run: Run, opts: Options, backbone: str) -> bytes:
     for ax, f in zip(axes[0], forms):
         keys = run.cells[(run.cells.backbone == backbone) & (run.cells.formulation == f)
                          & (run.cells.status == "done")].key
-        cm = np.zeros((4, 4))
+        cm = np.zeros((NUM_CLASSES, NUM_CLASSES))
         for k in keys:
-            cm += np.asarray((run.result(k) or {}).get("confusion", {}).get(opts.split, np.zeros((4, 4))))
+            cm += np.asarray(run.result(k).confusion.get(opts.split, cm * 0))
         norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
         ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
-        for i in range(4):
-            for j in range(4):
+        for i in GRADES:
+            for j in GRADES:
                 ax.text(j, i, f"{norm[i, j]:.2f}", ha="center", va="center", fontsize=8,
                         color="white" if norm[i, j] > 0.5 else "black")
-        ax.set_xticks(range(4), range(4))
-        ax.set_yticks(range(4), range(4))
+        ax.set_xticks(GRADES, GRADES)
+        ax.set_yticks(GRADES, GRADES)
         ax.set_xlabel("predicted MES")
         ax.set_ylabel("true MES")
         ax.set_title(f, fontsize=9)
@@ -130,7 +132,7 @@ def training_curves(run: Run, backbone: str) -> bytes:
         keys = run.cells[(run.cells.backbone == backbone) & (run.cells.formulation == f)
                          & (run.cells.status == "done")]
         for r in keys.itertuples():
-            hist = (run.result(r.key) or {}).get("history", [])
+            hist = run.result(r.key).history
             ep = [h["epoch"] for h in hist]
             axes[0, j].plot(ep, [h["train_loss"] for h in hist], color="C0", alpha=0.6, lw=1)
             axes[0, j].plot(ep, [h["val_loss"] for h in hist], color="C1", alpha=0.6, lw=1)
@@ -158,14 +160,15 @@ def score_distributions(run: Run, opts: Options) -> bytes | None:
         keys = cells[cells.formulation == f].key
         sub = preds[preds.key.isin(keys)]
         ax.violinplot([sub[sub.y_true == k].score.to_numpy() if (sub.y_true == k).any() else [np.nan]
-                       for k in range(4)], positions=range(4), showmedians=True)
-        cuts = np.mean([(run.result(k) or {}).get("state", {}).get("cutpoints", [0.5, 1.5, 2.5]) for k in keys], 0)
+                       for k in GRADES], positions=GRADES, showmedians=True)
+        formulation = run.formulation(f)
+        cuts = formulation.score_thresholds(formulation.combine_states(run.states(keys))) or []
         for c in cuts:
             ax.axhline(c, color="red", lw=0.8, ls="--")
-        ax.set_xticks(range(4), CLASSES)
+        ax.set_xticks(GRADES, CLASSES)
         ax.set_ylabel("score")
-        ax.set_title(f"{f} (dashed: mean cut points)", fontsize=9)
-    fig.suptitle("Regression scores by true grade, all backbones and folds")
+        ax.set_title(f"{f} (dashed: mean thresholds)", fontsize=9)
+    fig.suptitle("Scores by true grade, all backbones and folds")
     return _png(fig)
 
 

@@ -8,10 +8,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from benchmark.cells import expand_cells
-from benchmark.config import Suite
 from benchmark.errors import BenchError
-from benchmark.store import Store
+from benchmark.result import CellResult
+from benchmark.run.store import Store
+from benchmark.suite.cells import expand_cells
+from benchmark.suite.schema import Suite
 
 _EMPTY = pd.Series([], dtype=float, index=pd.MultiIndex.from_tuples([], names=["seed", "fold"]))
 LONG_COLUMNS = ["backbone", "formulation", "seed", "fold", "split", "task", "metric", "cls", "value"]
@@ -47,10 +48,25 @@ class Run:
     def complete(self):
         return self.counts["done"] == len(self.cells)
 
-    def result(self, key):
+    def result(self, key) -> CellResult:
+        """The cell's typed result (an empty one for a cell that has none)."""
         if key not in self._results:
-            self._results[key] = self.store.result(key)
+            self._results[key] = self.store.result(key) or CellResult()
         return self._results[key]
+
+    def states(self, keys) -> list[dict]:
+        """Decoding states of these cells (each its formulation's initial state when none was stored)."""
+        return [self.result(k).state for k in keys]
+
+    @property
+    def reference(self) -> str:
+        """The formulation reports compare with unless told otherwise: the registered baseline when the run has
+        it, else the run's first formulation."""
+        from formulations import reference_formulation
+
+        ref = reference_formulation()
+        names = [f.display for f in self.suite.formulations if f.name == ref and not f.finetune]
+        return names[0] if names else self.formulations[0]
 
     def __post_init__(self):
         self._results = {}
@@ -115,7 +131,7 @@ def load_run(path=None) -> Run:
     suite_doc = store.get_meta("suite")
     if suite_doc is None:
         raise BenchError(f"{path}: the store has no suite recorded; was it written by `bench run`?")
-    suite = Suite.model_validate(suite_doc)
+    suite = Suite.model_validate(suite_doc, context={"stored": True})
     n_folds = store.get_meta("n_folds")
     meta = {k: store.get_meta(k) for k in ("dataset", "split_kind", "n_folds", "protocol_hash", "test_groups",
                                             "fold_sizes")}

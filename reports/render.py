@@ -12,7 +12,7 @@ import numpy as np
 from .load import LONG_COLUMNS, Run
 from .stats import CORRECTIONS, TESTS
 from .tables import (Design, Options, Table, cv_summary, finetune_effect, friedman_table, mtl_tasks,
-                     per_class_f1, test_ensemble)
+                     per_class_f1, resolve, test_ensemble)
 
 
 @dataclass
@@ -26,6 +26,7 @@ class Report:
 
 
 def build(run: Run, opts: Options, with_test=True) -> Report:
+    opts = resolve(run, opts)
     # statsmodels' multipletests runs gc.collect(); with a paper-sized run loaded that costs ~0.3 s a call.
     # Freezing the loaded frames keeps those collections cheap.
     gc.freeze()
@@ -41,8 +42,8 @@ def _build(run: Run, opts: Options, with_test=True) -> Report:
     design = Design.of(run, opts)
     ds = meta.get("dataset") or {}
     first_done = run.cells[run.cells.status == "done"].key
-    res = run.result(first_done.iloc[0]) if len(first_done) else {}
-    versions = ", ".join(f"{k} {v}" for k, v in (res or {}).get("versions", {}).items())
+    res = run.result(first_done.iloc[0]) if len(first_done) else None
+    versions = ", ".join(f"{k} {v}" for k, v in (res.versions if res else {}).items())
     header = [
         f"Dataset: {ds.get('name')} ({ds.get('images')} images, {ds.get('patients')} patients, class counts "
         f"{ds.get('class_counts')}, {ds.get('n_test')} held-out test images)",
@@ -52,7 +53,7 @@ def _build(run: Run, opts: Options, with_test=True) -> Report:
         f"{design.unit_text()}; correction {CORRECTIONS[opts.correction]}; α = {opts.alpha}; split shown: "
         f"{design.split_text()}",
         f"Cells: {counts['done']} finished, {counts['failed']} failed, {counts['missing']} missing of {len(run.cells)}",
-        f"Device: {(res or {}).get('device', '—')}; versions: {versions or '—'}",
+        f"Device: {(res.device if res else '') or '—'}; versions: {versions or '—'}",
     ]
     warnings = []
     if not run.complete:

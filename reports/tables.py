@@ -12,12 +12,13 @@ import numpy as np
 import pandas as pd
 
 from benchmark.errors import BenchError
+from benchmark.labels import CLASS_NAMES
 
 from .load import Run
 from .stats import (CORRECTIONS, ENSEMBLE_METRICS, TESTS, adjust, cluster_bootstrap, friedman, mcnemar_exact,
                     paired_test, significance_possible, smallest_p, stars)
 
-CLASSES = ["MES 0", "MES 1", "MES 2", "MES 3"]
+CLASSES = list(CLASS_NAMES)
 
 
 @dataclass
@@ -34,11 +35,20 @@ class Table:
 class Options:
     split: str = "val"
     backbone: str | None = None
-    reference: str = "softmax"
+    reference: str | None = None  # None: the run's baseline (Run.reference)
     test: str = "auto"
     correction: str = "holm"
     alpha: float = 0.05
     n_resamples: int = 1000
+
+
+def resolve(run: Run, opts: Options) -> Options:
+    """Options with the reference filled in (the run's baseline when none was asked for)."""
+    if opts.reference is None:
+        from dataclasses import replace
+
+        return replace(opts, reference=run.reference)
+    return opts
 
 
 def fmt(values) -> str:
@@ -98,9 +108,9 @@ class Design:
         sizes = {int(f): (int(a), int(b)) for f, (a, b) in (run.meta.get("fold_sizes") or {}).items()}
         if not sizes:  # runs written before fold sizes were recorded: read them from the cells
             for r in run.cells[run.cells.status == "done"].drop_duplicates("fold").itertuples():
-                res = run.result(r.key) or {}
-                if res.get("n_train"):
-                    sizes[int(r.fold)] = (int(res["n_train"]), int(res.get("n_val") or 0))
+                res = run.result(r.key)
+                if res.n_train:
+                    sizes[int(r.fold)] = (res.n_train, res.n_val)
         n_test = int((run.meta.get("dataset") or {}).get("n_test") or 0)
         return cls(opts.split, test, monte_carlo, k, repeats, len(run.suite.training.seeds), sizes, n_test)
 
@@ -250,6 +260,7 @@ def default_backbone(run: Run, opts: Options) -> str:
 
 
 def per_class_f1(run: Run, opts: Options) -> Table:
+    opts = resolve(run, opts)
     design = Design.of(run, opts)
     b = default_backbone(run, opts)
     forms = run.formulations
@@ -328,6 +339,7 @@ def finetune_comparisons(run: Run) -> list[tuple[str, str, str]]:
 
 
 def finetune_effect(run: Run, opts: Options) -> Table | None:
+    opts = resolve(run, opts)
     pairs = finetune_comparisons(run)
     if not pairs:
         return None
@@ -419,12 +431,13 @@ def ensemble(run: Run, tp: FoldPredictions, b: str, f: str):
         return None
     formulation = run.formulation(f)
     stacked, codes = tp.stacked(keys)
-    states = [(run.result(k) or {}).get("state") or formulation.initial_state() for k in keys]
+    states = [state or formulation.initial_state() for state in run.states(keys)]
     pred = formulation.ensemble_predict(stacked, states)
     return codes, tp.y_by_image[codes], np.asarray(pred), len(keys)
 
 
 def test_ensemble(run: Run, opts: Options, preds: pd.DataFrame) -> Table | None:
+    opts = resolve(run, opts)
     if preds.empty:
         return None
     if preds.outputs.isna().any():

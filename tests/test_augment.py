@@ -5,7 +5,7 @@ import math
 import numpy as np
 import torch
 
-from benchmark.augment import BatchMaker, channel_stats, rotate_flip_bilinear, rotate_flip_cv2
+from benchmark.train.augment import BatchMaker, channel_stats, rotate_flip_bilinear, rotate_flip_cv2
 
 
 def test_flip_and_half_turn_move_a_corner_pixel_where_expected():

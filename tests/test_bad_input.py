@@ -13,7 +13,7 @@ import yaml
 from PIL import Image
 
 from benchmark.cli import main
-from benchmark.store import Store
+from benchmark.run.store import Store
 
 
 def run_cli(capsys, *args):
@@ -334,8 +334,8 @@ def test_damaged_splits_json(capsys, tmp_path, make_suite):
 
 @pytest.mark.parametrize("target,damage", [("images.npy", "truncate"), ("json", "garbage")])
 def test_damaged_cache_entry_is_rebuilt(capsys, tmp_path, monkeypatch, target, damage):
-    from benchmark.config import DatasetConfig
-    from benchmark.data import load_dataset
+    from benchmark.suite.schema import DatasetConfig
+    from benchmark.data.registry import load_dataset
 
     monkeypatch.setenv("MESBENCH_CACHE", str(tmp_path / "cache"))
     cfg = DatasetConfig(name="synthetic", params={"n_images": 80, "n_patients": 12, "size": [16, 16], "seed": 3})
@@ -386,8 +386,8 @@ def test_only_that_matches_nothing_is_refused(capsys, tmp_path, value):
 
 
 def test_sixteen_bit_images_are_scaled_not_clipped(tmp_path, monkeypatch, capsys):
-    from benchmark.config import DatasetConfig
-    from benchmark.data import load_dataset
+    from benchmark.suite.schema import DatasetConfig
+    from benchmark.data.registry import load_dataset
 
     monkeypatch.setenv("MESBENCH_CACHE", str(tmp_path / "cache"))
     root = tmp_path / "d16"

@@ -5,7 +5,7 @@ import sqlite3
 import pandas as pd
 import pytest
 
-from benchmark.check import compare, read_baseline
+from reports.check import compare, read_baseline
 from benchmark.cli import main
 from formulations.regression import Regression
 
@@ -32,7 +32,8 @@ def test_untouched_run_passes(baseline_run, tmp_path, capsys):
 
 def test_shifted_regression_cut_points_fail_and_name_the_formulation(baseline_run, tmp_path, monkeypatch, capsys):
     suite, _, baseline = baseline_run
-    monkeypatch.setitem(Regression.defaults, "cutpoints", [1.5, 2.5, 3.5])  # a silent behaviour change
+    # a silent behaviour change: the fixed cut points move
+    monkeypatch.setattr(Regression, "initial_state", lambda self: {"cutpoints": [1.5, 2.5, 3.5]})
     changed = tmp_path / "changed"
     assert main(["run", str(suite), "--out", str(changed), "--quiet"]) == 0
     capsys.readouterr()
@@ -83,7 +84,7 @@ def test_tolerances_from_header_and_direction_of_mae(tmp_path):
 
 def test_per_metric_tolerance_on_the_command_line(baseline_run, tmp_path, monkeypatch, capsys):
     suite, _, baseline = baseline_run
-    monkeypatch.setitem(Regression.defaults, "cutpoints", [1.5, 2.5, 3.5])
+    monkeypatch.setattr(Regression, "initial_state", lambda self: {"cutpoints": [1.5, 2.5, 3.5]})
     changed = tmp_path / "changed2"
     assert main(["run", str(suite), "--out", str(changed), "--quiet"]) == 0
     capsys.readouterr()
@@ -125,8 +126,8 @@ def test_nan_on_either_side_fails_unless_both_are_nan(tmp_path):
 
 
 def test_update_refuses_a_run_with_no_finished_cell(make_suite, tmp_path, capsys):
-    from benchmark.runner import Runner
-    from benchmark.config import load_suite
+    from benchmark.run.runner import Runner
+    from benchmark.suite.loading import load_suite
 
     out = tmp_path / "empty"
     Runner(load_suite(make_suite(name="e", formulations=["softmax"])), out).prepare()

@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from benchmark.config import DatasetConfig, ProtocolConfig
-from benchmark.data import load_dataset
+from benchmark.suite.schema import DatasetConfig, ProtocolConfig
+from benchmark.data.registry import load_dataset
 from benchmark.errors import BenchError
-from benchmark.limuc import inspect_tree
-from benchmark.protocol import make_splits
-from benchmark.synthetic import LIMUC_SHARES, generate
+from benchmark.data.limuc import inspect_tree
+from benchmark.data.splits import make_splits
+from benchmark.data.synthetic import LIMUC_SHARES, generate
 
 
 def test_synthetic_is_deterministic_with_limuc_shares_and_patient_structure():

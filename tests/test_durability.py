@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from benchmark.cli import main
-from benchmark.store import Store
+from benchmark.run.store import Store
 from formulations import FORMULATIONS, register_formulation
 from formulations.base import Formulation
 from test_run import metrics_of
@@ -81,7 +81,7 @@ def test_sigkill_mid_cell_then_rerun_equals_uninterrupted(make_suite, tmp_path):
     assert all(r["status"] == "done" for r in rows) and len(rows) == 4
     assert {r["key"]: r["finished"] for r in rows if r["key"] in done_before} == done_before  # kept, not redone
     # resumed from its last finished epoch: the epochs before the kill keep their original timings
-    history = Store(killed, create=False).result(key)["history"]
+    history = Store(killed, create=False).result(key).history
     assert [h["seconds"] for h in history[:before["epoch"]]] == [h["seconds"] for h in before["history"]]
     pd.testing.assert_frame_equal(metrics_of(ref), metrics_of(killed))
 

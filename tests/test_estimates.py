@@ -12,10 +12,12 @@ from scipy import stats
 from sklearn.metrics import accuracy_score, f1_score
 from sklearn.model_selection import StratifiedGroupKFold
 
-from benchmark.cells import expand_cells, protocol_hash
+from benchmark.suite.cells import expand_cells, protocol_hash
 from benchmark.cli import main
-from benchmark.config import BackboneConfig, Suite, load_suite
-from benchmark.store import Store
+from benchmark.suite.loading import load_suite
+from benchmark.suite.schema import BackboneConfig, Suite
+from benchmark.result import CellResult
+from benchmark.run.store import Store
 from formulations import FORMULATIONS, create_formulation
 from formulations.regression import decode_scores, fit_cutpoints
 from reports.load import load_run
@@ -77,10 +79,10 @@ def test_fitted_cut_points_are_cross_fitted_on_validation_and_fitted_whole_for_t
     run = load_run(fold0_run)
     key = run.cells[run.cells.formulation == "regression[tuned]"].key.iloc[0]
     res = run.result(key)
-    state = res["state"]
-    assert res["cross_fitted"] and state["cross_fit"]["unit"] == "patient"
+    state = res.state
+    assert res.cross_fitted and state["cross_fit"]["unit"] == "patient"
     suite = run.suite
-    from benchmark.data import load_dataset
+    from benchmark.data.registry import load_dataset
 
     ds = load_dataset(suite.dataset)
     preds = run.store.predictions_frame(None, ["key", "split", "image_id", "y_true", "y_pred", "score"])
@@ -131,8 +133,8 @@ def _constructed(path, folds=3, repeats=1, seeds=(0,), effect=0.3, sizes=None, k
         values[cell.formulation.display, cell.seed, cell.fold] = v
         store.claim(cell.key, {"backbone": "resnet18", "formulation": cell.formulation.display, "seed": cell.seed,
                                "fold": cell.fold, "config_hash": cell.key})
-        store.finish(cell.key, {}, [{"split": s, "task": "mes", "metric": "f1", "cls": c, "value": v}
-                                    for c in ("0", "1", "2", "3", "macro") for s in ("val", "test")], [])
+        store.finish(cell.key, CellResult(metrics=[{"split": s, "task": "mes", "metric": "f1", "cls": c, "value": v}
+                                                   for c in ("0", "1", "2", "3", "macro") for s in ("val", "test")]))
     return load_run(path), values
 
 
@@ -252,11 +254,11 @@ def test_plain_finetune_is_the_identical_stage_two_without_weights(fold0_run):
     ft = run.cells[run.cells.formulation == "mtl+ft"].iloc[0]
     assert f1.depends == ft.depends  # the same stage-1 model
     r1, r2 = run.result(f1.key), run.result(ft.key)
-    assert r2["class_weights"] is None and r2["finetune"] == "plain"
-    w = r1["class_weights"]
+    assert r2.class_weights is None and r2.finetune == "plain"
+    w = r1.class_weights
     for task in ("primary", "remission", "active"):
         assert max(w[task]) / min(w[task]) <= 10 + 1e-9 and np.mean(w[task]) == pytest.approx(1.0)
-    assert len(r1["history"]) == len(r2["history"])  # same epochs
+    assert len(r1.history) == len(r2.history)  # same epochs
     table = finetune_effect(run, Options())
     comparisons = {row[1]: row[2] for row in table.rows}
     assert comparisons["mtl+ft → mtl+f1"] == "re-weighting alone"
@@ -264,11 +266,12 @@ def test_plain_finetune_is_the_identical_stage_two_without_weights(fold0_run):
 
 
 def test_stage_two_selects_on_the_unweighted_validation_loss(fold0_run):
-    from benchmark.augment import BatchMaker
-    from benchmark.data import load_dataset
-    from benchmark.device import pick_device
-    from benchmark.training import build_model, predict
-    from benchmark.protocol import Splits
+    from benchmark.train.augment import BatchMaker
+    from benchmark.data.registry import load_dataset
+    from benchmark.train.device import pick_device
+    from benchmark.train.cell import build_model
+    from benchmark.train.loop import predict
+    from benchmark.data.splits import Splits
     import json
 
     run = load_run(fold0_run)
@@ -279,9 +282,9 @@ def test_stage_two_selects_on_the_unweighted_validation_loss(fold0_run):
     f = create_formulation("mtl")
     model, _ = build_model(BackboneConfig(name="tiny"), f, 0)
     model.load_state_dict(torch.load(fold0_run / "cells" / cell.key / "best.pt", weights_only=True))
-    maker = BatchMaker(ds.images, np.asarray(res["norm_mean"]), np.asarray(res["norm_std"]), torch.device("cpu"))
+    maker = BatchMaker(ds.images, np.asarray(res.norm_mean), np.asarray(res.norm_std), torch.device("cpu"))
     _, loss = predict(model, f, maker, splits.folds[0][1], ds.labels, pick_device("cpu"), 256)
-    best = res["history"][res["best_epoch"] - 1]
+    best = res.history[res.best_epoch - 1]
     assert best["val_loss"] == pytest.approx(loss, rel=1e-5)  # the monitored value is the unweighted loss
 
 

@@ -7,7 +7,7 @@ import torch
 
 from benchmark.cli import main
 from benchmark.errors import BenchError
-from benchmark.explain import explain, target_layer
+from benchmark.tools.explain import explain, target_layer
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +53,7 @@ def test_each_mtl_head_has_its_own_map(run_dir):
 
 
 def test_head_that_no_formulation_has(run_dir):
-    with pytest.raises(BenchError, match="none of"):
+    with pytest.raises(BenchError, match="have the heads grade"):
         explain(run_dir, formulations=["softmax"], head="active", out=run_dir / "none")
 
 

@@ -4,10 +4,11 @@ import numpy as np
 import pytest
 from sklearn.model_selection import StratifiedKFold
 
-from benchmark.config import DatasetConfig, ProtocolConfig
-from benchmark.data import Dataset, load_dataset
+from benchmark.suite.schema import DatasetConfig, ProtocolConfig
+from benchmark.data.dataset import Dataset
+from benchmark.data.registry import load_dataset
 from benchmark.errors import BenchError
-from benchmark.protocol import Splits, make_splits
+from benchmark.data.splits import Splits, make_splits
 
 
 @pytest.fixture(scope="module")

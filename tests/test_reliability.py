@@ -22,8 +22,9 @@ import torch
 from PIL import Image
 
 from benchmark.cli import main
-from benchmark.config import DatasetConfig
-from benchmark.store import Store
+from benchmark.suite.schema import DatasetConfig
+from benchmark.result import CellResult
+from benchmark.run.store import Store
 from test_run import metrics_of
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -52,7 +53,7 @@ def needs_root_in_ci():
 
 
 def test_editing_manifest_labels_in_place_is_never_served_from_the_old_cache(tmp_path, monkeypatch):
-    from benchmark.data import load_dataset
+    from benchmark.data.registry import load_dataset
 
     monkeypatch.setenv("MESBENCH_CACHE", str(tmp_path / "cache"))
     for k in range(4):
@@ -77,16 +78,17 @@ def test_editing_manifest_labels_in_place_is_never_served_from_the_old_cache(tmp
 
 CLAIMER = """
 import sys, time
-from benchmark.store import Store, Heartbeat
+from benchmark.result import CellResult
+from benchmark.run.store import Store, Heartbeat
 store = Store(sys.argv[1])
 state = store.claim(sys.argv[2], {"backbone": "b", "formulation": "f", "seed": 0, "fold": 0, "config_hash": "k"})
 print(state, flush=True)
 if state == "claimed" and sys.argv[3] == "beat":
     with Heartbeat(store, sys.argv[2]):
         time.sleep(float(sys.argv[4]))
-    print("finish", store.finish(sys.argv[2], {"by": sys.argv[5]}, [], []), flush=True)
+    print("finish", store.finish(sys.argv[2], CellResult(device=sys.argv[5])), flush=True)
 elif state == "claimed" and sys.argv[3] == "finish":
-    print("finish", store.finish(sys.argv[2], {"by": sys.argv[5]}, [], []), flush=True)
+    print("finish", store.finish(sys.argv[2], CellResult(device=sys.argv[5])), flush=True)
 """
 
 
@@ -109,13 +111,13 @@ def test_a_live_claim_is_never_taken_over_even_past_the_stale_time(tmp_path):
         time.sleep(0.5)
     out, err = a.communicate(timeout=60)
     assert "finish True" in out, err
-    assert Store(tmp_path, create=False).result("cell") == {"by": "A"}
+    assert Store(tmp_path, create=False).result("cell").device == "A"
 
 
 def test_a_superseded_owner_cannot_overwrite_the_new_owners_result(tmp_path):
     """A claims and then stops beating (as if frozen); once stale, B takes over and finishes; A's late finish
     and fail are refused and change nothing."""
-    from benchmark import store as store_mod
+    from benchmark.run import store as store_mod
 
     store = Store(tmp_path)
     assert store.claim("cell", {"backbone": "b", "formulation": "f", "seed": 0, "fold": 0, "config_hash": "k"}) \
@@ -125,16 +127,16 @@ def test_a_superseded_owner_cannot_overwrite_the_new_owners_result(tmp_path):
     b = claimer(tmp_path, "cell", "finish", name="B")
     out, err = b.communicate(timeout=60)
     assert out.split() == ["claimed", "finish", "True"], err
-    assert store.finish("cell", {"by": "A"}, [], []) is False
+    assert store.finish("cell", CellResult(device="A")) is False
     assert store.fail("cell", "late failure") is False
     row = [r for r in store.cell_rows() if r["key"] == "cell"][0]
-    assert row["status"] == "done" and store.result("cell") == {"by": "B"} and row["attempts"] == 2
+    assert row["status"] == "done" and store.result("cell").device == "B" and row["attempts"] == 2
 
 
 def test_owner_ids_are_unique_per_process_even_with_the_same_host_and_pid(tmp_path, monkeypatch):
-    from benchmark import store as store_mod
+    from benchmark.run import store as store_mod
 
-    code = "from benchmark.store import owner_id; print(owner_id())"
+    code = "from benchmark.run.store import owner_id; print(owner_id())"
     ids = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env=ENV)
            .stdout.strip() for _ in range(2)}
     assert len(ids) == 2 and all(len(i.rsplit(":", 1)[-1]) == 12 for i in ids)
@@ -145,11 +147,11 @@ def test_owner_ids_are_unique_per_process_even_with_the_same_host_and_pid(tmp_pa
         == "claimed"
     monkeypatch.setattr(store_mod, "OWNER", "box:1:bbbbbbbbbbbb")
     assert store.claim("c", {}) == "busy"
-    assert store.finish("c", {}, [], []) is False
+    assert store.finish("c", CellResult()) is False
 
 
 def test_checkpoint_temp_names_are_unique(tmp_path, monkeypatch):
-    from benchmark import training
+    from benchmark.train import loop as training
 
     seen = []
     real = os.replace
@@ -187,7 +189,7 @@ def _run_one_cell(make_suite, tmp_path, name):
 
 
 def _reset_to_running(out, key):
-    from benchmark import store as store_mod
+    from benchmark.run import store as store_mod
 
     store = Store(out)
     with store.engine.begin() as conn:

@@ -3,11 +3,12 @@
 import numpy as np
 import pytest
 
-from benchmark.cells import expand_cells, protocol_hash
+from benchmark.suite.cells import expand_cells, protocol_hash
 from benchmark.cli import main
-from benchmark.config import Suite
-from benchmark.store import Store
-from reports.fake_run import write_fake_run
+from benchmark.suite.schema import Suite
+from benchmark.result import CellResult
+from benchmark.run.store import Store
+from fake_run import write_fake_run
 from reports.load import load_run
 from reports.render import build, to_markdown
 from reports.tables import Options, per_class_f1
@@ -73,7 +74,7 @@ def _constructed_run(path, folds=10, n_missing=0):
         rows.append({"split": "val", "task": "mes", "metric": "f1", "cls": "macro", "value": macro})
         store.claim(cell.key, {"backbone": "resnet18", "formulation": f, "seed": 0, "fold": cell.fold,
                                "config_hash": cell.key})
-        store.finish(cell.key, {"n_train": 900, "n_val": 100}, rows, [])
+        store.finish(cell.key, CellResult(n_train=900, n_val=100, metrics=rows))
     return path
 
 

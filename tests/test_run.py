@@ -7,10 +7,12 @@ import torch
 from torch import nn
 
 from benchmark.cli import main
-from benchmark.config import BackboneConfig, load_suite
-from benchmark.runner import Runner
-from benchmark.store import Store
-from benchmark.training import _epoch_order, build_model
+from benchmark.suite.loading import load_suite
+from benchmark.suite.schema import BackboneConfig
+from benchmark.run.runner import Runner
+from benchmark.run.store import Store
+from benchmark.train.cell import build_model
+from benchmark.train.loop import _epoch_order
 from formulations import FORMULATIONS, create_formulation, register_formulation
 from formulations.base import Formulation
 
@@ -36,7 +38,7 @@ def test_run_stores_every_cell_and_second_run_trains_nothing(make_suite, tmp_pat
     for key in before:
         res = store.result(key)
         mine = preds[preds.key == key]
-        assert (mine.split == "val").sum() == res["n_val"] and (mine.split == "test").sum() == res["n_test"]
+        assert (mine.split == "val").sum() == res.n_val and (mine.split == "test").sum() == res.n_test
     runner = Runner(load_suite(suite), out)
     report = runner.run()
     assert report.trained == [] and len(report.skipped) == 6
@@ -87,15 +89,15 @@ def test_finetune_starts_from_stage1_weights_and_never_retrains_it(make_suite, t
     assert len(ft) == 2
     for r in ft:
         res = store.result(r["key"])
-        assert res["stage1_key"] in stage1
-        s1 = torch.load(out / "cells" / res["stage1_key"] / "best.pt", weights_only=True)
+        assert res.stage1_key in stage1
+        s1 = torch.load(out / "cells" / res.stage1_key / "best.pt", weights_only=True)
         s2 = torch.load(out / "cells" / r["key"] / "best.pt", weights_only=True)
         model, _ = build_model(BackboneConfig(name="tiny"), create_formulation("mtl"), seed=0)
         params = [name for name, _ in model.named_parameters()]
         assert params and all(torch.equal(s1[k], s2[k]) for k in params)
         fresh = model.state_dict()
         assert not all(torch.equal(fresh[k], s2[k]) for k in params)  # i.e. not a fresh initialisation
-        w = res["class_weights"]
+        w = res.class_weights
         assert set(w) == {"primary", "remission", "active"}
         assert np.mean(w["primary"]) == pytest.approx(1.0)
 

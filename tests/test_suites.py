@@ -4,10 +4,10 @@ from pathlib import Path
 
 import pytest
 
-from benchmark.cells import expand_cells
-from benchmark.config import load_suite
-from benchmark.data import load_dataset
-from benchmark.protocol import make_splits
+from benchmark.suite.cells import expand_cells
+from benchmark.suite.loading import load_suite
+from benchmark.data.registry import load_dataset
+from benchmark.data.splits import make_splits
 from test_data import fake_limuc
 
 SUITES = sorted(Path("suites").glob("*.yaml"))

@@ -5,11 +5,11 @@ import optuna
 import pytest
 import yaml
 
-import benchmark.tune as tune_mod
+import benchmark.run.tune as tune_mod
 from benchmark.cli import main
-from benchmark.config import load_suite
-from benchmark.store import Store
-from benchmark.tune import Tuner, simplex_from_unit
+from benchmark.suite.loading import load_suite
+from benchmark.run.store import Store
+from benchmark.run.tune import Tuner, simplex_from_unit
 
 
 def test_simplex_map_is_exact_non_negative_and_uniform():
@@ -52,7 +52,7 @@ def test_three_trials_resume_and_round_trip(make_suite, tmp_path, capsys):
     rows = Store(run, create=False).cell_rows()
     assert [r["formulation"] for r in rows] == ["mtl[tuned]"]
     res = Store(run, create=False).result(rows[0]["key"])
-    assert res["formulation_options"]["alpha"] == pytest.approx(best["alpha"])
+    assert res.formulation_options["alpha"] == pytest.approx(best["alpha"])
     capsys.readouterr()
     assert main(["report", str(run), "--reference", "mtl[tuned]"]) == 0
     md = capsys.readouterr().out

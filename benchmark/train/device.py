@@ -33,7 +33,7 @@ def pick_device(requested: str | None = None) -> DevicePlan:
     if requested:
         device = torch.device(requested)
         if device.type == "cuda" and not torch.cuda.is_available():
-            from .errors import BenchError
+            from ..errors import BenchError
 
             raise BenchError(f"device {requested!r} was requested but this torch ({torch.__version__}) sees no CUDA "
                              "GPU; drop --device (or MESBENCH_DEVICE) to use the CPU.")

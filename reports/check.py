@@ -23,13 +23,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .errors import BenchError
-from .metrics import metric_name, parse_metric
+from benchmark.errors import BenchError
+from benchmark.metrics import LOWER_IS_BETTER, metric_name, parse_metric
 
 DEFAULT_TOLERANCE = 0.02
 ID = ["backbone", "formulation", "seed", "fold"]
 KEY = ID + ["split", "task", "metric", "cls"]
-LOWER_IS_BETTER = {"mae"}
 EXACT = {"support"}
 
 
@@ -51,7 +50,7 @@ class CheckResult:
 
 
 def run_table(run_dir) -> pd.DataFrame:
-    from reports.load import LONG_COLUMNS, load_run
+    from .load import LONG_COLUMNS, load_run
 
     run = load_run(run_dir)
     table = run.long[LONG_COLUMNS].copy()

@@ -26,7 +26,9 @@ from sqlalchemy import (URL, Column, Float, Integer, LargeBinary, MetaData, Stri
                         delete, event, insert, select, update)
 from sqlalchemy.exc import DatabaseError, OperationalError
 
-from .errors import BenchError
+from ..errors import BenchError
+from ..labels import PROBA_COLUMNS
+from ..result import CellResult
 
 SCHEMA_VERSION = 2
 STALE_SECONDS = float(os.environ.get("MESBENCH_STALE_SECONDS", 60))
@@ -52,7 +54,7 @@ predictions = Table(
     "predictions", meta,
     Column("key", String, index=True), Column("split", String), Column("image_id", String),
     Column("y_true", Integer), Column("y_pred", Integer),
-    Column("p0", Float), Column("p1", Float), Column("p2", Float), Column("p3", Float), Column("score", Float),
+    *(Column(c, Float) for c in PROBA_COLUMNS), Column("score", Float),
     Column("aux", Text),
     # the formulation's per-image outputs (float64 bytes): what fold-ensembles average and decode
     Column("outputs", LargeBinary),
@@ -234,8 +236,10 @@ class Store:
                                                                          finished=time.time()))
         return True
 
-    def finish(self, key, result: dict, metric_rows: list[dict], prediction_rows: list[dict]) -> bool:
-        """Store our claimed cell's result in one transaction; False (nothing written) when superseded."""
+    def finish(self, key, result: CellResult) -> bool:
+        """The one writer of a cell's result: our claimed cell's metrics, predictions and summary in one
+        transaction; False (nothing written) when another owner took the cell over."""
+        metric_rows, prediction_rows = result.metric_rows(), result.prediction_rows()
         with self.engine.begin() as conn:
             if not self._owned(conn, key):
                 return False
@@ -246,7 +250,7 @@ class Store:
             if prediction_rows:
                 conn.execute(insert(predictions), [dict(r, key=key) for r in prediction_rows])
             conn.execute(update(cells).where(cells.c.key == key).values(
-                status="done", finished=time.time(), error=None, result=json.dumps(result, default=_json_default)))
+                status="done", finished=time.time(), error=None, result=result.summary_json()))
         return True
 
     # ------------------------------------------------------------------ reading
@@ -254,10 +258,11 @@ class Store:
         with self.engine.connect() as conn:
             return [dict(r._mapping) for r in conn.execute(select(cells))]
 
-    def result(self, key):
+    def result(self, key) -> CellResult | None:
+        """The one loader of a cell's result (its summary; metrics and predictions are read as frames)."""
         with self.engine.connect() as conn:
             row = conn.execute(select(cells.c.result).where(cells.c.key == key)).first()
-        return None if row is None or row[0] is None else json.loads(row[0])
+        return None if row is None else CellResult.from_summary(row[0])
 
     def metrics_frame(self, key=None):
         import pandas as pd
@@ -282,16 +287,6 @@ class Store:
         finally:
             raw.close()
         return pd.DataFrame.from_records(rows, columns=cols)
-
-
-def _json_default(obj):
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (np.floating,)):
-        return float(obj)
-    return str(obj)
 
 
 class Heartbeat:

@@ -1,17 +1,13 @@
-"""Suite YAML: schema, loading with line numbers for errors, and expansion helpers."""
+"""The suite schema: what a YAML suite may say, checked field by field (pydantic), names and options included."""
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-
-from .errors import BenchError
+from ..labels import GRADES
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 
 class Strict(BaseModel):
@@ -22,7 +18,7 @@ class DatasetConfig(Strict):
     name: str = "synthetic"
     root: str | None = None
     manifest: str | None = None
-    class_dirs: list[str] = Field(default_factory=lambda: ["Mayo 0", "Mayo 1", "Mayo 2", "Mayo 3"])
+    class_dirs: list[str] = Field(default_factory=lambda: [f"Mayo {k}" for k in GRADES])
     resize: tuple[int, int] | None = None  # (height, width)
     params: dict[str, Any] = Field(default_factory=dict)
     mmap: bool = False
@@ -66,10 +62,24 @@ class TrainingConfig(Strict):
 
 class BackboneConfig(Strict):
     name: str
-    batch_size: int | None = None
+    batch_size: int | None = Field(None, ge=2)
     pretrained: bool = False
     weights: str | None = None
     input_size: tuple[int, int] | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, v, info: ValidationInfo):
+        from backbones import BACKBONES, unknown_backbone
+
+        if info.context and info.context.get("stored"):
+            return v  # a suite read back from a run's store was checked when it ran; reports stay torch-free
+        if v not in BACKBONES:  # timm is imported only for a name the registry does not know
+            import timm
+
+            if v not in timm.list_models():
+                raise ValueError(str(unknown_backbone(v)).removesuffix("."))
+        return v
 
 
 FINETUNE_SUFFIX = {"inverse_f1": "+f1", "plain": "+ft"}
@@ -95,6 +105,21 @@ class FormulationConfig(Strict):
     # Per-fold options (written by `bench tune`, which tunes each outer fold on its own training part).
     options_by_fold: dict[int, dict[str, Any]] = Field(default_factory=dict)
     tuned: str | None = None  # where tuned options came from, shown in report notes
+
+    @model_validator(mode="after")
+    def _known_and_valid(self):
+        from formulations import formulation_class
+
+        from ..errors import BenchError
+
+        try:
+            cls = formulation_class(self.name)
+            cls.validate_options(self.options)
+            for fold, extra in self.options_by_fold.items():
+                cls.validate_options({**self.options, **extra})
+        except BenchError as exc:
+            raise ValueError(str(exc).removesuffix(".")) from None
+        return self
 
     @property
     def display(self) -> str:
@@ -164,137 +189,6 @@ def parse_formulation_entry(entry):
     return entry
 
 
-# --------------------------------------------------------------------------- YAML with line numbers
-
-
-class _LineLoader(yaml.SafeLoader):
-    pass
-
-
-def _construct_mapping(loader, node, deep=False):
-    mapping = {}
-    lines = {}
-    for key_node, value_node in node.value:
-        key = loader.construct_object(key_node, deep=True)
-        mapping[key] = loader.construct_object(value_node, deep=True)
-        lines[key] = key_node.start_mark.line + 1
-    return _LinedDict(mapping, lines)
-
-
-class _LinedDict(dict):
-    def __init__(self, data, lines):
-        super().__init__(data)
-        self.lines = lines
-
-
-_LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
-
-
-def _line_of(doc, loc):
-    """Best line number for a pydantic error location inside the YAML document."""
-    node, line = doc, None
-    for part in loc:
-        if isinstance(node, _LinedDict) and part in node.lines:
-            line = node.lines[part]
-            node = node[part]
-        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
-            node = node[part]
-        else:
-            break
-    return line
-
-
-def load_suite(path: str | os.PathLike, overrides: list[str] | None = None) -> Suite:
-    path = Path(path)
-    try:
-        exists = path.is_file()
-    except OSError as exc:
-        raise BenchError(f"Suite file {str(path)!r} cannot be reached ({exc.strerror}); check the path and the "
-                         "permissions of its folders.") from None
-    if not exists:
-        raise BenchError(f"Suite file {str(path)!r} does not exist. Give the path of a suite YAML, e.g. suites/smoke.yaml.")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise BenchError(f"{path}: not a text file (byte {exc.start} is not UTF-8). A suite is a YAML text file; "
-                         "check that the path names the suite, not a binary file.") from None
-    except OSError as exc:
-        raise BenchError(f"{path}: cannot be read ({exc.strerror}). Check the path and its permissions.") from None
-    try:
-        doc = yaml.load(text, Loader=_LineLoader)  # noqa: S506 - SafeLoader subclass
-    except yaml.YAMLError as exc:
-        raise BenchError(f"{path}: not valid YAML ({exc}). Fix the syntax at the line shown.") from None
-    if not isinstance(doc, dict):
-        raise BenchError(f"{path}: a suite must be a YAML mapping with at least 'name', 'backbones' and 'formulations'.")
-    doc = apply_overrides(doc, overrides or [], path)
-    return validate_suite(doc, str(path))
-
-
-def validate_suite(doc: dict, source: str = "<suite>") -> Suite:
-    try:
-        return Suite.model_validate(doc)
-    except ValidationError as exc:
-        msgs = []
-        for err in exc.errors():
-            loc = [p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-"))]
-            field = ".".join(str(p) for p in loc) or "(top level)"
-            line = _line_of(doc, err["loc"])
-            where = f"line {line}, " if line else ""
-            if err["type"] == "extra_forbidden":
-                parent = loc[:-1]
-                allowed = _allowed_keys(parent)
-                from .errors import closest
-
-                msgs.append(f"{where}unknown key {field!r}: {closest(loc[-1], allowed)}")
-            else:
-                value = err.get("input")
-                shown = "" if isinstance(value, dict) else f" (got {value!r})"
-                msgs.append(f"{where}field {field!r}: {err['msg']}{shown}")
-        raise BenchError(f"{source}: invalid suite — " + "; ".join(msgs) + ". Fix these fields and run again.") from None
-
-
-def _allowed_keys(parent_loc):
-    model = Suite
-    for part in parent_loc:
-        if isinstance(part, int):
-            continue
-        field = model.model_fields.get(part)
-        if field is None:
-            break
-        ann = field.annotation
-        inner = getattr(ann, "__args__", None)
-        candidate = inner[0] if inner else ann
-        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
-            model = candidate
-        elif isinstance(ann, type) and issubclass(ann, BaseModel):
-            model = ann
-    return list(model.model_fields)
-
-
-def apply_overrides(doc: dict, overrides: list[str], source) -> dict:
-    """`key.sub=value` pairs (values parsed as YAML) applied on top of the document."""
-    if not overrides:
-        return doc  # keeps the line numbers for error messages
-    doc = json.loads(json.dumps(doc))  # plain dicts, deep copy
-    for item in overrides:
-        if "=" not in item:
-            raise BenchError(f"Override {item!r} is not of the form key=value (e.g. training.epochs=3).")
-        key, raw = item.split("=", 1)
-        value = yaml.safe_load(raw)
-        node = doc
-        parts = key.split(".")
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-            if not isinstance(node, dict):
-                raise BenchError(f"Override {item!r}: {p!r} in {source} is not a mapping.")
-        node[parts[-1]] = value
-    return doc
-
-
 def stable_hash(obj, n=12) -> str:
     blob = json.dumps(obj, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:n]
-
-
-def dump_suite(suite: Suite) -> str:
-    return yaml.safe_dump(suite.model_dump(mode="json"), sort_keys=False)

@@ -19,8 +19,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .augment import BatchMaker, draw_params
-from .device import pick_device
+from ..labels import NUM_CLASSES
+from ..train.augment import BatchMaker, draw_params
+from ..train.device import pick_device
 
 
 @dataclass
@@ -51,7 +52,7 @@ def _timed(fn, n_images, device, repeat=2):
 
 
 def synthetic_images(n, h, w, seed=0):
-    from .synthetic import generate
+    from ..data.synthetic import generate
 
     images, labels, _, _ = generate(n, max(2, n // 8), (h, w), seed=seed)
     return images, labels
@@ -111,13 +112,13 @@ def usual_recipe(images, labels, batch, mean, std, folder: Path):
 
 def model_parts(backbone, plan, input_hw):
     from backbones import create_backbone
-    from formulations import create_formulation
+    from formulations import create_formulation, reference_formulation
 
-    from .training import Net
+    from ..train.cell import Net
 
     torch.manual_seed(0)
     bb, d, _ = create_backbone(backbone)
-    formulation = create_formulation("softmax")
+    formulation = create_formulation(reference_formulation())
     model = Net(bb, formulation.head(d)).to(plan.device, memory_format=torch.channels_last)
     opt = torch.optim.Adam(model.parameters(), lr=2e-4)
     return model, formulation, opt
@@ -125,7 +126,7 @@ def model_parts(backbone, plan, input_hw):
 
 def bare_step(model, formulation, opt, plan, batch, hw, n_images):
     x = torch.randn(batch, 3, *hw, device=plan.device).contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, 4, (batch,), device=plan.device)
+    y = torch.randint(0, NUM_CLASSES, (batch,), device=plan.device)
     steps = max(1, n_images // batch)
 
     def epoch():
@@ -143,7 +144,7 @@ def bare_step(model, formulation, opt, plan, batch, hw, n_images):
 
 
 def harness_epoch(model, formulation, opt, plan, images, labels, batch, mean, std):
-    from .training import train_epoch
+    from ..train.loop import train_epoch
 
     maker = BatchMaker(images, mean, std, plan.device)
     idx = np.arange(len(images))

@@ -7,7 +7,7 @@ from rich.table import Table
 
 
 def print_summary(run_dir, console):
-    from reports.load import load_run
+    from .load import load_run
 
     run = load_run(run_dir)
     counts = run.counts

@@ -9,11 +9,13 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import DatasetConfig
-from .data import IMAGE_SUFFIXES, decoded_dataset, patient_id_from_name, register_dataset
-from .errors import BenchError
+from ..errors import BenchError
+from ..labels import GRADES
+from ..suite.schema import DatasetConfig
+from .files import IMAGE_SUFFIXES, bit_depth, decoded_dataset, patient_id_from_name
+from .registry import register_dataset
 
-CLASS_DIRS = ["Mayo 0", "Mayo 1", "Mayo 2", "Mayo 3"]
+CLASS_DIRS = [f"Mayo {k}" for k in GRADES]
 LAYOUTS = {
     "train_test": "train_and_validation_sets/ + test_set/ (published patient-level hold-out)",
     "patient_based": "patient_based_classified_images/<pid>/Mayo k/",
@@ -100,8 +102,6 @@ def unreadable(entries: list[Entry]) -> list[str]:
 
     from PIL import Image
 
-    from .data import bit_depth
-
     def check(e):
         try:
             data = e.path.read_bytes()
@@ -137,9 +137,9 @@ def inspect_tree(root) -> tuple[dict, list[str]]:
         "root": str(scan.root),
         "layout": LAYOUTS.get(scan.layout, "unknown"),
         "images": len(scan.entries),
-        "images_per_class": {CLASS_DIRS[k]: per_class.get(k, 0) for k in range(4)},
+        "images_per_class": {CLASS_DIRS[k]: per_class.get(k, 0) for k in GRADES},
         "patients": len(patients),
-        "patients_per_class": {CLASS_DIRS[k]: sum(k in v for v in patients.values()) for k in range(4)},
+        "patients_per_class": {CLASS_DIRS[k]: sum(k in v for v in patients.values()) for k in GRADES},
         "patients_spanning_grades": sum(len(v) > 1 for v in patients.values()),
         "published_test_images": sum(e.published_test for e in scan.entries),
         "image_sizes": {f"{w}x{h}": n for (w, h), n in sizes.most_common()},

@@ -1,180 +1,20 @@
-"""Datasets decoded once into one uint8 array (N, H, W, 3), with labels, patient ids and image ids."""
+"""Image files on disk: decode once (8- and 16-bit), folder-per-class trees and CSV manifests."""
 
 from __future__ import annotations
 
-import errno
 import hashlib
-import json
 import os
-import shutil
-import time
-import uuid
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
-from .config import DatasetConfig, stable_hash
-from .errors import BenchError, unknown
+from ..errors import BenchError
+from ..labels import GRADES
+from ..suite.schema import DatasetConfig
+from .dataset import Dataset, cached, content_key
+from .registry import register_dataset
 
-NUM_CLASSES = 4
 IMAGE_SUFFIXES = {".bmp", ".png", ".jpg", ".jpeg", ".tif", ".tiff"}
-
-
-@dataclass
-class Dataset:
-    name: str
-    images: np.ndarray  # (N, H, W, 3) uint8, possibly memory-mapped
-    labels: np.ndarray  # (N,) int64 in 0..3
-    groups: np.ndarray  # (N,) patient ids (str)
-    ids: np.ndarray  # (N,) unique image ids (str)
-    published_test: np.ndarray | None = None  # (N,) bool: the dataset's own hold-out, where it has one
-    meta: dict = field(default_factory=dict)
-
-    def __len__(self):
-        return len(self.labels)
-
-    def check(self, source: str):
-        if len(self.labels) == 0:
-            raise BenchError(f"{source}: the dataset holds no image. Check the data root / manifest.")
-        bad = np.flatnonzero((self.labels < 0) | (self.labels >= NUM_CLASSES))
-        if len(bad):
-            raise BenchError(f"{source}: labels must be MES grades 0–3; image {self.ids[bad[0]]!r} has label "
-                             f"{self.labels[bad[0]]} ({len(bad)} such images). Fix the labels.")
-        uniq, counts = np.unique(self.ids, return_counts=True)
-        if (counts > 1).any():
-            dup = uniq[counts > 1][:3]
-            raise BenchError(f"{source}: duplicate image ids {list(dup)} ({int((counts > 1).sum())} in all). "
-                             "Each image must appear once; remove or rename the duplicates.")
-        present = np.bincount(self.labels, minlength=NUM_CLASSES)
-        empty = [k for k in range(NUM_CLASSES) if present[k] == 0]
-        if empty:
-            raise BenchError(f"{source}: class(es) {empty} have no image. Every MES grade 0–3 needs images.")
-
-
-DATASETS: dict[str, Callable[[DatasetConfig], Dataset]] = {}
-
-
-def register_dataset(name):
-    def deco(fn):
-        DATASETS[name] = fn
-        return fn
-    return deco
-
-
-def cache_dir() -> Path:
-    path = Path(os.environ.get("MESBENCH_CACHE", Path.home() / ".cache" / "mesbench"))
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-def load_dataset(cfg: DatasetConfig) -> Dataset:
-    from . import limuc  # noqa: F401 - registers 'limuc'
-
-    if cfg.name not in DATASETS:
-        raise unknown("dataset", cfg.name, DATASETS)
-    return DATASETS[cfg.name](cfg)
-
-
-def _cached(key: dict, build: Callable[[], Dataset], mmap: bool) -> Dataset:
-    """Decode once: arrays saved under the cache dir, keyed by everything that defines the dataset. A
-    damaged entry is rebuilt, never fatal; a full disk is a clear error and leaves no partial file."""
-    directory = cache_dir()
-    _remove_stale_temp_files(directory)
-    stem = directory / f"{key['kind']}-{stable_hash(key, 16)}"
-    img_path, meta_path = stem.with_suffix(".images.npy"), stem.with_suffix(".json")
-    if img_path.exists() and meta_path.exists():
-        try:
-            meta = json.loads(meta_path.read_text())
-            images = np.load(img_path, mmap_mode="r" if mmap else None)
-            labels = np.asarray(meta["labels"], np.int64)
-            if images.ndim != 4 or images.shape[0] != len(labels) or images.dtype != np.uint8:
-                raise ValueError(f"{images.shape} {images.dtype} for {len(labels)} labels")
-            return Dataset(meta["name"], images, labels, np.asarray(meta["groups"]), np.asarray(meta["ids"]),
-                           None if meta["published_test"] is None else np.asarray(meta["published_test"], bool),
-                           meta["meta"])
-        except (OSError, ValueError, KeyError, TypeError, EOFError):
-            # damaged (a killed write, a truncated copy): decode again rather than fail
-            img_path.unlink(missing_ok=True)
-            meta_path.unlink(missing_ok=True)
-    ds = build()
-    token = uuid.uuid4().hex
-    tmp = img_path.with_name(f"{img_path.name}.{token}.tmp.npy")
-    tmpm = meta_path.with_name(f"{meta_path.name}.{token}.tmp")
-    try:
-        np.save(tmp, np.ascontiguousarray(ds.images))
-        payload = {"name": ds.name, "labels": ds.labels.tolist(), "groups": ds.groups.tolist(), "ids": ds.ids.tolist(),
-                   "published_test": None if ds.published_test is None else ds.published_test.tolist(),
-                   "meta": ds.meta}
-        tmpm.write_text(json.dumps(payload))
-        os.replace(tmp, img_path)
-        os.replace(tmpm, meta_path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        tmpm.unlink(missing_ok=True)
-        # numpy's short write carries no errno; the free space says whether the disk was the cause
-        full = shutil.disk_usage(directory).free < ds.images.nbytes + (1 << 20)
-        if full or exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES):
-            raise BenchError(f"cannot write the decoded-image cache in {directory} ({exc.strerror}): "
-                             f"{ds.images.nbytes / 1e9:.2f} GB are needed there. Free space, or point MESBENCH_CACHE "
-                             "at a folder with room.") from None
-        raise
-    if mmap:
-        ds.images = np.load(img_path, mmap_mode="r")
-    return ds
-
-
-def _remove_stale_temp_files(directory: Path, older_than_s: float = 3600.0):
-    """Temp files of a killed cache write; recent ones may belong to a process writing right now."""
-    now = time.time()
-    for tmp in directory.glob("*.tmp*"):
-        try:
-            if now - tmp.stat().st_mtime > older_than_s:
-                tmp.unlink()
-        except OSError:
-            pass
-
-
-def content_key(labels, groups, ids, published_test=None) -> str:
-    """What the decoded images are labelled and grouped as: part of every cache key, so a changed label,
-    patient or class order never reuses a cache entry built for other ones."""
-    return stable_hash({"labels": np.asarray(labels).tolist(), "groups": np.asarray(groups).astype(str).tolist(),
-                        "ids": np.asarray(ids).astype(str).tolist(),
-                        "published_test": None if published_test is None else np.asarray(published_test).tolist()},
-                       20)
-
-
-@register_dataset("synthetic")
-def synthetic_dataset(cfg: DatasetConfig) -> Dataset:
-    from .synthetic import generate
-
-    params = {"n_images": 800, "n_patients": 80, "size": [64, 64], "seed": 0, "label_noise": 0.06}
-    unknown_keys = set(cfg.params) - set(params) - {"severity_sd"}
-    if unknown_keys:
-        from .errors import closest
-
-        k = sorted(unknown_keys)[0]
-        raise BenchError(f"dataset.params: unknown synthetic parameter {k!r}: {closest(k, list(params) + ['severity_sd'])}.")
-    params.update(cfg.params)
-    if cfg.resize:
-        params["size"] = list(cfg.resize)
-
-    def build():
-        try:
-            images, labels, groups, ids = generate(params["n_images"], params["n_patients"], tuple(params["size"]),
-                                                   params["seed"], label_noise=params["label_noise"],
-                                                   **({"severity_sd": params["severity_sd"]} if "severity_sd" in params else {}))
-        except ValueError as exc:
-            raise BenchError(f"dataset.params: {exc}.") from None
-        return Dataset("synthetic", images, labels, groups, ids, meta={"params": params, "grouped_ids": True})
-
-    ds = _cached({"kind": "synthetic", "version": 1, **params}, build, cfg.mmap)
-    ds.check("synthetic dataset")
-    return ds
-
-
-# --------------------------------------------------------------------------- decoding files
 
 
 def decode_files(paths: list[Path], resize: tuple[int, int] | None, source: str) -> np.ndarray:
@@ -252,7 +92,7 @@ def decoded_dataset(name, paths, labels, groups, ids, cfg: DatasetConfig, source
         return Dataset(name, images, np.asarray(labels, np.int64), np.asarray(groups), np.asarray(ids),
                        published_test, meta or {})
 
-    ds = _cached(key, build, cfg.mmap)
+    ds = cached(key, build, cfg.mmap)
     ds.check(source)
     return ds
 
@@ -326,7 +166,7 @@ def manifest_dataset(cfg: DatasetConfig) -> Dataset:
         raise BenchError(f"{path}: row {blank[0] + 2} has an empty path ({len(blank)} such rows). Give every row the "
                          "image's file path (relative to the CSV or absolute).")
     labels = pd.to_numeric(df["label"], errors="coerce")
-    bad = df[labels.isna() | ~labels.isin([0, 1, 2, 3])]
+    bad = df[labels.isna() | ~labels.isin(list(GRADES))]
     if len(bad):
         row = bad.index[0]
         raise BenchError(f"{path}: row {row + 2} has label '{df['label'][row]}'; labels must be integers 0–3 "

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .config import BackboneConfig, FormulationConfig, Suite, stable_hash
+from .schema import BackboneConfig, FormulationConfig, Suite, stable_hash
 
 
 @dataclass(frozen=True)
@@ -76,7 +76,7 @@ def expand_cells(suite: Suite, n_folds: int) -> list[Cell]:
 
 def select(cells: list[Cell], only: list[str]) -> list[Cell]:
     """`--only backbone=resnet18 --only formulation=mtl,softmax --only fold=0`; dependencies are kept."""
-    from .errors import BenchError
+    from ..errors import BenchError
 
     wanted = {}
     for item in only or []:
@@ -98,7 +98,7 @@ def select(cells: list[Cell], only: list[str]) -> list[Cell]:
         valid = list(dict.fromkeys(attrs(c)[key] for c in cells))
         unmatched = sorted(values - set(valid))
         if unmatched:
-            from .errors import closest
+            from ..errors import closest
 
             raise BenchError(f"--only {key}={unmatched[0]}: matches no cell of this suite — "
                              f"{closest(unmatched[0], valid)}. Nothing was run.")

@@ -20,13 +20,14 @@ from torch import nn
 
 from formulations import create_formulation
 
-from .augment import BatchMaker
-from .config import Suite
-from .data import load_dataset
-from .errors import BenchError, require_in_run
-from .protocol import Splits
+from ..data.registry import load_dataset
+from ..data.splits import Splits
+from ..errors import BenchError, require_in_run
+from ..labels import CLASS_NAMES
+from ..suite.schema import Suite
+from ..train.augment import BatchMaker
 
-HEADS = {"grade": None, "primary": 1, "remission": 1, "active": 1}
+GRADE_HEAD = "grade"  # the 4-class grade every formulation predicts; other heads are a formulation's tasks
 
 
 def target_layer(backbone: nn.Module) -> nn.Module:
@@ -50,13 +51,13 @@ class HeadView(nn.Module):
 
     def forward(self, x):
         out = self.net(x)
-        if self.head != "grade":
+        if self.head != GRADE_HEAD:
             return out[self.head]
         return self.formulation.gradcam_scores(out)
 
 
 def load_cell_model(run_dir: Path, cell, suite: Suite):
-    from .training import build_model
+    from ..train.cell import build_model
 
     ckpt = Path(run_dir) / "cells" / cell["key"] / "best.pt"
     if not ckpt.is_file():
@@ -66,7 +67,7 @@ def load_cell_model(run_dir: Path, cell, suite: Suite):
     bcfg = next(b for b in suite.backbones if b.name == cell["backbone"])
     formulation = create_formulation(fcfg.name, {**fcfg.options, **fcfg.options_by_fold.get(int(cell["fold"]), {})})
     model, _ = build_model(bcfg.model_copy(update={"pretrained": False}), formulation, cell["seed"])
-    from .training import load_checkpoint
+    from ..train.loop import load_checkpoint
 
     try:
         model.load_state_dict(load_checkpoint(ckpt, "cpu", "checkpoint"))
@@ -78,7 +79,7 @@ def load_cell_model(run_dir: Path, cell, suite: Suite):
 def pick_images(labels, idx, per_class, seed=0):
     rng = np.random.default_rng(seed)
     chosen = []
-    for k in range(4):
+    for k in range(len(CLASS_NAMES)):
         pool = idx[labels[idx] == k]
         chosen.append(np.sort(rng.choice(pool, size=min(per_class, len(pool)), replace=False)) if len(pool) else
                       np.array([], dtype=np.int64))
@@ -93,10 +94,10 @@ def cams(model, formulation, head, batch, device):
     with torch.no_grad():
         out = model(batch)
         pred = formulation.decode(out).pred
-    if head == "grade":
+    if head == GRADE_HEAD:
         category = formulation.gradcam_class(pred)
-    else:
-        category = [HEADS[head]] * len(pred)
+    else:  # a task head: its last class (the more severe one), e.g. 'active' for remission-vs-active
+        category = [len(formulation.tasks[head].classes) - 1] * len(pred)
     with GradCAM(model=view, target_layers=[target_layer(model.backbone)]) as cam:
         maps = cam(input_tensor=batch, targets=[ClassifierOutputTarget(c) for c in category])
     return maps, pred
@@ -112,7 +113,7 @@ def explain(run_dir, backbone=None, formulations=None, fold=0, split="val", per_
 
     from reports.load import load_run
 
-    from .device import pick_device
+    from ..train.device import pick_device
 
     run = load_run(run_dir)
     suite = run.suite
@@ -121,8 +122,9 @@ def explain(run_dir, backbone=None, formulations=None, fold=0, split="val", per_
     wanted = formulations or run.formulations
     for f in wanted:
         require_in_run("--formulation", f, run.formulations)
-    if head not in HEADS:
-        raise BenchError(f"--head {head!r}: one of {', '.join(HEADS)}.")
+    heads = [GRADE_HEAD] + sorted({t for f in wanted for t in run.formulation(f).tasks if t != "mes"})
+    if head not in heads:
+        raise BenchError(f"--head {head!r}: the formulations explained have the heads {', '.join(heads)}.")
     ds = load_dataset(suite.dataset)
     splits = Splits.from_json(json.loads((Path(run.path) / "splits.json").read_text()), ds)
     if not 0 <= fold < len(splits.folds):
@@ -142,11 +144,11 @@ def explain(run_dir, backbone=None, formulations=None, fold=0, split="val", per_
                              "`bench run` or pick another --fold.")
         cell = cell.iloc[0].to_dict()
         model, formulation = load_cell_model(run.path, cell, suite)
-        if head != "grade" and head not in formulation.tasks:
+        if head != GRADE_HEAD and head not in formulation.tasks:
             continue
-        res = run.result(cell["key"]) or {}
-        maker = BatchMaker(ds.images, np.asarray(res.get("norm_mean")), np.asarray(res.get("norm_std")),
-                           plan.device, res.get("input_size"))
+        res = run.result(cell["key"])
+        maker = BatchMaker(ds.images, np.asarray(res.norm_mean), np.asarray(res.norm_std), plan.device,
+                           res.input_size)
         model.to(plan.device)
         maps, pred = cams(model, formulation, head, maker.eval_batch(flat), plan.device)
         h, w = ds.images.shape[1:3]
@@ -172,7 +174,7 @@ def _grid(plt, ds, flat, columns: dict, title: str, path: Path) -> Path:
     for r, i in enumerate(flat):
         img = np.asarray(ds.images[i], dtype=np.float32) / 255
         axes[r, 0].imshow(img)
-        axes[r, 0].set_title(f"true MES {ds.labels[i]}", fontsize=8)
+        axes[r, 0].set_title(f"true {CLASS_NAMES[ds.labels[i]]}", fontsize=8)
         for c, (label, (maps, pred)) in enumerate(columns.items(), start=1):
             axes[r, c].imshow(show_cam_on_image(img, maps[r], use_rgb=True))
             axes[r, c].set_title(f"{label}: {pred[r]}", fontsize=7)

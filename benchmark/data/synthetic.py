@@ -11,6 +11,11 @@ from __future__ import annotations
 import numpy as np
 from scipy.ndimage import zoom
 
+from ..errors import BenchError
+from ..suite.schema import DatasetConfig
+from .dataset import Dataset, cached
+from .registry import register_dataset
+
 LIMUC_SHARES = (0.5414, 0.2707, 0.1112, 0.0767)
 
 
@@ -113,3 +118,32 @@ def generate(n_images=800, n_patients=80, size=(64, 64), seed=0, shares=LIMUC_SH
     groups = np.array([f"S{p:04d}" for p in patient])
     ids = np.array([f"synthetic/Mayo {g}/S{p:04d}_{i:05d}" for i, (g, p) in enumerate(zip(labels, patient))])
     return images, labels.astype(np.int64), groups, ids
+
+
+@register_dataset("synthetic")
+def synthetic_dataset(cfg: DatasetConfig) -> Dataset:
+    params = {"n_images": 800, "n_patients": 80, "size": [64, 64], "seed": 0, "label_noise": 0.06}
+    unknown_keys = set(cfg.params) - set(params) - {"severity_sd"}
+    if unknown_keys:
+        from ..errors import closest
+
+        k = sorted(unknown_keys)[0]
+        raise BenchError(f"dataset.params: unknown synthetic parameter {k!r}: {closest(k, list(params) + ['severity_sd'])}.")
+    params.update(cfg.params)
+    if cfg.resize:
+        params["size"] = list(cfg.resize)
+
+    def build():
+        try:
+            images, labels, groups, ids = generate(params["n_images"], params["n_patients"], tuple(params["size"]),
+                                                   params["seed"], label_noise=params["label_noise"],
+                                                   **({"severity_sd": params["severity_sd"]} if "severity_sd" in params else {}))
+        except ValueError as exc:
+            raise BenchError(f"dataset.params: {exc}.") from None
+        return Dataset("synthetic", images, labels, groups, ids, meta={"params": params, "grouped_ids": True})
+
+    ds = cached({"kind": "synthetic", "version": 1, **params}, build, cfg.mmap)
+    ds.check("synthetic dataset")
+    return ds
+
+

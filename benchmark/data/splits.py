@@ -15,9 +15,10 @@ from pathlib import Path
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, train_test_split
 
-from .config import ProtocolConfig
-from .data import NUM_CLASSES, Dataset
-from .errors import BenchError
+from ..errors import BenchError
+from ..labels import NUM_CLASSES
+from ..suite.schema import ProtocolConfig
+from .dataset import Dataset
 
 
 @dataclass

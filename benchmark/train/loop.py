@@ -20,35 +20,15 @@ from typing import Callable
 
 import numpy as np
 import torch
-from sklearn.metrics import accuracy_score, cohen_kappa_score, f1_score
-from torch import nn
 
-from backbones import create_backbone
 from formulations import Formulation
-from formulations.base import GRADES, NUM_CLASSES
 
+from ..errors import CellFailed, Interrupted
+from ..labels import NUM_CLASSES
+from ..metrics import monitor_values
+from ..suite.schema import TrainingConfig
 from .augment import BatchMaker, draw_params
-from .config import BackboneConfig, TrainingConfig
 from .device import DevicePlan
-from .errors import CellFailed, Interrupted
-
-
-class Net(nn.Module):
-    def __init__(self, backbone, head):
-        super().__init__()
-        self.backbone = backbone
-        self.head = head
-
-    def forward(self, x):
-        return self.head(self.backbone(x))
-
-
-def build_model(backbone_cfg: BackboneConfig, formulation: Formulation, seed: int):
-    torch.manual_seed(seed)
-    backbone, d, input_size = create_backbone(backbone_cfg.name, backbone_cfg.pretrained, backbone_cfg.weights)
-    torch.manual_seed(seed + 7919)
-    head = formulation.head(d)
-    return Net(backbone, head), input_size
 
 
 @dataclass
@@ -213,7 +193,7 @@ def train_epoch(model, formulation, maker: BatchMaker, labels, train_idx, order,
     return total, seen
 
 
-def train_cell(model: Net, formulation: Formulation, data: CellData, cfg: TrainingConfig, sched: Schedule,
+def train_cell(model, formulation: Formulation, data: CellData, cfg: TrainingConfig, sched: Schedule,
                plan: DevicePlan, seed: int, workdir: Path, input_size=None) -> CellOutcome:
     workdir.mkdir(parents=True, exist_ok=True)
     remove_stale_temp_files(workdir)
@@ -269,17 +249,8 @@ def train_cell(model: Net, formulation: Formulation, data: CellData, cfg: Traini
         y_val = data.labels[data.val]
         decoded = formulation.decode(val_out, initial)
         pred = decoded.pred
-        row = {
-            "epoch": epoch + 1,
-            "train_loss": train_loss,
-            "val_loss": val_loss,
-            "val_accuracy": float(accuracy_score(y_val, pred)),
-            "val_macro_f1": float(f1_score(y_val, pred, average="macro", labels=list(GRADES), zero_division=0)),
-            "val_qwk": float(cohen_kappa_score(y_val, pred, weights="quadratic", labels=list(GRADES)))
-            if len(set(y_val) | set(pred)) > 1 else 0.0,
-            "lr": opt.param_groups[0]["lr"],
-            "train_images_per_s": seen / max(train_time, 1e-9),
-        }
+        row = {"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss, **monitor_values(y_val, pred),
+               "lr": opt.param_groups[0]["lr"], "train_images_per_s": seen / max(train_time, 1e-9)}
         if sched.objective is not None:
             row["objective"] = float(sched.objective(y_val, pred, decoded.task_preds))
         value = row[cfg.monitor]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import errno
-import json
 import signal
 import time
 import traceback
@@ -16,17 +15,19 @@ import torch
 from backbones import BACKBONES, cached_weights, resolve
 from formulations import create_formulation
 
-from .augment import channel_stats
-from .cells import Cell, expand_cells, protocol_hash, select
-from .config import Suite, dump_suite
-from .data import Dataset, load_dataset
-from .device import DevicePlan, pick_device, versions
-from .errors import BenchError, CellFailed, Interrupted
-from .metrics import grade_metrics, task_metrics
-from .protocol import Splits, make_splits, record_splits
+from ..data.dataset import Dataset
+from ..data.registry import load_dataset
+from ..data.splits import Splits, make_splits, record_splits
+from ..errors import BenchError, CellFailed, Interrupted
+from ..labels import NUM_CLASSES
+from ..suite.cells import Cell, expand_cells, protocol_hash, select
+from ..suite.loading import dump_suite
+from ..suite.schema import Suite
+from ..train.augment import channel_stats
+from ..train.cell import CellSpec, run_cell
+from ..train.device import DevicePlan, pick_device
+from ..train.loop import CellData, discard_unloadable_checkpoints
 from .store import Heartbeat, Store, retrying
-from .training import (CellData, Schedule, build_model, discard_unloadable_checkpoints, load_checkpoint,
-                       train_cell)
 
 
 @dataclass
@@ -79,9 +80,15 @@ class Runner:
         self.retry_failed = retry_failed
         self._stop = False
         self._stats: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self.cells: list[Cell] | None = None
+        self._only: list[str] = []
 
     # ------------------------------------------------------------------ set-up
     def prepare(self, only=None):
+        """Validate, load data, compute and record splits, select cells; once per runner."""
+        if getattr(self, "cells", None) is not None and self._only == (only or []):
+            return self.cells
+        self._only = only or []
         preflight(self.suite)
         self.dataset: Dataset = load_dataset(self.suite.dataset)
         splits = make_splits(self.dataset, self.suite.protocol)  # errors before anything is written
@@ -113,7 +120,8 @@ class Runner:
                                            enumerate(self.splits.folds)})
         self.store.set_meta("dataset", {"name": self.dataset.name, "images": len(self.dataset),
                                         "image_size": list(self.dataset.images.shape[1:3]),
-                                        "class_counts": np.bincount(self.dataset.labels, minlength=4).tolist(),
+                                        "class_counts": np.bincount(self.dataset.labels,
+                                                                    minlength=NUM_CLASSES).tolist(),
                                         "patients": int(len(np.unique(self.dataset.groups))),
                                         "n_test": int(len(self.splits.test))})
         # Patient of every held-out test image: the report resamples patients, not images, for its CIs.
@@ -189,7 +197,7 @@ class Runner:
         beat = Heartbeat(self.store, cell.key)
         try:
             with beat:
-                result, metric_rows, pred_rows = self._train(cell, workdir, beat.lost.is_set)
+                result = run_cell(self.cell_spec(cell, workdir, beat.lost.is_set), self.plan)
         except Interrupted as exc:
             if beat.lost.is_set():  # another worker took the cell over: stop and leave it to them
                 return "superseded"
@@ -218,7 +226,7 @@ class Runner:
             reason = str(exc) if isinstance(exc, CellFailed) else (
                 f"{type(exc).__name__}: {exc}\n" + "".join(traceback.format_exc(limit=8)))
             return self._failed(cell, reason, exc)
-        if not retrying(self.store.finish, cell.key, result, metric_rows, pred_rows):
+        if not retrying(self.store.finish, cell.key, result):
             if self.progress:
                 self.progress.note(f"[yellow]note[/]: {cell.label} was taken over by another worker while this one "
                                    "trained it (its heartbeat went stale); this result is discarded, theirs is kept")
@@ -236,61 +244,31 @@ class Runner:
         return {"backbone": cell.backbone.name, "formulation": cell.formulation.display, "seed": cell.seed,
                 "fold": cell.fold, "config_hash": cell.key}
 
-    def _train(self, cell: Cell, workdir: Path, claim_lost=lambda: False):
-        suite, cfg = self.suite, self.suite.training
-        options = cell.options
-        formulation = create_formulation(cell.formulation.name, options)
+    def cell_spec(self, cell: Cell, workdir: Path, claim_lost=lambda: False) -> CellSpec:
+        """The cell's data, schedule and, for a fine-tuned formulation, its stage-1 start and loss weights."""
+        cfg = self.suite.training
         train, val = self.splits.folds[cell.fold]
         mean, std = self.fold_stats(cell.fold)
         data = CellData(self.dataset.images, self.dataset.labels, self.dataset.ids, train, val, self.splits.test,
                         mean, std, self.dataset.groups, self.splits.grouped)
-        model, native_size = build_model(cell.backbone, formulation, cell.seed)
-        input_size = input_size_for(cell.backbone) or native_size
-        epochs, lr, class_weights, init_state, extra = cfg.epochs, cfg.lr, None, None, {}
+        spec = CellSpec(cell.backbone, cell.formulation.name, cell.options, cell.seed, data, cfg,
+                        batch_size_for(self.suite, cell.backbone), input_size_for(cell.backbone), workdir)
         if cell.depends:
             ft = cell.formulation.finetune_options
-            init_state = load_checkpoint(self.out_dir / "cells" / cell.depends / "best.pt", "cpu",
-                                         "stage-1 checkpoint")
-            epochs = ft.epochs or cfg.finetune_epochs or cfg.epochs
-            lr = ft.lr if ft.lr is not None else cfg.finetune_lr
-            extra = {"stage1_key": cell.depends, "finetune": cell.formulation.finetune, "class_weights": None}
+            spec.init_checkpoint = self.out_dir / "cells" / cell.depends / "best.pt"
+            spec.epochs = ft.epochs or cfg.finetune_epochs or cfg.epochs
+            spec.lr = ft.lr if ft.lr is not None else cfg.finetune_lr
+            spec.finetune, spec.stage1_key = cell.formulation.finetune, cell.depends
             if cell.formulation.finetune == "inverse_f1":
+                formulation = create_formulation(cell.formulation.name, cell.options)
                 per_task_f1 = self.stage1_f1(cell.depends, formulation)
-                weights = formulation.task_weights(per_task_f1, ft.model_dump())
-                class_weights = {k: torch.as_tensor(np.asarray(v), dtype=torch.float32) for k, v in weights.items()}
-                extra.update(stage1_f1={k: list(map(float, v)) for k, v in per_task_f1.items()},
-                             class_weights={k: np.asarray(v).tolist() for k, v in weights.items()})
-        bs = batch_size_for(suite, cell.backbone)
+                spec.class_weights = formulation.task_weights(per_task_f1, ft.model_dump())
+                spec.stage1_f1 = {k: list(map(float, v)) for k, v in per_task_f1.items()}
         if self.progress:
-            self.progress.cell_start(cell, epochs)
-
-        def on_epoch(row):
-            if self.progress:
-                self.progress.epoch(row)
-
-        sched = Schedule(epochs, lr, bs, class_weights, init_state, on_epoch, lambda: self._stop or claim_lost())
-        outcome = train_cell(model, formulation, data, cfg, sched, self.plan, cell.seed, workdir, input_size)
-        metric_rows, pred_rows = [], []
-        for split, pred in outcome.predictions.items():
-            rows, cm = grade_metrics(pred["y"], pred["pred"])
-            for task_name, task in formulation.tasks.items():
-                if task_name != "mes" and task_name in pred["task_preds"]:
-                    rows += task_metrics(task_name, task.target(pred["y"]), pred["task_preds"][task_name],
-                                         len(task.classes))
-            for k, v in outcome.counters[split].items():
-                rows.append(("diag", k, "", float(v) / max(len(pred["y"]), 1)))
-            metric_rows += [{"split": split, "task": t, "metric": m, "cls": c, "value": float(v)}
-                            for t, m, c, v in rows]
-            extra.setdefault("confusion", {})[split] = cm.tolist()
-            pred_rows += prediction_rows(split, pred)
-        result = {"history": outcome.history, "best_epoch": outcome.best_epoch, "timings": outcome.timings,
-                  "stopped_early": outcome.stopped_early, "state": outcome.state, "counters": outcome.counters,
-                  "checkpoint": str(workdir / "best.pt"), "device": self.plan.description, "versions": versions(),
-                  "batch_size": bs, "input_size": input_size, "n_train": int(len(train)), "n_val": int(len(val)),
-                  "n_test": int(len(self.splits.test)), "norm_mean": mean.tolist(), "norm_std": std.tolist(),
-                  "formulation_options": options, "output_names": list(formulation.output_names),
-                  "cross_fitted": formulation.fits_decoding, **extra}
-        return result, metric_rows, pred_rows
+            self.progress.cell_start(cell, spec.epochs or cfg.epochs)
+            spec.on_epoch = self.progress.epoch
+        spec.should_stop = lambda: self._stop or claim_lost()
+        return spec
 
     def stage1_f1(self, key, formulation) -> dict[str, np.ndarray]:
         """Class-wise F1 of the stored stage-1 model on its fold's validation data, per task."""
@@ -306,18 +284,3 @@ class Runner:
             raise CellFailed(f"stage-1 cell {key} has no validation F1 stored")
         return out
 
-
-def prediction_rows(split: str, pred: dict) -> list[dict]:
-    """One row per image: truth, prediction, class probabilities / score where the formulation has them, and
-    its raw outputs (float64 bytes) from which fold-ensembles are decoded."""
-    proba, score, outputs, tp = pred["proba"], pred["score"], pred["outputs"], pred["task_preds"]
-    rows = []
-    for i, image_id in enumerate(pred["ids"]):
-        row = {"split": split, "image_id": str(image_id), "y_true": int(pred["y"][i]), "y_pred": int(pred["pred"][i]),
-               "p0": None, "p1": None, "p2": None, "p3": None, "score": None if score is None else float(score[i]),
-               "aux": json.dumps({k: int(v[i]) for k, v in tp.items()}) if tp else None,
-               "outputs": np.ascontiguousarray(outputs[i], dtype=np.float64).tobytes()}
-        if proba is not None:
-            row.update(p0=float(proba[i, 0]), p1=float(proba[i, 1]), p2=float(proba[i, 2]), p3=float(proba[i, 3]))
-        rows.append(row)
-    return rows

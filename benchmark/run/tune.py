@@ -18,22 +18,21 @@ import math
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from formulations import create_formulation
+from formulations import FORMULATIONS, create_formulation, formulation_class
 
-from .augment import channel_stats
-from .config import FormulationConfig, Suite, dump_suite
-from .data import load_dataset
-from .device import pick_device
-from .errors import BenchError, CellFailed
-from .metrics import grade_metrics, parse_metric, task_metrics
-from .protocol import make_splits, record_splits
+from ..data.registry import load_dataset
+from ..data.splits import make_splits, record_splits
+from ..errors import BenchError, CellFailed
+from ..metrics import known_metrics, metric_value, parse_metric
+from ..suite.loading import dump_suite
+from ..suite.schema import FormulationConfig, Suite, stable_hash
+from ..train.augment import channel_stats
+from ..train.cell import CellSpec, run_cell
+from ..train.device import pick_device
+from ..train.loop import CellData
 from .runner import batch_size_for, input_size_for, preflight
 from .store import sqlite_url
-from .training import CellData, Schedule, build_model, train_cell
-
-WEIGHT_KEYS = ("alpha", "beta", "gamma")
 
 
 def simplex_from_unit(u: float, v: float) -> tuple[float, float, float]:
@@ -42,31 +41,6 @@ def simplex_from_unit(u: float, v: float) -> tuple[float, float, float]:
     beta = (1.0 - alpha) * v
     gamma = 1.0 - alpha - beta
     return alpha, beta, max(gamma, 0.0)
-
-
-def metric_value(key, y, pred, task_preds, formulation) -> float:
-    task, metric, cls = key
-    if task in ("mes", "ra"):
-        rows, _ = grade_metrics(y, pred)
-    else:
-        spec = formulation.tasks.get(task)
-        if spec is None or task not in task_preds:
-            raise BenchError(f"metric {task}.{metric}: formulation {formulation.name!r} has no task {task!r}.")
-        rows = task_metrics(task, spec.target(np.asarray(y)), task_preds[task], len(spec.classes))
-    for t, m, c, v in rows:
-        if (t, m, c) == key:
-            return float(v)
-    raise BenchError(f"metric {key} not computed")
-
-
-def known_metrics(formulation) -> set:
-    y = np.array([0, 1, 2, 3])
-    keys = {(t, m, c) for t, m, c, _ in grade_metrics(y, y)[0]}
-    for name, spec in formulation.tasks.items():
-        if name != "mes":
-            keys |= {(t, m, c) for t, m, c, _ in task_metrics(name, np.array([0, 1]), np.array([0, 1]),
-                                                               len(spec.classes))}
-    return keys
 
 
 def inner_split(train: np.ndarray, labels: np.ndarray, groups: np.ndarray, grouped: bool, n_splits: int, seed: int):
@@ -85,8 +59,27 @@ def inner_split(train: np.ndarray, labels: np.ndarray, groups: np.ndarray, group
     return np.sort(train[tr]), np.sort(train[va])
 
 
+def tunable_formulation(suite: Suite, name: str | None) -> FormulationConfig:
+    """The suite's formulation to tune: the one named, else the first whose loss weights can be tuned."""
+    if name is None:
+        base = next((f for f in suite.formulations if not f.finetune
+                     and formulation_class(f.name).tunable_weights), None)
+        if base is None:
+            tunable = [n for n, c in FORMULATIONS.items() if c.tunable_weights]
+            raise BenchError(f"suite {suite.name!r} has no formulation with loss weights to tune; add one of "
+                             f"{', '.join(tunable)} or name it with --formulation.")
+        return base
+    base = next((f for f in suite.formulations if f.name == name and not f.finetune), None)
+    cfg = base or FormulationConfig(name=name)
+    if not formulation_class(cfg.name).tunable_weights:
+        tunable = [n for n, c in FORMULATIONS.items() if c.tunable_weights]
+        raise BenchError(f"--formulation {name!r} has no joint-loss weights to tune; formulations with tunable "
+                         f"weights: {', '.join(tunable)}.")
+    return cfg
+
+
 class Tuner:
-    def __init__(self, suite: Suite, out: Path, backbone=None, formulation="mtl", metric="macro_f1", folds=None,
+    def __init__(self, suite: Suite, out: Path, backbone=None, formulation=None, metric="macro_f1", folds=None,
                  storage=None, study=None, device=None, seed=0):
         import optuna
 
@@ -99,15 +92,13 @@ class Tuner:
 
             raise BenchError(f"--backbone {backbone!r} is not in suite {suite.name!r}: {closest(backbone, names)}.")
         self.backbone = next(b for b in suite.backbones if b.name == (backbone or names[0]))
-        base = next((f for f in suite.formulations if f.name == formulation and not f.finetune), None)
-        self.fcfg = base or FormulationConfig(name=formulation)
-        if "alpha" not in create_formulation(self.fcfg.name).defaults:
-            raise BenchError(f"--formulation {formulation!r} has no joint-loss weights alpha/beta/gamma to tune; "
-                             "use a hierarchical formulation such as 'mtl'.")
+        self.fcfg = tunable_formulation(suite, formulation)
+        self.weight_keys = formulation_class(self.fcfg.name).tunable_weights
         if folds is not None and folds < 1:
             raise BenchError(f"--folds must be at least 1 (got {folds}).")
         self.metric_name = metric
-        self.metric = parse_metric(metric, known_metrics(create_formulation(self.fcfg.name)))
+        self.tasks = formulation_class(self.fcfg.name).tasks
+        self.metric = parse_metric(metric, known_metrics(self.tasks))
         preflight(suite)
         self.dataset = load_dataset(suite.dataset)
         self.out.mkdir(parents=True, exist_ok=True)
@@ -132,39 +123,35 @@ class Tuner:
 
     def trial_dir(self, fold: int, trial, weights: dict) -> Path:
         """Keyed by study, trial and parameters: another study in the same --out never resumes these."""
-        from .config import stable_hash
-
         study = self.studies[fold].study_name
         return self.out / "trials" / _safe(study) / f"{trial.number:04d}-{stable_hash(weights, 10)}"
 
     def objective(self, trial, fold: int = 0):
         u = trial.suggest_float("u", 0.0, 1.0)
         v = trial.suggest_float("v", 0.0, 1.0)
-        weights = dict(zip(WEIGHT_KEYS, simplex_from_unit(u, v)))
+        weights = dict(zip(self.weight_keys, simplex_from_unit(u, v)))
         for k, w in weights.items():
             trial.set_user_attr(k, w)
         options = {**self.fcfg.options, **self.fcfg.options_by_fold.get(fold, {}), **weights}
         cfg = self.suite.training
-        formulation = create_formulation(self.fcfg.name, options)
         train, val = self.inner[fold]
         mean, std = channel_stats(self.dataset.images, train)
         # no outer validation and no held-out test images: only the outer fold's training part
         data = CellData(self.dataset.images, self.dataset.labels, self.dataset.ids, train, val,
                         np.array([], dtype=np.int64), mean, std, self.dataset.groups, self.splits.grouped)
-        model, native = build_model(self.backbone, formulation, cfg.seeds[0])
 
         def on_epoch(row):
             trial.report(row["objective"], row["epoch"] - 1)
             if trial.should_prune():
                 raise self.optuna.TrialPruned(f"pruned at epoch {row['epoch']}")
 
-        metric = lambda y, p, tp: metric_value(self.metric, y, p, tp, formulation)  # noqa: E731
-        sched = Schedule(cfg.epochs, cfg.lr, batch_size_for(self.suite, self.backbone), on_epoch=on_epoch,
-                         objective=metric)
-        outcome = train_cell(model, formulation, data, cfg, sched, self.plan, cfg.seeds[0],
-                             self.trial_dir(fold, trial, weights), input_size_for(self.backbone) or native)
-        pred = outcome.predictions["val"]
-        return metric_value(self.metric, pred["y"], pred["pred"], pred["task_preds"], formulation)
+        spec = CellSpec(self.backbone, self.fcfg.name, options, cfg.seeds[0], data, cfg,
+                        batch_size_for(self.suite, self.backbone), input_size_for(self.backbone),
+                        self.trial_dir(fold, trial, weights), on_epoch=on_epoch,
+                        objective=lambda y, p, tp: metric_value(self.metric, y, p, tp, self.tasks))
+        result = run_cell(spec, self.plan)
+        pred = result.predictions["val"]
+        return metric_value(self.metric, pred.y, pred.pred, pred.task_preds, self.tasks)
 
     def optimize_fold(self, fold: int, trials: int, timeout=None, callbacks=None):
         study = self.studies[fold]
@@ -178,7 +165,7 @@ class Tuner:
         return self.studies
 
     def best_weights(self) -> dict[int, dict[str, float]]:
-        return {i: {k: s.best_trial.user_attrs[k] for k in WEIGHT_KEYS} for i, s in self.studies.items()
+        return {i: {k: s.best_trial.user_attrs[k] for k in self.weight_keys} for i, s in self.studies.items()
                 if any(t.state.name == "COMPLETE" for t in s.trials)}
 
     def write_override(self) -> Path:
@@ -221,7 +208,7 @@ class Tuner:
             last = max(t.number for t in study.trials)
             ax.step(xs + [last], list(best) + [best[-1]], where="post", color=line.get_color(),
                     label=f"fold {i}: best so far")
-            all_w += [[t.user_attrs[k] for k in WEIGHT_KEYS] for t in done]
+            all_w += [[t.user_attrs[k] for k in self.weight_keys] for t in done]
             all_v += ys
         ax.set_xlabel("trial")
         ax.set_ylabel(f"{self.metric_name} (inner validation)")
@@ -237,9 +224,9 @@ class Tuner:
         ax.plot([0, 1, 0.5, 0], [0, 0, math.sqrt(3) / 2, 0], "k-", lw=0.8)
         sc = ax.scatter(x, y, c=all_v, cmap="viridis", s=40)
         fig.colorbar(sc, label=self.metric_name, shrink=0.7)
-        for (px, py, label, ha) in ((0, -0.07, "α (primary)", "left"), (1, -0.07, "β (remission)", "right"),
-                                    (0.5, math.sqrt(3) / 2 + 0.04, "γ (active)", "center")):
-            ax.text(px, py, label, ha=ha)
+        corners = ((0, -0.07, "left"), (1, -0.07, "right"), (0.5, math.sqrt(3) / 2 + 0.04, "center"))
+        for (px, py, ha), key in zip(corners, self.weight_keys):
+            ax.text(px, py, key, ha=ha)
         ax.set_xlim(-0.1, 1.1)
         ax.set_ylim(-0.15, 1.0)
         ax.set_aspect("equal")

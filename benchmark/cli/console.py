@@ -1,0 +1,10 @@
+"""One console for every command: results on stdout, progress and messages on stderr."""
+
+from rich.console import Console
+
+console = Console()
+err_console = Console(stderr=True)
+# Piped output (CI logs, files) defaults to 80 columns, too narrow for result tables.
+for _c in (console, err_console):
+    if not _c.is_terminal:
+        _c.width = 160

@@ -1,0 +1,125 @@
+"""`bench report` and `bench check`."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from ..errors import BenchError
+from .console import console
+
+
+def cmd_report(args):
+    from reports.load import load_run
+    from reports.render import build, to_csv, to_html, to_latex, to_markdown
+    from reports.tables import Options
+
+    from ..errors import require_in_run
+
+    run = load_run(args.run_dir)
+    if args.reference is not None:
+        require_in_run("--reference", args.reference, run.formulations)
+    if args.backbone:
+        require_in_run("--backbone", args.backbone, run.backbones)
+    opts = Options(split=args.split, backbone=args.backbone, reference=args.reference, test=args.test,
+                   correction=args.correction, alpha=args.alpha)
+    fmt = "csv" if args.csv else "latex" if args.latex else "html" if args.html else "markdown"
+    if fmt == "csv":
+        text = to_csv(run)
+    else:
+        rep = build(run, opts)
+        if fmt == "html":
+            from reports.figures import all_figures
+
+            rep.figures = all_figures(run, opts, rep.friedman)
+            text = to_html(rep)
+        else:
+            text = to_latex(rep) if fmt == "latex" else to_markdown(rep)
+    out = args.output
+    if fmt == "html" and not out:
+        out = str(run.path / "report.html")
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(text)
+        print(f"report written: {out}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def _add_report(sub):
+    r = sub.add_parser("report", help="tables and figures of a run, with significance tests")
+    r.add_argument("run_dir", nargs="?", help="run directory (default: the most recent under ./runs)")
+    fmt = r.add_mutually_exclusive_group()
+    fmt.add_argument("--markdown", action="store_true", help="Markdown to stdout (default)")
+    fmt.add_argument("--latex", action="store_true")
+    fmt.add_argument("--html", action="store_true", help="one self-contained HTML file with figures")
+    fmt.add_argument("--csv", action="store_true", help="the long-format metric table")
+    r.add_argument("-o", "--output", help="write to this file instead of stdout")
+    r.add_argument("--split", choices=["val", "test"], default="val")
+    r.add_argument("--backbone")
+    r.add_argument("--reference", help="formulation the others are compared with (default: the registered "
+                                        "baseline when the run has it, else the run's first formulation)")
+    r.add_argument("--test", choices=["auto", "wilcoxon", "permutation", "corrected-t", "ranksum"], default="auto",
+                   help="paired test across folds (auto: Wilcoxon signed-rank for k-fold designs, corrected t for "
+                        "Monte-Carlo splits)")
+    r.add_argument("--correction", choices=["holm", "fdr_bh", "bonferroni", "none"], default="holm")
+    r.add_argument("--alpha", type=float, default=0.05)
+    r.set_defaults(fn=cmd_report)
+
+
+def cmd_check(args):
+    from reports.check import DEFAULT_TOLERANCE, compare, read_baseline, render, run_table, write_baseline
+
+    now = run_table(args.run_dir)
+    if args.update:
+        if not args.baseline:
+            raise BenchError("--update needs --baseline FILE: the file to write.")
+        if now.empty:
+            raise BenchError(f"{args.run_dir} has no finished cell, so --update would write an empty baseline that "
+                             "every later check passes. Finish the run (`bench run SUITE --out RUN_DIR`) first.")
+        tolerances = {}
+        if Path(args.baseline).is_file():
+            _, tolerances = read_baseline(args.baseline)
+        write_baseline(now, args.baseline, tolerances, str(args.run_dir))
+        console.print(f"[green]baseline written[/]: {args.baseline} ({len(now)} values from {args.run_dir}); "
+                      "commit it to make it the new reference.")
+        return 0
+    if args.against:
+        base, tolerances = run_table(args.against), {}
+    elif args.baseline:
+        base, tolerances = read_baseline(args.baseline)
+    else:
+        raise BenchError("bench check needs --baseline FILE or --against RUN_DIR2.")
+    from reports.check import check_tolerance
+
+    for item in args.tolerance or []:  # command-line tolerances override the file's
+        name, sep, value = item.rpartition("=")
+        try:
+            tolerances[name if sep else "default"] = check_tolerance(float(value), f"--tolerance {item!r}")
+        except ValueError:
+            raise BenchError(f"--tolerance {item!r}: give a number (all metrics) or METRIC=NUMBER, "
+                             "e.g. --tolerance 0.01 --tolerance f1@3=0.1.") from None
+    default = tolerances.pop("default", DEFAULT_TOLERANCE)
+    metrics = [m for m in (args.metrics or "").split(",") if m]
+    result = compare(now, base, tolerances, default, metrics)
+    render(result, console)
+    return 0 if result.ok else 1
+
+
+def _add_check(sub):
+    c = sub.add_parser("check", help="compare a run's metrics with a baseline; exit 1 on a regression")
+    c.add_argument("run_dir")
+    c.add_argument("--baseline", help="baseline CSV")
+    c.add_argument("--against", help="compare with another run directory instead of a baseline file")
+    c.add_argument("--tolerance", action="append", metavar="[METRIC=]NUMBER",
+                   help="absolute tolerance: a number for every metric, or METRIC=NUMBER (e.g. f1@3=0.1, "
+                        "recall@*=0.1); repeatable; overrides the baseline header")
+    c.add_argument("--metrics", help="comma-separated metric names, e.g. accuracy,f1@macro,f1@3")
+    c.add_argument("--update", action="store_true", help="write this run's table as the new baseline")
+    c.set_defaults(fn=cmd_check)
+
+
+def add_commands(sub):
+    _add_report(sub)
+    _add_check(sub)

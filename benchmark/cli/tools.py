@@ -1,0 +1,84 @@
+"""`bench explain` and `bench perf`."""
+
+from __future__ import annotations
+
+from .console import console
+
+
+def cmd_explain(args):
+    from ..tools.explain import explain
+
+    written, _, flat = explain(args.run_dir, args.backbone, args.formulation, args.fold, args.split, args.per_class,
+                               args.head, args.output, args.device)
+    for p in written:
+        console.print(f"written: {p}")
+    console.print(f"{len(flat)} images, {args.per_class} per true MES grade; `bench report --html` includes "
+                  "these figures when they are in RUN_DIR/explain.")
+    return 0
+
+
+def _add_explain(sub):
+    r = sub.add_parser("explain", help="Grad-CAM grids of stored checkpoints, per formulation and head")
+    r.add_argument("run_dir")
+    r.add_argument("--backbone")
+    r.add_argument("--formulation", nargs="+")
+    r.add_argument("--fold", type=int, default=0)
+    r.add_argument("--split", choices=["val", "test"], default="val")
+    r.add_argument("--per-class", type=int, default=2)
+    r.add_argument("--head", default="grade",
+                   help="'grade' (every formulation), or a task head of a multi-task formulation")
+    r.add_argument("-o", "--output", help="output folder (default RUN_DIR/explain)")
+    r.add_argument("--device", choices=["cpu", "cuda"])
+    r.set_defaults(fn=cmd_explain)
+
+
+def cmd_perf(args):
+    from rich.table import Table
+
+    from ..tools.perf import run_perf
+
+    h, w = _hw(args.size)
+    plan, path, res, memory = run_perf(args.backbone, (h, w), args.batch, args.images, args.device, args.compile,
+                                       args.no_model)
+    t = Table(title=f"bench perf — {args.images} images {w}×{h}, batch {args.batch}, device {plan.description}")
+    t.add_column("measurement")
+    t.add_column("images/s", justify="right")
+    t.add_column("seconds", justify="right")
+    for r in res.values():
+        t.add_row(r.name, f"{r.images_per_s:,.1f}", f"{r.seconds:.2f}")
+    console.print(t)
+    console.print(f"augmentation path on this device: {path}")
+    console.print(f"ratio (1)/(2) data path vs usual recipe: {res['data'].images_per_s / res['usual'].images_per_s:.2f}×")
+    if "harness" in res:
+        console.print(f"ratio (4)/(3) harness epoch vs bare model step: "
+                      f"{res['harness'].images_per_s / res['bare'].images_per_s:.3f}×")
+    console.print(f"memory: {memory}; a decoded cache of full LIMUC (11,276 × {h}×{w}×3 uint8) takes "
+                  f"{11276 * h * w * 3 / 1e9:.2f} GB (memory-mapped with `dataset.mmap: true`)")
+    return 0
+
+
+def _hw(text):
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        from ..errors import BenchError
+
+        raise BenchError(f"--size {text!r}: give WIDTHxHEIGHT, e.g. 352x288.") from None
+    return h, w
+
+
+def _add_perf(sub):
+    r = sub.add_parser("perf", help="measure the data path and training epoch against the usual PyTorch recipe")
+    r.add_argument("--backbone", default="resnet18")
+    r.add_argument("--size", default="352x288", help="WIDTHxHEIGHT (LIMUC native: 352x288)")
+    r.add_argument("--batch", type=int, default=64)
+    r.add_argument("--images", type=int, default=256)
+    r.add_argument("--device", choices=["cpu", "cuda"], default=None)
+    r.add_argument("--compile", action="store_true", help="torch.compile the model")
+    r.add_argument("--no-model", action="store_true", help="only the data paths (1) and (2)")
+    r.set_defaults(fn=cmd_perf)
+
+
+def add_commands(sub):
+    _add_explain(sub)
+    _add_perf(sub)

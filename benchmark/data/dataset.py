@@ -1,0 +1,127 @@
+"""A dataset decoded once into one uint8 array (N, H, W, 3) with labels, patient ids and image ids, and the
+on-disk cache that makes "decoded once" true across runs."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from ..errors import BenchError
+from ..labels import NUM_CLASSES
+from ..suite.schema import stable_hash
+
+
+@dataclass
+class Dataset:
+    name: str
+    images: np.ndarray  # (N, H, W, 3) uint8, possibly memory-mapped
+    labels: np.ndarray  # (N,) int64 in 0..3
+    groups: np.ndarray  # (N,) patient ids (str)
+    ids: np.ndarray  # (N,) unique image ids (str)
+    published_test: np.ndarray | None = None  # (N,) bool: the dataset's own hold-out, where it has one
+    meta: dict = field(default_factory=dict)
+
+    def __len__(self):
+        return len(self.labels)
+
+    def check(self, source: str):
+        if len(self.labels) == 0:
+            raise BenchError(f"{source}: the dataset holds no image. Check the data root / manifest.")
+        bad = np.flatnonzero((self.labels < 0) | (self.labels >= NUM_CLASSES))
+        if len(bad):
+            raise BenchError(f"{source}: labels must be MES grades 0–3; image {self.ids[bad[0]]!r} has label "
+                             f"{self.labels[bad[0]]} ({len(bad)} such images). Fix the labels.")
+        uniq, counts = np.unique(self.ids, return_counts=True)
+        if (counts > 1).any():
+            dup = uniq[counts > 1][:3]
+            raise BenchError(f"{source}: duplicate image ids {list(dup)} ({int((counts > 1).sum())} in all). "
+                             "Each image must appear once; remove or rename the duplicates.")
+        present = np.bincount(self.labels, minlength=NUM_CLASSES)
+        empty = [k for k in range(NUM_CLASSES) if present[k] == 0]
+        if empty:
+            raise BenchError(f"{source}: class(es) {empty} have no image. Every MES grade 0–3 needs images.")
+
+
+def cache_dir() -> Path:
+    path = Path(os.environ.get("MESBENCH_CACHE", Path.home() / ".cache" / "mesbench"))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def cached(key: dict, build: Callable[[], Dataset], mmap: bool) -> Dataset:
+    """Decode once: arrays saved under the cache dir, keyed by everything that defines the dataset. A
+    damaged entry is rebuilt, never fatal; a full disk is a clear error and leaves no partial file."""
+    directory = cache_dir()
+    _remove_stale_temp_files(directory)
+    stem = directory / f"{key['kind']}-{stable_hash(key, 16)}"
+    img_path, meta_path = stem.with_suffix(".images.npy"), stem.with_suffix(".json")
+    if img_path.exists() and meta_path.exists():
+        try:
+            meta = json.loads(meta_path.read_text())
+            images = np.load(img_path, mmap_mode="r" if mmap else None)
+            labels = np.asarray(meta["labels"], np.int64)
+            if images.ndim != 4 or images.shape[0] != len(labels) or images.dtype != np.uint8:
+                raise ValueError(f"{images.shape} {images.dtype} for {len(labels)} labels")
+            return Dataset(meta["name"], images, labels, np.asarray(meta["groups"]), np.asarray(meta["ids"]),
+                           None if meta["published_test"] is None else np.asarray(meta["published_test"], bool),
+                           meta["meta"])
+        except (OSError, ValueError, KeyError, TypeError, EOFError):
+            # damaged (a killed write, a truncated copy): decode again rather than fail
+            img_path.unlink(missing_ok=True)
+            meta_path.unlink(missing_ok=True)
+    ds = build()
+    token = uuid.uuid4().hex
+    tmp = img_path.with_name(f"{img_path.name}.{token}.tmp.npy")
+    tmpm = meta_path.with_name(f"{meta_path.name}.{token}.tmp")
+    try:
+        np.save(tmp, np.ascontiguousarray(ds.images))
+        payload = {"name": ds.name, "labels": ds.labels.tolist(), "groups": ds.groups.tolist(), "ids": ds.ids.tolist(),
+                   "published_test": None if ds.published_test is None else ds.published_test.tolist(),
+                   "meta": ds.meta}
+        tmpm.write_text(json.dumps(payload))
+        os.replace(tmp, img_path)
+        os.replace(tmpm, meta_path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        tmpm.unlink(missing_ok=True)
+        # numpy's short write carries no errno; the free space says whether the disk was the cause
+        full = shutil.disk_usage(directory).free < ds.images.nbytes + (1 << 20)
+        if full or exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES):
+            raise BenchError(f"cannot write the decoded-image cache in {directory} ({exc.strerror}): "
+                             f"{ds.images.nbytes / 1e9:.2f} GB are needed there. Free space, or point MESBENCH_CACHE "
+                             "at a folder with room.") from None
+        raise
+    if mmap:
+        ds.images = np.load(img_path, mmap_mode="r")
+    return ds
+
+
+def _remove_stale_temp_files(directory: Path, older_than_s: float = 3600.0):
+    """Temp files of a killed cache write; recent ones may belong to a process writing right now."""
+    now = time.time()
+    for tmp in directory.glob("*.tmp*"):
+        try:
+            if now - tmp.stat().st_mtime > older_than_s:
+                tmp.unlink()
+        except OSError:
+            pass
+
+
+def content_key(labels, groups, ids, published_test=None) -> str:
+    """What the decoded images are labelled and grouped as: part of every cache key, so a changed label,
+    patient or class order never reuses a cache entry built for other ones."""
+    return stable_hash({"labels": np.asarray(labels).tolist(), "groups": np.asarray(groups).astype(str).tolist(),
+                        "ids": np.asarray(ids).astype(str).tolist(),
+                        "published_test": None if published_test is None else np.asarray(published_test).tolist()},
+                       20)
+
+

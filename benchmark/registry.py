@@ -1,0 +1,72 @@
+"""One registry style for formulations, backbones and datasets: a named dict filled by a decorator (or a
+call), as in timm's `_registry.py`, with the closest-name error every unknown name gets."""
+
+from __future__ import annotations
+
+from typing import Callable, Generic, Iterator, TypeVar
+
+from .errors import BenchError, closest
+
+T = TypeVar("T")
+
+
+class Registry(Generic[T]):
+    def __init__(self, kind: str, load: Callable[[], None] | None = None):
+        self.kind = kind
+        self._items: dict[str, T] = {}
+        self._load = load  # imports the modules whose decorators fill this registry (on first use)
+
+    def _ensure(self):
+        if self._load is not None:
+            load, self._load = self._load, None
+            load()
+
+    def register(self, name: str | None = None, obj: T | None = None):
+        """`@REG.register()` on a class with `.name`, `@REG.register("name")` on anything, or
+        `REG.register("name", obj)`."""
+        def add(item: T) -> T:
+            key = name or getattr(item, "name")
+            self._items[key] = item
+            return item
+
+        return add(obj) if obj is not None else add
+
+    def get(self, name: str, extra_names: list[str] | None = None, hint: str = "") -> T:
+        self._ensure()
+        if name not in self._items:
+            valid = list(self._items) + list(extra_names or [])
+            raise BenchError(f"Unknown {self.kind} {name!r}: {closest(name, valid)}.{hint}")
+        return self._items[name]
+
+    def pop(self, name: str) -> T:
+        return self._items.pop(name)
+
+    # dict protocol, so tests can register a toy entry with pytest's monkeypatch.setitem
+    def __getitem__(self, name: str) -> T:
+        return self.get(name)
+
+    def __setitem__(self, name: str, item: T) -> None:
+        self._items[name] = item
+
+    def __delitem__(self, name: str) -> None:
+        del self._items[name]
+
+    def __contains__(self, name) -> bool:
+        self._ensure()
+        return name in self._items
+
+    def __iter__(self) -> Iterator[str]:
+        self._ensure()
+        return iter(list(self._items))
+
+    def __len__(self) -> int:
+        self._ensure()
+        return len(self._items)
+
+    def items(self):
+        self._ensure()
+        return list(self._items.items())
+
+    def values(self):
+        self._ensure()
+        return list(self._items.values())

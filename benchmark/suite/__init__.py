@@ -1,0 +1,1 @@
+"""The suite layer: schema, loading with line numbers, expansion into cells."""

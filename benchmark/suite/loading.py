@@ -1,0 +1,140 @@
+"""Loading a suite: YAML with line numbers kept for errors, `--set` overrides, and dumping."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from ..errors import BenchError, closest
+from .schema import Suite
+
+
+class _LineLoader(yaml.SafeLoader):
+    pass
+
+
+def _construct_mapping(loader, node, deep=False):
+    mapping = {}
+    lines = {}
+    for key_node, value_node in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        mapping[key] = loader.construct_object(value_node, deep=True)
+        lines[key] = key_node.start_mark.line + 1
+    return _LinedDict(mapping, lines)
+
+
+class _LinedDict(dict):
+    def __init__(self, data, lines):
+        super().__init__(data)
+        self.lines = lines
+
+
+_LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def _line_of(doc, loc):
+    """Best line number for a pydantic error location inside the YAML document."""
+    node, line = doc, None
+    for part in loc:
+        if isinstance(node, _LinedDict) and part in node.lines:
+            line = node.lines[part]
+            node = node[part]
+        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+            node = node[part]
+        else:
+            break
+    return line
+
+
+def load_suite(path: str | os.PathLike, overrides: list[str] | None = None) -> Suite:
+    path = Path(path)
+    try:
+        exists = path.is_file()
+    except OSError as exc:
+        raise BenchError(f"Suite file {str(path)!r} cannot be reached ({exc.strerror}); check the path and the "
+                         "permissions of its folders.") from None
+    if not exists:
+        raise BenchError(f"Suite file {str(path)!r} does not exist. Give the path of a suite YAML, e.g. suites/smoke.yaml.")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise BenchError(f"{path}: not a text file (byte {exc.start} is not UTF-8). A suite is a YAML text file; "
+                         "check that the path names the suite, not a binary file.") from None
+    except OSError as exc:
+        raise BenchError(f"{path}: cannot be read ({exc.strerror}). Check the path and its permissions.") from None
+    try:
+        doc = yaml.load(text, Loader=_LineLoader)  # noqa: S506 - SafeLoader subclass
+    except yaml.YAMLError as exc:
+        raise BenchError(f"{path}: not valid YAML ({exc}). Fix the syntax at the line shown.") from None
+    if not isinstance(doc, dict):
+        raise BenchError(f"{path}: a suite must be a YAML mapping with at least 'name', 'backbones' and 'formulations'.")
+    doc = apply_overrides(doc, overrides or [], path)
+    return validate_suite(doc, str(path))
+
+
+def validate_suite(doc: dict, source: str = "<suite>") -> Suite:
+    try:
+        return Suite.model_validate(doc)
+    except ValidationError as exc:
+        msgs = []
+        for err in exc.errors():
+            loc = [p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-"))]
+            field = ".".join(str(p) for p in loc) or "(top level)"
+            line = _line_of(doc, err["loc"])
+            where = f"line {line}, " if line else ""
+            if err["type"] == "extra_forbidden":
+                parent = loc[:-1]
+                allowed = _allowed_keys(parent)
+                msgs.append(f"{where}unknown key {field!r}: {closest(loc[-1], allowed)}")
+            else:
+                value = err.get("input")
+                shown = "" if isinstance(value, dict) else f" (got {value!r})"
+                msg = str(err["msg"]).removeprefix("Value error, ")
+                msgs.append(f"{where}field {field!r}: {msg}{shown}")
+        raise BenchError(f"{source}: invalid suite — " + "; ".join(msgs) + ". Fix these fields and run again.") from None
+
+
+def _allowed_keys(parent_loc):
+    model = Suite
+    for part in parent_loc:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part)
+        if field is None:
+            break
+        ann = field.annotation
+        inner = getattr(ann, "__args__", None)
+        candidate = inner[0] if inner else ann
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            model = candidate
+        elif isinstance(ann, type) and issubclass(ann, BaseModel):
+            model = ann
+    return list(model.model_fields)
+
+
+def apply_overrides(doc: dict, overrides: list[str], source) -> dict:
+    """`key.sub=value` pairs (values parsed as YAML) applied on top of the document."""
+    if not overrides:
+        return doc  # keeps the line numbers for error messages
+    doc = json.loads(json.dumps(doc))  # plain dicts, deep copy
+    for item in overrides:
+        if "=" not in item:
+            raise BenchError(f"Override {item!r} is not of the form key=value (e.g. training.epochs=3).")
+        key, raw = item.split("=", 1)
+        value = yaml.safe_load(raw)
+        node = doc
+        parts = key.split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise BenchError(f"Override {item!r}: {p!r} in {source} is not a mapping.")
+        node[parts[-1]] = value
+    return doc
+
+
+def dump_suite(suite: Suite) -> str:
+    return yaml.safe_dump(suite.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,1 @@
+"""Tools on top of runs and reports: Grad-CAM (`bench explain`) and performance benchmarks (`bench perf`)."""

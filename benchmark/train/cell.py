@@ -1,0 +1,103 @@
+"""One cell, start to finish: build the model, train it on its fold, evaluate the best epoch, and return one
+typed `CellResult` (metrics, predictions, history, decoding state, timings, versions).
+
+`bench run` and `bench tune` both train through `run_cell`; the runner only schedules, claims and stores.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from backbones import create_backbone
+from formulations import Formulation, create_formulation
+
+from ..metrics import all_rows
+from ..result import CellResult, SplitPredictions
+from ..suite.schema import BackboneConfig, TrainingConfig
+from .device import DevicePlan, versions
+from .loop import CellData, Schedule, load_checkpoint, train_cell
+
+
+class Net(nn.Module):
+    def __init__(self, backbone, head):
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+
+    def forward(self, x):
+        return self.head(self.backbone(x))
+
+
+def build_model(backbone_cfg: BackboneConfig, formulation: Formulation, seed: int):
+    """The backbone is initialised under the seed before the head, so every formulation of a seed starts from
+    the same backbone weights."""
+    torch.manual_seed(seed)
+    backbone, d, input_size = create_backbone(backbone_cfg.name, backbone_cfg.pretrained, backbone_cfg.weights)
+    torch.manual_seed(seed + 7919)
+    head = formulation.head(d)
+    return Net(backbone, head), input_size
+
+
+@dataclass
+class CellSpec:
+    """Everything one cell needs; the runner and the tuner fill it in."""
+
+    backbone: BackboneConfig
+    formulation: str
+    options: dict
+    seed: int
+    data: CellData
+    training: TrainingConfig
+    batch_size: int
+    input_size: tuple[int, int] | None
+    workdir: Path
+    epochs: int | None = None  # default: training.epochs
+    lr: float | None = None  # default: training.lr
+    # fine-tuning stage: start from a stage-1 checkpoint, optionally with per-class loss weights
+    init_checkpoint: Path | None = None
+    class_weights: dict[str, np.ndarray] | None = None
+    finetune: str | None = None
+    stage1_key: str | None = None
+    stage1_f1: dict[str, list[float]] | None = None
+    on_epoch: Callable[[dict], None] | None = None
+    should_stop: Callable[[], bool] = field(default=lambda: False)
+    objective: Callable | None = None
+
+
+def run_cell(spec: CellSpec, plan: DevicePlan) -> CellResult:
+    cfg = spec.training
+    formulation = create_formulation(spec.formulation, spec.options)
+    model, native_size = build_model(spec.backbone, formulation, spec.seed)
+    input_size = spec.input_size or native_size
+    init_state = load_checkpoint(spec.init_checkpoint, "cpu", "stage-1 checkpoint") if spec.init_checkpoint else None
+    weights = None if spec.class_weights is None else {
+        k: torch.as_tensor(np.asarray(v), dtype=torch.float32) for k, v in spec.class_weights.items()}
+    sched = Schedule(spec.epochs or cfg.epochs, cfg.lr if spec.lr is None else spec.lr, spec.batch_size, weights,
+                     init_state, spec.on_epoch, spec.should_stop, spec.objective)
+    outcome = train_cell(model, formulation, spec.data, cfg, sched, plan, spec.seed, spec.workdir, input_size)
+    result = CellResult(
+        history=outcome.history, best_epoch=outcome.best_epoch, stopped_early=outcome.stopped_early,
+        state=outcome.state, timings=outcome.timings, device=plan.description, versions=versions(),
+        n_train=int(len(spec.data.train)), n_val=int(len(spec.data.val)), n_test=int(len(spec.data.test)),
+        batch_size=spec.batch_size, input_size=list(input_size) if input_size else None,
+        norm_mean=np.asarray(spec.data.mean).tolist(), norm_std=np.asarray(spec.data.std).tolist(),
+        formulation_options=formulation.options, output_names=list(formulation.output_names),
+        cross_fitted=formulation.fits_decoding, checkpoint=str(spec.workdir / "best.pt"), counters=outcome.counters,
+        finetune=spec.finetune, stage1_key=spec.stage1_key, stage1_f1=spec.stage1_f1,
+        class_weights=None if spec.class_weights is None else {
+            k: np.asarray(v).tolist() for k, v in spec.class_weights.items()})
+    for split, pred in outcome.predictions.items():
+        rows, cm = all_rows(pred["y"], pred["pred"], pred["task_preds"], formulation.tasks)
+        n = max(len(pred["y"]), 1)
+        rows += [("diag", k, "", float(v) / n) for k, v in outcome.counters[split].items()]
+        result.metrics += [{"split": split, "task": t, "metric": m, "cls": c, "value": float(v)} for t, m, c, v in rows]
+        result.confusion[split] = cm.tolist()
+        result.predictions[split] = SplitPredictions(pred["ids"], pred["y"], pred["pred"], pred["outputs"],
+                                                     pred["proba"], pred["score"], pred["task_preds"])
+    return result
