@@ -48,13 +48,15 @@ def unknown_backbone(name: str) -> BenchError:
     names = list(BACKBONES) + timm.list_models()
     near = difflib.get_close_matches(name, names, n=5, cutoff=0.4)
     shown = ", ".join(repr(n) for n in near) if near else "none close"
-    return BenchError(f"Unknown backbone {name!r}: closest {shown}. Registered: {', '.join(BACKBONES)}; any timm "
-                      "model name also works (`bench list --timm` lists them all).")
+    return BenchError(
+        f"Unknown backbone {name!r}: closest {shown}. Registered: {', '.join(BACKBONES)}; any timm "
+        "model name also works (`bench list --timm` lists them all)."
+    )
 
 
 def resolve(name: str) -> BackboneSpec:
     if name in BACKBONES:
-        return BACKBONES.get(name)
+        return BACKBONES.lookup(name)
     import timm
 
     if name in timm.list_models():
@@ -70,7 +72,7 @@ def cached_weights(timm_name: str) -> Path | None:
     cfg = timm.models.get_pretrained_cfg(timm_name)
     if cfg is None:
         return None
-    cfg = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)
+    cfg = cfg.to_dict()
     if cfg.get("hf_hub_id"):
         from huggingface_hub import try_to_load_from_cache
 
@@ -103,16 +105,20 @@ def create_backbone(name: str, pretrained: bool = False, weights: str | None = N
         raise BenchError(
             f"Backbone {name!r} asks for pretrained ImageNet weights, but {where}, and nothing is downloaded at run "
             f"time. Either set `weights: /path/to/{spec.timm_name}.safetensors` (or .pth) under this backbone in the "
-            f"suite, or fill the cache on a machine with internet: `python -c \"import timm; "
+            f'suite, or fill the cache on a machine with internet: `python -c "import timm; '
             f"timm.create_model('{spec.timm_name}', pretrained=True)\"` and copy ~/.cache/huggingface (HF_HOME) "
-            "here. Or set `pretrained: false`.")
+            "here. Or set `pretrained: false`."
+        )
     try:
-        model = timm.create_model(spec.timm_name, pretrained=True, num_classes=0,
-                                  pretrained_cfg_overlay={"file": str(path)})
-    except Exception as exc:  # noqa: BLE001 - any loading failure becomes one clear message
-        raise BenchError(f"Backbone {name!r}: weights file {str(path)!r} could not be loaded into timm model "
-                         f"{spec.timm_name!r} ({type(exc).__name__}: {exc}). Check that it is that model's "
-                         "ImageNet checkpoint.") from None
+        model = timm.create_model(
+            spec.timm_name, pretrained=True, num_classes=0, pretrained_cfg_overlay={"file": str(path)}
+        )
+    except Exception as exc:
+        raise BenchError(
+            f"Backbone {name!r}: weights file {str(path)!r} could not be loaded into timm model "
+            f"{spec.timm_name!r} ({type(exc).__name__}: {exc}). Check that it is that model's "
+            "ImageNet checkpoint."
+        ) from None
     return model, model.num_features, spec.input_size
 
 

@@ -10,14 +10,27 @@ A metric is named `[task.]metric[@cls]`, e.g. `accuracy`, `f1@3`, `f1@macro`, `r
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import (accuracy_score, cohen_kappa_score, confusion_matrix, f1_score, mean_absolute_error,
-                             precision_recall_fscore_support)
+from sklearn.metrics import (
+    accuracy_score,
+    cohen_kappa_score,
+    confusion_matrix,
+    f1_score,
+    mean_absolute_error,
+    precision_recall_fscore_support,
+)
 
 from .errors import BenchError, closest
 from .labels import GRADES
 
-ALIASES = {"macro_f1": "f1@macro", "qwk": "qwk", "mae": "mae", "kappa": "kappa", "accuracy": "accuracy",
-           "macro_recall": "recall@macro", "macro_precision": "precision@macro"}
+ALIASES = {
+    "macro_f1": "f1@macro",
+    "qwk": "qwk",
+    "mae": "mae",
+    "kappa": "kappa",
+    "accuracy": "accuracy",
+    "macro_recall": "recall@macro",
+    "macro_precision": "precision@macro",
+}
 LOWER_IS_BETTER = {"mae"}
 
 
@@ -71,15 +84,21 @@ def per_class_rows(y_true, y_pred, labels, task):
 def binary_rows(y_true, y_pred, task):
     """Binary task, class 1 positive: accuracy, precision, recall, F1, specificity, kappa."""
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
-    p, r, f, _ = precision_recall_fscore_support(y_true, y_pred, labels=[1], average="binary", pos_label=1,
-                                                 zero_division=0)
+    p, r, f, _ = precision_recall_fscore_support(
+        y_true, y_pred, labels=[1], average="binary", pos_label=1, zero_division=0
+    )
     cm = confusion_matrix(y_true, y_pred, labels=[0, 1])
     tn, fp = cm[0]
     spec = tn / (tn + fp) if tn + fp else 0.0
     kappa = cohen_kappa_score(y_true, y_pred, labels=[0, 1]) if _two_labels(y_true, y_pred) else 0.0
-    return [(task, "accuracy", "", accuracy(y_true, y_pred)), (task, "precision", "", float(p)),
-            (task, "recall", "", float(r)), (task, "f1", "", float(f)), (task, "specificity", "", float(spec)),
-            (task, "kappa", "", float(kappa))]
+    return [
+        (task, "accuracy", "", accuracy(y_true, y_pred)),
+        (task, "precision", "", float(p)),
+        (task, "recall", "", float(r)),
+        (task, "f1", "", float(f)),
+        (task, "specificity", "", float(spec)),
+        (task, "kappa", "", float(kappa)),
+    ]
 
 
 def grade_metrics(y_true, y_pred):

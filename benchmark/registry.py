@@ -3,7 +3,8 @@ call), as in timm's `_registry.py`, with the closest-name error every unknown na
 
 from __future__ import annotations
 
-from typing import Callable, Generic, Iterator, TypeVar
+from collections.abc import Callable, Iterator
+from typing import Any, Generic, TypeVar
 
 from .errors import BenchError, closest
 
@@ -11,27 +12,28 @@ T = TypeVar("T")
 
 
 class Registry(Generic[T]):
-    def __init__(self, kind: str, load: Callable[[], None] | None = None):
+    def __init__(self, kind: str, load: Callable[[], None] | None = None) -> None:
         self.kind = kind
         self._items: dict[str, T] = {}
         self._load = load  # imports the modules whose decorators fill this registry (on first use)
 
-    def _ensure(self):
+    def _ensure(self) -> None:
         if self._load is not None:
             load, self._load = self._load, None
             load()
 
-    def register(self, name: str | None = None, obj: T | None = None):
+    def register(self, name: str | None = None, obj: T | None = None) -> Any:
         """`@REG.register()` on a class with `.name`, `@REG.register("name")` on anything, or
         `REG.register("name", obj)`."""
+
         def add(item: T) -> T:
-            key = name or getattr(item, "name")
+            key: str = name or item.name  # type: ignore[attr-defined]
             self._items[key] = item
             return item
 
         return add(obj) if obj is not None else add
 
-    def get(self, name: str, extra_names: list[str] | None = None, hint: str = "") -> T:
+    def lookup(self, name: str, extra_names: list[str] | None = None, hint: str = "") -> T:
         self._ensure()
         if name not in self._items:
             valid = list(self._items) + list(extra_names or [])
@@ -43,7 +45,11 @@ class Registry(Generic[T]):
 
     # dict protocol, so tests can register a toy entry with pytest's monkeypatch.setitem
     def __getitem__(self, name: str) -> T:
-        return self.get(name)
+        return self.lookup(name)
+
+    def get(self, name: str, default: T | None = None) -> T | None:
+        self._ensure()
+        return self._items.get(name, default)
 
     def __setitem__(self, name: str, item: T) -> None:
         self._items[name] = item
@@ -51,7 +57,7 @@ class Registry(Generic[T]):
     def __delitem__(self, name: str) -> None:
         del self._items[name]
 
-    def __contains__(self, name) -> bool:
+    def __contains__(self, name: object) -> bool:
         self._ensure()
         return name in self._items
 
@@ -63,10 +69,10 @@ class Registry(Generic[T]):
         self._ensure()
         return len(self._items)
 
-    def items(self):
+    def items(self) -> list[tuple[str, T]]:
         self._ensure()
         return list(self._items.items())
 
-    def values(self):
+    def values(self) -> list[T]:
         self._ensure()
         return list(self._items.values())

@@ -26,14 +26,18 @@ class SplitPredictions:
     score: np.ndarray | None = None
     task_preds: dict[str, np.ndarray] = field(default_factory=dict)
 
-    def rows(self, split: str) -> list[dict]:
+    def rows(self, split: str) -> list[dict[str, Any]]:
         rows = []
         for i, image_id in enumerate(self.ids):
             row: dict[str, Any] = {
-                "split": split, "image_id": str(image_id), "y_true": int(self.y[i]), "y_pred": int(self.pred[i]),
+                "split": split,
+                "image_id": str(image_id),
+                "y_true": int(self.y[i]),
+                "y_pred": int(self.pred[i]),
                 "score": None if self.score is None else float(self.score[i]),
                 "aux": json.dumps({k: int(v[i]) for k, v in self.task_preds.items()}) if self.task_preds else None,
-                "outputs": np.ascontiguousarray(self.outputs[i], dtype=np.float64).tobytes()}
+                "outputs": np.ascontiguousarray(self.outputs[i], dtype=np.float64).tobytes(),
+            }
             for k, col in enumerate(PROBA_COLUMNS):
                 row[col] = None if self.proba is None else float(self.proba[i, k])
             rows.append(row)
@@ -42,13 +46,13 @@ class SplitPredictions:
 
 @dataclass
 class CellResult:
-    history: list[dict] = field(default_factory=list)
+    history: list[dict[str, Any]] = field(default_factory=list)
     best_epoch: int = -1
     stopped_early: bool = False
-    state: dict = field(default_factory=dict)  # decoding state used for the test set
-    timings: dict = field(default_factory=dict)
+    state: dict[str, Any] = field(default_factory=dict)  # decoding state used for the test set
+    timings: dict[str, Any] = field(default_factory=dict)
     device: str = ""
-    versions: dict = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)
     n_train: int = 0
     n_val: int = 0
     n_test: int = 0
@@ -56,11 +60,11 @@ class CellResult:
     input_size: list[int] | None = None
     norm_mean: list[float] = field(default_factory=list)
     norm_std: list[float] = field(default_factory=list)
-    formulation_options: dict = field(default_factory=dict)
+    formulation_options: dict[str, Any] = field(default_factory=dict)
     output_names: list[str] = field(default_factory=list)
     cross_fitted: bool = False
-    confusion: dict[str, list] = field(default_factory=dict)  # split -> 4×4 counts
-    counters: dict[str, dict] = field(default_factory=dict)  # split -> formulation diagnostics
+    confusion: dict[str, list[list[int]]] = field(default_factory=dict)  # split -> 4×4 counts
+    counters: dict[str, dict[str, int]] = field(default_factory=dict)  # split -> formulation diagnostics
     checkpoint: str = ""
     # fine-tuning stage
     finetune: str | None = None
@@ -68,7 +72,7 @@ class CellResult:
     stage1_f1: dict[str, list[float]] | None = None
     class_weights: dict[str, list[float]] | None = None
     # long-format metric rows and per-image predictions (own tables in the store)
-    metrics: list[dict] = field(default_factory=list)
+    metrics: list[dict[str, Any]] = field(default_factory=list)
     predictions: dict[str, SplitPredictions] = field(default_factory=dict)
 
     _TABLES = ("metrics", "predictions")
@@ -78,21 +82,21 @@ class CellResult:
         return json.dumps(doc, default=_json_default)
 
     @classmethod
-    def from_summary(cls, text: str | None) -> "CellResult | None":
+    def from_summary(cls, text: str | None) -> CellResult | None:
         if text is None:
             return None
-        doc = json.loads(text)
+        doc: dict[str, Any] = json.loads(text)
         known = {f.name for f in dataclasses.fields(cls)} - set(cls._TABLES)
         return cls(**{k: v for k, v in doc.items() if k in known})
 
-    def metric_rows(self) -> list[dict]:
+    def metric_rows(self) -> list[dict[str, Any]]:
         return [dict(r) for r in self.metrics]
 
-    def prediction_rows(self) -> list[dict]:
+    def prediction_rows(self) -> list[dict[str, Any]]:
         return [row for split, p in self.predictions.items() for row in p.rows(split)]
 
 
-def _json_default(obj):
+def _json_default(obj: Any) -> Any:
     if isinstance(obj, np.ndarray):
         return obj.tolist()
     if isinstance(obj, np.integer):

@@ -26,6 +26,9 @@ from benchmark.labels import CLASS_NAMES, GRADES, NUM_CLASSES
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
+State = dict[str, Any]  # a formulation's decoding parameters (e.g. fitted cut points), JSON-serialisable
+RawOutput = Any  # the head's output: a tensor, or a dict of tensors for multi-head formulations
+
 __all__ = ["NUM_CLASSES", "GRADES", "Task", "MES_TASK", "Decoded", "Formulation", "NoOptions", "option_error"]
 
 
@@ -36,7 +39,7 @@ class NoOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-def option_error(name: str, exc: ValidationError, fields) -> str:
+def option_error(name: str, exc: ValidationError, fields: list[str]) -> str:
     """One sentence per wrong option, with the closest valid name for a misspelt one."""
     msgs = []
     for err in exc.errors():
@@ -58,7 +61,7 @@ class Task:
     classes: tuple[str, ...]
     labels: tuple[int, ...]
 
-    def target(self, y):
+    def target(self, y: Any) -> Any:
         """Task labels for grades `y` (numpy array or torch tensor, same type back)."""
         if isinstance(y, np.ndarray):
             return np.asarray(self.labels, dtype=np.int64)[y]
@@ -97,13 +100,17 @@ class Formulation(abc.ABC):
     # Options `bench tune` may search: loss weights on the simplex.
     tunable_weights: ClassVar[tuple[str, ...]] = ()
     # Which rule the fold-ensemble uses, in words, for the report's table note.
-    ensemble_rule: ClassVar[str] = "mean of the fold models' outputs, decoded by the formulation's own rule"
+    ensemble_text: ClassVar[str] = "mean of the fold models' outputs, decoded by the formulation's own rule"
 
-    def __init__(self, **options):
+    @property
+    def ensemble_rule(self) -> str:
+        return self.ensemble_text
+
+    def __init__(self, **options: Any) -> None:
         self.options: dict[str, Any] = self.validate_options(options)
 
     @classmethod
-    def validate_options(cls, options: dict) -> dict[str, Any]:
+    def validate_options(cls, options: dict[str, Any]) -> dict[str, Any]:
         try:
             return cls.Options.model_validate(options or {}).model_dump()
         except ValidationError as exc:
@@ -111,36 +118,37 @@ class Formulation(abc.ABC):
 
     # ------------------------------------------------------------------ training (torch)
     @abc.abstractmethod
-    def head(self, d: int):
+    def head(self, d: int) -> torch.nn.Module:
         """The head module on the pooled d-dimensional features."""
 
     @abc.abstractmethod
-    def loss(self, out, y: torch.Tensor, weights: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+    def loss(self, out: RawOutput, y: torch.Tensor, weights: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         """Mean loss; `weights` maps a task name to per-class weights (fine-tuning stage)."""
 
     @abc.abstractmethod
-    def outputs(self, out) -> torch.Tensor:
+    def outputs(self, out: RawOutput) -> torch.Tensor:
         """(B, len(output_names)) float: the per-image quantities stored, and averaged over fold models."""
 
-    def gradcam_scores(self, out) -> torch.Tensor:
+    def gradcam_scores(self, out: RawOutput) -> torch.Tensor:
         """(B, n) differentiable scores whose column `gradcam_class(pred)` Grad-CAM explains for the grade."""
-        return out
+        scores: torch.Tensor = out
+        return scores
 
     def gradcam_class(self, pred: np.ndarray) -> list[int]:
         return [int(p) for p in pred]
 
     # ------------------------------------------------------------------ decoding (numpy)
     @abc.abstractmethod
-    def predict(self, outputs: np.ndarray, state: dict) -> np.ndarray:
+    def predict(self, outputs: np.ndarray, state: State) -> np.ndarray:
         """MES grades (B,) from outputs (B, m): of one model, or combined over fold models."""
 
-    def proba(self, outputs: np.ndarray, state: dict) -> np.ndarray | None:
+    def proba(self, outputs: np.ndarray, state: State) -> np.ndarray | None:
         return None
 
     def score(self, outputs: np.ndarray) -> np.ndarray | None:
         return None
 
-    def task_predictions(self, outputs: np.ndarray, state: dict) -> dict[str, np.ndarray]:
+    def task_predictions(self, outputs: np.ndarray, state: State) -> dict[str, np.ndarray]:
         return {}
 
     def counters(self, outputs: np.ndarray) -> dict[str, int]:
@@ -151,11 +159,11 @@ class Formulation(abc.ABC):
         (`predict(example_outputs(g), initial_state()) == g` must hold)."""
         raise NotImplementedError(f"formulation {self.name!r} gives no example outputs")
 
-    def score_thresholds(self, state: dict) -> list[float] | None:
+    def score_thresholds(self, state: State) -> list[float] | None:
         """Where a score-based decoding cuts its score into grades (for the report's score figure)."""
         return None
 
-    def initial_state(self) -> dict:
+    def initial_state(self) -> State:
         """Decoding parameters before any fitting (e.g. fixed cut points)."""
         return {}
 
@@ -165,41 +173,54 @@ class Formulation(abc.ABC):
         be cross-fitted, never computed on the data it was fitted on."""
         return False
 
-    def fit_decoding(self, outputs: np.ndarray, y: np.ndarray) -> dict:
+    def fit_decoding(self, outputs: np.ndarray, y: np.ndarray) -> State:
         """Decoding parameters fitted on validation outputs (never on the test set)."""
         return self.initial_state()
 
     # ------------------------------------------------------------------ fold-ensembling (numpy)
     def combine_outputs(self, stacked: np.ndarray) -> np.ndarray:
         """(models, B, m) -> (B, m)."""
-        return stacked.mean(axis=0)
+        combined: np.ndarray = stacked.mean(axis=0)
+        return combined
 
-    def combine_states(self, states: list[dict]) -> dict:
+    def combine_states(self, states: list[State]) -> State:
         """One decoding state for the ensemble from the fold models' states."""
         return states[0] if states else self.initial_state()
 
-    def ensemble_predict(self, stacked: np.ndarray, states: list[dict]) -> np.ndarray:
+    def ensemble_predict(self, stacked: np.ndarray, states: list[State]) -> np.ndarray:
         return self.predict(self.combine_outputs(stacked), self.combine_states(states))
 
     # ------------------------------------------------------------------ helpers
-    def decode(self, out, state: dict | None = None) -> Decoded:
+    def decode(self, out: RawOutput, state: State | None = None) -> Decoded:
         """Raw network output -> everything stored for a batch; one path for every split and model."""
         o = self.outputs(out).detach().float().cpu().numpy().astype(np.float64)
         return self.decode_outputs(o, self.initial_state() if state is None else state)
 
-    def decode_outputs(self, o: np.ndarray, state: dict) -> Decoded:
-        return Decoded(pred=np.asarray(self.predict(o, state), dtype=np.int64), outputs=o, proba=self.proba(o, state),
-                       score=self.score(o), task_preds=self.task_predictions(o, state), counters=self.counters(o))
+    def decode_outputs(self, o: np.ndarray, state: State) -> Decoded:
+        return Decoded(
+            pred=np.asarray(self.predict(o, state), dtype=np.int64),
+            outputs=o,
+            proba=self.proba(o, state),
+            score=self.score(o),
+            task_preds=self.task_predictions(o, state),
+            counters=self.counters(o),
+        )
 
-    def task_weights(self, per_task_f1: dict[str, np.ndarray], options: dict) -> dict[str, np.ndarray]:
+    def finetune_overrides(self, per_task_f1: dict[str, np.ndarray], options: dict[str, Any]) -> dict[str, Any]:
+        """Option changes for the inverse-F1 stage beyond per-class weights (default: none)."""
+        return {}
+
+    def task_weights(self, per_task_f1: dict[str, np.ndarray], options: dict[str, Any]) -> dict[str, np.ndarray]:
         """Loss weights for the inverse-F1 fine-tuning stage; default: inverse F1 per class of every task."""
         from .finetune import inverse_f1_weights
 
-        return {t: inverse_f1_weights(f1, options.get("eps", 1e-3), options.get("max_weight", 10.0))
-                for t, f1 in per_task_f1.items()}
+        return {
+            t: inverse_f1_weights(f1, options.get("eps", 1e-3), options.get("max_weight", 10.0))
+            for t, f1 in per_task_f1.items()
+        }
 
 
-def weighted_mean(per_sample, y, class_weights):
+def weighted_mean(per_sample: torch.Tensor, y: torch.Tensor, class_weights: torch.Tensor | None) -> torch.Tensor:
     """Mean of per-sample losses, each weighted by its class's weight (sum w·l / sum w)."""
     if class_weights is None:
         return per_sample.mean()
@@ -212,10 +233,11 @@ def cumulative_to_class_proba(cum: np.ndarray) -> np.ndarray:
     n = cum.shape[0]
     ext = np.concatenate([np.ones((n, 1)), cum, np.zeros((n, 1))], axis=1)
     proba = np.clip(ext[:, :-1] - ext[:, 1:], 0, 1)
-    return proba / np.maximum(proba.sum(1, keepdims=True), 1e-12)
+    normalised: np.ndarray = proba / np.maximum(proba.sum(1, keepdims=True), 1e-12)
+    return normalised
 
 
-def ordinal_evidence(out):
+def ordinal_evidence(out: torch.Tensor) -> torch.Tensor:
     """(B, K−1) threshold logits -> (B, K) evidence for each grade k: Σ_{j<k} l_j − Σ_{j≥k} l_j, positive
     exactly when every threshold decision agrees with k (Grad-CAM target of ordinal heads)."""
     import torch

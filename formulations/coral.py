@@ -10,8 +10,8 @@ inconsistencies) are counted and stored.
 
 import numpy as np
 
-from . import register_formulation
 from .base import NUM_CLASSES, Formulation, cumulative_to_class_proba, ordinal_evidence, weighted_mean
+from .registry import register_formulation
 
 
 @register_formulation
@@ -20,7 +20,7 @@ class Coral(Formulation):
     description = "CoralLayer(d, 4), coral_loss, count of sigmoid > 0.5"
     reference_text = "Cao, Mirjalili & Raschka, Pattern Recognit. Lett. 2020 (coral-pytorch)"
     output_names = tuple(f"P(MES > {k})" for k in range(NUM_CLASSES - 1))
-    ensemble_rule = "mean cumulative probabilities P(y > k), count of those > 0.5"
+    ensemble_text = "mean cumulative probabilities P(y > k), count of those > 0.5"
 
     def head(self, d):
         from coral_pytorch.layers import CoralLayer

@@ -7,8 +7,8 @@ cumulative probabilities and applies the same rule.
 
 import numpy as np
 
-from . import register_formulation
 from .base import NUM_CLASSES, Formulation, cumulative_to_class_proba, ordinal_evidence
+from .registry import register_formulation
 
 
 def corn_per_sample(logits, y):
@@ -31,7 +31,7 @@ class Corn(Formulation):
     description = "Linear(d, 3), corn_loss, corn_label_from_logits"
     reference_text = "Shi, Cao & Raschka, Pattern Anal. Appl. 2023 (coral-pytorch)"
     output_names = tuple(f"P(MES > {k})" for k in range(NUM_CLASSES - 1))
-    ensemble_rule = "mean cumulative probabilities of the conditional chain, count of those > 0.5"
+    ensemble_text = "mean cumulative probabilities of the conditional chain, count of those > 0.5"
 
     def head(self, d):
         from torch import nn

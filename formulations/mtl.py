@@ -13,8 +13,8 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from . import register_formulation
 from .base import Formulation, Task
+from .registry import register_formulation
 
 TASKS = {
     "primary": Task(("remission", "active"), (0, 0, 1, 1)),
@@ -35,8 +35,9 @@ class MTLOptions(BaseModel):
     def _weights(self):
         w = [self.alpha, self.beta, self.gamma]
         if any(v < 0 for v in w) or sum(w) <= 0:
-            raise ValueError(f"alpha, beta, gamma must be non-negative numbers, not all zero (got {w}); the study "
-                             "uses 1/3 each")
+            raise ValueError(
+                f"alpha, beta, gamma must be non-negative numbers, not all zero (got {w}); the study uses 1/3 each"
+            )
         return self
 
 
@@ -79,15 +80,21 @@ class HierarchicalMTL(Formulation):
     Options = MTLOptions
     tunable_weights = ("alpha", "beta", "gamma")
     tasks = TASKS
-    output_names = ("P(remission)", "P(active)", "P(MES 0 | remission)", "P(MES 1 | remission)",
-                    "P(MES 2 | active)", "P(MES 3 | active)")
+    output_names = (
+        "P(remission)",
+        "P(active)",
+        "P(MES 0 | remission)",
+        "P(MES 1 | remission)",
+        "P(MES 2 | active)",
+        "P(MES 3 | active)",
+    )
 
     def __init__(self, **options):
         super().__init__(**options)
         self.loss_weights = [float(self.options[k]) for k in self.tunable_weights]
 
     @property
-    def ensemble_rule(self):
+    def ensemble_rule(self) -> str:
         return f"mean probabilities of each head, then the {self.options['decoding']} rule"
 
     def head(self, d):
@@ -95,10 +102,12 @@ class HierarchicalMTL(Formulation):
 
     def loss(self, out, y, weights=None):
         weights = weights or {}
-        a, b, g = weights["_tasks"].tolist() if "_tasks" in weights else self.loss_weights
-        return (a * masked_ce(out["primary"], TASKS["primary"].target(y), weights.get("primary"))
-                + b * masked_ce(out["remission"], TASKS["remission"].target(y), weights.get("remission"))
-                + g * masked_ce(out["active"], TASKS["active"].target(y), weights.get("active")))
+        a, b, g = self.loss_weights
+        return (
+            a * masked_ce(out["primary"], TASKS["primary"].target(y), weights.get("primary"))
+            + b * masked_ce(out["remission"], TASKS["remission"].target(y), weights.get("remission"))
+            + g * masked_ce(out["active"], TASKS["active"].target(y), weights.get("active"))
+        )
 
     def outputs(self, out):
         import torch
@@ -128,8 +137,9 @@ class HierarchicalMTL(Formulation):
         primary = np.where(active[:, None], [o, c], [c, o])
         within = np.where((grades % 2 == 1)[:, None], [o, c], [c, o])
         rest = np.full((len(grades), 2), 0.5)
-        return np.concatenate([primary, np.where(active[:, None], rest, within),
-                               np.where(active[:, None], within, rest)], axis=1)
+        return np.concatenate(
+            [primary, np.where(active[:, None], rest, within), np.where(active[:, None], within, rest)], axis=1
+        )
 
     def gradcam_scores(self, out):
         import torch
@@ -139,9 +149,13 @@ class HierarchicalMTL(Formulation):
         return torch.log(proba.clamp_min(1e-8))
 
     def task_weights(self, per_task_f1, options):
+        return super().task_weights({t: f for t, f in per_task_f1.items() if t in TASKS}, options)
+
+    def finetune_overrides(self, per_task_f1, options):
+        """`task_weights: true`: α, β, γ ∝ 1 / macro-F1 of each head's task as well."""
+        if not options.get("task_weights", False):
+            return {}
         from .finetune import inverse_f1_task_weights
 
-        weights = super().task_weights({t: f for t, f in per_task_f1.items() if t in TASKS}, options)
-        if options.get("task_weights", False):
-            weights["_tasks"] = inverse_f1_task_weights([per_task_f1[t] for t in HEADS], options.get("eps", 1e-3))
-        return weights
+        w = inverse_f1_task_weights([per_task_f1[t] for t in HEADS], options.get("eps", 1e-3))
+        return dict(zip(self.tunable_weights, map(float, w)))

@@ -14,8 +14,8 @@ from pydantic import BaseModel, ConfigDict, field_validator
 
 from benchmark.metrics import SCALARS
 
-from . import register_formulation
 from .base import GRADES, Formulation, weighted_mean
+from .registry import register_formulation
 
 DEFAULT_CUTPOINTS = (0.5, 1.5, 2.5)
 
@@ -30,8 +30,10 @@ class RegressionOptions(BaseModel):
     @classmethod
     def _increasing(cls, v):
         if len(v) != len(GRADES) - 1 or sorted(v) != v or not all(np.isfinite(v)):
-            raise ValueError(f"cutpoints must be {len(GRADES) - 1} increasing finite numbers (got {v!r}); the "
-                             f"default is {list(DEFAULT_CUTPOINTS)}")
+            raise ValueError(
+                f"cutpoints must be {len(GRADES) - 1} increasing finite numbers (got {v!r}); the "
+                f"default is {list(DEFAULT_CUTPOINTS)}"
+            )
         return v
 
 
@@ -70,7 +72,7 @@ class Regression(Formulation):
     reference_text = "Polat et al., 2023 (regression with fixed thresholds)"
     Options = RegressionOptions
     output_names = ("score",)
-    ensemble_rule = "mean score, decoded with the mean of the fold models' cut points"
+    ensemble_text = "mean score, decoded with the mean of the fold models' cut points"
 
     def head(self, d):
         from torch import nn

@@ -2,8 +2,8 @@
 
 import numpy as np
 
-from . import register_formulation
 from .base import NUM_CLASSES, Formulation
+from .registry import register_formulation
 
 
 @register_formulation
@@ -13,7 +13,7 @@ class Softmax(Formulation):
     reference_text = "the flat multi-class baseline"
     is_reference = True
     output_names = tuple(f"P(MES {k})" for k in range(NUM_CLASSES))
-    ensemble_rule = "mean class probabilities, argmax"
+    ensemble_text = "mean class probabilities, argmax"
 
     def head(self, d):
         from torch import nn

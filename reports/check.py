@@ -1,7 +1,8 @@
 """`bench check`: a run's long-format metric table against a committed baseline (or another run).
 
 The baseline is a CSV of (backbone, formulation, seed, fold, split, task, metric, cls, value) with
-optional `# tolerance: default=0.02 mae=0.05 f1@3=0.1 recall@*=0.1` header lines (`@*`: any class). A value worse than the baseline
+optional `# tolerance: default=0.02 mae=0.05 f1@3=0.1 recall@*=0.1` header lines (`@*`: any class).
+A value worse than the baseline
 by more than its tolerance is a regression (lower is better for MAE and the `diag` counters; counts
 such as support must match exactly); better values are listed as improvements. Missing cells,
 unexpected cells and NaN values fail too.
@@ -17,7 +18,7 @@ import io
 import math
 import re
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -44,9 +45,13 @@ class CheckResult:
 
     @property
     def ok(self):
-        return (self.regressions.empty and not self.missing_cells and not self.unexpected_cells
-                and (self.nan_values is None or self.nan_values.empty)
-                and (self.missing_values is None or self.missing_values.empty))
+        return (
+            self.regressions.empty
+            and not self.missing_cells
+            and not self.unexpected_cells
+            and (self.nan_values is None or self.nan_values.empty)
+            and (self.missing_values is None or self.missing_values.empty)
+        )
 
 
 def run_table(run_dir) -> pd.DataFrame:
@@ -71,13 +76,15 @@ def read_baseline(path) -> tuple[pd.DataFrame, dict[str, float]]:
     path = Path(path)
     remake = f"Recreate it with `bench check RUN_DIR --baseline {path} --update`."
     if not path.is_file():
-        raise BenchError(f"Baseline {str(path)!r} does not exist. Create it with `bench check RUN_DIR --baseline "
-                         f"{path} --update`.")
+        raise BenchError(
+            f"Baseline {str(path)!r} does not exist. Create it with `bench check RUN_DIR --baseline {path} --update`."
+        )
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
-        raise BenchError(f"{path}: not a text file, so not a baseline (a CSV with columns "
-                         f"{','.join(KEY + ['value'])}). {remake}") from None
+        raise BenchError(
+            f"{path}: not a text file, so not a baseline (a CSV with columns {','.join(KEY + ['value'])}). {remake}"
+        ) from None
     tolerances = {}
     for line in text.splitlines():
         m = re.match(r"#\s*tolerance:\s*(.*)", line)
@@ -96,22 +103,27 @@ def read_baseline(path) -> tuple[pd.DataFrame, dict[str, float]]:
         raise BenchError(f"{path}: not a readable CSV ({str(exc).splitlines()[0]}). {remake}") from None
     missing = set(KEY + ["value"]) - set(df.columns)
     if missing:
-        raise BenchError(f"{path}: missing column(s) {sorted(missing)}; a baseline has columns "
-                         f"{','.join(KEY + ['value'])}. {remake}")
+        raise BenchError(
+            f"{path}: missing column(s) {sorted(missing)}; a baseline has columns {','.join(KEY + ['value'])}. {remake}"
+        )
     if df.empty:
-        raise BenchError(f"{path}: the baseline holds no values, so a check against it would compare nothing and "
-                         f"pass. {remake}")
+        raise BenchError(
+            f"{path}: the baseline holds no values, so a check against it would compare nothing and pass. {remake}"
+        )
     values = pd.to_numeric(df["value"], errors="coerce")
     bad = df.index[values.isna() & df["value"].notna() & (df["value"].astype(str).str.lower() != "nan")]
     if len(bad):
-        raise BenchError(f"{path}: data row {bad[0] + 1} has value {df['value'][bad[0]]!r}, which is not a number "
-                         f"({len(bad)} such rows). Fix the value or {remake[0].lower()}{remake[1:]}")
+        raise BenchError(
+            f"{path}: data row {bad[0] + 1} has value {df['value'][bad[0]]!r}, which is not a number "
+            f"({len(bad)} such rows). Fix the value or {remake[0].lower()}{remake[1:]}"
+        )
     for col in ("seed", "fold"):
         ints = pd.to_numeric(df[col], errors="coerce")
         if ints.isna().any():
             row = int(np.flatnonzero(ints.isna())[0])
-            raise BenchError(f"{path}: data row {row + 1} has {col} {df[col][row]!r}, which is not an integer. "
-                             f"{remake}")
+            raise BenchError(
+                f"{path}: data row {row + 1} has {col} {df[col][row]!r}, which is not an integer. {remake}"
+            )
     df["value"] = values
     df["cls"] = df["cls"].fillna("")
     return df, tolerances
@@ -120,9 +132,11 @@ def read_baseline(path) -> tuple[pd.DataFrame, dict[str, float]]:
 def write_baseline(table: pd.DataFrame, path, tolerances: dict[str, float], source: str):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    header = [f"# mesbench baseline from {source}, written {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC",
-              "# tolerance: " + " ".join(f"{k}={v:g}" for k, v in
-                                         sorted({"default": DEFAULT_TOLERANCE, **tolerances}.items()))]
+    header = [
+        f"# mesbench baseline from {source}, written {datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
+        "# tolerance: "
+        + " ".join(f"{k}={v:g}" for k, v in sorted({"default": DEFAULT_TOLERANCE, **tolerances}.items())),
+    ]
     body = table.sort_values(KEY)[KEY + ["value"]].to_csv(index=False, float_format="%.6f")
     path.write_text("\n".join(header) + "\n" + body)
 
@@ -130,24 +144,32 @@ def write_baseline(table: pd.DataFrame, path, tolerances: dict[str, float], sour
 def tolerance_for(row, tolerances, default):
     """Most specific first: `ra.f1`, `f1@3` (any task), `f1@*` (any class), `f1`, then the default."""
     name = metric_name(row.task, row.metric, row.cls)
-    keys = [name, f"{row.metric}@{row.cls}" if row.cls else row.metric, f"{row.metric}@*" if row.cls else None,
-            metric_name(row.task, row.metric, ""), row.metric]
+    keys = [
+        name,
+        f"{row.metric}@{row.cls}" if row.cls else row.metric,
+        f"{row.metric}@*" if row.cls else None,
+        metric_name(row.task, row.metric, ""),
+        row.metric,
+    ]
     for key in filter(None, keys):
         if key in tolerances:
             return tolerances[key]
     return tolerances.get("default", default)
 
 
-def compare(now: pd.DataFrame, base: pd.DataFrame, tolerances=None, default=DEFAULT_TOLERANCE,
-            metrics: list[str] | None = None) -> CheckResult:
+def compare(
+    now: pd.DataFrame, base: pd.DataFrame, tolerances=None, default=DEFAULT_TOLERANCE, metrics: list[str] | None = None
+) -> CheckResult:
     tolerances = tolerances or {}
     unfinished = set(now.attrs.get("unfinished", []))
-    now, base = (df.assign(seed=df["seed"].astype(int), fold=df["fold"].astype(int),
-                           cls=df["cls"].fillna("").astype(str)) for df in (now, base))
+    now, base = (
+        df.assign(seed=df["seed"].astype(int), fold=df["fold"].astype(int), cls=df["cls"].fillna("").astype(str))
+        for df in (now, base)
+    )
     if metrics:
         known = set(zip(now.task, now.metric, now.cls)) | set(zip(base.task, base.metric, base.cls))
         wanted = [parse_metric(m, known) for m in metrics]
-        keep = lambda d: d[[(t, m, c) in wanted for t, m, c in zip(d.task, d.metric, d.cls)]]  # noqa: E731
+        keep = lambda d: d[[(t, m, c) in wanted for t, m, c in zip(d.task, d.metric, d.cls)]]
         now, base = keep(now), keep(base)
     cells_now = set(map(tuple, now[ID].drop_duplicates().itertuples(index=False)))
     cells_base = set(map(tuple, base[ID].drop_duplicates().itertuples(index=False)))
@@ -157,8 +179,7 @@ def compare(now: pd.DataFrame, base: pd.DataFrame, tolerances=None, default=DEFA
     missing_values = merged[absent]
     present = merged[~absent]
     # NaN on one side only is a failure (a NaN baseline is no licence to skip the value); NaN on both agrees
-    nan_now = present[present.value_now.isna() != present.value_base.isna()].rename(
-        columns={"value_now": "value"})
+    nan_now = present[present.value_now.isna() != present.value_base.isna()].rename(columns={"value_now": "value"})
     both = present.dropna(subset=["value_now", "value_base"]).copy()
     both["tolerance"] = [tolerance_for(r, tolerances, default) for r in both.itertuples()]
     sign = [(-1 if (m in LOWER_IS_BETTER or t == "diag") else 1) for m, t in zip(both.metric, both.task)]
@@ -168,10 +189,14 @@ def compare(now: pd.DataFrame, base: pd.DataFrame, tolerances=None, default=DEFA
     regress = (exact & (both["diff"].abs() > 1e-9)) | (~exact & (gain < -both.tolerance - 1e-12))
     improve = ~exact & (gain > both.tolerance + 1e-12)
     return CheckResult(
-        regressions=both[regress], improvements=both[improve],
+        regressions=both[regress],
+        improvements=both[improve],
         missing_cells=sorted(cells_base - cells_now) + sorted(unfinished & cells_base - (cells_base - cells_now)),
-        unexpected_cells=sorted(cells_now - cells_base), nan_values=nan_now,
-        missing_values=missing_values, compared=len(both))
+        unexpected_cells=sorted(cells_now - cells_base),
+        nan_values=nan_now,
+        missing_values=missing_values,
+        compared=len(both),
+    )
 
 
 def describe_cell(c):
@@ -187,9 +212,18 @@ def render(result: CheckResult, console, limit=60):
         for col in ("backbone", "formulation", "seed", "fold", "split", "metric", "baseline", "now", "diff", "tol"):
             t.add_column(col, no_wrap=True)
         for r in df.head(limit).itertuples():
-            t.add_row(escape(r.backbone), escape(r.formulation), str(r.seed), str(r.fold), r.split,
-                      metric_name(r.task, r.metric, r.cls), f"{r.value_base:.4f}", f"{r.value_now:.4f}",
-                      f"{r.diff:+.4f}", f"{r.tolerance:g}")
+            t.add_row(
+                escape(r.backbone),
+                escape(r.formulation),
+                str(r.seed),
+                str(r.fold),
+                r.split,
+                metric_name(r.task, r.metric, r.cls),
+                f"{r.value_base:.4f}",
+                f"{r.value_now:.4f}",
+                f"{r.diff:+.4f}",
+                f"{r.tolerance:g}",
+            )
         if len(df) > limit:
             t.caption = f"… and {len(df) - limit} more"
         console.print(t)
@@ -200,8 +234,9 @@ def render(result: CheckResult, console, limit=60):
         for (b, f), n in worst.items():
             console.print(f"[red]regressed:[/] formulation {escape(f)!s} on {escape(b)} ({n} values)")
     if not result.improvements.empty:
-        table(result.improvements, f"improvements: {len(result.improvements)} value(s) better than the baseline",
-              "green")
+        table(
+            result.improvements, f"improvements: {len(result.improvements)} value(s) better than the baseline", "green"
+        )
     for c in result.missing_cells:
         console.print(f"[red]missing cell[/] (in the baseline, not finished in this run): {escape(describe_cell(c))}")
     for c in result.unexpected_cells:
@@ -209,14 +244,19 @@ def render(result: CheckResult, console, limit=60):
     if result.nan_values is not None and not result.nan_values.empty:
         for r in result.nan_values.head(limit).itertuples():
             side = "this run" if np.isnan(r.value) else "the baseline"
-            console.print(f"[red]NaN value[/] in {side}: "
-                          f"{escape(describe_cell((r.backbone, r.formulation, r.seed, r.fold)))} "
-                          f"{r.split} {metric_name(r.task, r.metric, r.cls)}")
+            console.print(
+                f"[red]NaN value[/] in {side}: "
+                f"{escape(describe_cell((r.backbone, r.formulation, r.seed, r.fold)))} "
+                f"{r.split} {metric_name(r.task, r.metric, r.cls)}"
+            )
     if result.missing_values is not None and not result.missing_values.empty:
-        console.print(f"[red]{len(result.missing_values)} baseline value(s) absent from this run[/], e.g. "
-                      + ", ".join(metric_name(r.task, r.metric, r.cls)
-                                  for r in result.missing_values.head(5).itertuples()))
+        console.print(
+            f"[red]{len(result.missing_values)} baseline value(s) absent from this run[/], e.g. "
+            + ", ".join(metric_name(r.task, r.metric, r.cls) for r in result.missing_values.head(5).itertuples())
+        )
     verdict = "[bold green]check passed[/]" if result.ok else "[bold red]check FAILED[/]"
-    console.print(f"{verdict}: {result.compared} values compared, {len(result.regressions)} regression(s), "
-                  f"{len(result.improvements)} improvement(s), {len(result.missing_cells)} missing and "
-                  f"{len(result.unexpected_cells)} unexpected cell(s)")
+    console.print(
+        f"{verdict}: {result.compared} values compared, {len(result.regressions)} regression(s), "
+        f"{len(result.improvements)} improvement(s), {len(result.missing_cells)} missing and "
+        f"{len(result.unexpected_cells)} unexpected cell(s)"
+    )

@@ -62,10 +62,14 @@ def finetune_change(run: Run, opts: Options) -> bytes | None:
         for j, (before, after) in enumerate(pairs):
             diffs = []
             for k in GRADES:
-                x, y = aligned(run.series(b, before, opts.split, "mes", "f1", str(k)),
-                               run.series(b, after, opts.split, "mes", "f1", str(k)))
+                x, y = aligned(
+                    run.series(b, before, opts.split, "mes", "f1", str(k)),
+                    run.series(b, after, opts.split, "mes", "f1", str(k)),
+                )
                 diffs.append((y - x).mean() if len(x) else np.nan)
-            ax.bar(np.arange(NUM_CLASSES) + (j - (len(pairs) - 1) / 2) * width, diffs, width, label=f"{before} → {after}")
+            ax.bar(
+                np.arange(NUM_CLASSES) + (j - (len(pairs) - 1) / 2) * width, diffs, width, label=f"{before} → {after}"
+            )
         ax.axhline(0, color="k", lw=0.8)
         ax.set_xticks(GRADES, CLASSES)
         ax.set_title(f"ΔF1 after fine-tuning — {b}")
@@ -78,8 +82,9 @@ def confusion_matrices(run: Run, opts: Options, backbone: str) -> bytes:
     forms = run.formulations
     fig, axes = plt.subplots(1, len(forms), figsize=(3.2 * len(forms), 3.2), squeeze=False)
     for ax, f in zip(axes[0], forms):
-        keys = run.cells[(run.cells.backbone == backbone) & (run.cells.formulation == f)
-                         & (run.cells.status == "done")].key
+        keys = run.cells[
+            (run.cells.backbone == backbone) & (run.cells.formulation == f) & (run.cells.status == "done")
+        ].key
         cm = np.zeros((NUM_CLASSES, NUM_CLASSES))
         for k in keys:
             cm += np.asarray(run.result(k).confusion.get(opts.split, cm * 0))
@@ -87,8 +92,15 @@ def confusion_matrices(run: Run, opts: Options, backbone: str) -> bytes:
         ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
         for i in GRADES:
             for j in GRADES:
-                ax.text(j, i, f"{norm[i, j]:.2f}", ha="center", va="center", fontsize=8,
-                        color="white" if norm[i, j] > 0.5 else "black")
+                ax.text(
+                    j,
+                    i,
+                    f"{norm[i, j]:.2f}",
+                    ha="center",
+                    va="center",
+                    fontsize=8,
+                    color="white" if norm[i, j] > 0.5 else "black",
+                )
         ax.set_xticks(GRADES, GRADES)
         ax.set_yticks(GRADES, GRADES)
         ax.set_xlabel("predicted MES")
@@ -106,9 +118,11 @@ def cd_diagram(friedman_result) -> bytes:
     names = list(res.mean_ranks)
     fig, ax = plt.subplots(figsize=(8, 1.2 + 0.25 * len(names)))
     draw_cd(ax, res, scores)
-    ax.set_title(f"Critical difference diagram: mean rank over {res.n_blocks} backbones (1 = best); bars join "
-                 f"formulations the Nemenyi test cannot tell apart (α = 0.05, CD = {res.critical_difference:.2f})",
-                 fontsize=8)
+    ax.set_title(
+        f"Critical difference diagram: mean rank over {res.n_blocks} backbones (1 = best); bars join "
+        f"formulations the Nemenyi test cannot tell apart (α = 0.05, CD = {res.critical_difference:.2f})",
+        fontsize=8,
+    )
     return _png(fig)
 
 
@@ -129,15 +143,19 @@ def training_curves(run: Run, backbone: str) -> bytes:
     fig, axes = plt.subplots(2, len(forms), figsize=(3.2 * len(forms), 5), squeeze=False, sharex="col")
     monitor = run.suite.training.monitor
     for j, f in enumerate(forms):
-        keys = run.cells[(run.cells.backbone == backbone) & (run.cells.formulation == f)
-                         & (run.cells.status == "done")]
+        keys = run.cells[(run.cells.backbone == backbone) & (run.cells.formulation == f) & (run.cells.status == "done")]
         for r in keys.itertuples():
             hist = run.result(r.key).history
             ep = [h["epoch"] for h in hist]
             axes[0, j].plot(ep, [h["train_loss"] for h in hist], color="C0", alpha=0.6, lw=1)
             axes[0, j].plot(ep, [h["val_loss"] for h in hist], color="C1", alpha=0.6, lw=1)
-            axes[1, j].plot(ep, [h.get(monitor if monitor != "val_loss" else "val_macro_f1") for h in hist],
-                            color="C2", alpha=0.6, lw=1)
+            axes[1, j].plot(
+                ep,
+                [h.get(monitor if monitor != "val_loss" else "val_macro_f1") for h in hist],
+                color="C2",
+                alpha=0.6,
+                lw=1,
+            )
         axes[0, j].set_title(f, fontsize=9)
         axes[1, j].set_xlabel("epoch")
     axes[0, 0].set_ylabel("loss (blue train, orange val)")
@@ -159,8 +177,11 @@ def score_distributions(run: Run, opts: Options) -> bytes | None:
     for ax, f in zip(axes[0], forms):
         keys = cells[cells.formulation == f].key
         sub = preds[preds.key.isin(keys)]
-        ax.violinplot([sub[sub.y_true == k].score.to_numpy() if (sub.y_true == k).any() else [np.nan]
-                       for k in GRADES], positions=GRADES, showmedians=True)
+        ax.violinplot(
+            [sub[sub.y_true == k].score.to_numpy() if (sub.y_true == k).any() else [np.nan] for k in GRADES],
+            positions=GRADES,
+            showmedians=True,
+        )
         formulation = run.formulation(f)
         cuts = formulation.score_thresholds(formulation.combine_states(run.states(keys))) or []
         for c in cuts:

@@ -41,8 +41,11 @@ class Run:
     @property
     def counts(self):
         s = self.cells.status.value_counts()
-        return {"done": int(s.get("done", 0)), "failed": int(s.get("failed", 0)),
-                "missing": int(len(self.cells) - s.get("done", 0) - s.get("failed", 0))}
+        return {
+            "done": int(s.get("done", 0)),
+            "failed": int(s.get("failed", 0)),
+            "missing": int(len(self.cells) - s.get("done", 0) - s.get("failed", 0)),
+        }
 
     @property
     def complete(self):
@@ -90,7 +93,7 @@ class Run:
 
     def extra_tasks(self) -> dict[str, tuple[str, ...]]:
         """Tasks beyond the 4-class grade that some formulation of the run has (name -> class names)."""
-        tasks = {}
+        tasks: dict[str, tuple[str, ...]] = {}
         for f in self.formulations:
             for name, task in self.formulation(f).tasks.items():
                 if name != "mes":
@@ -103,7 +106,7 @@ class Run:
             cols = ["backbone", "formulation", "split", "task", "metric", "cls"]
             self._index = self.long.groupby(cols, sort=False).indices
             self._cols = (self.long.seed.to_numpy(), self.long.fold.to_numpy(), self.long.value.to_numpy())
-            self._series = {}
+            self._series: dict[tuple[str, ...], pd.Series] = {}
         key = (backbone, formulation, split, task, metric, cls)
         if key not in self._series:
             pos = self._index.get(key)
@@ -111,8 +114,9 @@ class Run:
                 return _EMPTY
             seed, fold, value = (c[pos] for c in self._cols)
             order = np.lexsort((fold, seed))
-            self._series[key] = pd.Series(value[order], index=pd.MultiIndex.from_arrays(
-                [seed[order], fold[order]], names=["seed", "fold"]))
+            self._series[key] = pd.Series(
+                value[order], index=pd.MultiIndex.from_arrays([seed[order], fold[order]], names=["seed", "fold"])
+            )
         return self._series[key]
 
 
@@ -120,8 +124,9 @@ def latest_run(root="runs") -> Path:
     root = Path(root)
     candidates = sorted(root.glob("*/results.db"), key=lambda p: p.stat().st_mtime) if root.is_dir() else []
     if not candidates:
-        raise BenchError(f"No run directory under {str(root)!r}. Give RUN_DIR, or run a suite first "
-                         "(`bench run suites/smoke.yaml`).")
+        raise BenchError(
+            f"No run directory under {str(root)!r}. Give RUN_DIR, or run a suite first (`bench run suites/smoke.yaml`)."
+        )
     return candidates[-1].parent
 
 
@@ -133,20 +138,30 @@ def load_run(path=None) -> Run:
         raise BenchError(f"{path}: the store has no suite recorded; was it written by `bench run`?")
     suite = Suite.model_validate(suite_doc, context={"stored": True})
     n_folds = store.get_meta("n_folds")
-    meta = {k: store.get_meta(k) for k in ("dataset", "split_kind", "n_folds", "protocol_hash", "test_groups",
-                                            "fold_sizes")}
+    meta = {
+        k: store.get_meta(k) for k in ("dataset", "split_kind", "n_folds", "protocol_hash", "test_groups", "fold_sizes")
+    }
     expected = expand_cells(suite, n_folds)
     rows = {r["key"]: r for r in store.cell_rows()}
-    cells = pd.DataFrame([{
-        "backbone": c.backbone.name, "formulation": c.formulation.display, "seed": c.seed, "fold": c.fold,
-        "key": c.key, "depends": c.depends, "listed": c.listed,
-        "status": rows[c.key]["status"] if c.key in rows else "missing",
-        "error": (rows[c.key]["error"] or "") if c.key in rows else "",
-    } for c in expected])
+    cells = pd.DataFrame(
+        [
+            {
+                "backbone": c.backbone.name,
+                "formulation": c.formulation.display,
+                "seed": c.seed,
+                "fold": c.fold,
+                "key": c.key,
+                "depends": c.depends,
+                "listed": c.listed,
+                "status": rows[c.key]["status"] if c.key in rows else "missing",
+                "error": (rows[c.key]["error"] or "") if c.key in rows else "",
+            }
+            for c in expected
+        ]
+    )
     wanted = {c.key for c in expected}
     stale = sum(1 for k, r in rows.items() if k not in wanted and r["status"] == "done")
     metrics = store.metrics_frame()
     done = cells[cells.status == "done"][["key", "backbone", "formulation", "seed", "fold"]]
     long = done.merge(metrics, on="key")[LONG_COLUMNS + ["key"]]
     return Run(path, suite, meta, cells, long, stale, store)
-

@@ -11,8 +11,18 @@ import numpy as np
 
 from .load import LONG_COLUMNS, Run
 from .stats import CORRECTIONS, TESTS
-from .tables import (Design, Options, Table, cv_summary, finetune_effect, friedman_table, mtl_tasks,
-                     per_class_f1, resolve, test_ensemble)
+from .tables import (
+    Design,
+    Options,
+    Table,
+    cv_summary,
+    finetune_effect,
+    friedman_table,
+    mtl_tasks,
+    per_class_f1,
+    resolve,
+    test_ensemble,
+)
 
 
 @dataclass
@@ -57,21 +67,26 @@ def _build(run: Run, opts: Options, with_test=True) -> Report:
     ]
     warnings = []
     if not run.complete:
-        warnings.append(f"INCOMPLETE RUN: {counts['failed']} failed and {counts['missing']} missing cell(s). Rows "
-                        "marked † are computed from fewer folds; this is not a finished comparison.")
+        warnings.append(
+            f"INCOMPLETE RUN: {counts['failed']} failed and {counts['missing']} missing cell(s). Rows "
+            "marked † are computed from fewer folds; this is not a finished comparison."
+        )
     if meta.get("split_kind") == "image-level":
-        warnings.append("Image-level splits (the study's protocol): images of one patient can sit on both sides of "
-                        "a split, which inflates every metric. Use `protocol.kind: grouped` for a leak-free result.")
+        warnings.append(
+            "Image-level splits (the study's protocol): images of one patient can sit on both sides of "
+            "a split, which inflates every metric. Use `protocol.kind: grouped` for a leak-free result."
+        )
     if run.stale:
-        warnings.append(f"{run.stale} finished cell(s) of an earlier configuration of this suite are in the store "
-                        "and are ignored here.")
+        warnings.append(
+            f"{run.stale} finished cell(s) of an earlier configuration of this suite are in the store "
+            "and are ignored here."
+        )
     tables = [cv_summary(run, opts), per_class_f1(run, opts)]
     for t in (mtl_tasks(run, opts), finetune_effect(run, opts)):
         if t is not None:
             tables.append(t)
     if with_test:
         preds = run.store.predictions_frame("test", ["key", "image_id", "y_true", "y_pred", "outputs"])
-        gc.freeze()
         t = test_ensemble(run, opts, preds)
         if t is not None:
             tables.append(t)
@@ -80,9 +95,23 @@ def _build(run: Run, opts: Options, with_test=True) -> Report:
         tables.append(fr)
     failed = run.cells[run.cells.status == "failed"]
     if len(failed):
-        tables.append(Table("Failed cells", ["backbone", "formulation", "seed", "fold", "reason"],
-                            [[r.backbone, r.formulation, str(r.seed), str(r.fold), (r.error or "").splitlines()[0]
-                              if r.error else ""] for r in failed.itertuples()], key="failed"))
+        tables.append(
+            Table(
+                "Failed cells",
+                ["backbone", "formulation", "seed", "fold", "reason"],
+                [
+                    [
+                        r.backbone,
+                        r.formulation,
+                        str(r.seed),
+                        str(r.fold),
+                        (r.error or "").splitlines()[0] if r.error else "",
+                    ]
+                    for r in failed.itertuples()
+                ],
+                key="failed",
+            )
+        )
     return Report(f"mesbench report — {suite.name}", header, warnings, tables, friedman=fres)
 
 
@@ -114,10 +143,24 @@ def to_markdown(rep: Report) -> str:
 
 def _tex(text):
     text = str(text)
-    for a, b in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("_", r"\_"), ("#", r"\#"),
-                 ("±", r"$\pm$"), ("→", r"$\to$"), ("†", r"$^\dagger$"), ("Δ", r"$\Delta$"), ("α", r"$\alpha$"),
-                 ("χ²", r"$\chi^2$"), ("≥", r"$\geq$"), ("—", "---"), ("–", "--"), ("×", r"$\times$"),
-                 ("⚠", "")):
+    for a, b in (
+        ("\\", r"\textbackslash{}"),
+        ("&", r"\&"),
+        ("%", r"\%"),
+        ("_", r"\_"),
+        ("#", r"\#"),
+        ("±", r"$\pm$"),
+        ("→", r"$\to$"),
+        ("†", r"$^\dagger$"),
+        ("Δ", r"$\Delta$"),
+        ("α", r"$\alpha$"),
+        ("χ²", r"$\chi^2$"),
+        ("≥", r"$\geq$"),
+        ("—", "---"),
+        ("–", "--"),
+        ("×", r"$\times$"),
+        ("⚠", ""),
+    ):
         text = text.replace(a, b)
     return text
 
@@ -128,9 +171,16 @@ def to_latex(rep: Report) -> str:
         out.append(f"% WARNING: {w}")
     out += [f"% {h}" for h in rep.header]
     for t in rep.tables:
-        out += ["\\begin{table}[ht]", "\\centering", "\\small", f"\\caption{{{_tex(t.title)}}}",
-                f"\\begin{{tabular}}{{{'l' * 2 + 'r' * (len(t.columns) - 2) if len(t.columns) > 1 else 'l'}}}",
-                "\\toprule", " & ".join(_tex(c) for c in t.columns) + " \\\\", "\\midrule"]
+        out += [
+            "\\begin{table}[ht]",
+            "\\centering",
+            "\\small",
+            f"\\caption{{{_tex(t.title)}}}",
+            f"\\begin{{tabular}}{{{'l' * 2 + 'r' * (len(t.columns) - 2) if len(t.columns) > 1 else 'l'}}}",
+            "\\toprule",
+            " & ".join(_tex(c) for c in t.columns) + " \\\\",
+            "\\midrule",
+        ]
         for i, row in enumerate(t.rows):
             cells = [(f"\\textbf{{{_tex(c)}}}" if (i, j) in t.bold else _tex(c)) for j, c in enumerate(row)]
             out.append(" & ".join(cells) + " \\\\")
@@ -153,15 +203,24 @@ border:1px solid #ddd;margin:.5em 0}"""
 
 def to_html(rep: Report) -> str:
     e = html.escape
-    out = [f"<!doctype html><html><head><meta charset='utf-8'><title>{e(rep.title)}</title><style>{CSS}</style>"
-           "</head><body>", f"<h1>{e(rep.title)}</h1>"]
+    out = [
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{e(rep.title)}</title><style>{CSS}</style>"
+        "</head><body>",
+        f"<h1>{e(rep.title)}</h1>",
+    ]
     out += [f"<div class='warn'>⚠ {e(w)}</div>" for w in rep.warnings]
     out.append("<ul>" + "".join(f"<li>{e(h)}</li>" for h in rep.header) + "</ul>")
     for t in rep.tables:
         out.append(f"<h2>{e(t.title)}</h2><table><tr>" + "".join(f"<th>{e(c)}</th>" for c in t.columns) + "</tr>")
         for i, row in enumerate(t.rows):
-            out.append("<tr>" + "".join(f"<td>{'<b>' + e(str(c)) + '</b>' if (i, j) in t.bold else e(str(c))}</td>"
-                                        for j, c in enumerate(row)) + "</tr>")
+            out.append(
+                "<tr>"
+                + "".join(
+                    f"<td>{'<b>' + e(str(c)) + '</b>' if (i, j) in t.bold else e(str(c))}</td>"
+                    for j, c in enumerate(row)
+                )
+                + "</tr>"
+            )
         out.append("</table>" + "".join(f"<p class='note'>{e(n)}</p>" for n in t.notes))
     if rep.figures:
         out.append("<h2>Figures</h2>")

@@ -33,8 +33,11 @@ def paired_test(a, b, test="wilcoxon", n_train=None, n_test=None) -> float:
     if len(d) < 2 or np.allclose(d, 0):
         return 1.0
     if test == "wilcoxon":
-        return float(stats.wilcoxon(a, b, zero_method="wilcox", alternative="two-sided").pvalue) \
-            if np.count_nonzero(d) else 1.0
+        return (
+            float(stats.wilcoxon(a, b, zero_method="wilcox", alternative="two-sided").pvalue)
+            if np.count_nonzero(d)
+            else 1.0
+        )
     if test == "permutation":
         return sign_flip_p(d)
     if test == "ranksum":
@@ -47,9 +50,15 @@ def paired_test(a, b, test="wilcoxon", n_train=None, n_test=None) -> float:
 def sign_flip_p(d) -> float:
     """Exact two-sided paired permutation p of mean(d): all 2^n sign flips (scipy.stats.permutation_test)."""
     d = np.asarray(d, float)
-    res = stats.permutation_test((d,), lambda x, axis=-1: np.mean(x, axis=axis), permutation_type="samples",
-                                 alternative="two-sided", n_resamples=np.inf if len(d) <= 20 else 100_000,
-                                 vectorized=True, random_state=0)
+    res = stats.permutation_test(
+        (d,),
+        lambda x, axis=-1: np.mean(x, axis=axis),
+        permutation_type="samples",
+        alternative="two-sided",
+        n_resamples=np.inf if len(d) <= 20 else 100_000,
+        vectorized=True,
+        random_state=0,
+    )
     return float(res.pvalue)
 
 
@@ -81,7 +90,7 @@ def smallest_p(test: str, n: int) -> float:
     drawn at all."""
     if test == "ranksum":
         return float(stats.ranksums(np.arange(n) + n, np.arange(n)).pvalue)
-    return 2.0 / 2 ** n
+    return 2.0 / 2**n
 
 
 def significance_possible(test, n, m, method, alpha) -> bool:
@@ -133,7 +142,7 @@ def friedman_exact_p(ranks: np.ndarray) -> float | None:
 
 def _friedman_q(rank_sums, n, k):
     rank_sums = np.asarray(rank_sums, float)
-    return 12.0 / (n * k * (k + 1)) * (rank_sums ** 2).sum(-1) - 3 * n * (k + 1)
+    return 12.0 / (n * k * (k + 1)) * (rank_sums**2).sum(-1) - 3 * n * (k + 1)
 
 
 def friedman(scores: np.ndarray, names: list[str], alpha=0.05) -> FriedmanResult:
@@ -156,12 +165,23 @@ def friedman(scores: np.ndarray, names: list[str], alpha=0.05) -> FriedmanResult
         pf = float(stats.f.sf(f, k - 1, (k - 1) * (n - 1)))
     else:
         f, pf = float("nan"), float("nan")
-        note += (" Iman–Davenport F is undefined: every block ranks the formulations identically (complete "
-                 "agreement); the Friedman p stands alone.")
+        note += (
+            " Iman–Davenport F is undefined: every block ranks the formulations identically (complete "
+            "agreement); the Friedman p stands alone."
+        )
     q = stats.studentized_range.ppf(1 - alpha, k, np.inf) / np.sqrt(2)
     cd = q * np.sqrt(k * (k + 1) / (6 * n))
-    return FriedmanResult(float(chi2), float(p), float(f), pf, dict(zip(names, ranks.mean(0))), float(cd), n,
-                          exact is not None, note.strip())
+    return FriedmanResult(
+        float(chi2),
+        float(p),
+        float(f),
+        pf,
+        dict(zip(names, ranks.mean(0))),
+        float(cd),
+        n,
+        exact is not None,
+        note.strip(),
+    )
 
 
 def math_factorial(k):
@@ -255,9 +275,16 @@ def cluster_bootstrap(y, preds: list, clusters, n_resamples=1000, seed=0, confid
         return out[..., 0] if single else out
 
     point = statistic(np.arange(n_clusters))
-    res = stats.bootstrap((np.arange(n_clusters),), statistic, vectorized=True, n_resamples=n_resamples,
-                          method="percentile", confidence_level=confidence, random_state=np.random.default_rng(seed),
-                          batch=200)
+    res = stats.bootstrap(
+        (np.arange(n_clusters),),
+        statistic,
+        vectorized=True,
+        n_resamples=n_resamples,
+        method="percentile",
+        confidence_level=confidence,
+        random_state=np.random.default_rng(seed),
+        batch=200,
+    )
     return point, res.confidence_interval.low, res.confidence_interval.high
 
 
@@ -265,7 +292,14 @@ def bootstrap_metrics(y, pred, n_resamples=1000, seed=0, confidence=0.95):
     """Point estimates and paired percentile bootstrap CIs for ENSEMBLE_METRICS, images independent."""
     y, pred = np.asarray(y), np.asarray(pred)
     point = confusion_metrics(_confusion(y, pred))
-    res = stats.bootstrap((y, pred), lambda a, b, axis=-1: confusion_metrics(_confusion(a, b)), paired=True,
-                          vectorized=True, n_resamples=n_resamples, method="percentile", confidence_level=confidence,
-                          random_state=np.random.default_rng(seed))
+    res = stats.bootstrap(
+        (y, pred),
+        lambda a, b, axis=-1: confusion_metrics(_confusion(a, b)),
+        paired=True,
+        vectorized=True,
+        n_resamples=n_resamples,
+        method="percentile",
+        confidence_level=confidence,
+        random_state=np.random.default_rng(seed),
+    )
     return point, res.confidence_interval.low, res.confidence_interval.high

@@ -11,17 +11,29 @@ def print_summary(run_dir, console):
 
     run = load_run(run_dir)
     counts = run.counts
-    title = (f"{run.suite.name}: {counts['done']} of {len(run.cells)} cells finished"
-             + (f", {counts['failed']} FAILED" if counts["failed"] else "")
-             + (f", {counts['missing']} MISSING" if counts["missing"] else "")
-             + f" · {run.meta.get('split_kind')} splits · {run.meta.get('n_folds')} folds")
+    title = (
+        f"{run.suite.name}: {counts['done']} of {len(run.cells)} cells finished"
+        + (f", {counts['failed']} FAILED" if counts["failed"] else "")
+        + (f", {counts['missing']} MISSING" if counts["missing"] else "")
+        + f" · {run.meta.get('split_kind')} splits · {run.meta.get('n_folds')} folds"
+    )
     table = Table(title=escape(title))
-    cols = [("val", "accuracy", ""), ("val", "f1", "macro"), ("val", "qwk", ""), ("val", "f1", "3"),
-            ("test", "accuracy", ""), ("test", "f1", "macro")]
+    cols = [
+        ("val", "accuracy", ""),
+        ("val", "f1", "macro"),
+        ("val", "qwk", ""),
+        ("val", "f1", "3"),
+        ("test", "accuracy", ""),
+        ("test", "f1", "macro"),
+    ]
     for name in ("backbone", "formulation", "n"):
         table.add_column(name, no_wrap=True)
     for split, metric, cls in cols:
-        table.add_column(f"{split}\n{ {'accuracy': 'acc'}.get(metric, metric)}{'@' + cls if cls else ''}", justify="right", no_wrap=True)
+        table.add_column(
+            f"{split}\n{ {'accuracy': 'acc'}.get(metric, metric) }{'@' + cls if cls else ''}",
+            justify="right",
+            no_wrap=True,
+        )
     for b in run.backbones:
         for f in run.formulations:
             cells = run.cells[(run.cells.backbone == b) & (run.cells.formulation == f)]

@@ -15,8 +15,19 @@ from benchmark.errors import BenchError
 from benchmark.labels import CLASS_NAMES
 
 from .load import Run
-from .stats import (CORRECTIONS, ENSEMBLE_METRICS, TESTS, adjust, cluster_bootstrap, friedman, mcnemar_exact,
-                    paired_test, significance_possible, smallest_p, stars)
+from .stats import (
+    CORRECTIONS,
+    ENSEMBLE_METRICS,
+    TESTS,
+    adjust,
+    cluster_bootstrap,
+    friedman,
+    mcnemar_exact,
+    paired_test,
+    significance_possible,
+    smallest_p,
+    stars,
+)
 
 CLASSES = list(CLASS_NAMES)
 
@@ -92,7 +103,7 @@ class Design:
     n_test: int
 
     @classmethod
-    def of(cls, run: Run, opts: Options) -> "Design":
+    def of(cls, run: Run, opts: Options) -> Design:
         proto = run.suite.protocol
         monte_carlo = proto.kind == "polat"
         n_folds = int(run.meta.get("n_folds") or 0)
@@ -102,9 +113,11 @@ class Design:
         if test == "auto":
             test = "corrected-t" if monte_carlo else "wilcoxon"
         if monte_carlo and test in ("wilcoxon", "permutation"):
-            raise BenchError(f"--test {test}: this run uses Monte-Carlo splits (protocol 'polat'), whose validation "
-                             "sets overlap, so no set of them is independent and a rank or permutation test over "
-                             "them would be anticonservative. Use --test corrected-t (Nadeau–Bengio), or auto.")
+            raise BenchError(
+                f"--test {test}: this run uses Monte-Carlo splits (protocol 'polat'), whose validation "
+                "sets overlap, so no set of them is independent and a rank or permutation test over "
+                "them would be anticonservative. Use --test corrected-t (Nadeau–Bengio), or auto."
+            )
         sizes = {int(f): (int(a), int(b)) for f, (a, b) in (run.meta.get("fold_sizes") or {}).items()}
         if not sizes:  # runs written before fold sizes were recorded: read them from the cells
             for r in run.cells[run.cells.status == "done"].drop_duplicates("fold").itertuples():
@@ -145,8 +158,10 @@ class Design:
             return np.nan
         if self.test == "corrected-t":
             if ratio is None:
-                raise BenchError("the corrected t-test needs each fold's training and validation sizes, which this "
-                                 "run does not record; use --test wilcoxon or permutation.")
+                raise BenchError(
+                    "the corrected t-test needs each fold's training and validation sizes, which this "
+                    "run does not record; use --test wilcoxon or permutation."
+                )
             return paired_test(a, b, "corrected-t", 1.0, ratio)
         return paired_test(a, b, self.test)
 
@@ -168,42 +183,57 @@ class Design:
             return "none (unpaired: every fold value of every repeat and seed is one observation)"
         if self.test == "corrected-t":
             if self.monte_carlo:
-                return (f"Monte-Carlo split (n = {self.k} overlapping splits"
-                        + (f", each the mean over {self.seeds} seeds" if self.seeds > 1 else "")
-                        + "); variance corrected for the overlap (Nadeau–Bengio), df = n − 1")
+                return (
+                    f"Monte-Carlo split (n = {self.k} overlapping splits"
+                    + (f", each the mean over {self.seeds} seeds" if self.seeds > 1 else "")
+                    + "); variance corrected for the overlap (Nadeau–Bengio), df = n − 1"
+                )
             core = f"resample (n = {self.k * self.repeats} = {self.repeats} × {self.k} folds"
-            return core + (f", each the mean over {self.seeds} seeds" if self.seeds > 1 else "") + \
-                "); variance corrected for overlapping training sets (" + \
-                ("Bouckaert–Frank repeated k-fold" if self.repeats > 1 else "Nadeau–Bengio") + "), df = n − 1"
+            return (
+                core
+                + (f", each the mean over {self.seeds} seeds" if self.seeds > 1 else "")
+                + "); variance corrected for overlapping training sets ("
+                + ("Bouckaert–Frank repeated k-fold" if self.repeats > 1 else "Nadeau–Bengio")
+                + "), df = n − 1"
+            )
         if extra:
             return f"fold index (n = {self.k}; each value the mean over {' × '.join(extra)} of that fold index)"
         return f"fold (n = {self.k})"
 
     def split_text(self) -> str:
-        return ("validation folds (each fold's model on its own validation part)" if self.split == "val" else
-                "held-out test set (each fold's model on the same test images)")
+        return (
+            "validation folds (each fold's model on its own validation part)"
+            if self.split == "val"
+            else "held-out test set (each fold's model on the same test images)"
+        )
 
 
 def legend(opts: Options, design: Design, m: int, subject="Stars: paired comparison with") -> str:
     """What a star means in this table, and when stars are impossible or unreliable at this n."""
-    text = (f"{subject} {opts.reference} on the {design.split_text()}. Pairing unit: {design.unit_text()}. "
-            f"Test: {TESTS[design.test]}; correction: {CORRECTIONS[opts.correction]} over the {m} comparisons of "
-            f"this table; α = {opts.alpha}; * p < {opts.alpha:g}, ** p < {opts.alpha / 5:g}, "
-            f"*** p < {opts.alpha / 50:g}.")
+    text = (
+        f"{subject} {opts.reference} on the {design.split_text()}. Pairing unit: {design.unit_text()}. "
+        f"Test: {TESTS[design.test]}; correction: {CORRECTIONS[opts.correction]} over the {m} comparisons of "
+        f"this table; α = {opts.alpha}; * p < {opts.alpha:g}, ** p < {opts.alpha / 5:g}, "
+        f"*** p < {opts.alpha / 50:g}."
+    )
     if m and not stars_allowed(opts, design, m):
         n = design.n_units
         floor = smallest_p(design.test, n)
         if design.test == "corrected-t":
-            text += (f" NO STARS DRAWN: with n = {n} pairing units no distribution-free paired test can give p below "
-                     f"{floor:.4f}, so after the {CORRECTIONS[opts.correction]} correction over {m} comparisons no "
-                     f"difference could reach α = {opts.alpha} without resting wholly on the normality of {n} "
-                     "differences: significance is unreliable at this n, and the absence of stars says nothing about "
-                     "the absence of differences.")
+            text += (
+                f" NO STARS DRAWN: with n = {n} pairing units no distribution-free paired test can give p below "
+                f"{floor:.4f}, so after the {CORRECTIONS[opts.correction]} correction over {m} comparisons no "
+                f"difference could reach α = {opts.alpha} without resting wholly on the normality of {n} "
+                "differences: significance is unreliable at this n, and the absence of stars says nothing about "
+                "the absence of differences."
+            )
         else:
-            text += (f" NO STARS POSSIBLE: with n = {n} pairing units the smallest possible p of this test is "
-                     f"{floor:.4f}, so after the {CORRECTIONS[opts.correction]} correction over {m} comparisons no "
-                     f"difference can reach α = {opts.alpha}: the absence of stars says nothing about the absence of "
-                     "differences.")
+            text += (
+                f" NO STARS POSSIBLE: with n = {n} pairing units the smallest possible p of this test is "
+                f"{floor:.4f}, so after the {CORRECTIONS[opts.correction]} correction over {m} comparisons no "
+                f"difference can reach α = {opts.alpha}: the absence of stars says nothing about the absence of "
+                "differences."
+            )
     return text
 
 
@@ -216,10 +246,12 @@ def protocol_notes(run: Run) -> list[str]:
     notes = []
     fitted = [f.display for f in run.suite.formulations if run.fits_decoding(f.display)]
     if fitted:
-        notes.append(f"No number is in-sample. Fitted decoding ({', '.join(fitted)}): validation metrics are "
-                     "cross-fitted (parameters fitted on one half of the fold's validation images, scored on the "
-                     "other, and swapped; halves stratified and patient-grouped where the protocol groups); the test "
-                     "set is decoded with the parameters fitted on the whole validation fold.")
+        notes.append(
+            f"No number is in-sample. Fitted decoding ({', '.join(fitted)}): validation metrics are "
+            "cross-fitted (parameters fitted on one half of the fold's validation images, scored on the "
+            "other, and swapped; halves stratified and patient-grouped where the protocol groups); the test "
+            "set is decoded with the parameters fitted on the whole validation fold."
+        )
     for f in run.suite.formulations:
         if f.tuned:
             notes.append(f"{f.display}: options tuned — {f.tuned}")
@@ -229,10 +261,17 @@ def protocol_notes(run: Run) -> list[str]:
 # ---------------------------------------------------------------------------- tables
 
 
-SUMMARY_COLUMNS = [("accuracy", "mes", "accuracy", ""), ("macro-F1", "mes", "f1", "macro"), ("QWK", "mes", "qwk", ""),
-                   ("MAE", "mes", "mae", ""), ("F1 MES 2", "mes", "f1", "2"), ("F1 MES 3", "mes", "f1", "3"),
-                   ("recall MES 2", "mes", "recall", "2"), ("recall MES 3", "mes", "recall", "3"),
-                   ("remission-vs-active F1", "ra", "f1", "")]
+SUMMARY_COLUMNS = [
+    ("accuracy", "mes", "accuracy", ""),
+    ("macro-F1", "mes", "f1", "macro"),
+    ("QWK", "mes", "qwk", ""),
+    ("MAE", "mes", "mae", ""),
+    ("F1 MES 2", "mes", "f1", "2"),
+    ("F1 MES 3", "mes", "f1", "3"),
+    ("recall MES 2", "mes", "recall", "2"),
+    ("recall MES 3", "mes", "recall", "3"),
+    ("remission-vs-active F1", "ra", "f1", ""),
+]
 
 
 def cv_summary(run: Run, opts: Options) -> Table:
@@ -241,16 +280,27 @@ def cv_summary(run: Run, opts: Options) -> Table:
         for f in run.formulations:
             flag = _incomplete(run, b, f)
             marked |= flag
-            rows.append([b, f + (" †" if flag else "")] + [fmt(run.series(b, f, opts.split, t, m, c))
-                                                           for _, t, m, c in SUMMARY_COLUMNS])
-    where = ("validation folds (each fold's model on its validation part)" if opts.split == "val" else
-             "held-out test set (each fold's model)")
-    notes = [f"Mean ± sd over the {where}; {run.meta.get('n_folds')} resamples × {len(run.suite.training.seeds)} "
-             "seed(s)."] + protocol_notes(run)
+            rows.append(
+                [b, f + (" †" if flag else "")]
+                + [fmt(run.series(b, f, opts.split, t, m, c)) for _, t, m, c in SUMMARY_COLUMNS]
+            )
+    where = (
+        "validation folds (each fold's model on its validation part)"
+        if opts.split == "val"
+        else "held-out test set (each fold's model)"
+    )
+    notes = [
+        f"Mean ± sd over the {where}; {run.meta.get('n_folds')} resamples × {len(run.suite.training.seeds)} seed(s)."
+    ] + protocol_notes(run)
     if marked:
         notes.append("† incomplete: some cells of this row are failed or missing; its statistics use fewer folds.")
-    return Table("Table 1 — cross-validation summary" if opts.split == "val" else "Table 1 — per-fold test summary",
-                 ["backbone", "formulation"] + [c[0] for c in SUMMARY_COLUMNS], rows, notes=notes, key="summary")
+    return Table(
+        "Table 1 — cross-validation summary" if opts.split == "val" else "Table 1 — per-fold test summary",
+        ["backbone", "formulation"] + [c[0] for c in SUMMARY_COLUMNS],
+        rows,
+        notes=notes,
+        key="summary",
+    )
 
 
 def default_backbone(run: Run, opts: Options) -> str:
@@ -301,24 +351,34 @@ def per_class_f1(run: Run, opts: Options) -> Table:
         notes.append(legend(opts, design, len(pvals)))
     if not others:
         notes.append("Only one formulation: nothing to compare.")
-    return Table(f"Table 2 — per-class F1, {b}", ["class"] + forms, rows, bold, notes + protocol_notes(run),
-                 key="per_class_f1")
+    return Table(
+        f"Table 2 — per-class F1, {b}", ["class"] + forms, rows, bold, notes + protocol_notes(run), key="per_class_f1"
+    )
 
 
 def mtl_tasks(run: Run, opts: Options) -> Table | None:
     tasks = run.extra_tasks()
-    forms = [f for f in run.formulations if any(len(run.series(b, f, opts.split, t, "accuracy"))
-                                                for b in run.backbones for t in tasks)]
+    forms = [
+        f
+        for f in run.formulations
+        if any(len(run.series(b, f, opts.split, t, "accuracy")) for b in run.backbones for t in tasks)
+    ]
     if not forms:
         return None
     rows = []
     for b in run.backbones:
         for f in forms:
             rows.append([b, f] + [fmt(run.series(b, f, opts.split, t, "accuracy")) for t in list(tasks) + ["mes"]])
-    return Table("Table 3 — per-task accuracy of the multi-task formulations",
-                 ["backbone", "formulation"] + [f"{t} ({' vs '.join(c)})" for t, c in tasks.items()] + ["4-class MES"],
-                 rows, notes=["Each task's accuracy on the images that belong to that task only (sub-task labels −1 "
-                              f"excluded); mean ± sd over the {Design.of(run, opts).split_text()}."], key="mtl_tasks")
+    return Table(
+        "Table 3 — per-task accuracy of the multi-task formulations",
+        ["backbone", "formulation"] + [f"{t} ({' vs '.join(c)})" for t, c in tasks.items()] + ["4-class MES"],
+        rows,
+        notes=[
+            "Each task's accuracy on the images that belong to that task only (sub-task labels −1 "
+            f"excluded); mean ± sd over the {Design.of(run, opts).split_text()}."
+        ],
+        key="mtl_tasks",
+    )
 
 
 def finetune_comparisons(run: Run) -> list[tuple[str, str, str]]:
@@ -350,8 +410,10 @@ def finetune_effect(run: Run, opts: Options) -> Table | None:
             for k, cls in enumerate(CLASSES):
                 row = [b, f"{before} → {after}", what, cls]
                 for metric in ("f1", "recall", "precision"):
-                    x, y = aligned(run.series(b, before, opts.split, "mes", metric, str(k)),
-                                   run.series(b, after, opts.split, "mes", metric, str(k)))
+                    x, y = aligned(
+                        run.series(b, before, opts.split, "mes", metric, str(k)),
+                        run.series(b, after, opts.split, "mes", metric, str(k)),
+                    )
                     if len(x) == 0:
                         row += ["—", "—"]
                         if metric == "f1":
@@ -367,19 +429,46 @@ def finetune_effect(run: Run, opts: Options) -> Table | None:
     allowed = stars_allowed(opts, design, len(valid))
     for row, p in zip(rows, pvals):
         row.append("—" if np.isnan(p) else f"{next(adj):.3g}" + ("" if allowed else " (n.s. at this n)"))
-    weights_note = ("Inverse-F1 weights: w ∝ 1/max(F1, ε) per class on the stage-1 model's validation fold, capped at "
-                    "max_weight × the smallest and normalised to mean 1 (stored per cell). Stage 2 of `+f1` and of its "
-                    "control `+ft` is identical (same start, epochs, learning rate) except the weights; model "
-                    "selection in stage 2 monitors the unweighted validation loss, as in stage 1.")
-    notes = ["Before → after fine-tuning, mean over folds; Δ = after − before per fold, averaged.", weights_note,
-             legend(opts, design, len(valid), subject="p (ΔF1): paired comparison of after with before (the "
-                    "'reference' of each row) —").replace(f" {opts.reference} on", " on", 1)]
+    weights_note = (
+        "Inverse-F1 weights: w ∝ 1/max(F1, ε) per class on the stage-1 model's validation fold, capped at "
+        "max_weight × the smallest and normalised to mean 1 (stored per cell). Stage 2 of `+f1` and of its "
+        "control `+ft` is identical (same start, epochs, learning rate) except the weights; model "
+        "selection in stage 2 monitors the unweighted validation loss, as in stage 1."
+    )
+    notes = [
+        "Before → after fine-tuning, mean over folds; Δ = after − before per fold, averaged.",
+        weights_note,
+        legend(
+            opts,
+            design,
+            len(valid),
+            subject="p (ΔF1): paired comparison of after with before (the 'reference' of each row) —",
+        ).replace(f" {opts.reference} on", " on", 1),
+    ]
     if not any(f.finetune == "plain" for f in run.suite.formulations):
-        notes.append("No `+ft` control in this suite: '+f1 vs stage 1' mixes re-weighting with extra training. Add "
-                     "`X+ft` next to `X+f1` to separate them.")
-    return Table("Table 4 — effect of fine-tuning",
-                 ["backbone", "comparison", "isolates", "class", "F1", "ΔF1", "recall", "Δrecall", "precision",
-                  "Δprecision", "p (ΔF1)"], rows, notes=notes, key="finetune")
+        notes.append(
+            "No `+ft` control in this suite: '+f1 vs stage 1' mixes re-weighting with extra training. Add "
+            "`X+ft` next to `X+f1` to separate them."
+        )
+    return Table(
+        "Table 4 — effect of fine-tuning",
+        [
+            "backbone",
+            "comparison",
+            "isolates",
+            "class",
+            "F1",
+            "ΔF1",
+            "recall",
+            "Δrecall",
+            "precision",
+            "Δprecision",
+            "p (ΔF1)",
+        ],
+        rows,
+        notes=notes,
+        key="finetune",
+    )
 
 
 # ---------------------------------------------------------------------------- held-out test: fold-ensembles
@@ -397,12 +486,13 @@ class FoldPredictions:
     y_pred: np.ndarray
 
     @classmethod
-    def from_frame(cls, preds: pd.DataFrame) -> "FoldPredictions":
+    def from_frame(cls, preds: pd.DataFrame) -> FoldPredictions:
         codes, uniques = pd.factorize(preds.image_id)
         y = np.zeros(len(uniques), dtype=np.int64)
         y[codes] = preds.y_true.to_numpy()
-        return cls(preds.groupby("key").indices, codes, np.asarray(uniques), y, preds.outputs.tolist(),
-                   preds.y_pred.to_numpy())
+        return cls(
+            preds.groupby("key").indices, codes, np.asarray(uniques), y, preds.outputs.tolist(), preds.y_pred.to_numpy()
+        )
 
     def stacked(self, keys):
         """(models, images, m) outputs of these cells on the images all of them predicted, and those images."""
@@ -425,8 +515,11 @@ class FoldPredictions:
 def ensemble(run: Run, tp: FoldPredictions, b: str, f: str):
     """The fold-ensemble of backbone b × formulation f by the formulation's own rule: (image codes, true
     grades, predicted grades, number of models) or None."""
-    keys = [k for k in run.cells[(run.cells.backbone == b) & (run.cells.formulation == f)
-                                 & (run.cells.status == "done")].key if k in tp.by_key]
+    keys = [
+        k
+        for k in run.cells[(run.cells.backbone == b) & (run.cells.formulation == f) & (run.cells.status == "done")].key
+        if k in tp.by_key
+    ]
     if not keys:
         return None
     formulation = run.formulation(f)
@@ -441,9 +534,18 @@ def test_ensemble(run: Run, opts: Options, preds: pd.DataFrame) -> Table | None:
     if preds.empty:
         return None
     if preds.outputs.isna().any():
-        return Table("Table 5 — held-out test set, fold-ensemble", ["note"], [[
-            "this run's test predictions carry no formulation outputs (written by an older mesbench): no ensemble "
-            "can be decoded by the formulations' own rules, so none is shown"]], key="test")
+        return Table(
+            "Table 5 — held-out test set, fold-ensemble",
+            ["note"],
+            [
+                [
+                    "this run's test predictions carry no formulation outputs (written by an older mesbench): "
+                    "no ensemble "
+                    "can be decoded by the formulations' own rules, so none is shown"
+                ]
+            ],
+            key="test",
+        )
     tp = FoldPredictions.from_frame(preds)
     groups = run.meta.get("test_groups") or {}
     clustered = bool(groups)
@@ -464,11 +566,12 @@ def test_ensemble(run: Run, opts: Options, preds: pd.DataFrame) -> Table | None:
                 yc, preds_list = y[ia], [ref[2][ib], pred[ia]]
             else:
                 common, yc, preds_list = codes, y, [pred]
-            clusters = ([groups.get(i, i) for i in tp.image_ids[common]] if clustered
-                        else np.arange(len(common)))
+            clusters = [groups.get(i, i) for i in tp.image_ids[common]] if clustered else np.arange(len(common))
             point, lo, hi = cluster_bootstrap(yc, preds_list, clusters, opts.n_resamples)
             me = len(preds_list) - 1
-            row += [f"{point[me, 0, i]:.3f} [{lo[me, 0, i]:.3f}, {hi[me, 0, i]:.3f}]" for i in range(len(ENSEMBLE_METRICS))]
+            row += [
+                f"{point[me, 0, i]:.3f} [{lo[me, 0, i]:.3f}, {hi[me, 0, i]:.3f}]" for i in range(len(ENSEMBLE_METRICS))
+            ]
             if f == ref_name:
                 row += ["reference", "reference"]
             elif me == 0:
@@ -491,18 +594,28 @@ def test_ensemble(run: Run, opts: Options, preds: pd.DataFrame) -> Table | None:
     rules = "; ".join(f"{', '.join(fs)}: {rule}" for rule, fs in by_rule.items())
     if clustered:
         n_pat = len(set(groups.values()))
-        ci = (f"95% percentile CIs from a patient-level (cluster) bootstrap: the {n_pat} test patients are resampled "
-              f"with replacement ({opts.n_resamples} resamples, scipy.stats.bootstrap), since images of one patient are "
-              "correlated. Δ = this formulation − the reference, computed on the same resamples (a paired CI of the "
-              "difference). McNemar's test is not shown: it assumes independent images.")
+        ci = (
+            f"95% percentile CIs from a patient-level (cluster) bootstrap: the {n_pat} test patients are resampled "
+            f"with replacement ({opts.n_resamples} resamples, scipy.stats.bootstrap), since images of one patient are "
+            "correlated. Δ = this formulation − the reference, computed on the same resamples (a paired CI of the "
+            "difference). McNemar's test is not shown: it assumes independent images."
+        )
     else:
-        ci = (f"This dataset has no patient ids: 95% paired percentile bootstrap CIs over images ({opts.n_resamples} "
-              "resamples, scipy.stats.bootstrap); Δ = this − reference on the same resamples. McNemar b/c = images "
-              "only this / only the reference gets right; exact, uncorrected.")
-    notes = [f"Held-out test set; ensemble = the fold models (column 'models') combined and decoded by each "
-             f"formulation's own rule — {rules}.", ci] + protocol_notes(run)
-    columns = ["backbone", "formulation", "models"] + ENSEMBLE_METRICS + [f"Δ accuracy vs {opts.reference}",
-                                                                           f"Δ macro-F1 vs {opts.reference}"]
+        ci = (
+            f"This dataset has no patient ids: 95% paired percentile bootstrap CIs over images ({opts.n_resamples} "
+            "resamples, scipy.stats.bootstrap); Δ = this − reference on the same resamples. McNemar b/c = images "
+            "only this / only the reference gets right; exact, uncorrected."
+        )
+    notes = [
+        f"Held-out test set; ensemble = the fold models (column 'models') combined and decoded by each "
+        f"formulation's own rule — {rules}.",
+        ci,
+    ] + protocol_notes(run)
+    columns = (
+        ["backbone", "formulation", "models"]
+        + ENSEMBLE_METRICS
+        + [f"Δ accuracy vs {opts.reference}", f"Δ macro-F1 vs {opts.reference}"]
+    )
     if not clustered:
         columns.append(f"McNemar vs {opts.reference} (b/c, exact p)")
     return Table("Table 5 — held-out test set, fold-ensemble", columns, rows, notes=notes, key="test")
@@ -519,15 +632,27 @@ def friedman_table(run: Run, opts: Options) -> tuple[Table | None, object]:
     if len(forms) < 3 or len(bbs) < 2:
         return None, None
     if len(bbs) < MIN_FRIEDMAN_BLOCKS:
-        return Table("Table 6 — Friedman ranking", ["note"], [[
-            f"not shown: the Friedman test ranks formulations within blocks (here backbones) and needs at least "
-            f"{MIN_FRIEDMAN_BLOCKS}; this run has {len(bbs)}, with which no ranking difference can be significant. "
-            "Folds of one dataset are not independent blocks."]], key="friedman"), None
-    scores = np.array([[run.series(b, f, opts.split, "mes", "f1", "macro").mean() for f in forms]
-                       for b in bbs])
+        return Table(
+            "Table 6 — Friedman ranking",
+            ["note"],
+            [
+                [
+                    "not shown: the Friedman test ranks formulations within blocks (here backbones) and needs at "
+                    f"least {MIN_FRIEDMAN_BLOCKS}; this run has {len(bbs)}, with which no ranking difference can be "
+                    "significant. "
+                    "Folds of one dataset are not independent blocks."
+                ]
+            ],
+            key="friedman",
+        ), None
+    scores = np.array([[run.series(b, f, opts.split, "mes", "f1", "macro").mean() for f in forms] for b in bbs])
     if np.isnan(scores).any():
-        return Table("Table 6 — Friedman ranking", ["note"], [["incomplete run: every backbone × formulation needs "
-                                                                "results to rank"]], key="friedman"), None
+        return Table(
+            "Table 6 — Friedman ranking",
+            ["note"],
+            [["incomplete run: every backbone × formulation needs results to rank"]],
+            key="friedman",
+        ), None
     res = friedman(scores, forms, opts.alpha)
     rank_rows = []
     from scipy.stats import rankdata
@@ -536,12 +661,22 @@ def friedman_table(run: Run, opts: Options) -> tuple[Table | None, object]:
     for f in sorted(forms, key=lambda f: res.mean_ranks[f]):
         j = forms.index(f)
         rank_rows.append([f, f"{res.mean_ranks[f]:.2f}"] + [f"{per_block[b][j]:g}" for b in bbs])
-    id_text = ("Iman–Davenport F undefined" if np.isnan(res.iman_davenport_f) else
-               f"Iman–Davenport F = {res.iman_davenport_f:.3f} (p = {res.iman_davenport_p:.3g})")
-    notes = [f"Blocks: the {len(bbs)} backbones (macro-F1 on the {Design.of(run, opts).split_text()}, averaged over "
-             f"folds); rank 1 = best. Friedman χ² = {res.statistic:.3f} (p = {res.p_value:.3g}"
-             f"{', exact' if res.exact else ', χ² approximation'}); {id_text}; Nemenyi critical difference CD = "
-             f"{res.critical_difference:.3f} at α = {opts.alpha} — formulations whose mean ranks differ by less than "
-             "CD are not distinguishable." + (f" {res.note}" if res.note else "")]
-    return Table("Table 6 — Friedman / Nemenyi ranking of formulations", ["formulation", "mean rank"] + bbs,
-                 rank_rows, notes=notes, key="friedman"), (res, scores)
+    id_text = (
+        "Iman–Davenport F undefined"
+        if np.isnan(res.iman_davenport_f)
+        else f"Iman–Davenport F = {res.iman_davenport_f:.3f} (p = {res.iman_davenport_p:.3g})"
+    )
+    notes = [
+        f"Blocks: the {len(bbs)} backbones (macro-F1 on the {Design.of(run, opts).split_text()}, averaged over "
+        f"folds); rank 1 = best. Friedman χ² = {res.statistic:.3f} (p = {res.p_value:.3g}"
+        f"{', exact' if res.exact else ', χ² approximation'}); {id_text}; Nemenyi critical difference CD = "
+        f"{res.critical_difference:.3f} at α = {opts.alpha} — formulations whose mean ranks differ by less than "
+        "CD are not distinguishable." + (f" {res.note}" if res.note else "")
+    ]
+    return Table(
+        "Table 6 — Friedman / Nemenyi ranking of formulations",
+        ["formulation", "mean rank"] + bbs,
+        rank_rows,
+        notes=notes,
+        key="friedman",
+    ), (res, scores)

@@ -38,4 +38,5 @@ def tiny_suite(tmp_path: Path, name="tiny", formulations=("softmax",), **overrid
 def make_suite(tmp_path):
     def make(**kw):
         return tiny_suite(tmp_path, **kw)
+
     return make

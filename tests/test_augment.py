@@ -22,8 +22,11 @@ def test_cpu_and_gpu_paths_agree_on_a_smooth_image():
     batch = np.repeat((img * 255).round().astype(np.uint8)[None], 3, 0)
     angles, flips = np.array([0.4, -1.3, 2.9]), np.array([True, False, True])
     cpu = rotate_flip_cv2(batch, angles, flips).astype(float) / 255
-    gpu = rotate_flip_bilinear(torch.from_numpy(batch).permute(0, 3, 1, 2).float() / 255,
-                               torch.tensor(angles, dtype=torch.float32), torch.tensor(flips)).permute(0, 2, 3, 1)
+    gpu = rotate_flip_bilinear(
+        torch.from_numpy(batch).permute(0, 3, 1, 2).float() / 255,
+        torch.tensor(angles, dtype=torch.float32),
+        torch.tensor(flips),
+    ).permute(0, 2, 3, 1)
     inner = (slice(None), slice(12, 28), slice(20, 40))
     assert np.abs(cpu[inner] - gpu.numpy()[inner]).max() < 0.05
 
@@ -39,6 +42,5 @@ def test_batches_are_normalised_channels_last_with_fold_statistics():
     assert x.shape == (10, 3, 8, 10) and x.is_contiguous(memory_format=torch.channels_last)
     assert torch.allclose(x.mean((0, 2, 3)), torch.zeros(3), atol=1e-4)
     assert torch.allclose(x.std((0, 2, 3)), torch.ones(3), atol=1e-3)
-    g = torch.Generator().manual_seed(0)
     t = maker.train_batch(np.arange(4), torch.tensor([0.3, 1.0, -2.0, 3.0]), torch.tensor([True, False, True, False]))
     assert t.shape == (4, 3, 8, 10) and torch.isfinite(t).all()

@@ -5,9 +5,9 @@ import sqlite3
 import pandas as pd
 import pytest
 
-from reports.check import compare, read_baseline
 from benchmark.cli import main
 from formulations.regression import Regression
+from reports.check import compare, read_baseline
 
 
 @pytest.fixture
@@ -69,9 +69,10 @@ def test_nan_value_fails(baseline_run, tmp_path, capsys):
 
 
 def test_tolerances_from_header_and_direction_of_mae(tmp_path):
-    rows = lambda v_acc, v_mae: pd.DataFrame(  # noqa: E731
+    rows = lambda v_acc, v_mae: pd.DataFrame(
         [["b", "f", 0, 0, "val", "mes", "accuracy", "", v_acc], ["b", "f", 0, 0, "val", "mes", "mae", "", v_mae]],
-        columns=["backbone", "formulation", "seed", "fold", "split", "task", "metric", "cls", "value"])
+        columns=["backbone", "formulation", "seed", "fold", "split", "task", "metric", "cls", "value"],
+    )
     path = tmp_path / "b.csv"
     path.write_text("# tolerance: default=0.01 mae=0.2\n" + rows(0.8, 0.5).to_csv(index=False))
     base, tol = read_baseline(path)
@@ -89,17 +90,21 @@ def test_per_metric_tolerance_on_the_command_line(baseline_run, tmp_path, monkey
     assert main(["run", str(suite), "--out", str(changed), "--quiet"]) == 0
     capsys.readouterr()
     assert main(["check", str(changed), "--baseline", str(baseline), "--tolerance", "1.0"]) == 0
-    assert main(["check", str(changed), "--baseline", str(baseline), "--tolerance", "1.0",
-                 "--tolerance", "accuracy=0.0"]) == 1
+    assert (
+        main(["check", str(changed), "--baseline", str(baseline), "--tolerance", "1.0", "--tolerance", "accuracy=0.0"])
+        == 1
+    )
     out = capsys.readouterr().out
     assert "accuracy" in out and "REGRESSIONS" in out
     assert main(["check", str(changed), "--baseline", str(baseline), "--tolerance", "f1@3=x"]) == 2
 
 
 def _rows(values):
-    return pd.DataFrame([["b", "f", 0, 0, "val", "mes", "accuracy", "", v] for v in values][:1]
-                        + [["b", "f", 0, 0, "val", "mes", "qwk", "", values[-1]]],
-                        columns=["backbone", "formulation", "seed", "fold", "split", "task", "metric", "cls", "value"])
+    return pd.DataFrame(
+        [["b", "f", 0, 0, "val", "mes", "accuracy", "", v] for v in values][:1]
+        + [["b", "f", 0, 0, "val", "mes", "qwk", "", values[-1]]],
+        columns=["backbone", "formulation", "seed", "fold", "split", "task", "metric", "cls", "value"],
+    )
 
 
 @pytest.mark.parametrize("tolerance", ["nan", "-0.01", "inf"])
@@ -136,12 +141,18 @@ def test_update_refuses_a_run_with_no_finished_cell(make_suite, tmp_path, capsys
     assert "no finished cell" in capsys.readouterr().err and not (tmp_path / "b.csv").exists()
 
 
-@pytest.mark.parametrize("content,needle", [
-    ("backbone,formulation,seed,fold,split,task,metric,cls,value\nb,f,0,0,val,mes,accuracy,,high\n", "not a number"),
-    ("", "empty"),
-    (b"\xff\xfe\x00binary\x00" * 50, "not a text file"),
-    ("# tolerance: default=0.02\nbackbone,formulation,seed,fold,split,task,metric,cls,value\n", "holds no values"),
-])
+@pytest.mark.parametrize(
+    "content,needle",
+    [
+        (
+            "backbone,formulation,seed,fold,split,task,metric,cls,value\nb,f,0,0,val,mes,accuracy,,high\n",
+            "not a number",
+        ),
+        ("", "empty"),
+        (b"\xff\xfe\x00binary\x00" * 50, "not a text file"),
+        ("# tolerance: default=0.02\nbackbone,formulation,seed,fold,split,task,metric,cls,value\n", "holds no values"),
+    ],
+)
 def test_broken_baselines_are_clear_errors(baseline_run, tmp_path, capsys, content, needle):
     _, out, _ = baseline_run
     path = tmp_path / "broken.csv"

@@ -7,12 +7,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from benchmark.suite.schema import DatasetConfig, ProtocolConfig
-from benchmark.data.registry import load_dataset
-from benchmark.errors import BenchError
+from benchmark.data.catalogue import load_dataset
 from benchmark.data.limuc import inspect_tree
 from benchmark.data.splits import make_splits
 from benchmark.data.synthetic import LIMUC_SHARES, generate
+from benchmark.suite.schema import DatasetConfig, ProtocolConfig
 
 
 def test_synthetic_is_deterministic_with_limuc_shares_and_patient_structure():
@@ -72,8 +71,9 @@ def fake_limuc(root, layout):
     return root
 
 
-@pytest.mark.parametrize("layout,n,n_patients", [("train_test", 15, 8), ("patient_based", 11, 6),
-                                                  ("class_folders", 11, 6)])
+@pytest.mark.parametrize(
+    "layout,n,n_patients", [("train_test", 15, 8), ("patient_based", 11, 6), ("class_folders", 11, 6)]
+)
 def test_limuc_layouts_load_with_counts_labels_and_patients(tmp_path, monkeypatch, layout, n, n_patients):
     monkeypatch.setenv("MESBENCH_CACHE", str(tmp_path / "cache"))
     root = fake_limuc(tmp_path / "LIMUC", layout)
@@ -120,8 +120,10 @@ def test_folder_and_manifest_datasets(tmp_path, monkeypatch):
     root = fake_limuc(tmp_path / "tree", "class_folders")
     ds = load_dataset(DatasetConfig(name="folder", root=str(root)))
     assert len(ds) == 11 and sorted(np.bincount(ds.labels).tolist()) == [2, 2, 3, 4]
-    lines = ["path,label,group"] + [f"tree/Mayo {k}/UC_patient_{p}_{n}.bmp,{k},{p}"
-                                    for k, p, n in [(0, 1, 1), (1, 2, 2), (2, 3, 2), (3, 4, 2), (0, 1, 2)]]
+    lines = ["path,label,group"] + [
+        f"tree/Mayo {k}/UC_patient_{p}_{n}.bmp,{k},{p}"
+        for k, p, n in [(0, 1, 1), (1, 2, 2), (2, 3, 2), (3, 4, 2), (0, 1, 2)]
+    ]
     (tmp_path / "m.csv").write_text("\n".join(lines))
     m = load_dataset(DatasetConfig(name="manifest", manifest=str(tmp_path / "m.csv")))
     assert m.labels.tolist() == [0, 1, 2, 3, 0] and m.groups.tolist() == ["1", "2", "3", "4", "1"]
@@ -146,11 +148,20 @@ def test_inspect_broken_tree_exits_nonzero_and_names_each_problem(tmp_path):
     import shutil
 
     shutil.rmtree(root / "Mayo 3")  # missing class folder
-    proc = subprocess.run([sys.executable, "-m", "benchmark.cli", "data", "inspect", str(root)],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmark.cli", "data", "inspect", str(root)], capture_output=True, text=True
+    )
     assert proc.returncode != 0
     text = proc.stdout + proc.stderr
-    for needle in ("empty class folder", "Mayo 2", "non-image file", "notes.txt", "unreadable image",
-                   "UC_patient_1_1.bmp", "missing class folder", "Mayo 3"):
+    for needle in (
+        "empty class folder",
+        "Mayo 2",
+        "non-image file",
+        "notes.txt",
+        "unreadable image",
+        "UC_patient_1_1.bmp",
+        "missing class folder",
+        "Mayo 3",
+    ):
         assert needle in text, needle
     assert "Traceback" not in text

@@ -5,25 +5,23 @@ import itertools
 
 import matplotlib
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 from scipy import stats
-from sklearn.metrics import accuracy_score, f1_score
+from sklearn.metrics import accuracy_score
 from sklearn.model_selection import StratifiedGroupKFold
 
-from benchmark.suite.cells import expand_cells, protocol_hash
 from benchmark.cli import main
-from benchmark.suite.loading import load_suite
-from benchmark.suite.schema import BackboneConfig, Suite
 from benchmark.result import CellResult
 from benchmark.run.store import Store
+from benchmark.suite.cells import expand_cells, protocol_hash
+from benchmark.suite.schema import BackboneConfig, Suite
 from formulations import FORMULATIONS, create_formulation
 from formulations.regression import decode_scores, fit_cutpoints
 from reports.load import load_run
 from reports.render import build, to_markdown
 from reports.stats import bootstrap_metrics, cluster_bootstrap, corrected_t, sign_flip_p
-from reports.tables import Design, Options, FoldPredictions, ensemble, finetune_effect, per_class_f1
+from reports.tables import Design, FoldPredictions, Options, ensemble, finetune_effect, per_class_f1
 
 matplotlib.use("Agg")
 
@@ -34,12 +32,19 @@ def fold0_run(tmp_path_factory):
     from conftest import tiny_suite
 
     tmp = tmp_path_factory.mktemp("f0")
-    forms = sorted(FORMULATIONS) + [{"name": "regression", "label": "regression[tuned]",
-                                     "options": {"tune_cutpoints": True}},
-                                    {"name": "mtl", "label": "mtl[soft]", "options": {"decoding": "soft"}},
-                                    "mtl+f1", "mtl+ft"]
-    suite = tiny_suite(tmp, name="f0", formulations=forms, protocol__folds=3,
-                       dataset={"params": {"n_images": 240, "n_patients": 30, "size": [32, 32], "seed": 4}})
+    forms = sorted(FORMULATIONS) + [
+        {"name": "regression", "label": "regression[tuned]", "options": {"tune_cutpoints": True}},
+        {"name": "mtl", "label": "mtl[soft]", "options": {"decoding": "soft"}},
+        "mtl+f1",
+        "mtl+ft",
+    ]
+    suite = tiny_suite(
+        tmp,
+        name="f0",
+        formulations=forms,
+        protocol__folds=3,
+        dataset={"params": {"n_images": 240, "n_patients": 30, "size": [32, 32], "seed": 4}},
+    )
     out = tmp / "run"
     assert main(["run", str(suite), "--out", str(out), "--quiet", "--only", "fold=0"]) == 0
     return out
@@ -82,7 +87,7 @@ def test_fitted_cut_points_are_cross_fitted_on_validation_and_fitted_whole_for_t
     state = res.state
     assert res.cross_fitted and state["cross_fit"]["unit"] == "patient"
     suite = run.suite
-    from benchmark.data.registry import load_dataset
+    from benchmark.data.catalogue import load_dataset
 
     ds = load_dataset(suite.dataset)
     preds = run.store.predictions_frame(None, ["key", "split", "image_id", "y_true", "y_pred", "score"])
@@ -103,7 +108,8 @@ def test_fitted_cut_points_are_cross_fitted_on_validation_and_fitted_whole_for_t
     assert np.array_equal(test.y_pred.to_numpy(), decode_scores(test.score.to_numpy(), whole))
     in_sample = accuracy_score(y, decode_scores(scores, whole))
     assert run.series("tiny", "regression[tuned]", "val", "mes", "accuracy").iloc[0] == pytest.approx(
-        accuracy_score(y, expected))
+        accuracy_score(y, expected)
+    )
     assert accuracy_score(y, expected) <= in_sample  # the optimism the cross-fit removes
     md = to_markdown(build(run, Options()))
     assert "No number is in-sample" in md and "cross-fitted" in md
@@ -113,10 +119,16 @@ def test_fitted_cut_points_are_cross_fitted_on_validation_and_fitted_whole_for_t
 
 
 def _constructed(path, folds=3, repeats=1, seeds=(0,), effect=0.3, sizes=None, kind="grouped"):
-    suite = Suite.model_validate({"name": "c", "dataset": {"name": "synthetic"},
-                                  "protocol": {"kind": kind, "folds": folds, "repeats": repeats},
-                                  "training": {"seeds": list(seeds)}, "backbones": ["resnet18"],
-                                  "formulations": ["softmax", {"name": "corn", "label": "better"}]})
+    suite = Suite.model_validate(
+        {
+            "name": "c",
+            "dataset": {"name": "synthetic"},
+            "protocol": {"kind": kind, "folds": folds, "repeats": repeats},
+            "training": {"seeds": list(seeds)},
+            "backbones": ["resnet18"],
+            "formulations": ["softmax", {"name": "corn", "label": "better"}],
+        }
+    )
     store = Store(path)
     n = folds * repeats
     store.set_meta("protocol_hash", protocol_hash(suite))
@@ -131,10 +143,26 @@ def _constructed(path, folds=3, repeats=1, seeds=(0,), effect=0.3, sizes=None, k
     for cell in expand_cells(suite, n):
         v = 0.5 + 0.1 * rng.random() + (effect + 0.05 * rng.random() if cell.formulation.display == "better" else 0)
         values[cell.formulation.display, cell.seed, cell.fold] = v
-        store.claim(cell.key, {"backbone": "resnet18", "formulation": cell.formulation.display, "seed": cell.seed,
-                               "fold": cell.fold, "config_hash": cell.key})
-        store.finish(cell.key, CellResult(metrics=[{"split": s, "task": "mes", "metric": "f1", "cls": c, "value": v}
-                                                   for c in ("0", "1", "2", "3", "macro") for s in ("val", "test")]))
+        store.claim(
+            cell.key,
+            {
+                "backbone": "resnet18",
+                "formulation": cell.formulation.display,
+                "seed": cell.seed,
+                "fold": cell.fold,
+                "config_hash": cell.key,
+            },
+        )
+        store.finish(
+            cell.key,
+            CellResult(
+                metrics=[
+                    {"split": s, "task": "mes", "metric": "f1", "cls": c, "value": v}
+                    for c in ("0", "1", "2", "3", "macro")
+                    for s in ("val", "test")
+                ]
+            ),
+        )
     return load_run(path), values
 
 
@@ -168,9 +196,10 @@ def test_corrected_t_is_bouckaert_frank_over_repeats_with_each_folds_own_sizes(t
     test_design = Design.of(run, Options(test="corrected-t", split="test"))  # the held-out size, not n_val
     ratio_test = np.mean([500 / sizes[f][0] for f in range(6)])
     t_test = d.mean() / np.sqrt((1 / 6 + ratio_test) * d.var(ddof=1))
-    assert test_design.p_value(run.series("resnet18", "better", "test", "mes", "f1", "macro"),
-                               run.series("resnet18", "softmax", "test", "mes", "f1", "macro")) == pytest.approx(
-        2 * stats.t.sf(abs(t_test), df=5))
+    assert test_design.p_value(
+        run.series("resnet18", "better", "test", "mes", "f1", "macro"),
+        run.series("resnet18", "softmax", "test", "mes", "f1", "macro"),
+    ) == pytest.approx(2 * stats.t.sf(abs(t_test), df=5))
 
 
 def test_monte_carlo_splits_refuse_rank_tests_and_default_to_corrected_t(tmp_path):
@@ -199,7 +228,7 @@ def test_no_stars_at_three_folds_for_any_test(tmp_path):
         table = per_class_f1(run, Options(test=test, correction="none"))
         assert not any(c.endswith("*") for row in table.rows for c in row), test
         note = " ".join(table.notes)
-        assert ("NO STARS" in note and "0.2500" in note), (test, note)
+        assert "NO STARS" in note and "0.2500" in note, (test, note)
     # the raw corrected-t p is small here: the stars would have been drawn before
     x = run.series("resnet18", "better", "val", "mes", "f1", "macro")
     y = run.series("resnet18", "softmax", "val", "mes", "f1", "macro")
@@ -266,13 +295,14 @@ def test_plain_finetune_is_the_identical_stage_two_without_weights(fold0_run):
 
 
 def test_stage_two_selects_on_the_unweighted_validation_loss(fold0_run):
-    from benchmark.train.augment import BatchMaker
-    from benchmark.data.registry import load_dataset
-    from benchmark.train.device import pick_device
-    from benchmark.train.cell import build_model
-    from benchmark.train.loop import predict
-    from benchmark.data.splits import Splits
     import json
+
+    from benchmark.data.catalogue import load_dataset
+    from benchmark.data.splits import Splits
+    from benchmark.train.augment import BatchMaker
+    from benchmark.train.cell import build_model
+    from benchmark.train.device import pick_device
+    from benchmark.train.loop import predict
 
     run = load_run(fold0_run)
     cell = run.cells[run.cells.formulation == "mtl+f1"].iloc[0]
@@ -299,8 +329,14 @@ def test_cd_diagram_links_formulations_that_cannot_be_told_apart():
 
     rng = np.random.default_rng(0)
     n = 8
-    scores = np.column_stack([0.70 + 0.01 * rng.random(n), 0.70 + 0.01 * rng.random(n), 0.5 + 0.01 * rng.random(n),
-                              0.3 + 0.01 * rng.random(n)])
+    scores = np.column_stack(
+        [
+            0.70 + 0.01 * rng.random(n),
+            0.70 + 0.01 * rng.random(n),
+            0.5 + 0.01 * rng.random(n),
+            0.3 + 0.01 * rng.random(n),
+        ]
+    )
     res = friedman(scores, ["a", "b", "c", "d"])
     fig, ax = plt.subplots()
     elements = draw_cd(ax, res, scores)

@@ -15,10 +15,13 @@ def run_dir(tmp_path_factory):
     from conftest import tiny_suite
 
     tmp = tmp_path_factory.mktemp("explain")
-    suite = tiny_suite(tmp, name="ex", formulations=["softmax", "regression", "coral", "mtl"],
-                       dataset={"name": "synthetic", "params": {"n_images": 240, "n_patients": 30, "size": [64, 64],
-                                                                "seed": 1}},
-                       training={"epochs": 6, "lr": 0.002})
+    suite = tiny_suite(
+        tmp,
+        name="ex",
+        formulations=["softmax", "regression", "coral", "mtl"],
+        dataset={"name": "synthetic", "params": {"n_images": 240, "n_patients": 30, "size": [64, 64], "seed": 1}},
+        training={"epochs": 6, "lr": 0.002},
+    )
     out = tmp / "run"
     assert main(["run", str(suite), "--out", str(out), "--quiet", "--only", "fold=0"]) == 0
     return out
@@ -27,8 +30,15 @@ def run_dir(tmp_path_factory):
 def test_grids_for_every_formulation_and_maps_are_valid(run_dir, capsys):
     assert main(["explain", str(run_dir), "--per-class", "1"]) == 0
     files = sorted(p.name for p in (run_dir / "explain").glob("*.png"))
-    assert files == sorted(["tiny__softmax__grade.png", "tiny__regression__grade.png", "tiny__coral__grade.png",
-                            "tiny__mtl__grade.png", "tiny__comparison__grade.png"])
+    assert files == sorted(
+        [
+            "tiny__softmax__grade.png",
+            "tiny__regression__grade.png",
+            "tiny__coral__grade.png",
+            "tiny__mtl__grade.png",
+            "tiny__comparison__grade.png",
+        ]
+    )
     _, results, flat = explain(run_dir, per_class=1, out=run_dir / "x")
     for name, (maps, pred) in results.items():
         assert maps.shape == (len(flat), 64, 64), name
@@ -48,7 +58,7 @@ def test_each_mtl_head_has_its_own_map(run_dir):
         assert written[0].name == f"tiny__mtl__{head}.png"
     heads = list(maps)
     for i, a in enumerate(heads):
-        for b in heads[i + 1:]:
+        for b in heads[i + 1 :]:
             assert not np.allclose(maps[a], maps[b]), (a, b)
 
 
@@ -75,6 +85,7 @@ def test_target_layer_is_the_last_spatial_map(name):
     model = timm.create_model(name, pretrained=False, num_classes=0).eval()
     layer = target_layer(model)
     seen = {}
+
     def hook(module, inputs, output):
         seen["shape"] = output.shape  # returns None: the output is left as it is
 

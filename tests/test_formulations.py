@@ -157,8 +157,11 @@ def test_mtl_weights_alpha_beta_gamma():
 
 
 def _mtl_out(p1, rem, act):
-    return {"primary": torch.log(torch.tensor([p1])), "remission": torch.log(torch.tensor([rem])),
-            "active": torch.log(torch.tensor([act]))}
+    return {
+        "primary": torch.log(torch.tensor([p1])),
+        "remission": torch.log(torch.tensor([rem])),
+        "active": torch.log(torch.tensor([act])),
+    }
 
 
 def test_mtl_hard_and_soft_decoding_disagree_where_they_should():
@@ -168,8 +171,9 @@ def test_mtl_hard_and_soft_decoding_disagree_where_they_should():
     soft = create_formulation("mtl", {"decoding": "soft"}).decode(out)
     assert hard.pred.item() in (0, 1)
     assert soft.pred.item() == 2
-    assert np.allclose(soft.proba, combine(np.array([[0.55, 0.45]]), np.array([[0.5, 0.5]]),
-                                           np.array([[0.9, 0.1]])), atol=1e-6)
+    assert np.allclose(
+        soft.proba, combine(np.array([[0.55, 0.45]]), np.array([[0.5, 0.5]]), np.array([[0.9, 0.1]])), atol=1e-6
+    )
 
 
 def test_mtl_hard_ensemble_uses_the_hard_rule():

@@ -2,8 +2,16 @@
 
 import numpy as np
 import pytest
-from sklearn.metrics import (accuracy_score, classification_report, cohen_kappa_score, confusion_matrix, f1_score,
-                             mean_absolute_error, precision_score, recall_score)
+from sklearn.metrics import (
+    accuracy_score,
+    classification_report,
+    cohen_kappa_score,
+    confusion_matrix,
+    f1_score,
+    mean_absolute_error,
+    precision_score,
+    recall_score,
+)
 
 from benchmark.errors import BenchError
 from benchmark.metrics import grade_metrics, parse_metric, task_metrics
@@ -48,8 +56,9 @@ def test_missing_class_does_not_shift_per_class_values():
     d = as_dict(grade_metrics(y, p)[0])
     assert d[("mes", "support", "2")] == 0
     assert d[("mes", "recall", "3")] == pytest.approx(0.5)
-    assert d[("mes", "f1", "macro")] == pytest.approx(f1_score(y, p, labels=[0, 1, 2, 3], average="macro",
-                                                               zero_division=0))
+    assert d[("mes", "f1", "macro")] == pytest.approx(
+        f1_score(y, p, labels=[0, 1, 2, 3], average="macro", zero_division=0)
+    )
     assert d[("mes", "precision", "2")] == 0.0
 
 

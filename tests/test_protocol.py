@@ -4,17 +4,18 @@ import numpy as np
 import pytest
 from sklearn.model_selection import StratifiedKFold
 
-from benchmark.suite.schema import DatasetConfig, ProtocolConfig
+from benchmark.data.catalogue import load_dataset
 from benchmark.data.dataset import Dataset
-from benchmark.data.registry import load_dataset
-from benchmark.errors import BenchError
 from benchmark.data.splits import Splits, make_splits
+from benchmark.errors import BenchError
+from benchmark.suite.schema import DatasetConfig, ProtocolConfig
 
 
 @pytest.fixture(scope="module")
 def ds():
-    return load_dataset(DatasetConfig(name="synthetic", params={"n_images": 400, "n_patients": 50,
-                                                                "size": [16, 16], "seed": 3}))
+    return load_dataset(
+        DatasetConfig(name="synthetic", params={"n_images": 400, "n_patients": 50, "size": [16, 16], "seed": 3})
+    )
 
 
 def _patients(ds, idx):
@@ -65,7 +66,7 @@ def test_study_folds_match_sklearn_directly(ds):
     s = make_splits(ds, ProtocolConfig(kind="study", folds=3, seed=4))
     train = np.setdiff1d(np.arange(len(ds)), s.test)
     ref = list(StratifiedKFold(3, shuffle=True, random_state=4).split(train, ds.labels[train]))
-    for (tr, va), (rtr, rva) in zip(s.folds, ref):
+    for (_, va), (_, rva) in zip(s.folds, ref):
         assert np.array_equal(va, np.sort(train[rva]))
 
 
@@ -104,7 +105,13 @@ def test_more_folds_than_smallest_class_is_a_clear_error(ds):
 
 def test_grouped_needs_patient_ids():
     n = 40
-    ds = Dataset("x", np.zeros((n, 4, 4, 3), np.uint8), np.arange(n) % 4, np.array([f"img:{i}" for i in range(n)]),
-                 np.array([str(i) for i in range(n)]), meta={"grouped_ids": False})
+    ds = Dataset(
+        "x",
+        np.zeros((n, 4, 4, 3), np.uint8),
+        np.arange(n) % 4,
+        np.array([f"img:{i}" for i in range(n)]),
+        np.array([str(i) for i in range(n)]),
+        meta={"grouped_ids": False},
+    )
     with pytest.raises(BenchError, match="patient ids"):
         make_splits(ds, ProtocolConfig(kind="grouped", folds=2))

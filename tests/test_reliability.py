@@ -20,21 +20,33 @@ import pandas as pd
 import pytest
 import torch
 from PIL import Image
-
-from benchmark.cli import main
-from benchmark.suite.schema import DatasetConfig
-from benchmark.result import CellResult
-from benchmark.run.store import Store
 from test_run import metrics_of
 
+from benchmark.cli import main
+from benchmark.result import CellResult
+from benchmark.run.store import Store
+from benchmark.suite.schema import DatasetConfig
+
 ROOT = Path(__file__).resolve().parent.parent
-ENV = {**os.environ, "MESBENCH_DEVICE": "cpu", "OMP_NUM_THREADS": "1", "MESBENCH_STALE_SECONDS": "2",
-       "MESBENCH_HEARTBEAT_SECONDS": "0.25"}
+ENV = {
+    **os.environ,
+    "MESBENCH_DEVICE": "cpu",
+    "OMP_NUM_THREADS": "1",
+    "MESBENCH_STALE_SECONDS": "2",
+    "MESBENCH_HEARTBEAT_SECONDS": "0.25",
+}
 
 
 def bench(*args, env=None, **kw):
-    return subprocess.Popen([sys.executable, "-m", "benchmark.cli", *args], env=env or ENV, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, cwd=ROOT, **kw)
+    return subprocess.Popen(
+        [sys.executable, "-m", "benchmark.cli", *args],
+        env=env or ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        **kw,
+    )
 
 
 def text_of(capsys):
@@ -53,7 +65,7 @@ def needs_root_in_ci():
 
 
 def test_editing_manifest_labels_in_place_is_never_served_from_the_old_cache(tmp_path, monkeypatch):
-    from benchmark.data.registry import load_dataset
+    from benchmark.data.catalogue import load_dataset
 
     monkeypatch.setenv("MESBENCH_CACHE", str(tmp_path / "cache"))
     for k in range(4):
@@ -93,8 +105,14 @@ elif state == "claimed" and sys.argv[3] == "finish":
 
 
 def claimer(db_dir, key, mode, seconds=0.0, name="x"):
-    return subprocess.Popen([sys.executable, "-c", CLAIMER, str(db_dir), key, mode, str(seconds), name], env=ENV,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    return subprocess.Popen(
+        [sys.executable, "-c", CLAIMER, str(db_dir), key, mode, str(seconds), name],
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
 
 
 def test_a_live_claim_is_never_taken_over_even_past_the_stale_time(tmp_path):
@@ -120,8 +138,10 @@ def test_a_superseded_owner_cannot_overwrite_the_new_owners_result(tmp_path):
     from benchmark.run import store as store_mod
 
     store = Store(tmp_path)
-    assert store.claim("cell", {"backbone": "b", "formulation": "f", "seed": 0, "fold": 0, "config_hash": "k"}) \
+    assert (
+        store.claim("cell", {"backbone": "b", "formulation": "f", "seed": 0, "fold": 0, "config_hash": "k"})
         == "claimed"
+    )
     with store.engine.begin() as conn:  # A's last heartbeat is older than the stale time
         conn.execute(store_mod.update(store_mod.cells).values(heartbeat=time.time() - 10))
     b = claimer(tmp_path, "cell", "finish", name="B")
@@ -137,14 +157,17 @@ def test_owner_ids_are_unique_per_process_even_with_the_same_host_and_pid(tmp_pa
     from benchmark.run import store as store_mod
 
     code = "from benchmark.run.store import owner_id; print(owner_id())"
-    ids = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env=ENV)
-           .stdout.strip() for _ in range(2)}
+    ids = {
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env=ENV).stdout.strip()
+        for _ in range(2)
+    }
     assert len(ids) == 2 and all(len(i.rsplit(":", 1)[-1]) == 12 for i in ids)
     # Two containers sharing a hostname, each with pid 1: same host:pid, different random part.
     store = Store(tmp_path)
     monkeypatch.setattr(store_mod, "OWNER", "box:1:aaaaaaaaaaaa")
-    assert store.claim("c", {"backbone": "b", "formulation": "f", "seed": 0, "fold": 0, "config_hash": "k"}) \
-        == "claimed"
+    assert (
+        store.claim("c", {"backbone": "b", "formulation": "f", "seed": 0, "fold": 0, "config_hash": "k"}) == "claimed"
+    )
     monkeypatch.setattr(store_mod, "OWNER", "box:1:bbbbbbbbbbbb")
     assert store.claim("c", {}) == "busy"
     assert store.finish("c", CellResult()) is False
@@ -193,8 +216,11 @@ def _reset_to_running(out, key):
 
     store = Store(out)
     with store.engine.begin() as conn:
-        conn.execute(store_mod.update(store_mod.cells).where(store_mod.cells.c.key == key)
-                     .values(status="running", owner="", heartbeat=0.0))
+        conn.execute(
+            store_mod.update(store_mod.cells)
+            .where(store_mod.cells.c.key == key)
+            .values(status="running", owner="", heartbeat=0.0)
+        )
     with store.engine.begin() as conn:
         conn.execute(store_mod.delete(store_mod.metrics))
 
@@ -277,17 +303,32 @@ def test_an_archived_read_only_run_can_be_reported_and_checked(make_suite, tmp_p
         for p in [out, *out.rglob("*")]:
             os.chmod(p, 0o755 if p.is_dir() else 0o644)
         env = {**ENV, "HOME": str(archive), "MPLCONFIGDIR": str(archive / "mpl")}
-        as_nobody = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", sys.executable, "-m",
-                     "benchmark.cli"]
-        probe = subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "sh", "-c",
-                                f"touch {out}/x"], capture_output=True)
+        as_nobody = [
+            "setpriv",
+            "--reuid=nobody",
+            "--regid=nogroup",
+            "--clear-groups",
+            sys.executable,
+            "-m",
+            "benchmark.cli",
+        ]
+        probe = subprocess.run(
+            ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "sh", "-c", f"touch {out}/x"],
+            capture_output=True,
+        )
         assert probe.returncode != 0, "the run directory must really be read-only for this user"
         for args in (["report", str(out)], ["check", str(out), "--baseline", str(baseline)]):
             proc = subprocess.run(as_nobody + args, capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
             assert proc.returncode == 0, proc.stderr
             assert "internal error" not in proc.stderr and "Traceback" not in proc.stderr
-        proc = subprocess.run(as_nobody + ["run", str(suite), "--out", str(out), "--quiet"],
-                              capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
+        proc = subprocess.run(
+            as_nobody + ["run", str(suite), "--out", str(out), "--quiet"],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=ROOT,
+            timeout=120,
+        )
         err = " ".join(proc.stderr.split())
         assert proc.returncode == 2 and "not writable" in err and "internal error" not in err
     finally:
@@ -324,8 +365,11 @@ def test_full_disk_in_the_run_directory(make_suite, tmp_path, tiny_disk, capsys)
 
 def test_full_disk_in_the_cache_directory(make_suite, tiny_disk, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("MESBENCH_CACHE", str(tiny_disk / "cache"))
-    suite = make_suite(name="fullcache", formulations=["softmax"],
-                       dataset={"params": {"n_images": 400, "n_patients": 40, "size": [32, 32], "seed": 9}})
+    suite = make_suite(
+        name="fullcache",
+        formulations=["softmax"],
+        dataset={"params": {"n_images": 400, "n_patients": 40, "size": [32, 32], "seed": 9}},
+    )
     code = main(["run", str(suite), "--out", str(tmp_path / "o"), "--quiet", "--only", "fold=0"])
     text = text_of(capsys)
     assert code == 2 and "decoded-image cache" in text and "MESBENCH_CACHE" in text, text
@@ -340,9 +384,18 @@ def test_full_disk_in_the_cache_directory(make_suite, tiny_disk, tmp_path, monke
 def test_kill_storm_loses_nothing_and_changes_nothing(make_suite, tmp_path):
     """SIGKILL `bench run` at random moments, again and again, then let it finish: every cell is trained
     exactly as in an uninterrupted run (same metrics), none twice at once, none lost."""
-    suite = make_suite(name="storm", formulations=["softmax", "coral", "mtl+f1"],
-                       training={"epochs": 4, "lr": 0.003, "batch_size": 16, "early_stopping": 50,
-                                 "finetune_epochs": 2, "finetune_lr": 0.001})
+    suite = make_suite(
+        name="storm",
+        formulations=["softmax", "coral", "mtl+f1"],
+        training={
+            "epochs": 4,
+            "lr": 0.003,
+            "batch_size": 16,
+            "early_stopping": 50,
+            "finetune_epochs": 2,
+            "finetune_lr": 0.001,
+        },
+    )
     ref, storm = tmp_path / "ref", tmp_path / "storm"
     p = bench("run", str(suite), "--out", str(ref), "--quiet")
     assert p.wait(timeout=300) == 0, p.stderr.read()

@@ -2,13 +2,13 @@
 
 import numpy as np
 import pytest
+from fake_run import write_fake_run
 
-from benchmark.suite.cells import expand_cells, protocol_hash
 from benchmark.cli import main
-from benchmark.suite.schema import Suite
 from benchmark.result import CellResult
 from benchmark.run.store import Store
-from fake_run import write_fake_run
+from benchmark.suite.cells import expand_cells, protocol_hash
+from benchmark.suite.schema import Suite
 from reports.load import load_run
 from reports.render import build, to_markdown
 from reports.tables import Options, per_class_f1
@@ -49,10 +49,15 @@ def test_all_tables_in_every_format(real_run, tmp_path, capsys):
 
 def _constructed_run(path, folds=10, n_missing=0):
     """softmax, better, same: `better` beats softmax on MES 3 F1 in every fold; `same` equals softmax."""
-    suite = Suite.model_validate({"name": "stars", "dataset": {"name": "synthetic"},
-                                  "protocol": {"kind": "grouped", "folds": folds}, "backbones": ["resnet18"],
-                                  "formulations": ["softmax", {"name": "corn", "label": "better"},
-                                                   {"name": "coral", "label": "same"}]})
+    suite = Suite.model_validate(
+        {
+            "name": "stars",
+            "dataset": {"name": "synthetic"},
+            "protocol": {"kind": "grouped", "folds": folds},
+            "backbones": ["resnet18"],
+            "formulations": ["softmax", {"name": "corn", "label": "better"}, {"name": "coral", "label": "same"}],
+        }
+    )
     store = Store(path)
     store.set_meta("protocol_hash", protocol_hash(suite))
     store.set_meta("suite", suite.model_dump(mode="json"))
@@ -72,8 +77,9 @@ def _constructed_run(path, folds=10, n_missing=0):
             rows.append({"split": "val", "task": "mes", "metric": "f1", "cls": str(k), "value": v})
         macro = np.mean([r["value"] for r in rows])
         rows.append({"split": "val", "task": "mes", "metric": "f1", "cls": "macro", "value": macro})
-        store.claim(cell.key, {"backbone": "resnet18", "formulation": f, "seed": 0, "fold": cell.fold,
-                               "config_hash": cell.key})
+        store.claim(
+            cell.key, {"backbone": "resnet18", "formulation": f, "seed": 0, "fold": cell.fold, "config_hash": cell.key}
+        )
         store.finish(cell.key, CellResult(n_train=900, n_val=100, metrics=rows))
     return path
 
@@ -111,16 +117,28 @@ def test_incomplete_run_says_so_at_the_top_and_marks_rows(tmp_path):
 
 
 def test_friedman_table_with_three_formulations_and_three_backbones(tmp_path):
-    path = write_fake_run(tmp_path / "f", backbones=("resnet18", "densenet121", "resnet50"),
-                          formulations=("softmax", "coral", "mtl"), folds=3, n_val=80, n_test=60)
+    path = write_fake_run(
+        tmp_path / "f",
+        backbones=("resnet18", "densenet121", "resnet50"),
+        formulations=("softmax", "coral", "mtl"),
+        folds=3,
+        n_val=80,
+        n_test=60,
+    )
     md = to_markdown(build(load_run(path), Options()))
     assert "Table 6" in md and "Iman–Davenport" in md and "critical difference CD" in md
     assert "per-class F1, densenet121" in md  # default backbone when present
 
 
 def test_friedman_with_two_blocks_says_what_it_cannot_show(tmp_path):
-    path = write_fake_run(tmp_path / "f2", backbones=("resnet18", "densenet121"),
-                          formulations=("softmax", "coral", "mtl"), folds=3, n_val=80, n_test=60)
+    path = write_fake_run(
+        tmp_path / "f2",
+        backbones=("resnet18", "densenet121"),
+        formulations=("softmax", "coral", "mtl"),
+        folds=3,
+        n_val=80,
+        n_test=60,
+    )
     md = to_markdown(build(load_run(path), Options()))
     table6 = md.split("## Table 6")[1]
     assert "needs at least 3" in table6 and "this run has 2" in table6

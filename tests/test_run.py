@@ -7,10 +7,10 @@ import torch
 from torch import nn
 
 from benchmark.cli import main
-from benchmark.suite.loading import load_suite
-from benchmark.suite.schema import BackboneConfig
 from benchmark.run.runner import Runner
 from benchmark.run.store import Store
+from benchmark.suite.loading import load_suite
+from benchmark.suite.schema import BackboneConfig
 from benchmark.train.cell import build_model
 from benchmark.train.loop import _epoch_order
 from formulations import FORMULATIONS, create_formulation, register_formulation
@@ -54,8 +54,10 @@ def test_two_identical_cpu_runs_give_identical_metrics(make_suite, tmp_path):
     pd.testing.assert_frame_equal(metrics_of(a), metrics_of(b))
     pa = Store(a, create=False).predictions_frame().drop(columns="key")
     pb = Store(b, create=False).predictions_frame().drop(columns="key")
-    pd.testing.assert_frame_equal(pa.sort_values(["split", "image_id", "p0"]).reset_index(drop=True),
-                                  pb.sort_values(["split", "image_id", "p0"]).reset_index(drop=True))
+    pd.testing.assert_frame_equal(
+        pa.sort_values(["split", "image_id", "p0"]).reset_index(drop=True),
+        pb.sort_values(["split", "image_id", "p0"]).reset_index(drop=True),
+    )
 
 
 def test_same_seed_same_initial_backbone_and_data_order_for_every_formulation():
@@ -110,38 +112,46 @@ def test_finetune_alone_trains_its_stage1_cell_as_a_dependency(make_suite, tmp_p
     assert sorted(r["formulation"] for r in rows) == ["softmax", "softmax", "softmax+f1", "softmax+f1"]
 
 
-def test_a_formulation_defined_in_one_place_runs_a_cell(make_suite, tmp_path, capsys):
-    @register_formulation
-    class Toy(Formulation):
-        name = "toy_binary_ce"
-        description = "test-only: one-vs-rest BCE"
-        output_names = ("s0", "s1", "s2", "s3")
+class Toy(Formulation):
+    """One file's worth of formulation, defined in a test: nothing else in the code base knows it."""
 
-        def head(self, d):
-            return nn.Linear(d, 4)
+    name = "toy_binary_ce"
+    description = "test-only: one-vs-rest BCE"
+    output_names = ("s0", "s1", "s2", "s3")
 
-        def loss(self, out, y, weights=None):
-            return nn.functional.binary_cross_entropy_with_logits(out, nn.functional.one_hot(y, 4).float())
+    def head(self, d):
+        return nn.Linear(d, 4)
 
-        def outputs(self, out):
-            return torch.sigmoid(out.float())
+    def loss(self, out, y, weights=None):
+        return nn.functional.binary_cross_entropy_with_logits(out, nn.functional.one_hot(y, 4).float())
 
-        def predict(self, outputs, state):
-            return outputs.argmax(1)
+    def outputs(self, out):
+        return torch.sigmoid(out.float())
 
-    try:
-        suite = make_suite(name="toy", formulations=["softmax", "toy_binary_ce"], protocol__folds=2)
-        out = tmp_path / "toy"
-        assert main(["run", str(suite), "--out", str(out), "--quiet"]) == 0
-        rows = Store(out, create=False).cell_rows()
-        assert sorted(r["formulation"] for r in rows).count("toy_binary_ce") == 2
-        assert all(r["status"] == "done" for r in rows)
-        capsys.readouterr()
-        assert main(["report", str(out)]) == 0  # ensembled and reported with no edit outside this test
-        table5 = capsys.readouterr().out.split("## Table 5")[1]
-        assert "| tiny | toy_binary_ce | 2 |" in table5
-    finally:
-        FORMULATIONS.pop("toy_binary_ce")
+    def predict(self, outputs, state):
+        return outputs.argmax(1)
+
+
+def test_a_formulation_defined_in_one_place_trains_reports_ensembles_and_explains(make_suite, tmp_path, capsys,
+                                                                                   monkeypatch):
+    from benchmark.tools.explain import explain
+
+    monkeypatch.setitem(FORMULATIONS, Toy.name, Toy)  # the one registration
+    suite = make_suite(name="toy", formulations=["softmax", "toy_binary_ce", "toy_binary_ce+f1"], protocol__folds=2)
+    out = tmp_path / "toy"
+    assert main(["run", str(suite), "--out", str(out), "--quiet"]) == 0
+    rows = Store(out, create=False).cell_rows()
+    assert sorted(r["formulation"] for r in rows).count("toy_binary_ce") == 2
+    assert all(r["status"] == "done" for r in rows)
+    capsys.readouterr()
+    assert main(["report", str(out)]) == 0
+    md = capsys.readouterr().out
+    table5 = md.split("## Table 5")[1]
+    assert "| tiny | toy_binary_ce | 2 |" in table5  # ensembled by its own (default) rule
+    assert "toy_binary_ce → toy_binary_ce+f1" in md  # fine-tuned and in Table 4
+    written, results, _ = explain(out, formulations=["toy_binary_ce"], per_class=1, out=tmp_path / "cam")
+    maps, _ = results["toy_binary_ce"]
+    assert written and maps.shape[0] == 4 and maps.min() >= 0 and maps.max() <= 1
 
 
 def test_smoke_suite_lists_every_registered_formulation():

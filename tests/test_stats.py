@@ -7,8 +7,19 @@ from sklearn.metrics import accuracy_score, cohen_kappa_score, f1_score, recall_
 from statsmodels.stats.contingency_tables import mcnemar
 from statsmodels.stats.multitest import multipletests
 
-from reports.stats import (_confusion, adjust, bootstrap_metrics, confusion_metrics, corrected_t, friedman,
-                           mcnemar_exact, paired_test, significance_possible, smallest_p, stars)
+from reports.stats import (
+    _confusion,
+    adjust,
+    bootstrap_metrics,
+    confusion_metrics,
+    corrected_t,
+    friedman,
+    mcnemar_exact,
+    paired_test,
+    significance_possible,
+    smallest_p,
+    stars,
+)
 
 A = np.array([0.71, 0.74, 0.69, 0.77, 0.73, 0.70, 0.75, 0.72, 0.76, 0.74])
 B = np.array([0.68, 0.70, 0.70, 0.71, 0.69, 0.66, 0.72, 0.70, 0.71, 0.69])
@@ -77,7 +88,7 @@ def _brute_friedman_p(scores):
 
     n, k = scores.shape
     ranks = np.vstack([stats.rankdata(-row) for row in scores])
-    q = lambda r: 12 / (n * k * (k + 1)) * (r.sum(0) ** 2).sum() - 3 * n * (k + 1)  # noqa: E731
+    q = lambda r: 12 / (n * k * (k + 1)) * (r.sum(0) ** 2).sum() - 3 * n * (k + 1)
     observed = q(ranks)
     perms = [np.array(p) for p in itertools.permutations(range(k))]
     hits = total = 0

@@ -4,11 +4,10 @@ from pathlib import Path
 
 import pytest
 
+from benchmark.data.catalogue import load_dataset
+from benchmark.data.splits import make_splits
 from benchmark.suite.cells import expand_cells
 from benchmark.suite.loading import load_suite
-from benchmark.data.registry import load_dataset
-from benchmark.data.splits import make_splits
-from test_data import fake_limuc
 
 SUITES = sorted(Path("suites").glob("*.yaml"))
 
@@ -24,8 +23,13 @@ def test_paper_suite_is_the_study_protocol():
     assert s.protocol.kind == "study" and s.protocol.folds == 10 and s.protocol.test_fraction == 0.15
     assert s.training.lr == 2e-4 and s.training.epochs == 200 and s.training.early_stopping == 25
     assert s.training.plateau_patience == 15 and s.training.plateau_factor == 0.2
-    assert [b.name for b in s.backbones] == ["resnet18", "resnet50", "densenet121", "inception_v3",
-                                             "mobilenetv3_large_100"]
+    assert [b.name for b in s.backbones] == [
+        "resnet18",
+        "resnet50",
+        "densenet121",
+        "inception_v3",
+        "mobilenetv3_large_100",
+    ]
     study = ["softmax", "regression", "coral", "corn", "mtl", "mtl+f1"]  # the study's six, plus the +ft control
     assert [f.display for f in s.formulations if f.display != "mtl+ft"][:6] == study
     assert len(expand_cells(s, 10)) == 5 * 7 * 10
@@ -33,8 +37,8 @@ def test_paper_suite_is_the_study_protocol():
 
 @pytest.mark.parametrize("name", ["paper", "polat", "limuc-grouped"])
 def test_limuc_suites_split_a_fake_limuc_tree(name, tmp_path, monkeypatch):
-    from PIL import Image
     import numpy as np
+    from PIL import Image
 
     monkeypatch.setenv("MESBENCH_CACHE", str(tmp_path / "cache"))
     root = tmp_path / "LIMUC"

@@ -3,13 +3,12 @@
 import numpy as np
 import optuna
 import pytest
-import yaml
 
 import benchmark.run.tune as tune_mod
 from benchmark.cli import main
-from benchmark.suite.loading import load_suite
 from benchmark.run.store import Store
 from benchmark.run.tune import Tuner, simplex_from_unit
+from benchmark.suite.loading import load_suite
 
 
 def test_simplex_map_is_exact_non_negative_and_uniform():
@@ -43,12 +42,18 @@ def test_three_trials_resume_and_round_trip(make_suite, tmp_path, capsys):
     assert "inner" in tuned[0].tuned and "never seen" in tuned[0].tuned
     # a fold without tuned weights is refused, not silently trained with the defaults
     capsys.readouterr()
-    assert main(["run", str(override), "--out", str(tmp_path / "refused"), "--quiet",
-                 "--only", "formulation=mtl[tuned]"]) == 2
+    assert (
+        main(["run", str(override), "--out", str(tmp_path / "refused"), "--quiet", "--only", "formulation=mtl[tuned]"])
+        == 2
+    )
     assert "per-fold options" in " ".join(capsys.readouterr().err.split())
     run = tmp_path / "run"
-    assert main(["run", str(override), "--out", str(run), "--quiet", "--only", "formulation=mtl[tuned]",
-                 "--only", "fold=0"]) == 0
+    assert (
+        main(
+            ["run", str(override), "--out", str(run), "--quiet", "--only", "formulation=mtl[tuned]", "--only", "fold=0"]
+        )
+        == 0
+    )
     rows = Store(run, create=False).cell_rows()
     assert [r["formulation"] for r in rows] == ["mtl[tuned]"]
     res = Store(run, create=False).result(rows[0]["key"])

@@ -21,8 +21,11 @@ def build_parser():
         v = version("mesbench")
     except PackageNotFoundError:  # running from a source tree without installing
         from .. import __version__ as v
-    p = argparse.ArgumentParser(prog="bench", description="mesbench: compare learning formulations for ordinal "
-                                "medical-image classification under one protocol.")
+    p = argparse.ArgumentParser(
+        prog="bench",
+        description="mesbench: compare learning formulations for ordinal "
+        "medical-image classification under one protocol.",
+    )
     p.add_argument("--version", action="version", version=f"mesbench {v}")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = p.add_subparsers(dest="command", required=True)
@@ -47,11 +50,15 @@ def main(argv=None):
     except KeyboardInterrupt:
         err_console.print("[yellow]interrupted[/]: finished cells are saved; run the same command again to resume.")
         return 130
-    except Exception as exc:  # noqa: BLE001 - never a bare traceback without --debug
+    except Exception as exc:
         if args.debug:
             raise
-        err_console.print(f"[bold red]internal error:[/] {type(exc).__name__}: {escape(str(exc))}. Run again with "
-                          "`bench --debug ...` for the traceback and report it.", highlight=False, soft_wrap=True)
+        err_console.print(
+            f"[bold red]internal error:[/] {type(exc).__name__}: {escape(str(exc))}. Run again with "
+            "`bench --debug ...` for the traceback and report it.",
+            highlight=False,
+            soft_wrap=True,
+        )
         return 1
 
 

@@ -21,8 +21,14 @@ def cmd_report(args):
         require_in_run("--reference", args.reference, run.formulations)
     if args.backbone:
         require_in_run("--backbone", args.backbone, run.backbones)
-    opts = Options(split=args.split, backbone=args.backbone, reference=args.reference, test=args.test,
-                   correction=args.correction, alpha=args.alpha)
+    opts = Options(
+        split=args.split,
+        backbone=args.backbone,
+        reference=args.reference,
+        test=args.test,
+        correction=args.correction,
+        alpha=args.alpha,
+    )
     fmt = "csv" if args.csv else "latex" if args.latex else "html" if args.html else "markdown"
     if fmt == "csv":
         text = to_csv(run)
@@ -58,11 +64,18 @@ def _add_report(sub):
     r.add_argument("-o", "--output", help="write to this file instead of stdout")
     r.add_argument("--split", choices=["val", "test"], default="val")
     r.add_argument("--backbone")
-    r.add_argument("--reference", help="formulation the others are compared with (default: the registered "
-                                        "baseline when the run has it, else the run's first formulation)")
-    r.add_argument("--test", choices=["auto", "wilcoxon", "permutation", "corrected-t", "ranksum"], default="auto",
-                   help="paired test across folds (auto: Wilcoxon signed-rank for k-fold designs, corrected t for "
-                        "Monte-Carlo splits)")
+    r.add_argument(
+        "--reference",
+        help="formulation the others are compared with (default: the registered "
+        "baseline when the run has it, else the run's first formulation)",
+    )
+    r.add_argument(
+        "--test",
+        choices=["auto", "wilcoxon", "permutation", "corrected-t", "ranksum"],
+        default="auto",
+        help="paired test across folds (auto: Wilcoxon signed-rank for k-fold designs, corrected t for "
+        "Monte-Carlo splits)",
+    )
     r.add_argument("--correction", choices=["holm", "fdr_bh", "bonferroni", "none"], default="holm")
     r.add_argument("--alpha", type=float, default=0.05)
     r.set_defaults(fn=cmd_report)
@@ -76,14 +89,18 @@ def cmd_check(args):
         if not args.baseline:
             raise BenchError("--update needs --baseline FILE: the file to write.")
         if now.empty:
-            raise BenchError(f"{args.run_dir} has no finished cell, so --update would write an empty baseline that "
-                             "every later check passes. Finish the run (`bench run SUITE --out RUN_DIR`) first.")
-        tolerances = {}
+            raise BenchError(
+                f"{args.run_dir} has no finished cell, so --update would write an empty baseline that "
+                "every later check passes. Finish the run (`bench run SUITE --out RUN_DIR`) first."
+            )
+        tolerances: dict[str, float] = {}
         if Path(args.baseline).is_file():
             _, tolerances = read_baseline(args.baseline)
         write_baseline(now, args.baseline, tolerances, str(args.run_dir))
-        console.print(f"[green]baseline written[/]: {args.baseline} ({len(now)} values from {args.run_dir}); "
-                      "commit it to make it the new reference.")
+        console.print(
+            f"[green]baseline written[/]: {args.baseline} ({len(now)} values from {args.run_dir}); "
+            "commit it to make it the new reference."
+        )
         return 0
     if args.against:
         base, tolerances = run_table(args.against), {}
@@ -98,8 +115,10 @@ def cmd_check(args):
         try:
             tolerances[name if sep else "default"] = check_tolerance(float(value), f"--tolerance {item!r}")
         except ValueError:
-            raise BenchError(f"--tolerance {item!r}: give a number (all metrics) or METRIC=NUMBER, "
-                             "e.g. --tolerance 0.01 --tolerance f1@3=0.1.") from None
+            raise BenchError(
+                f"--tolerance {item!r}: give a number (all metrics) or METRIC=NUMBER, "
+                "e.g. --tolerance 0.01 --tolerance f1@3=0.1."
+            ) from None
     default = tolerances.pop("default", DEFAULT_TOLERANCE)
     metrics = [m for m in (args.metrics or "").split(",") if m]
     result = compare(now, base, tolerances, default, metrics)
@@ -112,9 +131,13 @@ def _add_check(sub):
     c.add_argument("run_dir")
     c.add_argument("--baseline", help="baseline CSV")
     c.add_argument("--against", help="compare with another run directory instead of a baseline file")
-    c.add_argument("--tolerance", action="append", metavar="[METRIC=]NUMBER",
-                   help="absolute tolerance: a number for every metric, or METRIC=NUMBER (e.g. f1@3=0.1, "
-                        "recall@*=0.1); repeatable; overrides the baseline header")
+    c.add_argument(
+        "--tolerance",
+        action="append",
+        metavar="[METRIC=]NUMBER",
+        help="absolute tolerance: a number for every metric, or METRIC=NUMBER (e.g. f1@3=0.1, "
+        "recall@*=0.1); repeatable; overrides the baseline header",
+    )
     c.add_argument("--metrics", help="comma-separated metric names, e.g. accuracy,f1@macro,f1@3")
     c.add_argument("--update", action="store_true", help="write this run's table as the new baseline")
     c.set_defaults(fn=cmd_check)

@@ -22,17 +22,23 @@ def cmd_run(args):
         cells = runner.prepare(args.only)
         progress.progress.update(progress.cells, total=len(cells))
         if runner.stale_cells:
-            progress.note(f"[yellow]note[/]: the suite changed since this directory was last used: "
-                          f"{runner.new_cells} cell(s) have a new configuration hash and will be trained; "
-                          f"{runner.stale_cells} cell(s) of the earlier configuration are kept but not reported.")
+            progress.note(
+                f"[yellow]note[/]: the suite changed since this directory was last used: "
+                f"{runner.new_cells} cell(s) have a new configuration hash and will be trained; "
+                f"{runner.stale_cells} cell(s) of the earlier configuration are kept but not reported."
+            )
         report = runner.run(args.only)
-    err_console.print(f"{len(report.trained)} trained, {len(report.skipped)} already done, "
-                      f"{len(report.failed)} failed in {report.seconds:.1f} s · device {runner.plan.description} · "
-                      f"results in {out}")
+    err_console.print(
+        f"{len(report.trained)} trained, {len(report.skipped)} already done, "
+        f"{len(report.failed)} failed in {report.seconds:.1f} s · device {runner.plan.description} · "
+        f"results in {out}"
+    )
     print_summary(out, console)
     if report.failed:
-        err_console.print(f"[red]{len(report.failed)} cell(s) failed[/]; see `bench report {out}`; retry with "
-                          f"`bench run {args.suite} --retry-failed`.")
+        err_console.print(
+            f"[red]{len(report.failed)} cell(s) failed[/]; see `bench report {out}`; retry with "
+            f"`bench run {args.suite} --retry-failed`."
+        )
         return 1
     return 0
 
@@ -43,14 +49,18 @@ def cmd_list(args):
     from backbones import list_backbones
     from formulations import FINETUNE_SUFFIXES, FORMULATIONS
 
-    from ..data.registry import DATASETS
+    from ..data.catalogue import DATASETS
 
     t = Table(title="backbones (any timm model name also works)")
     for col in ("name", "timm model", "input size", "default batch"):
         t.add_column(col)
     for b in list_backbones():
-        t.add_row(b.name, b.timm_name, "native" if not b.input_size else "×".join(map(str, b.input_size)),
-                  str(b.batch_size or "suite"))
+        t.add_row(
+            b.name,
+            b.timm_name,
+            "native" if not b.input_size else "×".join(map(str, b.input_size)),
+            str(b.batch_size or "suite"),
+        )
     console.print(t)
     t = Table(title=f"formulations (append {' or '.join(FINETUNE_SUFFIXES)} for inverse-F1 / plain fine-tuning)")
     for col in ("name", "what", "reference"):
@@ -70,12 +80,25 @@ def add_commands(sub):
     r = sub.add_parser("run", help="train and evaluate every cell of a suite")
     r.add_argument("suite", help="suite YAML file, e.g. suites/smoke.yaml")
     r.add_argument("--out", help="run directory, relative to the current directory (default runs/<suite name>)")
-    r.add_argument("--only", action="append", default=[], metavar="KEY=VALUE",
-                   help="restrict to backbone=, formulation=, fold= or seed= (repeatable; comma-separated values)")
-    r.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                   help="override a suite field, e.g. training.epochs=3")
-    r.add_argument("--retry-failed", action="store_true",
-                   help="train failed cells again (discarding checkpoints that cannot be loaded)")
+    r.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="restrict to backbone=, formulation=, fold= or seed= (repeatable; comma-separated values)",
+    )
+    r.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="override a suite field, e.g. training.epochs=3",
+    )
+    r.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="train failed cells again (discarding checkpoints that cannot be loaded)",
+    )
     r.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when present)")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
     r.set_defaults(fn=cmd_run)

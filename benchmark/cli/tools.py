@@ -8,12 +8,23 @@ from .console import console
 def cmd_explain(args):
     from ..tools.explain import explain
 
-    written, _, flat = explain(args.run_dir, args.backbone, args.formulation, args.fold, args.split, args.per_class,
-                               args.head, args.output, args.device)
+    written, _, flat = explain(
+        args.run_dir,
+        args.backbone,
+        args.formulation,
+        args.fold,
+        args.split,
+        args.per_class,
+        args.head,
+        args.output,
+        args.device,
+    )
     for p in written:
         console.print(f"written: {p}")
-    console.print(f"{len(flat)} images, {args.per_class} per true MES grade; `bench report --html` includes "
-                  "these figures when they are in RUN_DIR/explain.")
+    console.print(
+        f"{len(flat)} images, {args.per_class} per true MES grade; `bench report --html` includes "
+        "these figures when they are in RUN_DIR/explain."
+    )
     return 0
 
 
@@ -25,8 +36,9 @@ def _add_explain(sub):
     r.add_argument("--fold", type=int, default=0)
     r.add_argument("--split", choices=["val", "test"], default="val")
     r.add_argument("--per-class", type=int, default=2)
-    r.add_argument("--head", default="grade",
-                   help="'grade' (every formulation), or a task head of a multi-task formulation")
+    r.add_argument(
+        "--head", default="grade", help="'grade' (every formulation), or a task head of a multi-task formulation"
+    )
     r.add_argument("-o", "--output", help="output folder (default RUN_DIR/explain)")
     r.add_argument("--device", choices=["cpu", "cuda"])
     r.set_defaults(fn=cmd_explain)
@@ -38,8 +50,9 @@ def cmd_perf(args):
     from ..tools.perf import run_perf
 
     h, w = _hw(args.size)
-    plan, path, res, memory = run_perf(args.backbone, (h, w), args.batch, args.images, args.device, args.compile,
-                                       args.no_model)
+    plan, path, res, memory = run_perf(
+        args.backbone, (h, w), args.batch, args.images, args.device, args.compile, args.no_model
+    )
     t = Table(title=f"bench perf — {args.images} images {w}×{h}, batch {args.batch}, device {plan.description}")
     t.add_column("measurement")
     t.add_column("images/s", justify="right")
@@ -48,12 +61,18 @@ def cmd_perf(args):
         t.add_row(r.name, f"{r.images_per_s:,.1f}", f"{r.seconds:.2f}")
     console.print(t)
     console.print(f"augmentation path on this device: {path}")
-    console.print(f"ratio (1)/(2) data path vs usual recipe: {res['data'].images_per_s / res['usual'].images_per_s:.2f}×")
+    console.print(
+        f"ratio (1)/(2) data path vs usual recipe: {res['data'].images_per_s / res['usual'].images_per_s:.2f}×"
+    )
     if "harness" in res:
-        console.print(f"ratio (4)/(3) harness epoch vs bare model step: "
-                      f"{res['harness'].images_per_s / res['bare'].images_per_s:.3f}×")
-    console.print(f"memory: {memory}; a decoded cache of full LIMUC (11,276 × {h}×{w}×3 uint8) takes "
-                  f"{11276 * h * w * 3 / 1e9:.2f} GB (memory-mapped with `dataset.mmap: true`)")
+        console.print(
+            f"ratio (4)/(3) harness epoch vs bare model step: "
+            f"{res['harness'].images_per_s / res['bare'].images_per_s:.3f}×"
+        )
+    console.print(
+        f"memory: {memory}; a decoded cache of full LIMUC (11,276 × {h}×{w}×3 uint8) takes "
+        f"{11276 * h * w * 3 / 1e9:.2f} GB (memory-mapped with `dataset.mmap: true`)"
+    )
     return 0
 
 

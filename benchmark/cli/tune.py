@@ -15,12 +15,14 @@ def cmd_tune(args):
 
     suite = load_suite(args.suite, args.set)
     out = Path(args.out) if args.out else Path("runs") / f"{suite.name}-tune"
-    tuner = Tuner(suite, out, args.backbone, args.formulation, args.metric, args.folds, args.storage, args.study,
-                  args.device)
+    tuner = Tuner(
+        suite, out, args.backbone, args.formulation, args.metric, args.folds, args.storage, args.study, args.device
+    )
     before = {i: len(s.trials) for i, s in tuner.studies.items()}
     tuner.optimize(args.trials, args.timeout)
-    table = Table(title=f"best trial per outer fold (nested: {args.metric} on an inner split of the fold's training "
-                        "part)")
+    table = Table(
+        title=f"best trial per outer fold (nested: {args.metric} on an inner split of the fold's training part)"
+    )
     for col in ("fold", "study", "trials (new)", "pruned", args.metric, *tuner.weight_keys):
         table.add_column(col, justify="right")
     best = tuner.best_weights()
@@ -35,17 +37,24 @@ def cmd_tune(args):
     console.print(f"studies in {tuner.storage}")
     console.print(table)
     if len(best) < len(tuner.studies):
-        console.print("[red]no completed trial[/] in fold(s) "
-                      + ", ".join(str(i) for i in tuner.studies if i not in best)
-                      + ": every trial was pruned or failed; run more trials.")
+        console.print(
+            "[red]no completed trial[/] in fold(s) "
+            + ", ".join(str(i) for i in tuner.studies if i not in best)
+            + ": every trial was pruned or failed; run more trials."
+        )
         return 1
     figs = tuner.figures()
     override = tuner.write_override()
     console.print(f"figures: {', '.join(map(str, figs))}")
-    console.print(f"suite with the tuned formulation (each fold its own weights): {override} — train it under the "
-                  f"normal protocol with `bench run {override}`"
-                  + (f" (tuned folds {sorted(best)} only: add --only fold={','.join(map(str, sorted(best)))})"
-                     if tuner.k < len(tuner.splits.folds) else ""))
+    console.print(
+        f"suite with the tuned formulation (each fold its own weights): {override} — train it under the "
+        f"normal protocol with `bench run {override}`"
+        + (
+            f" (tuned folds {sorted(best)} only: add --only fold={','.join(map(str, sorted(best)))})"
+            if tuner.k < len(tuner.splits.folds)
+            else ""
+        )
+    )
     return 0
 
 
@@ -54,8 +63,10 @@ def add_commands(sub):
     r.add_argument("suite")
     r.add_argument("--trials", type=int, required=True, help="trials per outer fold")
     r.add_argument("--backbone")
-    r.add_argument("--formulation", help="formulation whose loss weights to tune (default: the suite's first "
-                                          "formulation that has tunable weights)")
+    r.add_argument(
+        "--formulation",
+        help="formulation whose loss weights to tune (default: the suite's first formulation that has tunable weights)",
+    )
     r.add_argument("--metric", default="macro_f1", help="any stored metric, e.g. macro_f1, f1@3, ra.f1")
     r.add_argument("--folds", type=int, help="tune only the first K outer folds (default: every fold)")
     r.add_argument("--storage", help="Optuna storage URL (default: SQLite in the output directory)")
@@ -65,5 +76,3 @@ def add_commands(sub):
     r.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE")
     r.add_argument("--device", choices=["cpu", "cuda"])
     r.set_defaults(fn=cmd_tune)
-
-

@@ -9,9 +9,9 @@ import os
 import shutil
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -38,13 +38,17 @@ class Dataset:
             raise BenchError(f"{source}: the dataset holds no image. Check the data root / manifest.")
         bad = np.flatnonzero((self.labels < 0) | (self.labels >= NUM_CLASSES))
         if len(bad):
-            raise BenchError(f"{source}: labels must be MES grades 0–3; image {self.ids[bad[0]]!r} has label "
-                             f"{self.labels[bad[0]]} ({len(bad)} such images). Fix the labels.")
+            raise BenchError(
+                f"{source}: labels must be MES grades 0–3; image {self.ids[bad[0]]!r} has label "
+                f"{self.labels[bad[0]]} ({len(bad)} such images). Fix the labels."
+            )
         uniq, counts = np.unique(self.ids, return_counts=True)
         if (counts > 1).any():
             dup = uniq[counts > 1][:3]
-            raise BenchError(f"{source}: duplicate image ids {list(dup)} ({int((counts > 1).sum())} in all). "
-                             "Each image must appear once; remove or rename the duplicates.")
+            raise BenchError(
+                f"{source}: duplicate image ids {list(dup)} ({int((counts > 1).sum())} in all). "
+                "Each image must appear once; remove or rename the duplicates."
+            )
         present = np.bincount(self.labels, minlength=NUM_CLASSES)
         empty = [k for k in range(NUM_CLASSES) if present[k] == 0]
         if empty:
@@ -71,9 +75,15 @@ def cached(key: dict, build: Callable[[], Dataset], mmap: bool) -> Dataset:
             labels = np.asarray(meta["labels"], np.int64)
             if images.ndim != 4 or images.shape[0] != len(labels) or images.dtype != np.uint8:
                 raise ValueError(f"{images.shape} {images.dtype} for {len(labels)} labels")
-            return Dataset(meta["name"], images, labels, np.asarray(meta["groups"]), np.asarray(meta["ids"]),
-                           None if meta["published_test"] is None else np.asarray(meta["published_test"], bool),
-                           meta["meta"])
+            return Dataset(
+                meta["name"],
+                images,
+                labels,
+                np.asarray(meta["groups"]),
+                np.asarray(meta["ids"]),
+                None if meta["published_test"] is None else np.asarray(meta["published_test"], bool),
+                meta["meta"],
+            )
         except (OSError, ValueError, KeyError, TypeError, EOFError):
             # damaged (a killed write, a truncated copy): decode again rather than fail
             img_path.unlink(missing_ok=True)
@@ -84,9 +94,14 @@ def cached(key: dict, build: Callable[[], Dataset], mmap: bool) -> Dataset:
     tmpm = meta_path.with_name(f"{meta_path.name}.{token}.tmp")
     try:
         np.save(tmp, np.ascontiguousarray(ds.images))
-        payload = {"name": ds.name, "labels": ds.labels.tolist(), "groups": ds.groups.tolist(), "ids": ds.ids.tolist(),
-                   "published_test": None if ds.published_test is None else ds.published_test.tolist(),
-                   "meta": ds.meta}
+        payload = {
+            "name": ds.name,
+            "labels": ds.labels.tolist(),
+            "groups": ds.groups.tolist(),
+            "ids": ds.ids.tolist(),
+            "published_test": None if ds.published_test is None else ds.published_test.tolist(),
+            "meta": ds.meta,
+        }
         tmpm.write_text(json.dumps(payload))
         os.replace(tmp, img_path)
         os.replace(tmpm, meta_path)
@@ -96,9 +111,11 @@ def cached(key: dict, build: Callable[[], Dataset], mmap: bool) -> Dataset:
         # numpy's short write carries no errno; the free space says whether the disk was the cause
         full = shutil.disk_usage(directory).free < ds.images.nbytes + (1 << 20)
         if full or exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES):
-            raise BenchError(f"cannot write the decoded-image cache in {directory} ({exc.strerror}): "
-                             f"{ds.images.nbytes / 1e9:.2f} GB are needed there. Free space, or point MESBENCH_CACHE "
-                             "at a folder with room.") from None
+            raise BenchError(
+                f"cannot write the decoded-image cache in {directory} ({exc.strerror}): "
+                f"{ds.images.nbytes / 1e9:.2f} GB are needed there. Free space, or point MESBENCH_CACHE "
+                "at a folder with room."
+            ) from None
         raise
     if mmap:
         ds.images = np.load(img_path, mmap_mode="r")
@@ -119,9 +136,12 @@ def _remove_stale_temp_files(directory: Path, older_than_s: float = 3600.0):
 def content_key(labels, groups, ids, published_test=None) -> str:
     """What the decoded images are labelled and grouped as: part of every cache key, so a changed label,
     patient or class order never reuses a cache entry built for other ones."""
-    return stable_hash({"labels": np.asarray(labels).tolist(), "groups": np.asarray(groups).astype(str).tolist(),
-                        "ids": np.asarray(ids).astype(str).tolist(),
-                        "published_test": None if published_test is None else np.asarray(published_test).tolist()},
-                       20)
-
-
+    return stable_hash(
+        {
+            "labels": np.asarray(labels).tolist(),
+            "groups": np.asarray(groups).astype(str).tolist(),
+            "ids": np.asarray(ids).astype(str).tolist(),
+            "published_test": None if published_test is None else np.asarray(published_test).tolist(),
+        },
+        20,
+    )

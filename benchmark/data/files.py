@@ -28,7 +28,7 @@ def decode_files(paths: list[Path], resize: tuple[int, int] | None, source: str)
             with Image.open(path) as im:
                 im = to_rgb8(im, path)
                 if resize is not None:
-                    im = im.resize((resize[1], resize[0]), Image.BILINEAR)
+                    im = im.resize((resize[1], resize[0]), Image.Resampling.BILINEAR)
                 return np.asarray(im, dtype=np.uint8)
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
             return exc
@@ -38,12 +38,16 @@ def decode_files(paths: list[Path], resize: tuple[int, int] | None, source: str)
     bad = [(p, a) for p, a in zip(paths, arrays) if isinstance(a, Exception)]
     if bad:
         listed = "; ".join(f"{p} ({type(e).__name__}: {e})" for p, e in bad[:5])
-        raise BenchError(f"{source}: {len(bad)} image(s) cannot be decoded: {listed}. Remove or replace these files "
-                         "(run `bench data inspect` on the root for the full list).")
+        raise BenchError(
+            f"{source}: {len(bad)} image(s) cannot be decoded: {listed}. Remove or replace these files "
+            "(run `bench data inspect` on the root for the full list)."
+        )
     shapes = {a.shape for a in arrays}
     if len(shapes) > 1:
-        raise BenchError(f"{source}: images have different sizes {sorted(shapes)[:4]}; set `dataset.resize: "
-                         "[height, width]` in the suite to bring them to one size.")
+        raise BenchError(
+            f"{source}: images have different sizes {sorted(shapes)[:4]}; set `dataset.resize: "
+            "[height, width]` in the suite to bring them to one size."
+        )
     out = np.empty((len(arrays),) + arrays[0].shape, dtype=np.uint8)
     for i, a in enumerate(arrays):
         out[i] = a
@@ -57,7 +61,8 @@ def bit_depth(im) -> str:
     """'8-bit RGB', '16-bit gray', … for `bench data inspect`."""
     bits = HIGH_BIT_MODES.get(im.mode, 1 if im.mode == "1" else 8)
     kind = {"L": "gray", "LA": "gray", "1": "binary", "P": "palette", "RGBA": "RGBA", "CMYK": "CMYK"}.get(
-        im.mode, "gray" if im.mode in HIGH_BIT_MODES else "RGB" if im.mode == "RGB" else im.mode)
+        im.mode, "gray" if im.mode in HIGH_BIT_MODES else "RGB" if im.mode == "RGB" else im.mode
+    )
     return f"{bits}-bit {kind}"
 
 
@@ -84,13 +89,20 @@ def files_key(paths: list[Path]) -> str:
 
 
 def decoded_dataset(name, paths, labels, groups, ids, cfg: DatasetConfig, source, published_test=None, meta=None):
-    key = {"kind": name, "version": 2, "files": files_key(paths), "resize": cfg.resize,
-           "class_dirs": list(cfg.class_dirs), "content": content_key(labels, groups, ids, published_test)}
+    key = {
+        "kind": name,
+        "version": 2,
+        "files": files_key(paths),
+        "resize": cfg.resize,
+        "class_dirs": list(cfg.class_dirs),
+        "content": content_key(labels, groups, ids, published_test),
+    }
 
     def build():
         images = decode_files(paths, cfg.resize, source)
-        return Dataset(name, images, np.asarray(labels, np.int64), np.asarray(groups), np.asarray(ids),
-                       published_test, meta or {})
+        return Dataset(
+            name, images, np.asarray(labels, np.int64), np.asarray(groups), np.asarray(ids), published_test, meta or {}
+        )
 
     ds = cached(key, build, cfg.mmap)
     ds.check(source)
@@ -112,19 +124,31 @@ def folder_dataset(cfg: DatasetConfig) -> Dataset:
         labels += [k] * len(files)
         ids += [f"{cls}/{p.relative_to(root / cls)}" for p in files]
     groups = [patient_id_from_name(p.name) or f"img:{i}" for i, p in enumerate(paths)]
-    return decoded_dataset("folder", paths, labels, groups, ids, cfg, f"dataset.root {root}",
-                           meta={"root": str(root), "grouped_ids": all(not g.startswith("img:") for g in groups)})
+    return decoded_dataset(
+        "folder",
+        paths,
+        labels,
+        groups,
+        ids,
+        cfg,
+        f"dataset.root {root}",
+        meta={"root": str(root), "grouped_ids": all(not g.startswith("img:") for g in groups)},
+    )
 
 
 def class_files(folder: Path, source: str) -> list[Path]:
     if not folder.is_dir():
-        raise BenchError(f"{source}: class folder {str(folder)!r} is missing. Each class needs its own folder "
-                         "(set `dataset.class_dirs` if yours are named differently).")
+        raise BenchError(
+            f"{source}: class folder {str(folder)!r} is missing. Each class needs its own folder "
+            "(set `dataset.class_dirs` if yours are named differently)."
+        )
     files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
     others = [p for p in files if p.suffix.lower() not in IMAGE_SUFFIXES]
     if others:
-        raise BenchError(f"{source}: {str(others[0])!r} is not an image file ({len(others)} such files in "
-                         f"{folder}). Move non-image files out of the class folders.")
+        raise BenchError(
+            f"{source}: {str(others[0])!r} is not an image file ({len(others)} such files in "
+            f"{folder}). Move non-image files out of the class folders."
+        )
     if not files:
         raise BenchError(f"{source}: class folder {str(folder)!r} is empty. Every MES grade needs images.")
     return files
@@ -163,14 +187,18 @@ def manifest_dataset(cfg: DatasetConfig) -> Dataset:
         raise BenchError(f"{path}: the manifest has a header but no image rows. {fix}")
     blank = df.index[df["path"].astype(str).str.strip() == ""]
     if len(blank):
-        raise BenchError(f"{path}: row {blank[0] + 2} has an empty path ({len(blank)} such rows). Give every row the "
-                         "image's file path (relative to the CSV or absolute).")
+        raise BenchError(
+            f"{path}: row {blank[0] + 2} has an empty path ({len(blank)} such rows). Give every row the "
+            "image's file path (relative to the CSV or absolute)."
+        )
     labels = pd.to_numeric(df["label"], errors="coerce")
     bad = df[labels.isna() | ~labels.isin(list(GRADES))]
     if len(bad):
         row = bad.index[0]
-        raise BenchError(f"{path}: row {row + 2} has label '{df['label'][row]}'; labels must be integers 0–3 "
-                         f"({len(bad)} bad rows). Fix the manifest.")
+        raise BenchError(
+            f"{path}: row {row + 2} has label '{df['label'][row]}'; labels must be integers 0–3 "
+            f"({len(bad)} bad rows). Fix the manifest."
+        )
     base = path.parent
     files = [Path(p) if Path(p).is_absolute() else base / p for p in df["path"]]
     dup = df["path"][df["path"].duplicated()]
@@ -181,8 +209,18 @@ def manifest_dataset(cfg: DatasetConfig) -> Dataset:
         raise BenchError(f"{path}: {len(missing_files)} listed file(s) do not exist, e.g. {missing_files[0]!r}.")
     if "group" in df.columns and (df["group"].astype(str).str.strip() == "").any():
         row = int(np.flatnonzero(df["group"].astype(str).str.strip() == "")[0])
-        raise BenchError(f"{path}: row {row + 2} has an empty group (patient id). Give every row its patient, or drop "
-                         "the group column (then patients cannot be kept whole).")
+        raise BenchError(
+            f"{path}: row {row + 2} has an empty group (patient id). Give every row its patient, or drop "
+            "the group column (then patients cannot be kept whole)."
+        )
     groups = df["group"].astype(str).tolist() if "group" in df.columns else [f"img:{i}" for i in range(len(df))]
-    return decoded_dataset("manifest", files, labels.astype(int).tolist(), groups, df["path"].astype(str).tolist(),
-                           cfg, str(path), meta={"manifest": str(path), "grouped_ids": "group" in df.columns})
+    return decoded_dataset(
+        "manifest",
+        files,
+        labels.astype(int).tolist(),
+        groups,
+        df["path"].astype(str).tolist(),
+        cfg,
+        str(path),
+        meta={"manifest": str(path), "grouped_ids": "group" in df.columns},
+    )

@@ -8,6 +8,7 @@ import os
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ..errors import BenchError
 from ..labels import GRADES
@@ -78,8 +79,10 @@ def scan_tree(root: Path) -> Scan:
     layout, base = detect_layout(root)
     scan = Scan(root, layout)
     if layout is None:
-        scan.problems.append(f"no class folders (Mayo 0..Mayo 3) and no known LIMUC layout under {root}; expected "
-                             + " or ".join(LAYOUTS.values()))
+        scan.problems.append(
+            f"no class folders (Mayo 0..Mayo 3) and no known LIMUC layout under {root}; expected "
+            + " or ".join(LAYOUTS.values())
+        )
         return scan
     if layout == "train_test":
         _scan_class_tree(scan, root / "train_and_validation_sets", "train_and_validation_sets/", None, False, True)
@@ -97,7 +100,7 @@ def scan_tree(root: Path) -> Scan:
     return scan
 
 
-def unreadable(entries: list[Entry]) -> list[str]:
+def unreadable(entries: list[Entry]) -> list[tuple[Any, Any, Any, Any]]:
     from concurrent.futures import ThreadPoolExecutor
 
     from PIL import Image
@@ -108,7 +111,7 @@ def unreadable(entries: list[Entry]) -> list[str]:
             with Image.open(io.BytesIO(data)) as im:
                 im.load()
                 return None, im.size, hashlib.sha1(data).hexdigest(), bit_depth(im)
-        except Exception as exc:  # noqa: BLE001 - any decode failure is the finding itself
+        except Exception as exc:
             return f"unreadable image {e.path} ({type(exc).__name__})", None, None, None
 
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
@@ -135,7 +138,7 @@ def inspect_tree(root) -> tuple[dict, list[str]]:
         names[(e.patient, e.path.name)].add(e.label)
     info = {
         "root": str(scan.root),
-        "layout": LAYOUTS.get(scan.layout, "unknown"),
+        "layout": LAYOUTS.get(scan.layout or "", "unknown"),
         "images": len(scan.entries),
         "images_per_class": {CLASS_DIRS[k]: per_class.get(k, 0) for k in GRADES},
         "patients": len(patients),
@@ -156,19 +159,31 @@ def inspect_tree(root) -> tuple[dict, list[str]]:
 def limuc_dataset(cfg: DatasetConfig):
     root = cfg.root or os.environ.get("LIMUC_ROOT")
     if not root:
-        raise BenchError("dataset 'limuc' needs its location: set `dataset.root:` in the suite or LIMUC_ROOT in the "
-                         "environment to the folder of the LIMUC download (Zenodo record 5827695).")
+        raise BenchError(
+            "dataset 'limuc' needs its location: set `dataset.root:` in the suite or LIMUC_ROOT in the "
+            "environment to the folder of the LIMUC download (Zenodo record 5827695)."
+        )
     scan = scan_tree(Path(root))
     if scan.problems:
         shown = "; ".join(scan.problems[:6])
-        raise BenchError(f"LIMUC root {scan.root}: {len(scan.problems)} problem(s): {shown}. Fix the tree "
-                         "(`bench data inspect PATH` lists everything it finds).")
+        raise BenchError(
+            f"LIMUC root {scan.root}: {len(scan.problems)} problem(s): {shown}. Fix the tree "
+            "(`bench data inspect PATH` lists everything it finds)."
+        )
     e = scan.entries
     published = None
     if any(x.published_test for x in e):
         import numpy as np
 
         published = np.array([x.published_test for x in e])
-    return decoded_dataset("limuc", [x.path for x in e], [x.label for x in e], [x.patient for x in e],
-                           [x.image_id for x in e], cfg, f"LIMUC root {scan.root}", published_test=published,
-                           meta={"root": str(scan.root), "layout": scan.layout, "grouped_ids": True})
+    return decoded_dataset(
+        "limuc",
+        [x.path for x in e],
+        [x.label for x in e],
+        [x.patient for x in e],
+        [x.image_id for x in e],
+        cfg,
+        f"LIMUC root {scan.root}",
+        published_test=published,
+        meta={"root": str(scan.root), "layout": scan.layout, "grouped_ids": True},
+    )

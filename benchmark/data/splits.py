@@ -33,21 +33,28 @@ class Splits:
         return "patient-grouped" if self.grouped else "image-level"
 
     def to_json(self, ds: Dataset) -> dict:
-        return {"protocol": self.protocol, "grouped": self.grouped, "test": ds.ids[self.test].tolist(),
-                "folds": [{"train": ds.ids[tr].tolist(), "val": ds.ids[va].tolist()} for tr, va in self.folds]}
+        return {
+            "protocol": self.protocol,
+            "grouped": self.grouped,
+            "test": ds.ids[self.test].tolist(),
+            "folds": [{"train": ds.ids[tr].tolist(), "val": ds.ids[va].tolist()} for tr, va in self.folds],
+        }
 
     @classmethod
-    def from_json(cls, doc: dict, ds: Dataset) -> "Splits":
+    def from_json(cls, doc: dict, ds: Dataset) -> Splits:
         pos = {k: i for i, k in enumerate(ds.ids.tolist())}
-        idx = lambda ids: np.array([pos[i] for i in ids], dtype=np.int64)  # noqa: E731
-        return cls(doc["protocol"], doc["grouped"], idx(doc["test"]),
-                   [(idx(f["train"]), idx(f["val"])) for f in doc["folds"]])
+        idx = lambda ids: np.array([pos[i] for i in ids], dtype=np.int64)
+        return cls(
+            doc["protocol"], doc["grouped"], idx(doc["test"]), [(idx(f["train"]), idx(f["val"])) for f in doc["folds"]]
+        )
 
 
 def _require_groups(ds: Dataset, protocol: str):
     if not ds.meta.get("grouped_ids", False):
-        raise BenchError(f"protocol {protocol!r} keeps patients whole, but dataset {ds.name!r} has no patient ids "
-                         "(add a `group` column to the manifest or use `kind: study`).")
+        raise BenchError(
+            f"protocol {protocol!r} keeps patients whole, but dataset {ds.name!r} has no patient ids "
+            "(add a `group` column to the manifest or use `kind: study`)."
+        )
 
 
 def _check_folds(labels, groups, k, grouped, what):
@@ -58,12 +65,19 @@ def _check_folds(labels, groups, k, grouped, what):
         return
     n = counts[smallest]
     if n < 2:
-        fix = (f"No split can then put MES {smallest} on both sides: add {unit} of MES {smallest}"
-               + (", or use `kind: study` (image-level splits, which leak patients)" if grouped else "") + ".")
-        raise BenchError(f"protocol.folds = {k} needs MES {smallest} in every fold, but it has only {n} "
-                         f"{unit[:-1] if n == 1 else unit} in the {what}. {fix}")
-    raise BenchError(f"protocol.folds = {k} but the smallest class, MES {smallest}, has only {n} {unit} in the "
-                     f"{what}; use at most {n} folds (protocol.folds: {n}) or a larger dataset.")
+        fix = (
+            f"No split can then put MES {smallest} on both sides: add {unit} of MES {smallest}"
+            + (", or use `kind: study` (image-level splits, which leak patients)" if grouped else "")
+            + "."
+        )
+        raise BenchError(
+            f"protocol.folds = {k} needs MES {smallest} in every fold, but it has only {n} "
+            f"{unit[:-1] if n == 1 else unit} in the {what}. {fix}"
+        )
+    raise BenchError(
+        f"protocol.folds = {k} but the smallest class, MES {smallest}, has only {n} {unit} in the "
+        f"{what}; use at most {n} folds (protocol.folds: {n}) or a larger dataset."
+    )
 
 
 def holdout(ds: Dataset, cfg: ProtocolConfig, grouped: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -72,21 +86,27 @@ def holdout(ds: Dataset, cfg: ProtocolConfig, grouped: bool) -> tuple[np.ndarray
         if ds.published_test is not None:
             return idx[~ds.published_test], idx[ds.published_test]
         if cfg.use_published_test:
-            raise BenchError(f"protocol asks for the published test set, but {ds.name!r} has none (LIMUC's layout "
-                             "train_and_validation_sets/ + test_set/ has one); set `protocol.use_published_test: false`.")
+            raise BenchError(
+                f"protocol asks for the published test set, but {ds.name!r} has none (LIMUC's layout "
+                "train_and_validation_sets/ + test_set/ has one); set `protocol.use_published_test: false`."
+            )
         # polat on data without a published hold-out: a patient-grouped hold-out stands in for it
     if grouped:
         n_splits = max(2, int(round(1 / cfg.test_fraction)))
         for c in range(NUM_CLASSES):
             n = len(np.unique(ds.groups[ds.labels == c]))
             if n < 2:
-                raise BenchError(f"MES {c} has only 1 patient, so no patient-grouped split can put MES {c} on both "
-                                 f"sides of the hold-out: add patients of MES {c}, or use `kind: study` (image-level "
-                                 "splits, which leak patients).")
+                raise BenchError(
+                    f"MES {c} has only 1 patient, so no patient-grouped split can put MES {c} on both "
+                    f"sides of the hold-out: add patients of MES {c}, or use `kind: study` (image-level "
+                    "splits, which leak patients)."
+                )
             if n < n_splits:
-                raise BenchError(f"protocol.test_fraction = {cfg.test_fraction} keeps patients whole, which needs at "
-                                 f"least {n_splits} patients per class, but MES {c} has only {n}; raise test_fraction "
-                                 f"to at least {1 / n:.2f}, use a larger dataset, or use `kind: study`.")
+                raise BenchError(
+                    f"protocol.test_fraction = {cfg.test_fraction} keeps patients whole, which needs at "
+                    f"least {n_splits} patients per class, but MES {c} has only {n}; raise test_fraction "
+                    f"to at least {1 / n:.2f}, use a larger dataset, or use `kind: study`."
+                )
         sgkf = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=cfg.seed)
         train, test = next(sgkf.split(idx, ds.labels, ds.groups))
         return np.sort(train), np.sort(test)
@@ -94,15 +114,19 @@ def holdout(ds: Dataset, cfg: ProtocolConfig, grouped: bool) -> tuple[np.ndarray
     n_test = int(np.ceil(cfg.test_fraction * len(idx)))
     if n_test < NUM_CLASSES or len(idx) - n_test < NUM_CLASSES:
         need = NUM_CLASSES / len(idx)
-        raise BenchError(f"protocol.test_fraction = {cfg.test_fraction} of {len(idx)} images gives a hold-out of "
-                         f"{n_test} and a training part of {len(idx) - n_test} images, but a stratified split needs "
-                         f"at least {NUM_CLASSES} images (one per grade) on each side: use a test_fraction between "
-                         f"{need:.2f} and {1 - need:.2f}, or a larger dataset.")
+        raise BenchError(
+            f"protocol.test_fraction = {cfg.test_fraction} of {len(idx)} images gives a hold-out of "
+            f"{n_test} and a training part of {len(idx) - n_test} images, but a stratified split needs "
+            f"at least {NUM_CLASSES} images (one per grade) on each side: use a test_fraction between "
+            f"{need:.2f} and {1 - need:.2f}, or a larger dataset."
+        )
     try:
         train, test = train_test_split(idx, test_size=cfg.test_fraction, stratify=ds.labels, random_state=cfg.seed)
     except ValueError as exc:
-        raise BenchError(f"protocol: the stratified hold-out split failed ({exc}); raise protocol.test_fraction or "
-                         "use a larger dataset.") from None
+        raise BenchError(
+            f"protocol: the stratified hold-out split failed ({exc}); raise protocol.test_fraction or "
+            "use a larger dataset."
+        ) from None
     return np.sort(train), np.sort(test)
 
 
@@ -112,8 +136,11 @@ def kfold(train: np.ndarray, ds: Dataset, cfg: ProtocolConfig, grouped: bool):
     folds = []
     for r in range(cfg.repeats):
         seed = cfg.seed + 1000 * r
-        splitter = (StratifiedGroupKFold(cfg.folds, shuffle=True, random_state=seed) if grouped
-                    else StratifiedKFold(cfg.folds, shuffle=True, random_state=seed))
+        splitter = (
+            StratifiedGroupKFold(cfg.folds, shuffle=True, random_state=seed)
+            if grouped
+            else StratifiedKFold(cfg.folds, shuffle=True, random_state=seed)
+        )
         for tr, va in splitter.split(train, labels, groups if grouped else None):
             folds.append((np.sort(train[tr]), np.sort(train[va])))
     return folds
@@ -126,13 +153,16 @@ def monte_carlo(train: np.ndarray, ds: Dataset, cfg: ProtocolConfig):
     target = np.bincount(labels, minlength=NUM_CLASSES) / len(labels)
     patients = np.unique(groups)
     rng = np.random.default_rng(cfg.seed)
-    folds, attempts = [], 0
+    folds: list[tuple[np.ndarray, np.ndarray]] = []
+    attempts = 0
     n_splits = cfg.folds * cfg.repeats
     while len(folds) < n_splits:
         attempts += 1
         if attempts > cfg.max_split_attempts * n_splits:
-            raise BenchError(f"polat protocol: no split within ±{cfg.val_share_tolerance:.0%} of the class shares "
-                             f"after {attempts - 1} attempts; raise protocol.val_share_tolerance or val_fraction.")
+            raise BenchError(
+                f"polat protocol: no split within ±{cfg.val_share_tolerance:.0%} of the class shares "
+                f"after {attempts - 1} attempts; raise protocol.val_share_tolerance or val_fraction."
+            )
         order = rng.permutation(patients)
         sizes = np.array([np.sum(groups == p) for p in order])
         n_val = np.searchsorted(np.cumsum(sizes), cfg.val_fraction * len(labels)) + 1
@@ -159,13 +189,17 @@ def record_splits(path: Path, splits: Splits, ds: Dataset) -> Splits:
         try:
             stored = json.loads(path.read_text())
         except (ValueError, UnicodeDecodeError):
-            raise BenchError(f"{path} is damaged (not valid JSON). It records the splits of this run's finished cells; "
-                             "restore it from a backup, or delete it: the same suite recomputes the same splits and "
-                             "writes it again (a different suite is then refused as usual by the store).") from None
+            raise BenchError(
+                f"{path} is damaged (not valid JSON). It records the splits of this run's finished cells; "
+                "restore it from a backup, or delete it: the same suite recomputes the same splits and "
+                "writes it again (a different suite is then refused as usual by the store)."
+            ) from None
         if stored != doc:
-            raise BenchError(f"{path}: this run directory was made with other splits (dataset or protocol changed). "
-                             "Results from different splits cannot be mixed: use `--out` for a new run directory, "
-                             "or delete the old one.")
+            raise BenchError(
+                f"{path}: this run directory was made with other splits (dataset or protocol changed). "
+                "Results from different splits cannot be mixed: use `--out` for a new run directory, "
+                "or delete the old one."
+            )
         return splits
     tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex}.tmp")
     try:
@@ -173,6 +207,7 @@ def record_splits(path: Path, splits: Splits, ds: Dataset) -> Splits:
         tmp.replace(path)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
-        raise BenchError(f"cannot write {path} ({exc.strerror}); free space or choose another run directory with "
-                         "--out.") from None
+        raise BenchError(
+            f"cannot write {path} ({exc.strerror}); free space or choose another run directory with --out."
+        ) from None
     return splits

@@ -8,6 +8,8 @@ neighbouring grades, so patient-grouped splits matter.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from scipy.ndimage import zoom
 
@@ -32,7 +34,7 @@ def assign_patients(grades, n_patients, rng):
     patient = np.empty(len(grades), dtype=np.int64)
     start = 0
     for pid, size in enumerate(sizes):
-        patient[order[start:start + size]] = pid
+        patient[order[start : start + size]] = pid
         start += size
     return patient
 
@@ -55,8 +57,9 @@ def _blobs(img, xx, yy, rng, count, radius, color, strength):
 def render(grade_latent, tone, gain, light, h, w, rng):
     """One RGB float image in [0, 1] for a latent severity in about [-0.5, 3.5]."""
     s = float(grade_latent)
-    yy, xx = np.meshgrid(np.linspace(-1, 1, h, dtype=np.float32), np.linspace(-1, 1, w, dtype=np.float32),
-                         indexing="ij")
+    yy, xx = np.meshgrid(
+        np.linspace(-1, 1, h, dtype=np.float32), np.linspace(-1, 1, w, dtype=np.float32), indexing="ij"
+    )
     base = np.asarray(tone, np.float32)
     red = np.asarray([1 + 0.06 * s, 1 - 0.09 * s, 1 - 0.08 * s], np.float32)
     img = np.broadcast_to(base * red, (h, w, 3)).copy()
@@ -85,7 +88,7 @@ def render(grade_latent, tone, gain, light, h, w, rng):
     lr = rng.uniform(0.18, 0.32)
     lumen = np.exp(-((xx - lx) ** 2 + (yy - ly) ** 2) / (lr * lr))
     img *= (1 - 0.85 * lumen)[..., None]
-    img *= (1 - 0.45 * (xx ** 2 + yy ** 2) / 2)[..., None]
+    img *= (1 - 0.45 * (xx**2 + yy**2) / 2)[..., None]
     img *= (gain * (1 + 0.15 * (light[0] * xx + light[1] * yy)))[..., None]
 
     # specular highlights
@@ -94,8 +97,9 @@ def render(grade_latent, tone, gain, light, h, w, rng):
     return np.clip(img, 0, 1)
 
 
-def generate(n_images=800, n_patients=80, size=(64, 64), seed=0, shares=LIMUC_SHARES,
-             label_noise=0.06, severity_sd=0.38):
+def generate(
+    n_images=800, n_patients=80, size=(64, 64), seed=0, shares=LIMUC_SHARES, label_noise=0.06, severity_sd=0.38
+):
     """Images (N, H, W, 3) uint8, observed labels, patient ids and image ids."""
     if n_patients * 2 > n_images:
         raise ValueError(f"n_patients={n_patients} needs at least {2 * n_patients} images (got n_images={n_images})")
@@ -122,22 +126,29 @@ def generate(n_images=800, n_patients=80, size=(64, 64), seed=0, shares=LIMUC_SH
 
 @register_dataset("synthetic")
 def synthetic_dataset(cfg: DatasetConfig) -> Dataset:
-    params = {"n_images": 800, "n_patients": 80, "size": [64, 64], "seed": 0, "label_noise": 0.06}
+    params: dict[str, Any] = {"n_images": 800, "n_patients": 80, "size": [64, 64], "seed": 0, "label_noise": 0.06}
     unknown_keys = set(cfg.params) - set(params) - {"severity_sd"}
     if unknown_keys:
         from ..errors import closest
 
         k = sorted(unknown_keys)[0]
-        raise BenchError(f"dataset.params: unknown synthetic parameter {k!r}: {closest(k, list(params) + ['severity_sd'])}.")
+        raise BenchError(
+            f"dataset.params: unknown synthetic parameter {k!r}: {closest(k, list(params) + ['severity_sd'])}."
+        )
     params.update(cfg.params)
     if cfg.resize:
         params["size"] = list(cfg.resize)
 
     def build():
         try:
-            images, labels, groups, ids = generate(params["n_images"], params["n_patients"], tuple(params["size"]),
-                                                   params["seed"], label_noise=params["label_noise"],
-                                                   **({"severity_sd": params["severity_sd"]} if "severity_sd" in params else {}))
+            images, labels, groups, ids = generate(
+                params["n_images"],
+                params["n_patients"],
+                tuple(params["size"]),
+                params["seed"],
+                label_noise=params["label_noise"],
+                **({"severity_sd": params["severity_sd"]} if "severity_sd" in params else {}),
+            )
         except ValueError as exc:
             raise BenchError(f"dataset.params: {exc}.") from None
         return Dataset("synthetic", images, labels, groups, ids, meta={"params": params, "grouped_ids": True})
@@ -145,5 +156,3 @@ def synthetic_dataset(cfg: DatasetConfig) -> Dataset:
     ds = cached({"kind": "synthetic", "version": 1, **params}, build, cfg.mmap)
     ds.check("synthetic dataset")
     return ds
-
-

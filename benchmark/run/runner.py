@@ -10,13 +10,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from backbones import BACKBONES, cached_weights, resolve
 from formulations import create_formulation
 
+from ..data.catalogue import load_dataset
 from ..data.dataset import Dataset
-from ..data.registry import load_dataset
 from ..data.splits import Splits, make_splits, record_splits
 from ..errors import BenchError, CellFailed, Interrupted
 from ..labels import NUM_CLASSES
@@ -33,9 +32,9 @@ from .store import Heartbeat, Store, retrying
 @dataclass
 class RunReport:
     out_dir: Path
-    trained: list[str] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)
-    failed: list[str] = field(default_factory=list)
+    trained: list[Cell] = field(default_factory=list)
+    skipped: list[Cell] = field(default_factory=list)
+    failed: list[Cell] = field(default_factory=list)
     seconds: float = 0.0
 
 
@@ -43,7 +42,7 @@ def preflight(suite: Suite):
     """Every name and option checked before anything is written or trained."""
     for f in suite.formulations:
         create_formulation(f.name, f.options)
-        for fold, extra in f.options_by_fold.items():
+        for extra in f.options_by_fold.values():
             create_formulation(f.name, {**f.options, **extra})
     for b in suite.backbones:
         spec = resolve(b.name)
@@ -71,8 +70,9 @@ def input_size_for(backbone):
 
 
 class Runner:
-    def __init__(self, suite: Suite, out_dir: Path, device: str | None = None, progress=None,
-                 retry_failed: bool = False):
+    def __init__(
+        self, suite: Suite, out_dir: Path, device: str | None = None, progress=None, retry_failed: bool = False
+    ):
         self.suite = suite
         self.out_dir = Path(out_dir)
         self.plan: DevicePlan = pick_device(device)
@@ -98,17 +98,20 @@ class Runner:
             raise BenchError(
                 f"Run directory {self.out_dir} holds results of a different dataset/protocol configuration "
                 f"(protocol hash {stored_protocol}, this suite {protocol_hash(self.suite)}). Results under other "
-                "splits cannot be mixed: run with --out NEW_DIR, or delete the old directory.")
+                "splits cannot be mixed: run with --out NEW_DIR, or delete the old directory."
+            )
         self.splits: Splits = record_splits(self.out_dir / "splits.json", splits, self.dataset)
         every_cell = expand_cells(self.suite, len(splits.folds))
         self.cells = select(every_cell, only or [])
         for cell in self.cells:
             f = cell.formulation
             if f.options_by_fold and cell.fold not in f.options_by_fold:
-                raise BenchError(f"formulation {f.display!r} has per-fold options (from `bench tune`) for folds "
-                                 f"{sorted(f.options_by_fold)} only, but this run has {len(splits.folds)} folds: tune "
-                                 f"the missing folds, or restrict the run with --only fold="
-                                 f"{','.join(map(str, sorted(f.options_by_fold)))}.")
+                raise BenchError(
+                    f"formulation {f.display!r} has per-fold options (from `bench tune`) for folds "
+                    f"{sorted(f.options_by_fold)} only, but this run has {len(splits.folds)} folds: tune "
+                    f"the missing folds, or restrict the run with --only fold="
+                    f"{','.join(map(str, sorted(f.options_by_fold)))}."
+                )
         previous = {c["key"] for c in self.store.cell_rows()}
         self.stale_cells = len(previous - {c.key for c in every_cell})
         self.new_cells = len({c.key for c in self.cells} - previous)
@@ -116,19 +119,26 @@ class Runner:
         self.store.set_meta("suite", self.suite.model_dump(mode="json"))
         self.store.set_meta("n_folds", len(self.splits.folds))
         self.store.set_meta("split_kind", self.splits.split_kind)
-        self.store.set_meta("fold_sizes", {i: [int(len(tr)), int(len(va))] for i, (tr, va) in
-                                           enumerate(self.splits.folds)})
-        self.store.set_meta("dataset", {"name": self.dataset.name, "images": len(self.dataset),
-                                        "image_size": list(self.dataset.images.shape[1:3]),
-                                        "class_counts": np.bincount(self.dataset.labels,
-                                                                    minlength=NUM_CLASSES).tolist(),
-                                        "patients": int(len(np.unique(self.dataset.groups))),
-                                        "n_test": int(len(self.splits.test))})
+        self.store.set_meta(
+            "fold_sizes", {i: [int(len(tr)), int(len(va))] for i, (tr, va) in enumerate(self.splits.folds)}
+        )
+        self.store.set_meta(
+            "dataset",
+            {
+                "name": self.dataset.name,
+                "images": len(self.dataset),
+                "image_size": list(self.dataset.images.shape[1:3]),
+                "class_counts": np.bincount(self.dataset.labels, minlength=NUM_CLASSES).tolist(),
+                "patients": int(len(np.unique(self.dataset.groups))),
+                "n_test": int(len(self.splits.test)),
+            },
+        )
         # Patient of every held-out test image: the report resamples patients, not images, for its CIs.
         if self.dataset.meta.get("grouped_ids", False):
             test = self.splits.test
-            self.store.set_meta("test_groups", dict(zip(self.dataset.ids[test].tolist(),
-                                                        map(str, self.dataset.groups[test].tolist()))))
+            self.store.set_meta(
+                "test_groups", dict(zip(self.dataset.ids[test].tolist(), map(str, self.dataset.groups[test].tolist())))
+            )
         (self.out_dir / "suite.yaml").write_text(dump_suite(self.suite))
         return self.cells
 
@@ -146,11 +156,17 @@ class Runner:
         try:
             pending = list(cells)
             while pending:
-                waiting = []
+                waiting: list[Cell] = []
+                lists: dict[str, list[Cell]] = {
+                    "trained": report.trained,
+                    "done": report.skipped,
+                    "failed": report.failed,
+                    "busy": waiting,
+                    "superseded": waiting,
+                }
                 for cell in pending:
                     outcome = self.run_cell(cell)
-                    {"trained": report.trained, "done": report.skipped, "failed": report.failed,
-                     "busy": waiting, "superseded": waiting}[outcome].append(cell)
+                    lists[outcome].append(cell)
                     if self.progress:
                         self.progress.cell_done(cell, outcome)
                 if not waiting:
@@ -173,8 +189,9 @@ class Runner:
 
     def run_cell(self, cell: Cell) -> str:
         if self._stop:
-            raise Interrupted("stopped before the next cell. Finished cells are saved; resume with the same "
-                              "`bench run` command")
+            raise Interrupted(
+                "stopped before the next cell. Finished cells are saved; resume with the same `bench run` command"
+            )
         if cell.depends:
             dep = self.store.status(cell.depends)
             if dep == "failed":
@@ -192,8 +209,10 @@ class Runner:
         if self.retry_failed:
             for path in discard_unloadable_checkpoints(workdir):
                 if self.progress:
-                    self.progress.note(f"[yellow]note[/]: discarded unloadable checkpoint {path}; {cell.label} "
-                                       "trains again from scratch")
+                    self.progress.note(
+                        f"[yellow]note[/]: discarded unloadable checkpoint {path}; {cell.label} "
+                        "trains again from scratch"
+                    )
         beat = Heartbeat(self.store, cell.key)
         try:
             with beat:
@@ -202,8 +221,10 @@ class Runner:
             if beat.lost.is_set():  # another worker took the cell over: stop and leave it to them
                 return "superseded"
             self.store.release(cell.key)
-            raise Interrupted(f"{cell.label}: {exc}. Finished cells and this cell's last epoch are saved; "
-                              f"resume with the same `bench run` command.") from None
+            raise Interrupted(
+                f"{cell.label}: {exc}. Finished cells and this cell's last epoch are saved; "
+                f"resume with the same `bench run` command."
+            ) from None
         except BenchError:
             self.store.release(cell.key)
             raise
@@ -218,18 +239,25 @@ class Runner:
             for tmp in workdir.glob("*.tmp"):
                 tmp.unlink(missing_ok=True)
             what = "is full" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else "is read-only"
-            raise BenchError(f"the disk {what} while writing {exc.filename or workdir} ({exc.strerror}). Nothing of "
-                             f"{cell.label} was stored; the cell is unclaimed and resumes from its last saved epoch. "
-                             "Free space (or choose another run directory with --out) and run the same command "
-                             "again.") from None
-        except (CellFailed, Exception) as exc:  # noqa: BLE001 - a failing cell must not stop the suite
-            reason = str(exc) if isinstance(exc, CellFailed) else (
-                f"{type(exc).__name__}: {exc}\n" + "".join(traceback.format_exc(limit=8)))
+            raise BenchError(
+                f"the disk {what} while writing {exc.filename or workdir} ({exc.strerror}). Nothing of "
+                f"{cell.label} was stored; the cell is unclaimed and resumes from its last saved epoch. "
+                "Free space (or choose another run directory with --out) and run the same command "
+                "again."
+            ) from None
+        except (CellFailed, Exception) as exc:
+            reason = (
+                str(exc)
+                if isinstance(exc, CellFailed)
+                else (f"{type(exc).__name__}: {exc}\n" + "".join(traceback.format_exc(limit=8)))
+            )
             return self._failed(cell, reason, exc)
         if not retrying(self.store.finish, cell.key, result):
             if self.progress:
-                self.progress.note(f"[yellow]note[/]: {cell.label} was taken over by another worker while this one "
-                                   "trained it (its heartbeat went stale); this result is discarded, theirs is kept")
+                self.progress.note(
+                    f"[yellow]note[/]: {cell.label} was taken over by another worker while this one "
+                    "trained it (its heartbeat went stale); this result is discarded, theirs is kept"
+                )
             return "superseded"
         return "trained"
 
@@ -241,18 +269,42 @@ class Runner:
         return "failed"
 
     def _cell_info(self, cell: Cell):
-        return {"backbone": cell.backbone.name, "formulation": cell.formulation.display, "seed": cell.seed,
-                "fold": cell.fold, "config_hash": cell.key}
+        return {
+            "backbone": cell.backbone.name,
+            "formulation": cell.formulation.display,
+            "seed": cell.seed,
+            "fold": cell.fold,
+            "config_hash": cell.key,
+        }
 
     def cell_spec(self, cell: Cell, workdir: Path, claim_lost=lambda: False) -> CellSpec:
         """The cell's data, schedule and, for a fine-tuned formulation, its stage-1 start and loss weights."""
         cfg = self.suite.training
         train, val = self.splits.folds[cell.fold]
         mean, std = self.fold_stats(cell.fold)
-        data = CellData(self.dataset.images, self.dataset.labels, self.dataset.ids, train, val, self.splits.test,
-                        mean, std, self.dataset.groups, self.splits.grouped)
-        spec = CellSpec(cell.backbone, cell.formulation.name, cell.options, cell.seed, data, cfg,
-                        batch_size_for(self.suite, cell.backbone), input_size_for(cell.backbone), workdir)
+        data = CellData(
+            self.dataset.images,
+            self.dataset.labels,
+            self.dataset.ids,
+            train,
+            val,
+            self.splits.test,
+            mean,
+            std,
+            self.dataset.groups,
+            self.splits.grouped,
+        )
+        spec = CellSpec(
+            cell.backbone,
+            cell.formulation.name,
+            cell.options,
+            cell.seed,
+            data,
+            cfg,
+            batch_size_for(self.suite, cell.backbone),
+            input_size_for(cell.backbone),
+            workdir,
+        )
         if cell.depends:
             ft = cell.formulation.finetune_options
             spec.init_checkpoint = self.out_dir / "cells" / cell.depends / "best.pt"
@@ -263,6 +315,7 @@ class Runner:
                 formulation = create_formulation(cell.formulation.name, cell.options)
                 per_task_f1 = self.stage1_f1(cell.depends, formulation)
                 spec.class_weights = formulation.task_weights(per_task_f1, ft.model_dump())
+                spec.options = {**spec.options, **formulation.finetune_overrides(per_task_f1, ft.model_dump())}
                 spec.stage1_f1 = {k: list(map(float, v)) for k, v in per_task_f1.items()}
         if self.progress:
             self.progress.cell_start(cell, spec.epochs or cfg.epochs)
@@ -273,8 +326,7 @@ class Runner:
     def stage1_f1(self, key, formulation) -> dict[str, np.ndarray]:
         """Class-wise F1 of the stored stage-1 model on its fold's validation data, per task."""
         frame = self.store.metrics_frame(key)
-        frame = frame[(frame.split == "val") & (frame.metric == "f1")
-                      & frame.cls.str.isdigit()]
+        frame = frame[(frame.split == "val") & (frame.metric == "f1") & frame.cls.str.isdigit()]
         out = {}
         for task_name, task in formulation.tasks.items():
             rows = frame[frame.task == task_name].sort_values("cls")
@@ -283,4 +335,3 @@ class Runner:
         if not out:
             raise CellFailed(f"stage-1 cell {key} has no validation F1 stored")
         return out
-

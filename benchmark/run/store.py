@@ -19,12 +19,28 @@ import sqlite3
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
-import numpy as np
-from sqlalchemy import (URL, Column, Float, Integer, LargeBinary, MetaData, String, Table, Text, create_engine,
-                        delete, event, insert, select, update)
-from sqlalchemy.exc import DatabaseError, OperationalError
+from sqlalchemy import (
+    URL,
+    Column,
+    Float,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    create_engine,
+    delete,
+    event,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.exc import OperationalError
 
 from ..errors import BenchError
 from ..labels import PROBA_COLUMNS
@@ -33,28 +49,49 @@ from ..result import CellResult
 SCHEMA_VERSION = 2
 STALE_SECONDS = float(os.environ.get("MESBENCH_STALE_SECONDS", 60))
 HEARTBEAT_SECONDS = float(os.environ.get("MESBENCH_HEARTBEAT_SECONDS", min(10.0, STALE_SECONDS / 4)))
+R = TypeVar("R")
 OWNER = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
 
 meta = MetaData()
 meta_table = Table("meta", meta, Column("key", String, primary_key=True), Column("value", Text))
 cells = Table(
-    "cells", meta,
+    "cells",
+    meta,
     Column("key", String, primary_key=True),
-    Column("backbone", String), Column("formulation", String), Column("seed", Integer), Column("fold", Integer),
-    Column("config_hash", String), Column("status", String), Column("owner", String), Column("heartbeat", Float),
-    Column("attempts", Integer), Column("started", Float), Column("finished", Float), Column("error", Text),
+    Column("backbone", String),
+    Column("formulation", String),
+    Column("seed", Integer),
+    Column("fold", Integer),
+    Column("config_hash", String),
+    Column("status", String),
+    Column("owner", String),
+    Column("heartbeat", Float),
+    Column("attempts", Integer),
+    Column("started", Float),
+    Column("finished", Float),
+    Column("error", Text),
     Column("result", Text),
 )
 metrics = Table(
-    "metrics", meta,
-    Column("key", String, index=True), Column("split", String), Column("task", String), Column("metric", String),
-    Column("cls", String), Column("value", Float),
+    "metrics",
+    meta,
+    Column("key", String, index=True),
+    Column("split", String),
+    Column("task", String),
+    Column("metric", String),
+    Column("cls", String),
+    Column("value", Float),
 )
 predictions = Table(
-    "predictions", meta,
-    Column("key", String, index=True), Column("split", String), Column("image_id", String),
-    Column("y_true", Integer), Column("y_pred", Integer),
-    *(Column(c, Float) for c in PROBA_COLUMNS), Column("score", Float),
+    "predictions",
+    meta,
+    Column("key", String, index=True),
+    Column("split", String),
+    Column("image_id", String),
+    Column("y_true", Integer),
+    Column("y_pred", Integer),
+    *(Column(c, Float) for c in PROBA_COLUMNS),
+    Column("score", Float),
     Column("aux", Text),
     # the formulation's per-image outputs (float64 bytes): what fold-ensembles average and decode
     Column("outputs", LargeBinary),
@@ -81,11 +118,12 @@ def sqlite_url(db: Path, readonly: bool = False) -> URL:
 
 
 class Store:
-    def __init__(self, url_or_dir: str | Path, create: bool = True, readonly: bool = False):
-        url = str(url_or_dir)
+    def __init__(self, url_or_dir: str | Path, create: bool = True, readonly: bool = False) -> None:
+        text = str(url_or_dir)
+        url: str | URL = text
         self.readonly = readonly
-        if "://" not in url:
-            path = Path(url)
+        if "://" not in text:
+            path = Path(text)
             if create:
                 try:
                     path.mkdir(parents=True, exist_ok=True)
@@ -93,101 +131,120 @@ class Store:
                     probe.write_text("")
                     probe.unlink()
                 except OSError as exc:
-                    raise BenchError(f"Output directory {str(path)!r} is not writable ({exc.strerror}). Choose "
-                                     "another with --out, or fix its permissions.") from None
+                    raise BenchError(
+                        f"Output directory {str(path)!r} is not writable ({exc.strerror}). Choose "
+                        "another with --out, or fix its permissions."
+                    ) from None
             elif not (path / "results.db").exists():
-                raise BenchError(f"{str(path)!r} holds no results store (results.db). Give a run directory written "
-                                 "by `bench run`.")
+                raise BenchError(
+                    f"{str(path)!r} holds no results store (results.db). Give a run directory written by `bench run`."
+                )
             self.where = str(path / "results.db")
             url = sqlite_url(path / "results.db", readonly)
         else:
-            self.where = url
+            self.where = text
         self.url = url
         sqlite = str(url).startswith("sqlite")
         self.engine = create_engine(url, connect_args={"timeout": 120} if sqlite else {})
         store = self
 
         @event.listens_for(self.engine, "handle_error")
-        def _explain(ctx):
+        def _explain(ctx: Any) -> None:
             raise store.explain_error(ctx.original_exception) from None
 
         if sqlite and not readonly:
+
             @event.listens_for(self.engine, "connect")
-            def _connect(dbapi_conn, _):
+            def _connect(dbapi_conn: Any, _: Any) -> None:
                 dbapi_conn.isolation_level = None
                 dbapi_conn.execute("PRAGMA journal_mode=WAL")
                 dbapi_conn.execute("PRAGMA synchronous=NORMAL")
 
             @event.listens_for(self.engine, "begin")
-            def _begin(conn):
+            def _begin(conn: Any) -> None:
                 conn.exec_driver_sql("BEGIN IMMEDIATE")
+
         if create:
             retrying(meta.create_all, self.engine)  # two processes may create the same store at once
         retrying(self._check_schema, create)
 
-    def explain_error(self, exc) -> Exception:
+    def explain_error(self, exc: BaseException) -> Exception:
         """A database error as one paragraph naming the store and the fix; 'locked' stays retryable."""
         text = str(exc).lower()
         if "locked" in text or "busy" in text:
             return OperationalError("", {}, exc)
         if "readonly" in text or "read-only" in text:
-            return BenchError(f"Store {self.where} is read-only ({exc}). `bench run` must write to it: make the run "
-                              "directory writable, or copy it and run on the copy (`report`, `check` and `explain` "
-                              "only read).")
+            return BenchError(
+                f"Store {self.where} is read-only ({exc}). `bench run` must write to it: make the run "
+                "directory writable, or copy it and run on the copy (`report`, `check` and `explain` "
+                "only read)."
+            )
         if "full" in text or getattr(exc, "errno", None) == errno.ENOSPC:
-            return BenchError(f"Store {self.where}: the disk is full ({exc}). Free space there, or choose another "
-                              "run directory with --out; finished cells are kept, the interrupted one resumes.")
-        return BenchError(f"Store {self.where} cannot be read as a results database ({type(exc).__name__}: {exc}). "
-                          "The file is damaged or is not a mesbench store: move it away and run the suite again "
-                          "into a new directory (--out), or restore the file from a backup.")
+            return BenchError(
+                f"Store {self.where}: the disk is full ({exc}). Free space there, or choose another "
+                "run directory with --out; finished cells are kept, the interrupted one resumes."
+            )
+        return BenchError(
+            f"Store {self.where} cannot be read as a results database ({type(exc).__name__}: {exc}). "
+            "The file is damaged or is not a mesbench store: move it away and run the suite again "
+            "into a new directory (--out), or restore the file from a backup."
+        )
 
-    def _check_schema(self, create):
+    def _check_schema(self, create: bool) -> None:
         with self.engine.connect() as conn:
             row = conn.execute(select(meta_table.c.value).where(meta_table.c.key == "schema_version")).first()
         if row is None:
             if create:
                 with self.engine.begin() as conn:
-                    if conn.execute(select(meta_table.c.value).where(meta_table.c.key == "schema_version")).first() \
-                            is None:
+                    if (
+                        conn.execute(select(meta_table.c.value).where(meta_table.c.key == "schema_version")).first()
+                        is None
+                    ):
                         conn.execute(insert(meta_table).values(key="schema_version", value=str(SCHEMA_VERSION)))
             return
         if int(row[0]) != SCHEMA_VERSION:
-            raise BenchError(f"Store {self.where} was written with schema version {row[0]}, this mesbench reads "
-                             f"version {SCHEMA_VERSION}. Use a new run directory (--out), or the mesbench "
-                             "version that wrote it.")
+            raise BenchError(
+                f"Store {self.where} was written with schema version {row[0]}, this mesbench reads "
+                f"version {SCHEMA_VERSION}. Use a new run directory (--out), or the mesbench "
+                "version that wrote it."
+            )
 
-    def close(self):
+    def close(self) -> None:
         """Fold the write-ahead log into results.db and drop pooled connections: the run directory is then one
         self-contained file that reads anywhere, read-only and archived included."""
         if not self.readonly and str(self.url).startswith("sqlite"):
             try:
                 with self.engine.connect() as conn:
                     conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
-            except Exception:  # noqa: BLE001 - another process may hold the log; it checkpoints later
+            except Exception:
                 pass
         self.engine.dispose()
 
     # ------------------------------------------------------------------ meta
-    def get_meta(self, key, default=None):
+    def get_meta(self, key: str, default: Any = None) -> Any:
         with self.engine.connect() as conn:
             row = conn.execute(select(meta_table.c.value).where(meta_table.c.key == key)).first()
         return default if row is None else json.loads(row[0])
 
-    def set_meta(self, key, value):
+    def set_meta(self, key: str, value: Any) -> None:
         with self.engine.begin() as conn:
             conn.execute(delete(meta_table).where(meta_table.c.key == key))
             conn.execute(insert(meta_table).values(key=key, value=json.dumps(value)))
 
     # ------------------------------------------------------------------ claims
-    def claim(self, key: str, info: dict, retry_failed: bool = False) -> str:
+    def claim(self, key: str, info: dict[str, Any], retry_failed: bool = False) -> str:
         """'claimed' (this process trains it), 'done', 'failed' or 'busy' (another live owner has it)."""
         me, now = owner_id(), time.time()
         with self.engine.begin() as conn:
-            row = conn.execute(select(cells.c.status, cells.c.owner, cells.c.heartbeat, cells.c.attempts)
-                               .where(cells.c.key == key)).first()
+            row = conn.execute(
+                select(cells.c.status, cells.c.owner, cells.c.heartbeat, cells.c.attempts).where(cells.c.key == key)
+            ).first()
             if row is None:
-                conn.execute(insert(cells).values(key=key, status="running", owner=me, heartbeat=now, attempts=1,
-                                                  started=now, **info))
+                conn.execute(
+                    insert(cells).values(
+                        key=key, status="running", owner=me, heartbeat=now, attempts=1, started=now, **info
+                    )
+                )
                 return "claimed"
             status, owner, heartbeat, attempts = row
             if status == "done":
@@ -196,47 +253,57 @@ class Store:
                 return "failed"
             if status == "running" and owner and owner != me and now - (heartbeat or 0) < STALE_SECONDS:
                 return "busy"
-            conn.execute(update(cells).where(cells.c.key == key).values(
-                status="running", owner=me, heartbeat=now, attempts=(attempts or 0) + 1, error=None))
+            conn.execute(
+                update(cells)
+                .where(cells.c.key == key)
+                .values(status="running", owner=me, heartbeat=now, attempts=(attempts or 0) + 1, error=None)
+            )
             return "claimed"
 
-    def owner_of(self, key):
+    def owner_of(self, key: str) -> tuple[Any, Any]:
         with self.engine.connect() as conn:
             row = conn.execute(select(cells.c.owner, cells.c.heartbeat).where(cells.c.key == key)).first()
         return (None, None) if row is None else tuple(row)
 
-    def heartbeat(self, key) -> bool:
+    def heartbeat(self, key: str) -> bool:
         """Refresh this process's claim; False when the claim is no longer ours."""
         with self.engine.begin() as conn:
-            res = conn.execute(update(cells).where((cells.c.key == key) & (cells.c.owner == owner_id())
-                                                   & (cells.c.status == "running")).values(heartbeat=time.time()))
+            res = conn.execute(
+                update(cells)
+                .where((cells.c.key == key) & (cells.c.owner == owner_id()) & (cells.c.status == "running"))
+                .values(heartbeat=time.time())
+            )
         return res.rowcount == 1
 
-    def release(self, key):
+    def release(self, key: str) -> None:
         """Give a claim back (Ctrl-C, full disk): the cell stays resumable from its last epoch checkpoint."""
         with self.engine.begin() as conn:
-            conn.execute(update(cells).where((cells.c.key == key) & (cells.c.owner == owner_id())
-                                             & (cells.c.status == "running")).values(heartbeat=0.0, owner=""))
+            conn.execute(
+                update(cells)
+                .where((cells.c.key == key) & (cells.c.owner == owner_id()) & (cells.c.status == "running"))
+                .values(heartbeat=0.0, owner="")
+            )
 
-    def status(self, key):
+    def status(self, key: str) -> str | None:
         with self.engine.connect() as conn:
             row = conn.execute(select(cells.c.status).where(cells.c.key == key)).first()
         return None if row is None else row[0]
 
-    def _owned(self, conn, key) -> bool:
+    def _owned(self, conn: Any, key: str) -> bool:
         row = conn.execute(select(cells.c.owner, cells.c.status).where(cells.c.key == key)).first()
         return row is not None and row[0] == owner_id() and row[1] == "running"
 
-    def fail(self, key, reason: str) -> bool:
+    def fail(self, key: str, reason: str) -> bool:
         """Mark our claimed cell failed; False (and nothing written) when another owner took it over."""
         with self.engine.begin() as conn:
             if not self._owned(conn, key):
                 return False
-            conn.execute(update(cells).where(cells.c.key == key).values(status="failed", error=reason,
-                                                                         finished=time.time()))
+            conn.execute(
+                update(cells).where(cells.c.key == key).values(status="failed", error=reason, finished=time.time())
+            )
         return True
 
-    def finish(self, key, result: CellResult) -> bool:
+    def finish(self, key: str, result: CellResult) -> bool:
         """The one writer of a cell's result: our claimed cell's metrics, predictions and summary in one
         transaction; False (nothing written) when another owner took the cell over."""
         metric_rows, prediction_rows = result.metric_rows(), result.prediction_rows()
@@ -249,29 +316,32 @@ class Store:
                 conn.execute(insert(metrics), [dict(r, key=key) for r in metric_rows])
             if prediction_rows:
                 conn.execute(insert(predictions), [dict(r, key=key) for r in prediction_rows])
-            conn.execute(update(cells).where(cells.c.key == key).values(
-                status="done", finished=time.time(), error=None, result=result.summary_json()))
+            conn.execute(
+                update(cells)
+                .where(cells.c.key == key)
+                .values(status="done", finished=time.time(), error=None, result=result.summary_json())
+            )
         return True
 
     # ------------------------------------------------------------------ reading
-    def cell_rows(self):
+    def cell_rows(self) -> list[dict[str, Any]]:
         with self.engine.connect() as conn:
             return [dict(r._mapping) for r in conn.execute(select(cells))]
 
-    def result(self, key) -> CellResult | None:
+    def result(self, key: str) -> CellResult | None:
         """The one loader of a cell's result (its summary; metrics and predictions are read as frames)."""
         with self.engine.connect() as conn:
             row = conn.execute(select(cells.c.result).where(cells.c.key == key)).first()
         return None if row is None else CellResult.from_summary(row[0])
 
-    def metrics_frame(self, key=None):
+    def metrics_frame(self, key: str | None = None) -> Any:
         import pandas as pd
 
         q = select(metrics) if key is None else select(metrics).where(metrics.c.key == key)
         with self.engine.connect() as conn:
             return pd.read_sql(q, conn)
 
-    def predictions_frame(self, split=None, columns=None):
+    def predictions_frame(self, split: str | None = None, columns: list[str] | None = None) -> Any:
         import pandas as pd
 
         cols = columns or [c.name for c in predictions.columns]
@@ -293,32 +363,31 @@ class Heartbeat:
     """Refreshes a claim from a background thread at a fixed interval while a cell trains, so a long epoch
     or evaluation never makes a live claim look stale. `lost` is set when the claim was taken over."""
 
-    def __init__(self, store: Store, key: str, interval: float = HEARTBEAT_SECONDS):
+    def __init__(self, store: Store, key: str, interval: float = HEARTBEAT_SECONDS) -> None:
         self.store, self.key, self.interval = store, key, interval
         self.lost = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name=f"heartbeat-{key}", daemon=True)
 
-    def _loop(self):
+    def _loop(self) -> None:
         while not self._stop.wait(self.interval):
             try:
                 if not retrying(self.store.heartbeat, self.key):
                     self.lost.set()
                     return
-            except Exception:  # noqa: BLE001 - a failed beat is retried at the next interval
+            except Exception:
                 continue
 
-    def __enter__(self):
+    def __enter__(self) -> Heartbeat:
         self._thread.start()
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
-        return False
 
 
-def retrying(fn, *args, attempts=5, **kwargs):
+def retrying(fn: Callable[..., R], *args: Any, attempts: int = 5, **kwargs: Any) -> R:
     """SQLite under several writers can still report 'database is locked' past its timeout."""
     for i in range(attempts):
         try:
@@ -327,3 +396,4 @@ def retrying(fn, *args, attempts=5, **kwargs):
             if i == attempts - 1:
                 raise
             time.sleep(0.5 * (i + 1))
+    raise AssertionError("unreachable: the last attempt returns or raises")

@@ -16,15 +16,16 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
-from formulations import FORMULATIONS, create_formulation, formulation_class
+from formulations import FORMULATIONS, formulation_class
 
-from ..data.registry import load_dataset
+from ..data.catalogue import load_dataset
 from ..data.splits import make_splits, record_splits
 from ..errors import BenchError, CellFailed
-from ..metrics import known_metrics, metric_value, parse_metric
+from ..metrics import LOWER_IS_BETTER, known_metrics, metric_value, parse_metric
 from ..suite.loading import dump_suite
 from ..suite.schema import FormulationConfig, Suite, stable_hash
 from ..train.augment import channel_stats
@@ -48,39 +49,60 @@ def inner_split(train: np.ndarray, labels: np.ndarray, groups: np.ndarray, group
     from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
     y, g = labels[train], groups[train]
-    splitter = (StratifiedGroupKFold(n_splits, shuffle=True, random_state=seed) if grouped
-                else StratifiedKFold(n_splits, shuffle=True, random_state=seed))
+    splitter = (
+        StratifiedGroupKFold(n_splits, shuffle=True, random_state=seed)
+        if grouped
+        else StratifiedKFold(n_splits, shuffle=True, random_state=seed)
+    )
     try:
         tr, va = next(splitter.split(train, y, g if grouped else None))
     except ValueError as exc:
-        raise BenchError(f"bench tune: the inner split of an outer fold's training part failed ({exc}); every class "
-                         f"needs at least {n_splits} {'patients' if grouped else 'images'} in each outer training part. "
-                         "Use a larger dataset or fewer protocol.folds.") from None
+        raise BenchError(
+            f"bench tune: the inner split of an outer fold's training part failed ({exc}); every class "
+            f"needs at least {n_splits} {'patients' if grouped else 'images'} in each outer training part. "
+            "Use a larger dataset or fewer protocol.folds."
+        ) from None
     return np.sort(train[tr]), np.sort(train[va])
 
 
 def tunable_formulation(suite: Suite, name: str | None) -> FormulationConfig:
     """The suite's formulation to tune: the one named, else the first whose loss weights can be tuned."""
     if name is None:
-        base = next((f for f in suite.formulations if not f.finetune
-                     and formulation_class(f.name).tunable_weights), None)
+        base = next(
+            (f for f in suite.formulations if not f.finetune and formulation_class(f.name).tunable_weights), None
+        )
         if base is None:
             tunable = [n for n, c in FORMULATIONS.items() if c.tunable_weights]
-            raise BenchError(f"suite {suite.name!r} has no formulation with loss weights to tune; add one of "
-                             f"{', '.join(tunable)} or name it with --formulation.")
+            raise BenchError(
+                f"suite {suite.name!r} has no formulation with loss weights to tune; add one of "
+                f"{', '.join(tunable)} or name it with --formulation."
+            )
         return base
     base = next((f for f in suite.formulations if f.name == name and not f.finetune), None)
     cfg = base or FormulationConfig(name=name)
     if not formulation_class(cfg.name).tunable_weights:
         tunable = [n for n, c in FORMULATIONS.items() if c.tunable_weights]
-        raise BenchError(f"--formulation {name!r} has no joint-loss weights to tune; formulations with tunable "
-                         f"weights: {', '.join(tunable)}.")
+        raise BenchError(
+            f"--formulation {name!r} has no joint-loss weights to tune; formulations with tunable "
+            f"weights: {', '.join(tunable)}."
+        )
     return cfg
 
 
 class Tuner:
-    def __init__(self, suite: Suite, out: Path, backbone=None, formulation=None, metric="macro_f1", folds=None,
-                 storage=None, study=None, device=None, seed=0):
+    def __init__(
+        self,
+        suite: Suite,
+        out: Path,
+        backbone=None,
+        formulation=None,
+        metric="macro_f1",
+        folds=None,
+        storage=None,
+        study=None,
+        device=None,
+        seed=0,
+    ):
         import optuna
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -105,17 +127,32 @@ class Tuner:
         self.splits = record_splits(self.out / "splits.json", make_splits(self.dataset, suite.protocol), self.dataset)
         n = len(self.splits.folds)
         self.k = min(folds or n, n)
-        self.inner = {i: inner_split(self.splits.folds[i][0], self.dataset.labels, self.dataset.groups,
-                                     self.splits.grouped, max(suite.protocol.folds, 2), suite.protocol.seed + 7 + i)
-                      for i in range(self.k)}
+        self.inner = {
+            i: inner_split(
+                self.splits.folds[i][0],
+                self.dataset.labels,
+                self.dataset.groups,
+                self.splits.grouped,
+                max(suite.protocol.folds, 2),
+                suite.protocol.seed + 7 + i,
+            )
+            for i in range(self.k)
+        }
         self.plan = pick_device(device)
         self.storage = storage or str(sqlite_url(self.out / "tune.db"))
         self.study_name = study or f"{suite.name}-{self.backbone.name}-{self.fcfg.name}-{metric}"
-        direction = "minimize" if self.metric[1] == "mae" else "maximize"
-        self.studies = {i: optuna.create_study(
-            study_name=f"{self.study_name}-fold{i}", storage=self.storage, load_if_exists=True, direction=direction,
-            sampler=optuna.samplers.TPESampler(seed=seed + i),
-            pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)) for i in range(self.k)}
+        direction: Literal["minimize", "maximize"] = "minimize" if self.metric[1] in LOWER_IS_BETTER else "maximize"
+        self.studies = {
+            i: optuna.create_study(
+                study_name=f"{self.study_name}-fold{i}",
+                storage=self.storage,
+                load_if_exists=True,
+                direction=direction,
+                sampler=optuna.samplers.TPESampler(seed=seed + i),
+                pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1),
+            )
+            for i in range(self.k)
+        }
 
     @property
     def study(self):  # the first fold's study (single-fold use and tests)
@@ -137,26 +174,50 @@ class Tuner:
         train, val = self.inner[fold]
         mean, std = channel_stats(self.dataset.images, train)
         # no outer validation and no held-out test images: only the outer fold's training part
-        data = CellData(self.dataset.images, self.dataset.labels, self.dataset.ids, train, val,
-                        np.array([], dtype=np.int64), mean, std, self.dataset.groups, self.splits.grouped)
+        data = CellData(
+            self.dataset.images,
+            self.dataset.labels,
+            self.dataset.ids,
+            train,
+            val,
+            np.array([], dtype=np.int64),
+            mean,
+            std,
+            self.dataset.groups,
+            self.splits.grouped,
+        )
 
         def on_epoch(row):
             trial.report(row["objective"], row["epoch"] - 1)
             if trial.should_prune():
                 raise self.optuna.TrialPruned(f"pruned at epoch {row['epoch']}")
 
-        spec = CellSpec(self.backbone, self.fcfg.name, options, cfg.seeds[0], data, cfg,
-                        batch_size_for(self.suite, self.backbone), input_size_for(self.backbone),
-                        self.trial_dir(fold, trial, weights), on_epoch=on_epoch,
-                        objective=lambda y, p, tp: metric_value(self.metric, y, p, tp, self.tasks))
+        spec = CellSpec(
+            self.backbone,
+            self.fcfg.name,
+            options,
+            cfg.seeds[0],
+            data,
+            cfg,
+            batch_size_for(self.suite, self.backbone),
+            input_size_for(self.backbone),
+            self.trial_dir(fold, trial, weights),
+            on_epoch=on_epoch,
+            objective=lambda y, p, tp: metric_value(self.metric, y, p, tp, self.tasks),
+        )
         result = run_cell(spec, self.plan)
         pred = result.predictions["val"]
         return metric_value(self.metric, pred.y, pred.pred, pred.task_preds, self.tasks)
 
     def optimize_fold(self, fold: int, trials: int, timeout=None, callbacks=None):
         study = self.studies[fold]
-        study.optimize(lambda t: self.objective(t, fold), n_trials=trials, timeout=timeout, catch=(CellFailed,),
-                       callbacks=callbacks)
+        study.optimize(
+            lambda t: self.objective(t, fold),
+            n_trials=trials,
+            timeout=timeout,
+            catch=(CellFailed,),
+            callbacks=callbacks,
+        )
         return study
 
     def optimize(self, trials, timeout=None, callbacks=None):
@@ -165,25 +226,36 @@ class Tuner:
         return self.studies
 
     def best_weights(self) -> dict[int, dict[str, float]]:
-        return {i: {k: s.best_trial.user_attrs[k] for k in self.weight_keys} for i, s in self.studies.items()
-                if any(t.state.name == "COMPLETE" for t in s.trials)}
+        return {
+            i: {k: s.best_trial.user_attrs[k] for k in self.weight_keys}
+            for i, s in self.studies.items()
+            if any(t.state.name == "COMPLETE" for t in s.trials)
+        }
 
     def write_override(self) -> Path:
         """A suite that `bench run` accepts: the original plus the tuned formulation, labelled `[tuned]`, with
         each outer fold's own weights."""
         best = self.best_weights()
         n_trials = {i: len(s.trials) for i, s in self.studies.items()}
-        provenance = (f"`bench tune` study {self.study_name!r}, metric {self.metric_name}, on backbone "
-                      f"{self.backbone.name}: each outer fold's weights searched ({n_trials} trials per fold) on an "
-                      f"inner {'patient-grouped' if self.splits.grouped else 'stratified'} split of that fold's own "
-                      "training part, so its validation and the held-out test images were never seen")
-        tuned = FormulationConfig(name=self.fcfg.name, label=f"{self.fcfg.display}[tuned]", options=self.fcfg.options,
-                                  options_by_fold=best, tuned=provenance)
+        provenance = (
+            f"`bench tune` study {self.study_name!r}, metric {self.metric_name}, on backbone "
+            f"{self.backbone.name}: each outer fold's weights searched ({n_trials} trials per fold) on an "
+            f"inner {'patient-grouped' if self.splits.grouped else 'stratified'} split of that fold's own "
+            "training part, so its validation and the held-out test images were never seen"
+        )
+        tuned = FormulationConfig(
+            name=self.fcfg.name,
+            label=f"{self.fcfg.display}[tuned]",
+            options=self.fcfg.options,
+            options_by_fold=best,
+            tuned=provenance,
+        )
         forms = [f for f in self.suite.formulations if f.display != tuned.display] + [tuned]
         suite = self.suite.model_copy(update={"formulations": forms})
         path = self.out / f"{self.suite.name}.tuned.yaml"
-        path.write_text(f"# written by bench tune: study {self.study_name!r}, tuned folds {sorted(best)}\n"
-                        + dump_suite(suite))
+        path.write_text(
+            f"# written by bench tune: study {self.study_name!r}, tuned folds {sorted(best)}\n" + dump_suite(suite)
+        )
         return path
 
     def figures(self) -> list[Path]:
@@ -201,13 +273,18 @@ class Tuner:
             if not done:
                 continue
             xs = [t.number for t in done]
-            ys = [t.value for t in done]
+            ys = [float(t.value or 0.0) for t in done]  # complete trials always have a value
             best = np.maximum.accumulate(ys) if maximize else np.minimum.accumulate(ys)
             line = ax.plot(xs, ys, "o", alpha=0.6, label=f"fold {i}: trial")[0]
             # the best-so-far line runs to the last trial of the study, pruned ones included
             last = max(t.number for t in study.trials)
-            ax.step(xs + [last], list(best) + [best[-1]], where="post", color=line.get_color(),
-                    label=f"fold {i}: best so far")
+            ax.step(
+                xs + [last],
+                list(best) + [best[-1]],
+                where="post",
+                color=line.get_color(),
+                label=f"fold {i}: best so far",
+            )
             all_w += [[t.user_attrs[k] for k in self.weight_keys] for t in done]
             all_v += ys
         ax.set_xlabel("trial")

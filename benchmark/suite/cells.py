@@ -34,17 +34,25 @@ class Cell:
 
 
 def protocol_hash(suite: Suite) -> str:
-    return stable_hash({"dataset": suite.dataset.model_dump(mode="json"),
-                        "protocol": suite.protocol.model_dump(mode="json")})
+    return stable_hash(
+        {"dataset": suite.dataset.model_dump(mode="json"), "protocol": suite.protocol.model_dump(mode="json")}
+    )
 
 
 def _key(suite, backbone, formulation, fold, seed):
     training = suite.training.model_dump(mode="json")
     training.pop("seeds")
-    return stable_hash({"protocol": protocol_hash(suite), "training": training,
-                        "backbone": backbone.model_dump(mode="json"),
-                        "formulation": _formulation_key(formulation, fold),
-                        "fold": fold, "seed": seed}, 16)
+    return stable_hash(
+        {
+            "protocol": protocol_hash(suite),
+            "training": training,
+            "backbone": backbone.model_dump(mode="json"),
+            "formulation": _formulation_key(formulation, fold),
+            "fold": fold,
+            "seed": seed,
+        },
+        16,
+    )
 
 
 def _formulation_key(f: FormulationConfig, fold: int) -> dict:
@@ -58,7 +66,9 @@ def _formulation_key(f: FormulationConfig, fold: int) -> dict:
 
 def expand_cells(suite: Suite, n_folds: int) -> list[Cell]:
     """Stage-1 cells first, then fine-tuned ones, so a dependency is always trained before its user."""
-    stage1, stage2, listed_base = [], [], {f.display for f in suite.formulations if not f.finetune}
+    stage1: list[Cell] = []
+    stage2: list[Cell] = []
+    listed_base = {f.display for f in suite.formulations if not f.finetune}
     for seed in suite.training.seeds:
         for backbone in suite.backbones:
             for fold in range(n_folds):
@@ -78,17 +88,23 @@ def select(cells: list[Cell], only: list[str]) -> list[Cell]:
     """`--only backbone=resnet18 --only formulation=mtl,softmax --only fold=0`; dependencies are kept."""
     from ..errors import BenchError
 
-    wanted = {}
+    wanted: dict[str, set[str]] = {}
     for item in only or []:
         key, _, value = item.partition("=")
         if key not in ("backbone", "formulation", "fold", "seed") or not value:
-            raise BenchError(f"--only {item!r}: use backbone=NAME, formulation=NAME, fold=K or seed=S "
-                             "(comma-separated values allowed).")
+            raise BenchError(
+                f"--only {item!r}: use backbone=NAME, formulation=NAME, fold=K or seed=S "
+                "(comma-separated values allowed)."
+            )
         wanted.setdefault(key, set()).update(value.split(","))
 
     def attrs(c: Cell):
-        return {"backbone": c.backbone.name, "formulation": c.formulation.display, "fold": str(c.fold),
-                "seed": str(c.seed)}
+        return {
+            "backbone": c.backbone.name,
+            "formulation": c.formulation.display,
+            "fold": str(c.fold),
+            "seed": str(c.seed),
+        }
 
     def keep(c: Cell):
         a = attrs(c)
@@ -100,8 +116,10 @@ def select(cells: list[Cell], only: list[str]) -> list[Cell]:
         if unmatched:
             from ..errors import closest
 
-            raise BenchError(f"--only {key}={unmatched[0]}: matches no cell of this suite — "
-                             f"{closest(unmatched[0], valid)}. Nothing was run.")
+            raise BenchError(
+                f"--only {key}={unmatched[0]}: matches no cell of this suite — "
+                f"{closest(unmatched[0], valid)}. Nothing was run."
+            )
 
     chosen = [c for c in cells if keep(c)]
     needed = {c.depends for c in chosen if c.depends}

@@ -55,23 +55,31 @@ def load_suite(path: str | os.PathLike, overrides: list[str] | None = None) -> S
     try:
         exists = path.is_file()
     except OSError as exc:
-        raise BenchError(f"Suite file {str(path)!r} cannot be reached ({exc.strerror}); check the path and the "
-                         "permissions of its folders.") from None
+        raise BenchError(
+            f"Suite file {str(path)!r} cannot be reached ({exc.strerror}); check the path and the "
+            "permissions of its folders."
+        ) from None
     if not exists:
-        raise BenchError(f"Suite file {str(path)!r} does not exist. Give the path of a suite YAML, e.g. suites/smoke.yaml.")
+        raise BenchError(
+            f"Suite file {str(path)!r} does not exist. Give the path of a suite YAML, e.g. suites/smoke.yaml."
+        )
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
-        raise BenchError(f"{path}: not a text file (byte {exc.start} is not UTF-8). A suite is a YAML text file; "
-                         "check that the path names the suite, not a binary file.") from None
+        raise BenchError(
+            f"{path}: not a text file (byte {exc.start} is not UTF-8). A suite is a YAML text file; "
+            "check that the path names the suite, not a binary file."
+        ) from None
     except OSError as exc:
         raise BenchError(f"{path}: cannot be read ({exc.strerror}). Check the path and its permissions.") from None
     try:
-        doc = yaml.load(text, Loader=_LineLoader)  # noqa: S506 - SafeLoader subclass
+        doc = yaml.load(text, Loader=_LineLoader)
     except yaml.YAMLError as exc:
         raise BenchError(f"{path}: not valid YAML ({exc}). Fix the syntax at the line shown.") from None
     if not isinstance(doc, dict):
-        raise BenchError(f"{path}: a suite must be a YAML mapping with at least 'name', 'backbones' and 'formulations'.")
+        raise BenchError(
+            f"{path}: a suite must be a YAML mapping with at least 'name', 'backbones' and 'formulations'."
+        )
     doc = apply_overrides(doc, overrides or [], path)
     return validate_suite(doc, str(path))
 
@@ -95,11 +103,13 @@ def validate_suite(doc: dict, source: str = "<suite>") -> Suite:
                 shown = "" if isinstance(value, dict) else f" (got {value!r})"
                 msg = str(err["msg"]).removeprefix("Value error, ")
                 msgs.append(f"{where}field {field!r}: {msg}{shown}")
-        raise BenchError(f"{source}: invalid suite — " + "; ".join(msgs) + ". Fix these fields and run again.") from None
+        raise BenchError(
+            f"{source}: invalid suite — " + "; ".join(msgs) + ". Fix these fields and run again."
+        ) from None
 
 
 def _allowed_keys(parent_loc):
-    model = Suite
+    model: type[BaseModel] = Suite
     for part in parent_loc:
         if isinstance(part, int):
             continue

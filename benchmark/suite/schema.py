@@ -6,8 +6,9 @@ import hashlib
 import json
 from typing import Any, Literal
 
-from ..labels import GRADES
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+
+from ..labels import GRADES
 
 
 class Strict(BaseModel):
@@ -37,7 +38,7 @@ class ProtocolConfig(Strict):
 
     @field_validator("test_fraction")
     @classmethod
-    def _fraction(cls, v):
+    def _fraction(cls, v: float) -> float:
         if not 0 < v < 1:
             raise ValueError(f"test_fraction must lie strictly between 0 and 1 (got {v}); the study uses 0.15")
         return v
@@ -69,7 +70,7 @@ class BackboneConfig(Strict):
 
     @field_validator("name")
     @classmethod
-    def _known(cls, v, info: ValidationInfo):
+    def _known(cls, v: str, info: ValidationInfo) -> str:
         from backbones import BACKBONES, unknown_backbone
 
         if info.context and info.context.get("stored"):
@@ -107,7 +108,7 @@ class FormulationConfig(Strict):
     tuned: str | None = None  # where tuned options came from, shown in report notes
 
     @model_validator(mode="after")
-    def _known_and_valid(self):
+    def _known_and_valid(self) -> FormulationConfig:
         from formulations import formulation_class
 
         from ..errors import BenchError
@@ -115,7 +116,7 @@ class FormulationConfig(Strict):
         try:
             cls = formulation_class(self.name)
             cls.validate_options(self.options)
-            for fold, extra in self.options_by_fold.items():
+            for extra in self.options_by_fold.values():
                 cls.validate_options({**self.options, **extra})
         except BenchError as exc:
             raise ValueError(str(exc).removesuffix(".")) from None
@@ -127,14 +128,15 @@ class FormulationConfig(Strict):
             return self.label
         return self.name + (FINETUNE_SUFFIX[self.finetune] if self.finetune else "")
 
-    def base(self) -> "FormulationConfig":
+    def base(self) -> FormulationConfig:
         """The stage-1 formulation a fine-tuned one starts from (never labelled like the fine-tuned one)."""
         label = None
         if self.label:
             suffix = FINETUNE_SUFFIX[self.finetune] if self.finetune else ""
             label = self.label[: -len(suffix)] if suffix and self.label.endswith(suffix) else f"{self.label}[stage 1]"
-        return FormulationConfig(name=self.name, label=label, options=self.options,
-                                 options_by_fold=self.options_by_fold, tuned=self.tuned)
+        return FormulationConfig(
+            name=self.name, label=label, options=self.options, options_by_fold=self.options_by_fold, tuned=self.tuned
+        )
 
 
 class Suite(Strict):
@@ -148,25 +150,27 @@ class Suite(Strict):
 
     @field_validator("name")
     @classmethod
-    def _one_path_component(cls, v):
+    def _one_path_component(cls, v: str) -> str:
         # The name becomes runs/<name>: anything that is not one plain folder name would write elsewhere.
         if v in (".", "..") or any(c in v for c in "/\\") or v != v.strip() or "\x00" in v:
-            raise ValueError(f"the suite name becomes the folder runs/<name>, so it must be one plain folder name "
-                             f"(no '/', '\\', '.' or '..'); got {v!r}")
+            raise ValueError(
+                f"the suite name becomes the folder runs/<name>, so it must be one plain folder name "
+                f"(no '/', '\\', '.' or '..'); got {v!r}"
+            )
         return v
 
     @field_validator("backbones", mode="before")
     @classmethod
-    def _backbones(cls, v):
+    def _backbones(cls, v: Any) -> list[Any]:
         return [{"name": b} if isinstance(b, str) else b for b in (v or [])]
 
     @field_validator("formulations", mode="before")
     @classmethod
-    def _formulations(cls, v):
+    def _formulations(cls, v: Any) -> list[Any]:
         return [parse_formulation_entry(f) for f in (v or [])]
 
     @model_validator(mode="after")
-    def _non_empty(self):
+    def _non_empty(self) -> Suite:
         if not self.backbones:
             raise ValueError("backbones: the suite lists no backbone")
         if not self.formulations:
@@ -178,7 +182,7 @@ class Suite(Strict):
         return self
 
 
-def parse_formulation_entry(entry):
+def parse_formulation_entry(entry: Any) -> Any:
     """'mtl+f1' is shorthand for {name: mtl, finetune: inverse_f1}; 'mtl+ft' for {name: mtl, finetune: plain}."""
     if isinstance(entry, str):
         entry = {"name": entry}
@@ -189,6 +193,6 @@ def parse_formulation_entry(entry):
     return entry
 
 
-def stable_hash(obj, n=12) -> str:
+def stable_hash(obj: Any, n: int = 12) -> str:
     blob = json.dumps(obj, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:n]

@@ -20,7 +20,7 @@ from torch import nn
 
 from formulations import create_formulation
 
-from ..data.registry import load_dataset
+from ..data.catalogue import load_dataset
 from ..data.splits import Splits
 from ..errors import BenchError, require_in_run
 from ..labels import CLASS_NAMES
@@ -61,8 +61,10 @@ def load_cell_model(run_dir: Path, cell, suite: Suite):
 
     ckpt = Path(run_dir) / "cells" / cell["key"] / "best.pt"
     if not ckpt.is_file():
-        raise BenchError(f"cell {cell['backbone']} · {cell['formulation']} · fold {cell['fold']} has no checkpoint at "
-                         f"{ckpt}; run `bench run` on the suite again to produce it (or explain another cell).")
+        raise BenchError(
+            f"cell {cell['backbone']} · {cell['formulation']} · fold {cell['fold']} has no checkpoint at "
+            f"{ckpt}; run `bench run` on the suite again to produce it (or explain another cell)."
+        )
     fcfg = next(f for f in suite.formulations if f.display == cell["formulation"])
     bcfg = next(b for b in suite.backbones if b.name == cell["backbone"])
     formulation = create_formulation(fcfg.name, {**fcfg.options, **fcfg.options_by_fold.get(int(cell["fold"]), {})})
@@ -71,7 +73,7 @@ def load_cell_model(run_dir: Path, cell, suite: Suite):
 
     try:
         model.load_state_dict(load_checkpoint(ckpt, "cpu", "checkpoint"))
-    except Exception as exc:  # noqa: BLE001 - CellFailed or a state dict of another model
+    except Exception as exc:
         raise BenchError(f"cell {cell['backbone']} · {cell['formulation']} · fold {cell['fold']}: {exc}") from None
     return model.eval(), formulation
 
@@ -81,8 +83,11 @@ def pick_images(labels, idx, per_class, seed=0):
     chosen = []
     for k in range(len(CLASS_NAMES)):
         pool = idx[labels[idx] == k]
-        chosen.append(np.sort(rng.choice(pool, size=min(per_class, len(pool)), replace=False)) if len(pool) else
-                      np.array([], dtype=np.int64))
+        chosen.append(
+            np.sort(rng.choice(pool, size=min(per_class, len(pool)), replace=False))
+            if len(pool)
+            else np.array([], dtype=np.int64)
+        )
     return chosen
 
 
@@ -103,8 +108,9 @@ def cams(model, formulation, head, batch, device):
     return maps, pred
 
 
-def explain(run_dir, backbone=None, formulations=None, fold=0, split="val", per_class=2, head="grade", out=None,
-            device=None):
+def explain(
+    run_dir, backbone=None, formulations=None, fold=0, split="val", per_class=2, head="grade", out=None, device=None
+):
     import cv2
     import matplotlib
 
@@ -140,28 +146,44 @@ def explain(run_dir, backbone=None, formulations=None, fold=0, split="val", per_
     for f in wanted:
         cell = rows[rows.formulation == f]
         if cell.empty:
-            raise BenchError(f"{backbone} · {f} · fold {fold} is not a finished cell of this run; finish it with "
-                             "`bench run` or pick another --fold.")
+            raise BenchError(
+                f"{backbone} · {f} · fold {fold} is not a finished cell of this run; finish it with "
+                "`bench run` or pick another --fold."
+            )
         cell = cell.iloc[0].to_dict()
         model, formulation = load_cell_model(run.path, cell, suite)
         if head != GRADE_HEAD and head not in formulation.tasks:
             continue
         res = run.result(cell["key"])
-        maker = BatchMaker(ds.images, np.asarray(res.norm_mean), np.asarray(res.norm_std), plan.device,
-                           res.input_size)
+        maker = BatchMaker(ds.images, np.asarray(res.norm_mean), np.asarray(res.norm_std), plan.device, res.input_size)
         model.to(plan.device)
         maps, pred = cams(model, formulation, head, maker.eval_batch(flat), plan.device)
         h, w = ds.images.shape[1:3]
         maps = np.stack([cv2.resize(m, (w, h)) for m in maps])
         results[f] = (maps, pred)
-        written.append(_grid(plt, ds, flat, {f"pred MES · {head}": (maps, pred)},
-                             f"Grad-CAM — {backbone} · {f} · fold {fold} · {split}",
-                             out / f"{backbone}__{_safe(f)}__{head}.png"))
+        written.append(
+            _grid(
+                plt,
+                ds,
+                flat,
+                {f"pred MES · {head}": (maps, pred)},
+                f"Grad-CAM — {backbone} · {f} · fold {fold} · {split}",
+                out / f"{backbone}__{_safe(f)}__{head}.png",
+            )
+        )
     if not results:
         raise BenchError(f"--head {head!r}: none of {wanted} has that head (only hierarchical formulations do).")
     if len(results) > 1:
-        written.append(_grid(plt, ds, flat, results, f"Grad-CAM side by side — {backbone} · fold {fold} · {split} · "
-                             f"{head}", out / f"{backbone}__comparison__{head}.png"))
+        written.append(
+            _grid(
+                plt,
+                ds,
+                flat,
+                results,
+                f"Grad-CAM side by side — {backbone} · fold {fold} · {split} · {head}",
+                out / f"{backbone}__comparison__{head}.png",
+            )
+        )
     return written, results, flat
 
 
@@ -169,8 +191,9 @@ def _grid(plt, ds, flat, columns: dict, title: str, path: Path) -> Path:
     """Rows = images (true grade on the left), one overlay column per entry of `columns` (label -> maps, preds)."""
     from pytorch_grad_cam.utils.image import show_cam_on_image
 
-    fig, axes = plt.subplots(len(flat), len(columns) + 1, figsize=(2.2 * (len(columns) + 1), 2.1 * len(flat)),
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        len(flat), len(columns) + 1, figsize=(2.2 * (len(columns) + 1), 2.1 * len(flat)), squeeze=False
+    )
     for r, i in enumerate(flat):
         img = np.asarray(ds.images[i], dtype=np.float32) / 255
         axes[r, 0].imshow(img)

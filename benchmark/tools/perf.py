@@ -67,7 +67,7 @@ def data_path(images, batch, plan, mean, std):
         order = torch.randperm(n, generator=g).numpy()
         angles, flips = draw_params(n, g)
         for s in range(0, n, batch):
-            x = maker.train_batch(order[s:s + batch], angles[s:s + batch], flips[s:s + batch])
+            x = maker.train_batch(order[s : s + batch], angles[s : s + batch], flips[s : s + batch])
         return x
 
     return epoch, maker.path
@@ -96,16 +96,28 @@ def usual_recipe(images, labels, batch, mean, std, folder: Path):
         path = folder / f"img_{i:05d}.bmp"
         Image.fromarray(img).save(path)
         files.append(path)
-    tf = transforms.Compose([transforms.RandomHorizontalFlip(), transforms.RandomRotation(180), transforms.ToTensor(),
-                             transforms.Normalize(mean.tolist(), std.tolist())])
+    tf = transforms.Compose(
+        [
+            transforms.RandomHorizontalFlip(),
+            transforms.RandomRotation(180),
+            transforms.ToTensor(),
+            transforms.Normalize(mean.tolist(), std.tolist()),
+        ]
+    )
     workers = os.cpu_count() or 1
-    loader = torch.utils.data.DataLoader(_FolderDataset(files, labels, tf), batch_size=batch, shuffle=True,
-                                         num_workers=workers, persistent_workers=workers > 0)
+    loader = torch.utils.data.DataLoader(
+        _FolderDataset(files, labels, tf),
+        batch_size=batch,
+        shuffle=True,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+    )
 
     def epoch():
-        for x, _ in loader:
+        batch = None
+        for batch in loader:  # noqa: B007 - iterating is the work being timed
             pass
-        return x
+        return batch
 
     return epoch, workers
 
@@ -119,7 +131,7 @@ def model_parts(backbone, plan, input_hw):
     torch.manual_seed(0)
     bb, d, _ = create_backbone(backbone)
     formulation = create_formulation(reference_formulation())
-    model = Net(bb, formulation.head(d)).to(plan.device, memory_format=torch.channels_last)
+    model = Net(bb, formulation.head(d)).to(plan.device).to(memory_format=torch.channels_last)
     opt = torch.optim.Adam(model.parameters(), lr=2e-4)
     return model, formulation, opt
 
@@ -155,8 +167,9 @@ def harness_epoch(model, formulation, opt, plan, images, labels, batch, mean, st
         model.train()
         order = torch.randperm(len(idx), generator=g).numpy()[: steps * batch]
         angles, flips = draw_params(len(order), g)
-        total, _ = train_epoch(model, formulation, maker, labels, idx, order, angles, flips, batch, opt, None, None,
-                               plan)
+        total, _ = train_epoch(
+            model, formulation, maker, labels, idx, order, angles, flips, batch, opt, None, None, plan
+        )
         return float(total.cpu())
 
     return epoch, steps * batch
@@ -170,8 +183,9 @@ def peak_memory(plan) -> str:
     return text
 
 
-def run_perf(backbone="resnet18", size=(288, 352), batch=64, n_images=256, device=None, compile_model=False,
-             skip_model=False):
+def run_perf(
+    backbone="resnet18", size=(288, 352), batch=64, n_images=256, device=None, compile_model=False, skip_model=False
+):
     plan = pick_device(device)
     h, w = size
     images, labels = synthetic_images(n_images, h, w)
@@ -180,24 +194,27 @@ def run_perf(backbone="resnet18", size=(288, 352), batch=64, n_images=256, devic
     results = {}
     fn, path = data_path(images, batch, plan, mean.astype(np.float32), std.astype(np.float32))
     secs, rate = _timed(fn, n_images, plan.device, repeat=3)
-    results["data"] = PerfResult("(1) harness data path: uint8 cache → flip + rotation → normalise, no model",
-                                 rate, secs, n_images)
+    results["data"] = PerfResult(
+        "(1) harness data path: uint8 cache → flip + rotation → normalise, no model", rate, secs, n_images
+    )
     with tempfile.TemporaryDirectory() as tmp:
         fn, workers = usual_recipe(images, labels, batch, mean, std, Path(tmp))
         secs, rate = _timed(fn, n_images, plan.device, repeat=2)
-    results["usual"] = PerfResult(f"(2) usual recipe: PIL decode + torchvision per image, DataLoader({workers} "
-                                  "workers)", rate, secs, n_images)
+    results["usual"] = PerfResult(
+        f"(2) usual recipe: PIL decode + torchvision per image, DataLoader({workers} workers)", rate, secs, n_images
+    )
     if not skip_model:
         model, formulation, opt = model_parts(backbone, plan, (h, w))
         if compile_model:
             model = torch.compile(model)
         fn, n = bare_step(model, formulation, opt, plan, batch, (h, w), n_images)
         secs, rate = _timed(fn, n, plan.device, repeat=2)
-        results["bare"] = PerfResult(f"(3) bare model step ({backbone}, fwd + bwd + Adam, pre-staged tensors)",
-                                     rate, secs, n)
-        fn, n = harness_epoch(model, formulation, opt, plan, images, labels, batch, mean.astype(np.float32),
-                              std.astype(np.float32))
+        results["bare"] = PerfResult(
+            f"(3) bare model step ({backbone}, fwd + bwd + Adam, pre-staged tensors)", rate, secs, n
+        )
+        fn, n = harness_epoch(
+            model, formulation, opt, plan, images, labels, batch, mean.astype(np.float32), std.astype(np.float32)
+        )
         secs, rate = _timed(fn, n, plan.device, repeat=2)
-        results["harness"] = PerfResult(f"(4) harness training epoch ({backbone}, training.train_epoch)", rate, secs,
-                                        n)
+        results["harness"] = PerfResult(f"(4) harness training epoch ({backbone}, training.train_epoch)", rate, secs, n)
     return plan, path, results, peak_memory(plan)

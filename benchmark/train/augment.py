@@ -23,12 +23,12 @@ def channel_stats(images: np.ndarray, idx: np.ndarray, chunk: int = 256) -> tupl
     total_sq = np.zeros(3)
     count = 0
     for start in range(0, len(idx), chunk):
-        block = images[np.sort(idx[start:start + chunk])].astype(np.float64) / 255.0
+        block = images[np.sort(idx[start : start + chunk])].astype(np.float64) / 255.0
         total += block.sum(axis=(0, 1, 2))
-        total_sq += (block ** 2).sum(axis=(0, 1, 2))
+        total_sq += (block**2).sum(axis=(0, 1, 2))
         count += block.shape[0] * block.shape[1] * block.shape[2]
     mean = total / count
-    std = np.sqrt(np.maximum(total_sq / count - mean ** 2, 1e-12))
+    std = np.sqrt(np.maximum(total_sq / count - mean**2, 1e-12))
     return mean.astype(np.float32), std.astype(np.float32)
 
 
@@ -59,8 +59,9 @@ def rotate_flip_cv2(x: np.ndarray, angles, flips) -> np.ndarray:
     b, h, w, _ = x.shape
     out = np.empty_like(x)
     for i, m in enumerate(affine_matrices(angles, flips, h, w)):
-        cv2.warpAffine(x[i], m, (w, h), dst=out[i], flags=cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT,
-                       borderValue=0)
+        cv2.warpAffine(
+            x[i], m, (w, h), dst=out[i], flags=cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT, borderValue=0
+        )
     return out
 
 
@@ -75,7 +76,7 @@ def rotate_flip_bilinear(x: torch.Tensor, angles: torch.Tensor, flips: torch.Ten
     theta[:, 0, 1] = -sin * h / w
     theta[:, 1, 0] = sin * sign * w / h
     theta[:, 1, 1] = cos
-    grid = F.affine_grid(theta, (b, 3, h, w), align_corners=False)
+    grid = F.affine_grid(theta, [b, 3, h, w], align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 

@@ -6,9 +6,9 @@ typed `CellResult` (metrics, predictions, history, decoding state, timings, vers
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -76,28 +76,56 @@ def run_cell(spec: CellSpec, plan: DevicePlan) -> CellResult:
     model, native_size = build_model(spec.backbone, formulation, spec.seed)
     input_size = spec.input_size or native_size
     init_state = load_checkpoint(spec.init_checkpoint, "cpu", "stage-1 checkpoint") if spec.init_checkpoint else None
-    weights = None if spec.class_weights is None else {
-        k: torch.as_tensor(np.asarray(v), dtype=torch.float32) for k, v in spec.class_weights.items()}
-    sched = Schedule(spec.epochs or cfg.epochs, cfg.lr if spec.lr is None else spec.lr, spec.batch_size, weights,
-                     init_state, spec.on_epoch, spec.should_stop, spec.objective)
+    weights = (
+        None
+        if spec.class_weights is None
+        else {k: torch.as_tensor(np.asarray(v), dtype=torch.float32) for k, v in spec.class_weights.items()}
+    )
+    sched = Schedule(
+        spec.epochs or cfg.epochs,
+        cfg.lr if spec.lr is None else spec.lr,
+        spec.batch_size,
+        weights,
+        init_state,
+        spec.on_epoch,
+        spec.should_stop,
+        spec.objective,
+    )
     outcome = train_cell(model, formulation, spec.data, cfg, sched, plan, spec.seed, spec.workdir, input_size)
     result = CellResult(
-        history=outcome.history, best_epoch=outcome.best_epoch, stopped_early=outcome.stopped_early,
-        state=outcome.state, timings=outcome.timings, device=plan.description, versions=versions(),
-        n_train=int(len(spec.data.train)), n_val=int(len(spec.data.val)), n_test=int(len(spec.data.test)),
-        batch_size=spec.batch_size, input_size=list(input_size) if input_size else None,
-        norm_mean=np.asarray(spec.data.mean).tolist(), norm_std=np.asarray(spec.data.std).tolist(),
-        formulation_options=formulation.options, output_names=list(formulation.output_names),
-        cross_fitted=formulation.fits_decoding, checkpoint=str(spec.workdir / "best.pt"), counters=outcome.counters,
-        finetune=spec.finetune, stage1_key=spec.stage1_key, stage1_f1=spec.stage1_f1,
-        class_weights=None if spec.class_weights is None else {
-            k: np.asarray(v).tolist() for k, v in spec.class_weights.items()})
+        history=outcome.history,
+        best_epoch=outcome.best_epoch,
+        stopped_early=outcome.stopped_early,
+        state=outcome.state,
+        timings=outcome.timings,
+        device=plan.description,
+        versions=versions(),
+        n_train=int(len(spec.data.train)),
+        n_val=int(len(spec.data.val)),
+        n_test=int(len(spec.data.test)),
+        batch_size=spec.batch_size,
+        input_size=list(input_size) if input_size else None,
+        norm_mean=np.asarray(spec.data.mean).tolist(),
+        norm_std=np.asarray(spec.data.std).tolist(),
+        formulation_options=formulation.options,
+        output_names=list(formulation.output_names),
+        cross_fitted=formulation.fits_decoding,
+        checkpoint=str(spec.workdir / "best.pt"),
+        counters=outcome.counters,
+        finetune=spec.finetune,
+        stage1_key=spec.stage1_key,
+        stage1_f1=spec.stage1_f1,
+        class_weights=None
+        if spec.class_weights is None
+        else {k: np.asarray(v).tolist() for k, v in spec.class_weights.items()},
+    )
     for split, pred in outcome.predictions.items():
         rows, cm = all_rows(pred["y"], pred["pred"], pred["task_preds"], formulation.tasks)
         n = max(len(pred["y"]), 1)
         rows += [("diag", k, "", float(v) / n) for k, v in outcome.counters[split].items()]
         result.metrics += [{"split": split, "task": t, "metric": m, "cls": c, "value": float(v)} for t, m, c, v in rows]
         result.confusion[split] = cm.tolist()
-        result.predictions[split] = SplitPredictions(pred["ids"], pred["y"], pred["pred"], pred["outputs"],
-                                                     pred["proba"], pred["score"], pred["task_preds"])
+        result.predictions[split] = SplitPredictions(
+            pred["ids"], pred["y"], pred["pred"], pred["outputs"], pred["proba"], pred["score"], pred["task_preds"]
+        )
     return result

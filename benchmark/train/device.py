@@ -35,8 +35,10 @@ def pick_device(requested: str | None = None) -> DevicePlan:
         if device.type == "cuda" and not torch.cuda.is_available():
             from ..errors import BenchError
 
-            raise BenchError(f"device {requested!r} was requested but this torch ({torch.__version__}) sees no CUDA "
-                             "GPU; drop --device (or MESBENCH_DEVICE) to use the CPU.")
+            raise BenchError(
+                f"device {requested!r} was requested but this torch ({torch.__version__}) sees no CUDA "
+                "GPU; drop --device (or MESBENCH_DEVICE) to use the CPU."
+            )
     else:
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type == "cuda":
@@ -57,6 +59,6 @@ def versions() -> dict:
 
         out["mesbench"] = version("mesbench")
         out["coral-pytorch"] = version("coral-pytorch")
-    except Exception:  # noqa: BLE001 - versions are informative only
+    except Exception:
         pass
     return out

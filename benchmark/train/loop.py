@@ -14,9 +14,10 @@ import math
 import os
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -97,9 +98,11 @@ def load_checkpoint(path: Path, device, what: str):
     """`weights_only=True` always: a run directory is data, never code."""
     try:
         return torch.load(path, map_location=device, weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - unpickling, truncation, zip errors: all mean "unusable file"
-        raise CellFailed(f"{what} {path} cannot be loaded ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
-                         "`bench run --retry-failed` discards it and trains the cell again") from None
+    except Exception as exc:
+        raise CellFailed(
+            f"{what} {path} cannot be loaded ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
+            "`bench run --retry-failed` discards it and trains the cell again"
+        ) from None
 
 
 def _epoch_order(n, labels, seed, epoch, sampler):
@@ -118,9 +121,10 @@ def _epoch_order(n, labels, seed, epoch, sampler):
 def predict(model, formulation: Formulation, maker: BatchMaker, idx, labels, plan: DevicePlan, batch_size):
     """Raw outputs (concatenated on CPU) and the unweighted mean loss for dataset indices."""
     model.eval()
-    outs, losses = [], []
+    outs: list[Any] = []
+    losses = []
     for start in range(0, len(idx), batch_size):
-        bidx = idx[start:start + batch_size]
+        bidx = idx[start : start + batch_size]
         x = maker.eval_batch(bidx)
         y = torch.as_tensor(labels[bidx], device=plan.device)
         with plan.autocast():
@@ -128,7 +132,7 @@ def predict(model, formulation: Formulation, maker: BatchMaker, idx, labels, pla
         out = {k: v.float() for k, v in out.items()} if isinstance(out, dict) else out.float()
         losses.append(formulation.loss(out, y, None) * len(bidx))
         outs.append({k: v.cpu() for k, v in out.items()} if isinstance(out, dict) else out.cpu())
-    out = ({k: torch.cat([o[k] for o in outs]) for k in outs[0]} if isinstance(outs[0], dict) else torch.cat(outs))
+    out = {k: torch.cat([o[k] for o in outs]) for k in outs[0]} if isinstance(outs[0], dict) else torch.cat(outs)
     loss = float(torch.stack(losses).sum().cpu()) / max(len(idx), 1)
     return out, loss
 
@@ -143,8 +147,11 @@ def cross_fit(formulation: Formulation, outputs: np.ndarray, y: np.ndarray, grou
     from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
     unit = "patient" if grouped and groups is not None and len(np.unique(groups)) >= 2 else "image"
-    splitter = (StratifiedGroupKFold(2, shuffle=True, random_state=seed) if unit == "patient"
-                else StratifiedKFold(2, shuffle=True, random_state=seed))
+    splitter = (
+        StratifiedGroupKFold(2, shuffle=True, random_state=seed)
+        if unit == "patient"
+        else StratifiedKFold(2, shuffle=True, random_state=seed)
+    )
     pred = np.empty(len(y), dtype=np.int64)
     halves = []
     with warnings.catch_warnings():  # a rare class with one image per half is expected on small folds
@@ -158,23 +165,43 @@ def cross_fit(formulation: Formulation, outputs: np.ndarray, y: np.ndarray, grou
 
 
 def _as_dict(dec, y, ids):
-    return {"y": y, "ids": ids, "pred": dec.pred, "proba": dec.proba, "score": dec.score, "outputs": dec.outputs,
-            "task_preds": dec.task_preds}
+    return {
+        "y": y,
+        "ids": ids,
+        "pred": dec.pred,
+        "proba": dec.proba,
+        "score": dec.score,
+        "outputs": dec.outputs,
+        "task_preds": dec.task_preds,
+    }
 
 
-def train_epoch(model, formulation, maker: BatchMaker, labels, train_idx, order, angles, flips, bs, opt, scaler,
-                weights, plan: DevicePlan):
+def train_epoch(
+    model,
+    formulation,
+    maker: BatchMaker,
+    labels,
+    train_idx,
+    order,
+    angles,
+    flips,
+    bs,
+    opt,
+    scaler,
+    weights,
+    plan: DevicePlan,
+):
     """One pass over the training part in the given order; returns (summed loss tensor, images seen).
     The loss stays on the device (no per-step .item()), so the GPU is never synchronised mid-epoch."""
     device = plan.device
     total = torch.zeros((), device=device)
     seen = 0
     for start in range(0, len(order), bs):
-        pos = order[start:start + bs]
+        pos = order[start : start + bs]
         if len(pos) < 2:  # batch norm cannot train on a single image
             continue
         bidx = train_idx[pos]
-        x = maker.train_batch(bidx, angles[start:start + bs], flips[start:start + bs])
+        x = maker.train_batch(bidx, angles[start : start + bs], flips[start : start + bs])
         y = torch.as_tensor(labels[bidx]).to(device, non_blocking=True)
         with plan.autocast():
             out = model(x)
@@ -193,8 +220,17 @@ def train_epoch(model, formulation, maker: BatchMaker, labels, train_idx, order,
     return total, seen
 
 
-def train_cell(model, formulation: Formulation, data: CellData, cfg: TrainingConfig, sched: Schedule,
-               plan: DevicePlan, seed: int, workdir: Path, input_size=None) -> CellOutcome:
+def train_cell(
+    model,
+    formulation: Formulation,
+    data: CellData,
+    cfg: TrainingConfig,
+    sched: Schedule,
+    plan: DevicePlan,
+    seed: int,
+    workdir: Path,
+    input_size=None,
+) -> CellOutcome:
     workdir.mkdir(parents=True, exist_ok=True)
     remove_stale_temp_files(workdir)
     last_path, best_path = workdir / "last.pt", workdir / "best.pt"
@@ -205,13 +241,21 @@ def train_cell(model, formulation: Formulation, data: CellData, cfg: TrainingCon
         model.load_state_dict(sched.init_state)
     step_model = torch.compile(model) if cfg.compile else model
     opt = torch.optim.Adam(model.parameters(), lr=sched.lr, weight_decay=cfg.weight_decay)
-    mode = "min" if cfg.monitor == "val_loss" else "max"
-    plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode=mode, factor=cfg.plateau_factor,
-                                                         patience=cfg.plateau_patience)
+    mode: Literal["min", "max"] = "min" if cfg.monitor == "val_loss" else "max"
+    plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        opt, mode=mode, factor=cfg.plateau_factor, patience=cfg.plateau_patience
+    )
     scaler = torch.amp.GradScaler("cuda") if plan.amp_dtype == torch.float16 else None
     weights = None if sched.class_weights is None else {k: v.to(device) for k, v in sched.class_weights.items()}
 
-    state = {"epoch": 0, "best": None, "best_epoch": -1, "bad_epochs": 0, "history": [], "train_seconds": 0.0}
+    state: dict[str, Any] = {
+        "epoch": 0,
+        "best": None,
+        "best_epoch": -1,
+        "bad_epochs": 0,
+        "history": [],
+        "train_seconds": 0.0,
+    }
     if last_path.exists():  # resume a killed cell from its last finished epoch
         try:
             ckpt = load_checkpoint(last_path, device, "checkpoint")
@@ -223,9 +267,11 @@ def train_cell(model, formulation: Formulation, data: CellData, cfg: TrainingCon
                 scaler.load_state_dict(ckpt["scaler"])
             state = ckpt["state"]
         except (KeyError, RuntimeError, ValueError, TypeError) as exc:
-            raise CellFailed(f"checkpoint {last_path} does not fit this cell ({type(exc).__name__}: "
-                             f"{str(exc).splitlines()[0][:200]}); `bench run --retry-failed` discards it and trains "
-                             "the cell again") from None
+            raise CellFailed(
+                f"checkpoint {last_path} does not fit this cell ({type(exc).__name__}: "
+                f"{str(exc).splitlines()[0][:200]}); `bench run --retry-failed` discards it and trains "
+                "the cell again"
+            ) from None
 
     train_idx, y_train = data.train, data.labels[data.train]
     bs = sched.batch_size
@@ -236,8 +282,9 @@ def train_cell(model, formulation: Formulation, data: CellData, cfg: TrainingCon
         t0 = time.perf_counter()
         model.train()
         order, angles, flips = _epoch_order(len(train_idx), y_train, seed, epoch, cfg.sampler)
-        total, seen = train_epoch(step_model, formulation, maker, data.labels, train_idx, order, angles, flips, bs,
-                                  opt, scaler, weights, plan)
+        total, seen = train_epoch(
+            step_model, formulation, maker, data.labels, train_idx, order, angles, flips, bs, opt, scaler, weights, plan
+        )
         train_loss = float(total.cpu()) / max(seen, 1)
         if not math.isfinite(train_loss):
             raise CellFailed(f"training loss became {train_loss} in epoch {epoch + 1}")
@@ -249,8 +296,14 @@ def train_cell(model, formulation: Formulation, data: CellData, cfg: TrainingCon
         y_val = data.labels[data.val]
         decoded = formulation.decode(val_out, initial)
         pred = decoded.pred
-        row = {"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss, **monitor_values(y_val, pred),
-               "lr": opt.param_groups[0]["lr"], "train_images_per_s": seen / max(train_time, 1e-9)}
+        row = {
+            "epoch": epoch + 1,
+            "train_loss": train_loss,
+            "val_loss": val_loss,
+            **monitor_values(y_val, pred),
+            "lr": opt.param_groups[0]["lr"],
+            "train_images_per_s": seen / max(train_time, 1e-9),
+        }
         if sched.objective is not None:
             row["objective"] = float(sched.objective(y_val, pred, decoded.task_preds))
         value = row[cfg.monitor]
@@ -266,9 +319,17 @@ def train_cell(model, formulation: Formulation, data: CellData, cfg: TrainingCon
         state["history"].append(row)
         state["epoch"] = epoch + 1
         stop = state["bad_epochs"] >= cfg.early_stopping
-        atomic_save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": plateau.state_dict(),
-                     "rng_cpu": torch.get_rng_state(), "scaler": scaler.state_dict() if scaler else None,
-                     "state": state}, last_path)
+        atomic_save(
+            {
+                "model": model.state_dict(),
+                "optimizer": opt.state_dict(),
+                "scheduler": plateau.state_dict(),
+                "rng_cpu": torch.get_rng_state(),
+                "scaler": scaler.state_dict() if scaler else None,
+                "state": state,
+            },
+            last_path,
+        )
         if sched.on_epoch:
             sched.on_epoch(row)
         if stop:
@@ -287,8 +348,9 @@ def train_cell(model, formulation: Formulation, data: CellData, cfg: TrainingCon
     dec_state = formulation.fit_decoding(val_outputs, y_val)
     val_dec = formulation.decode_outputs(val_outputs, dec_state)
     if formulation.fits_decoding:
-        val_dec.pred, halves, unit = cross_fit(formulation, val_outputs, y_val, None if data.groups is None
-                                               else data.groups[data.val], data.grouped, seed)
+        val_dec.pred, halves, unit = cross_fit(
+            formulation, val_outputs, y_val, None if data.groups is None else data.groups[data.val], data.grouped, seed
+        )
         dec_state = {**dec_state, "cross_fit": {"unit": unit, "halves": halves}}
     predictions = {"val": _as_dict(val_dec, y_val, data.ids[data.val])}
     counters = {"val": val_dec.counters}
@@ -300,11 +362,14 @@ def train_cell(model, formulation: Formulation, data: CellData, cfg: TrainingCon
     eval_seconds = time.perf_counter() - t0
     n_eval = len(data.val) + len(data.test)
     history = state["history"]
-    timings = {"train_seconds": state["train_seconds"], "eval_seconds": eval_seconds, "epochs": state["epoch"],
-               "train_images_per_s": float(np.median([h.get("train_images_per_s", 0.0) for h in history]))
-               if history else 0.0,
-               "eval_images_per_s": n_eval / max(eval_seconds, 1e-9),
-               "peak_memory_bytes": int(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else None}
+    timings = {
+        "train_seconds": state["train_seconds"],
+        "eval_seconds": eval_seconds,
+        "epochs": state["epoch"],
+        "train_images_per_s": float(np.median([h.get("train_images_per_s", 0.0) for h in history])) if history else 0.0,
+        "eval_images_per_s": n_eval / max(eval_seconds, 1e-9),
+        "peak_memory_bytes": int(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else None,
+    }
     return CellOutcome(history, state["best_epoch"], predictions, counters, dec_state, timings, stopped_early)
 
 
@@ -317,7 +382,7 @@ def discard_unloadable_checkpoints(workdir: Path) -> list[Path]:
         if path.exists():
             try:
                 torch.load(path, map_location="cpu", weights_only=True)
-            except Exception:  # noqa: BLE001 - whatever the reason, the file is unusable
+            except Exception:
                 removed.append(path)
     if removed:  # best.pt and last.pt belong to one history: one without the other cannot resume it
         removed = [p for p in (last, best) if p.exists()]

@@ -1,0 +1,30 @@
+"""The formulation registry: `@register_formulation` on a Formulation subclass (in its own file)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from benchmark.registry import Registry
+
+from .base import Formulation
+
+FORMULATIONS: Registry[type[Formulation]] = Registry("formulation")
+FINETUNE_SUFFIXES = {"+f1": "inverse_f1", "+ft": "plain"}
+
+
+def register_formulation(cls: type[Formulation]) -> type[Formulation]:
+    FORMULATIONS.register(cls.name, cls)
+    return cls
+
+
+def formulation_class(name: str) -> type[Formulation]:
+    return FORMULATIONS.lookup(name, [f"{n}{s}" for n in FORMULATIONS for s in FINETUNE_SUFFIXES])
+
+
+def create_formulation(name: str, options: dict[str, Any] | None = None) -> Formulation:
+    return formulation_class(name)(**(options or {}))
+
+
+def reference_formulation() -> str:
+    """The registered baseline that reports compare with by default."""
+    return next((n for n, cls in FORMULATIONS.items() if cls.is_reference), next(iter(FORMULATIONS)))
