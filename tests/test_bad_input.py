@@ -166,15 +166,21 @@ def test_negative_or_all_zero_loss_weights(capsys, tmp_path, options, needle):
 
 
 def test_wrong_formulation_option_names_its_line_and_the_closest_option(capsys, tmp_path):
-    suite = write_suite(tmp_path, base_doc(formulations=["softmax", {"name": "regression",
-                                                                     "options": {"tune_cutpoint": True}}]))
+    suite = write_suite(
+        tmp_path, base_doc(formulations=["softmax", {"name": "regression", "options": {"tune_cutpoint": True}}])
+    )
     text = assert_rejected(capsys, tmp_path, suite, "unknown option 'tune_cutpoint'", "did you mean 'tune_cutpoints'")
     assert re.search(r"line \d+, field 'formulations.1'", text), text
 
 
 def test_unknown_backbone_shows_five_close_names_not_all_of_timm(capsys, tmp_path):
-    text = assert_rejected(capsys, tmp_path, write_suite(tmp_path, base_doc(backbones=["resnet181"])),
-                           "Unknown backbone 'resnet181'", "bench list --timm")
+    text = assert_rejected(
+        capsys,
+        tmp_path,
+        write_suite(tmp_path, base_doc(backbones=["resnet181"])),
+        "Unknown backbone 'resnet181'",
+        "bench list --timm",
+    )
     assert re.search(r"line \d+, field 'backbones.0", text), text
     assert len(text) < 1500, len(text)
 

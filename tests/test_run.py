@@ -13,7 +13,7 @@ from benchmark.suite.loading import load_suite
 from benchmark.suite.schema import BackboneConfig
 from benchmark.train.cell import build_model
 from benchmark.train.loop import _epoch_order
-from formulations import FORMULATIONS, create_formulation, register_formulation
+from formulations import FORMULATIONS, create_formulation
 from formulations.base import Formulation
 
 
@@ -132,8 +132,9 @@ class Toy(Formulation):
         return outputs.argmax(1)
 
 
-def test_a_formulation_defined_in_one_place_trains_reports_ensembles_and_explains(make_suite, tmp_path, capsys,
-                                                                                   monkeypatch):
+def test_a_formulation_defined_in_one_place_trains_reports_ensembles_and_explains(
+    make_suite, tmp_path, capsys, monkeypatch
+):
     from benchmark.tools.explain import explain
 
     monkeypatch.setitem(FORMULATIONS, Toy.name, Toy)  # the one registration
