@@ -51,7 +51,11 @@ class CellResult:
     stopped_early: bool = False
     state: dict[str, Any] = field(default_factory=dict)  # decoding state used for the test set
     timings: dict[str, Any] = field(default_factory=dict)
-    device: str = ""
+    device: str = ""  # the plan in words
+    device_name: str = ""  # the GPU or CPU model
+    amp: str = "off"  # autocast dtype, or off
+    deterministic: bool = False
+    compiled: bool = False
     versions: dict[str, str] = field(default_factory=dict)
     n_train: int = 0
     n_val: int = 0

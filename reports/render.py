@@ -22,6 +22,7 @@ from .tables import (
     per_class_f1,
     resolve,
     test_ensemble,
+    throughput,
 )
 
 
@@ -33,6 +34,28 @@ class Report:
     tables: list[Table]
     figures: dict[str, bytes] = field(default_factory=dict)
     friedman: object = None
+
+
+def numerics(run: Run) -> str:
+    """Whether the finished cells ran with autocast, compiled, and with deterministic algorithms — a CUDA run
+    that was not deterministic cannot be expected to reproduce bit for bit."""
+    results = [run.result(k) for k in run.cells[run.cells.status == "done"].key]
+    if not results:
+        return "Numerics: no finished cell"
+    cuda = [r for r in results if r.device.startswith("cuda")]
+    amps = sorted({r.amp for r in results})
+    det = sum(r.deterministic for r in results)
+    text = f"Numerics: AMP {', '.join(amps)}; compiled {sum(r.compiled for r in results)} of {len(results)} cells; "
+    text += f"deterministic algorithms in {det} of {len(results)} cells"
+    if cuda:
+        cuda_det = sum(r.deterministic for r in cuda)
+        text += (
+            f"; CUDA runs deterministic: {'yes' if cuda_det == len(cuda) else 'no'} ({cuda_det} of "
+            f"{len(cuda)}){'' if cuda_det == len(cuda) else ' — reruns may differ in the last digits'}"
+        )
+    else:
+        text += "; no CUDA run (CPU runs are deterministic)"
+    return text
 
 
 def build(run: Run, opts: Options, with_test=True) -> Report:
@@ -64,6 +87,7 @@ def _build(run: Run, opts: Options, with_test=True) -> Report:
         f"{design.split_text()}",
         f"Cells: {counts['done']} finished, {counts['failed']} failed, {counts['missing']} missing of {len(run.cells)}",
         f"Device: {(res.device if res else '') or '—'}; versions: {versions or '—'}",
+        numerics(run),
     ]
     warnings = []
     if not run.complete:
@@ -93,6 +117,9 @@ def _build(run: Run, opts: Options, with_test=True) -> Report:
     fr, fres = friedman_table(run, opts)
     if fr is not None:
         tables.append(fr)
+    tp = throughput(run, opts)
+    if tp is not None:
+        tables.append(tp)
     failed = run.cells[run.cells.status == "failed"]
     if len(failed):
         tables.append(

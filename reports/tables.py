@@ -680,3 +680,58 @@ def friedman_table(run: Run, opts: Options) -> tuple[Table | None, object]:
         notes=notes,
         key="friedman",
     ), (res, scores)
+
+
+def throughput(run: Run, opts: Options) -> Table | None:
+    """Per backbone × formulation: where it ran, with which numerics, and how fast — a starved GPU shows as a
+    low training rate next to a high evaluation rate."""
+    rows = []
+    for b in run.backbones:
+        for f in run.formulations:
+            keys = run.cells[
+                (run.cells.backbone == b) & (run.cells.formulation == f) & (run.cells.status == "done")
+            ].key
+            results = [run.result(k) for k in keys]
+            results = [r for r in results if r.timings]
+            if not results:
+                continue
+            train = [r.timings.get("train_images_per_s") or 0.0 for r in results]
+            evals = [r.timings.get("eval_images_per_s") or 0.0 for r in results]
+            peaks = [r.timings.get("peak_memory_bytes") for r in results if r.timings.get("peak_memory_bytes")]
+            first = results[0]
+            rows.append(
+                [
+                    b,
+                    f,
+                    first.device_name or first.device or "—",
+                    first.amp,
+                    "yes" if first.compiled else "no",
+                    "yes" if first.deterministic else "no",
+                    f"{np.median(train):,.1f}",
+                    f"{np.median(evals):,.1f}",
+                    f"{max(peaks) / 2**20:,.0f}" if peaks else "—",
+                ]
+            )
+    if not rows:
+        return None
+    return Table(
+        "Table 7 — where and how fast each cell ran",
+        [
+            "backbone",
+            "formulation",
+            "device",
+            "AMP",
+            "compiled",
+            "deterministic",
+            "train images/s",
+            "eval images/s",
+            "peak device memory (MiB)",
+        ],
+        rows,
+        notes=[
+            "Median over the cells of each row; training rate over each epoch's training pass, evaluation "
+            "rate over validation + test inference of the best epoch; peak memory is CUDA's "
+            "max_memory_allocated (— on the CPU)."
+        ],
+        key="throughput",
+    )

@@ -14,7 +14,9 @@ def cmd_run(args):
     from ..suite.loading import load_suite
     from .progress import RunProgress
 
-    suite = load_suite(args.suite, args.set)
+    overrides = list(args.set) + (["training.compile=true"] if args.compile else [])
+    overrides += ["training.deterministic=true"] if args.deterministic else []
+    suite = load_suite(args.suite, overrides)
     out = Path(args.out) if args.out else Path("runs") / suite.name
     runner = Runner(suite, out, device=args.device, retry_failed=args.retry_failed)
     with RunProgress(0, err_console, enabled=not args.quiet) as progress:
@@ -101,6 +103,12 @@ def add_commands(sub):
     )
     r.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when present)")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
+    r.add_argument("--compile", action="store_true", help="torch.compile every model (= --set training.compile=true)")
+    r.add_argument(
+        "--deterministic",
+        action="store_true",
+        help="deterministic algorithms only (= --set training.deterministic=true)",
+    )
     r.set_defaults(fn=cmd_run)
     lst = sub.add_parser("list", help="backbones, formulations, datasets")
     lst.add_argument("--timm", action="store_true", help="also list every timm model name a suite may use")

@@ -75,7 +75,7 @@ class Runner:
     ):
         self.suite = suite
         self.out_dir = Path(out_dir)
-        self.plan: DevicePlan = pick_device(device)
+        self.plan: DevicePlan = pick_device(device, suite.training.amp, suite.training.deterministic)
         self.progress = progress
         self.retry_failed = retry_failed
         self._stop = False

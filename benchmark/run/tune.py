@@ -138,7 +138,7 @@ class Tuner:
             )
             for i in range(self.k)
         }
-        self.plan = pick_device(device)
+        self.plan = pick_device(device, suite.training.amp, suite.training.deterministic)
         self.storage = storage or str(sqlite_url(self.out / "tune.db"))
         self.study_name = study or f"{suite.name}-{self.backbone.name}-{self.fcfg.name}-{metric}"
         direction: Literal["minimize", "maximize"] = "minimize" if self.metric[1] in LOWER_IS_BETTER else "maximize"

@@ -56,7 +56,9 @@ class TrainingConfig(Strict):
     monitor: Literal["val_loss", "val_accuracy", "val_macro_f1", "val_qwk"] = "val_loss"
     sampler: Literal["none", "weighted"] = "none"
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
-    compile: bool = False
+    compile: bool = False  # torch.compile the model (inductor; CPU or CUDA)
+    amp: Literal["auto", "bf16", "fp16", "off"] = "auto"  # autocast: auto = bf16/fp16 on CUDA, off on the CPU
+    deterministic: bool = False  # deterministic algorithms only (CUDA: also CUBLAS_WORKSPACE_CONFIG)
     finetune_lr: float = Field(2e-5, ge=0, allow_inf_nan=False)
     finetune_epochs: int | None = Field(None, ge=1)  # None: same as epochs
 

@@ -83,9 +83,12 @@ def rotate_flip_bilinear(x: torch.Tensor, angles: torch.Tensor, flips: torch.Ten
 class BatchMaker:
     """Turns dataset indices into normalised channels_last (B, 3, H, W) batches on the training device."""
 
-    def __init__(self, images, mean, std, device: torch.device, input_size=None):
+    def __init__(self, images, mean, std, device: torch.device, input_size=None, resident: bool | None = None):
         self.device = device
-        if device.type == "cuda":
+        # Resident: the uint8 array lives as one tensor on the device and batches are augmented there with
+        # grid_sample (the CUDA path). The code is device-agnostic, so tests run it on CPU tensors too.
+        self.resident = device.type == "cuda" if resident is None else resident
+        if self.resident:
             # Resident uint8 data: the whole array is copied to the GPU once.
             self.images = torch.from_numpy(np.ascontiguousarray(images)).to(device, non_blocking=True)
         else:
@@ -93,7 +96,9 @@ class BatchMaker:
         self.scale = torch.as_tensor(1.0 / (255.0 * np.asarray(std)), dtype=torch.float32, device=device)
         self.shift = torch.as_tensor(-np.asarray(mean) / np.asarray(std), dtype=torch.float32, device=device)
         self.input_size = tuple(input_size) if input_size else None
-        self.path = "gpu-bilinear-grid_sample" if device.type == "cuda" else "cpu-opencv-nearest-warpAffine"
+        self.path = (
+            f"resident-bilinear-grid_sample ({device.type})" if self.resident else "cpu-opencv-nearest-warpAffine"
+        )
 
     def _finish_nhwc(self, x_uint8_nhwc: torch.Tensor) -> torch.Tensor:
         x = x_uint8_nhwc.to(torch.float32)
@@ -107,7 +112,7 @@ class BatchMaker:
         return x
 
     def train_batch(self, idx, angles, flips):
-        if self.device.type == "cuda":
+        if self.resident:
             x = self.images[torch.as_tensor(idx, device=self.device)].permute(0, 3, 1, 2).float()
             x = rotate_flip_bilinear(x, angles, flips)
             x = x * self.scale.view(1, 3, 1, 1) + self.shift.view(1, 3, 1, 1)
@@ -116,6 +121,6 @@ class BatchMaker:
         return self._finish_nhwc(torch.from_numpy(rotate_flip_cv2(batch, angles.numpy(), flips.numpy())))
 
     def eval_batch(self, idx):
-        if self.device.type == "cuda":
+        if self.resident:
             return self._finish_nhwc(self.images[torch.as_tensor(idx, device=self.device)])
         return self._finish_nhwc(torch.from_numpy(np.ascontiguousarray(self.images[np.asarray(idx)])))
