@@ -31,7 +31,7 @@ ALIASES = {
     "macro_recall": "recall@macro",
     "macro_precision": "precision@macro",
 }
-LOWER_IS_BETTER = {"mae"}
+LOWER_IS_BETTER = {"mae", "amae", "mmae", "rps", "ece"}
 
 
 def _two_labels(y_true, y_pred) -> bool:
@@ -101,12 +101,63 @@ def binary_rows(y_true, y_pred, task):
     ]
 
 
+def per_class_mae(y_true, y_pred, labels=GRADES) -> list[float]:
+    """MAE within each grade present in y_true: the pieces of AMAE (mean) and MMAE (max)."""
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    return [float(np.abs(y_pred[y_true == k] - k).mean()) for k in labels if np.any(y_true == k)]
+
+
+def rps(y_true, proba) -> float:
+    """Ranked probability score: mean over images of Σ_k (CDF_pred(k) − CDF_true(k))²."""
+    proba = np.asarray(proba, float)
+    onehot = np.eye(proba.shape[1])[np.asarray(y_true)]
+    return float(((np.cumsum(proba, 1) - np.cumsum(onehot, 1)) ** 2).sum(1).mean())
+
+
+def ece(y_true, proba, n_bins: int = 10) -> float:
+    """Expected calibration error of the top-class confidence, equal-width bins on [0, 1]."""
+    proba = np.asarray(proba, float)
+    conf, pred = proba.max(1), proba.argmax(1)
+    correct = (pred == np.asarray(y_true)).astype(float)
+    bins = np.clip(np.ceil(conf * n_bins).astype(int) - 1, 0, n_bins - 1)
+    total = 0.0
+    for b in range(n_bins):
+        m = bins == b
+        if m.any():
+            total += m.mean() * abs(correct[m].mean() - conf[m].mean())
+    return float(total)
+
+
+def probability_rows(y_true, proba):
+    """Metrics of the class probabilities themselves: RPS, ECE, one-vs-rest ROC AUC per grade (where the grade
+    and its complement both occur) and their mean, and remission-vs-active AUC with P(active) = P(2) + P(3)."""
+    from sklearn.metrics import roc_auc_score
+
+    y_true, proba = np.asarray(y_true), np.asarray(proba, float)
+    rows = [("mes", "rps", "", rps(y_true, proba)), ("mes", "ece", "", ece(y_true, proba))]
+    aucs = []
+    for k in GRADES:
+        positive = y_true == k
+        if positive.any() and not positive.all():
+            aucs.append(float(roc_auc_score(positive, proba[:, k])))
+            rows.append(("mes", "auc", str(k), aucs[-1]))
+    if aucs:
+        rows.append(("mes", "auc", "macro", float(np.mean(aucs))))
+    active = y_true >= 2
+    if active.any() and not active.all():
+        rows.append(("ra", "auc", "", float(roc_auc_score(active, proba[:, 2:].sum(1)))))
+    return rows
+
+
 def grade_metrics(y_true, y_pred):
     """All MES metrics and the remission-vs-active ones; returns (rows, confusion matrix)."""
     labels = list(GRADES)
     rows, cm = per_class_rows(y_true, y_pred, labels, "mes")
     rows.append(("mes", "qwk", "", qwk(y_true, y_pred)))
     rows.append(("mes", "mae", "", float(mean_absolute_error(y_true, y_pred))))
+    maes = per_class_mae(y_true, y_pred)
+    rows.append(("mes", "amae", "", float(np.mean(maes)) if maes else 0.0))
+    rows.append(("mes", "mmae", "", float(np.max(maes)) if maes else 0.0))
     rows += binary_rows(np.asarray(y_true) >= 2, np.asarray(y_pred) >= 2, "ra")
     return rows, cm
 
@@ -119,9 +170,12 @@ def task_metrics(task, y_task, pred_task, n_classes):
     return rows
 
 
-def all_rows(y, pred, task_preds: dict, tasks: dict):
-    """Every metric row of one prediction set: the grade, remission-vs-active, and each extra task."""
+def all_rows(y, pred, task_preds: dict, tasks: dict, proba=None):
+    """Every metric row of one prediction set: the grade, remission-vs-active, each extra task, and the
+    probability metrics where the formulation has class probabilities."""
     rows, cm = grade_metrics(y, pred)
+    if proba is not None:
+        rows += probability_rows(y, proba)
     for name, task in tasks.items():
         if name != "mes" and name in task_preds:
             rows += task_metrics(name, task.target(np.asarray(y)), task_preds[name], len(task.classes))
@@ -131,7 +185,7 @@ def all_rows(y, pred, task_preds: dict, tasks: dict):
 def known_metrics(tasks: dict) -> set[tuple[str, str, str]]:
     """Every (task, metric, cls) a formulation with these tasks produces."""
     y = np.array(GRADES)
-    rows, _ = all_rows(y, y, {name: np.array([0, 1] * 2) for name in tasks}, tasks)
+    rows, _ = all_rows(y, y, {name: np.array([0, 1] * 2) for name in tasks}, tasks, np.eye(len(GRADES)))
     return {(t, m, c) for t, m, c, _ in rows}
 
 

@@ -4,7 +4,20 @@ line below.
 Importing this package does not import torch (see base.py): the report reads decoding rules from here.
 """
 
-from . import coral, corn, mtl, regression, softmax  # noqa: F401 - registry entries, in registration order
+from . import (  # noqa: F401 - registry entries
+    cdw_ce,
+    clm,
+    coral,
+    corn,
+    ecoc,
+    emd,
+    mtl,
+    regression,
+    soft_labels,
+    softmax,
+    sord,
+    wk,
+)
 from .base import Decoded, Formulation, Task
 from .registry import (
     FINETUNE_SUFFIXES,

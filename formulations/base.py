@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -29,7 +29,21 @@ if TYPE_CHECKING:  # pragma: no cover
 State = dict[str, Any]  # a formulation's decoding parameters (e.g. fitted cut points), JSON-serialisable
 RawOutput = Any  # the head's output: a tensor, or a dict of tensors for multi-head formulations
 
-__all__ = ["NUM_CLASSES", "GRADES", "Task", "MES_TASK", "Decoded", "Formulation", "NoOptions", "option_error"]
+__all__ = [
+    "NUM_CLASSES",
+    "GRADES",
+    "Task",
+    "MES_TASK",
+    "Decoded",
+    "Formulation",
+    "NoOptions",
+    "option_error",
+    "ProbabilityFormulation",
+    "ProbabilityOptions",
+    "decode_probabilities",
+    "class_weighted",
+    "DECODING_RULES",
+]
 
 
 class NoOptions(BaseModel):
@@ -245,3 +259,76 @@ def ordinal_evidence(out: torch.Tensor) -> torch.Tensor:
     k = out.shape[1] + 1
     signs = torch.where(torch.arange(k - 1)[None, :] < torch.arange(k)[:, None], 1.0, -1.0)
     return out @ signs.to(out).T
+
+
+# ---------------------------------------------------------------------------- formulations with class probabilities
+
+DECODING_RULES = ("argmax", "median", "expectation")
+
+
+def decode_probabilities(proba: np.ndarray, rule: str) -> np.ndarray:
+    """Grade from class probabilities: the mode (argmax), the median of the predictive distribution (first
+    grade whose cumulative probability reaches 1/2) or the expected grade rounded half up."""
+    if rule == "argmax":
+        out: np.ndarray = proba.argmax(1)
+    elif rule == "median":
+        out = (np.cumsum(proba, axis=1) < 0.5 - 1e-12).sum(1)
+    elif rule == "expectation":
+        out = np.floor(proba @ np.arange(proba.shape[1], dtype=float) + 0.5).astype(np.int64)
+    else:
+        raise ValueError(f"unknown decoding rule {rule!r}")
+    clipped: np.ndarray = np.clip(out, 0, proba.shape[1] - 1)
+    return clipped
+
+
+class ProbabilityOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    decoding: Literal["argmax", "median", "expectation"] = "argmax"
+
+
+class ProbabilityFormulation(Formulation):
+    """A formulation whose outputs are the class probabilities: it decodes (and a fold-ensemble decodes the
+    mean probabilities) by the `decoding` option — an ablation axis of its own."""
+
+    Options: ClassVar[type[BaseModel]] = ProbabilityOptions
+    output_names: ClassVar[tuple[str, ...]] = tuple(f"P({c})" for c in CLASS_NAMES)
+
+    @property
+    def ensemble_rule(self) -> str:
+        return f"mean class probabilities, {self.options['decoding']}"
+
+    def probabilities(self, out: RawOutput) -> torch.Tensor:
+        """Class probabilities from the head's output (default: softmax of logits)."""
+        return out.float().softmax(1)  # type: ignore[no-any-return]
+
+    def outputs(self, out: RawOutput) -> torch.Tensor:
+        return self.probabilities(out)
+
+    def predict(self, outputs: np.ndarray, state: State) -> np.ndarray:
+        return decode_probabilities(outputs, self.options["decoding"])
+
+    def proba(self, outputs: np.ndarray, state: State) -> np.ndarray | None:
+        return outputs
+
+    def example_outputs(self, grades: np.ndarray, confidence: float = 0.8) -> np.ndarray:
+        out = np.full((len(grades), NUM_CLASSES), (1 - confidence) / (NUM_CLASSES - 1))
+        out[np.arange(len(grades)), grades] = confidence
+        return out
+
+
+def class_weighted(loss_fn: Any, out: torch.Tensor, y: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+    """A batch-mean loss with per-class sample weights, by calling the loss itself on each class's sub-batch:
+    Σ_c n_c·w_c·L(batch_c) / Σ_c n_c·w_c — which is L(batch) exactly when all weights are equal."""
+    if weights is None:
+        return loss_fn(out, y)  # type: ignore[no-any-return]
+    import torch
+
+    w = weights.to(out.device, torch.float32)
+    total = out.sum() * 0.0
+    norm = out.sum() * 0.0
+    for c in torch.unique(y).tolist():
+        mask = y == c
+        n = mask.sum()
+        total = total + w[c] * n * loss_fn(out[mask], y[mask])
+        norm = norm + w[c] * n
+    return total / norm.clamp_min(1e-12)

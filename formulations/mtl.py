@@ -13,7 +13,7 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from .base import Formulation, Task
+from .base import Formulation, Task, decode_probabilities
 from .registry import register_formulation
 
 TASKS = {
@@ -29,7 +29,9 @@ class MTLOptions(BaseModel):
     alpha: float = Field(1 / 3, allow_inf_nan=False)
     beta: float = Field(1 / 3, allow_inf_nan=False)
     gamma: float = Field(1 / 3, allow_inf_nan=False)
-    decoding: Literal["hard", "soft"] = "hard"
+    # hard: route by the primary head (the study); soft: argmax of the combined probabilities; median /
+    # expectation: of the combined distribution
+    decoding: Literal["hard", "soft", "median", "expectation"] = "hard"
 
     @model_validator(mode="after")
     def _weights(self):
@@ -120,8 +122,9 @@ class HierarchicalMTL(Formulation):
 
     def predict(self, outputs, state):
         p1, p_rem, p_act = self._split(outputs)
-        if self.options["decoding"] == "soft":
-            return combine(p1, p_rem, p_act).argmax(1)
+        rule = self.options["decoding"]
+        if rule != "hard":
+            return decode_probabilities(combine(p1, p_rem, p_act), "argmax" if rule == "soft" else rule)
         return np.where(p1.argmax(1) == 1, 2 + p_act.argmax(1), p_rem.argmax(1))
 
     def proba(self, outputs, state):

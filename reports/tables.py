@@ -51,6 +51,8 @@ class Options:
     correction: str = "holm"
     alpha: float = 0.05
     n_resamples: int = 1000
+    metric: str = "f1"  # Table 2's per-class metric (and the Friedman ranking's macro average)
+    summary: str = "default"  # Table 1's columns: default, or ordinal (QWK, MAE, AMAE, MMAE, RPS, ECE, AUC)
 
 
 def resolve(run: Run, opts: Options) -> Options:
@@ -274,15 +276,31 @@ SUMMARY_COLUMNS = [
 ]
 
 
+ORDINAL_COLUMNS = [
+    ("QWK", "mes", "qwk", ""),
+    ("MAE", "mes", "mae", ""),
+    ("AMAE", "mes", "amae", ""),
+    ("MMAE", "mes", "mmae", ""),
+    ("RPS", "mes", "rps", ""),
+    ("ECE", "mes", "ece", ""),
+    ("AUC (macro, one-vs-rest)", "mes", "auc", "macro"),
+    ("remission-vs-active AUC", "ra", "auc", ""),
+    ("accuracy", "mes", "accuracy", ""),
+    ("macro-F1", "mes", "f1", "macro"),
+]
+SUMMARIES = {"default": SUMMARY_COLUMNS, "ordinal": ORDINAL_COLUMNS}
+PER_CLASS_METRICS = ("f1", "recall", "precision", "specificity", "auc")
+
+
 def cv_summary(run: Run, opts: Options) -> Table:
+    columns = SUMMARIES[opts.summary]
     rows, marked = [], False
     for b in run.backbones:
         for f in run.formulations:
             flag = _incomplete(run, b, f)
             marked |= flag
             rows.append(
-                [b, f + (" †" if flag else "")]
-                + [fmt(run.series(b, f, opts.split, t, m, c)) for _, t, m, c in SUMMARY_COLUMNS]
+                [b, f + (" †" if flag else "")] + [fmt(run.series(b, f, opts.split, t, m, c)) for _, t, m, c in columns]
             )
     where = (
         "validation folds (each fold's model on its validation part)"
@@ -292,11 +310,17 @@ def cv_summary(run: Run, opts: Options) -> Table:
     notes = [
         f"Mean ± sd over the {where}; {run.meta.get('n_folds')} resamples × {len(run.suite.training.seeds)} seed(s)."
     ] + protocol_notes(run)
+    if opts.summary == "ordinal":
+        notes.append(
+            "Ordinal view: MAE, AMAE (mean over grades of the per-grade MAE), MMAE (their maximum), RPS (ranked "
+            "probability score) and ECE (expected calibration error, 10 bins) are lower-is-better; RPS, ECE and "
+            "AUC need class probabilities (— for formulations without them)."
+        )
     if marked:
         notes.append("† incomplete: some cells of this row are failed or missing; its statistics use fewer folds.")
     return Table(
         "Table 1 — cross-validation summary" if opts.split == "val" else "Table 1 — per-fold test summary",
-        ["backbone", "formulation"] + [c[0] for c in SUMMARY_COLUMNS],
+        ["backbone", "formulation"] + [c[0] for c in columns],
         rows,
         notes=notes,
         key="summary",
@@ -320,7 +344,7 @@ def per_class_f1(run: Run, opts: Options) -> Table:
     values = {}
     for i, (_, cls) in enumerate(row_keys):
         for j, f in enumerate(forms):
-            values[i, j] = run.series(b, f, opts.split, "mes", "f1", cls)
+            values[i, j] = run.series(b, f, opts.split, "mes", opts.metric, cls)
     if opts.reference in forms:
         jr = forms.index(opts.reference)
         for i in range(len(row_keys)):
@@ -344,16 +368,34 @@ def per_class_f1(run: Run, opts: Options) -> Table:
             if len(values[i, j]) and np.isclose(means[j], best):
                 bold.add((i, j + 1))
         rows.append(row)
-    notes = [f"F1 per class on the {design.split_text()}, mean ± sd over folds; best per row in bold."]
+    label = {"f1": "F1", "auc": "one-vs-rest AUC"}.get(opts.metric, opts.metric)
+    notes = [f"{label} per class on the {design.split_text()}, mean ± sd over folds; best per class in bold."]
     if opts.reference not in forms:
         notes.append(f"No stars: the reference formulation {opts.reference!r} is not in this run.")
     else:
         notes.append(legend(opts, design, len(pvals)))
     if not others:
         notes.append("Only one formulation: nothing to compare.")
-    return Table(
-        f"Table 2 — per-class F1, {b}", ["class"] + forms, rows, bold, notes + protocol_notes(run), key="per_class_f1"
+    table = Table(
+        f"Table 2 — per-class {label}, {b}",
+        ["class"] + forms,
+        rows,
+        bold,
+        notes + protocol_notes(run),
+        key="per_class_f1",
     )
+    return transposed(table, "formulation") if len(forms) > WIDE else table
+
+
+WIDE = 8  # more formulations than this: tables that put them in columns are transposed to stay readable
+
+
+def transposed(table: Table, corner: str) -> Table:
+    """Rows become columns (bold cells follow); the first column's values become the header."""
+    header = [corner] + [row[0] for row in table.rows]
+    rows = [[table.columns[j]] + [row[j] for row in table.rows] for j in range(1, len(table.columns))]
+    bold = {(j - 1, i + 1) for i, j in table.bold}
+    return Table(table.title, header, rows, bold, table.notes, table.key)
 
 
 def mtl_tasks(run: Run, opts: Options) -> Table | None:
@@ -645,7 +687,7 @@ def friedman_table(run: Run, opts: Options) -> tuple[Table | None, object]:
             ],
             key="friedman",
         ), None
-    scores = np.array([[run.series(b, f, opts.split, "mes", "f1", "macro").mean() for f in forms] for b in bbs])
+    scores = np.array([[run.series(b, f, opts.split, "mes", opts.metric, "macro").mean() for f in forms] for b in bbs])
     if np.isnan(scores).any():
         return Table(
             "Table 6 — Friedman ranking",
@@ -667,7 +709,8 @@ def friedman_table(run: Run, opts: Options) -> tuple[Table | None, object]:
         else f"Iman–Davenport F = {res.iman_davenport_f:.3f} (p = {res.iman_davenport_p:.3g})"
     )
     notes = [
-        f"Blocks: the {len(bbs)} backbones (macro-F1 on the {Design.of(run, opts).split_text()}, averaged over "
+        f"Blocks: the {len(bbs)} backbones (macro {opts.metric} on the {Design.of(run, opts).split_text()}, "
+        "averaged over "
         f"folds); rank 1 = best. Friedman χ² = {res.statistic:.3f} (p = {res.p_value:.3g}"
         f"{', exact' if res.exact else ', χ² approximation'}); {id_text}; Nemenyi critical difference CD = "
         f"{res.critical_difference:.3f} at α = {opts.alpha} — formulations whose mean ranks differ by less than "
@@ -697,7 +740,7 @@ def throughput(run: Run, opts: Options) -> Table | None:
                 continue
             train = [r.timings.get("train_images_per_s") or 0.0 for r in results]
             evals = [r.timings.get("eval_images_per_s") or 0.0 for r in results]
-            peaks = [r.timings.get("peak_memory_bytes") for r in results if r.timings.get("peak_memory_bytes")]
+            peaks = [int(r.timings["peak_memory_bytes"]) for r in results if r.timings.get("peak_memory_bytes")]
             first = results[0]
             rows.append(
                 [

@@ -99,7 +99,7 @@ def write_fake_run(
             pred = np.where(rng.random(len(y)) < p_ok, y, np.clip(y + rng.choice([-1, 1], len(y)), 0, max(GRADES)))
             outputs = form.example_outputs(pred, 0.7)
             dec = form.decode_outputs(outputs, result.state)
-            rows, cm = all_rows(y, dec.pred, dec.task_preds, form.tasks)
+            rows, cm = all_rows(y, dec.pred, dec.task_preds, form.tasks, dec.proba)
             result.metrics += [{"split": split, "task": t, "metric": m, "cls": c, "value": v} for t, m, c, v in rows]
             result.confusion[split] = cm.tolist()
             if split == "test":

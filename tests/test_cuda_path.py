@@ -84,8 +84,9 @@ def test_resident_and_cpu_paths_agree_inside_the_inscribed_circle():
 
 
 def _run(make_suite, tmp_path, name, *extra, **training):
-    suite = make_suite(name=name, formulations=["softmax"], training={"epochs": 1, "lr": 0.003, "batch_size": 32,
-                                                                      **training})
+    suite = make_suite(
+        name=name, formulations=["softmax"], training={"epochs": 1, "lr": 0.003, "batch_size": 32, **training}
+    )
     out = tmp_path / name
     assert main(["run", str(suite), "--out", str(out), "--quiet", "--only", "fold=0", *extra]) == 0
     store = Store(out, create=False)

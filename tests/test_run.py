@@ -155,9 +155,11 @@ def test_a_formulation_defined_in_one_place_trains_reports_ensembles_and_explain
     assert written and maps.shape[0] == 4 and maps.min() >= 0 and maps.max() <= 1
 
 
-def test_smoke_suite_lists_every_registered_formulation():
+def test_smoke_suites_list_every_registered_formulation():
     suite = load_suite("suites/smoke.yaml")
-    names = {f.name for f in suite.formulations}
+    names = {f.name for f in suite.formulations} | {
+        f.name for f in load_suite("suites/ordinal-smoke.yaml").formulations
+    }
     assert names >= set(FORMULATIONS)
     finetuned = [f.display for f in suite.formulations if f.finetune]
     assert "mtl+f1" in finetuned and len(finetuned) >= 2

@@ -28,6 +28,8 @@ def cmd_report(args):
         test=args.test,
         correction=args.correction,
         alpha=args.alpha,
+        metric=args.metric,
+        summary=args.summary,
     )
     fmt = "csv" if args.csv else "latex" if args.latex else "html" if args.html else "markdown"
     if fmt == "csv":
@@ -58,12 +60,17 @@ def _add_report(sub):
     r.add_argument("run_dir", nargs="?", help="run directory (default: the most recent under ./runs)")
     fmt = r.add_mutually_exclusive_group()
     fmt.add_argument("--markdown", action="store_true", help="Markdown to stdout (default)")
-    fmt.add_argument("--latex", action="store_true")
+    fmt.add_argument("--latex", action="store_true", help="LaTeX tables (booktabs)")
     fmt.add_argument("--html", action="store_true", help="one self-contained HTML file with figures")
     fmt.add_argument("--csv", action="store_true", help="the long-format metric table")
     r.add_argument("-o", "--output", help="write to this file instead of stdout")
-    r.add_argument("--split", choices=["val", "test"], default="val")
-    r.add_argument("--backbone")
+    r.add_argument(
+        "--split",
+        choices=["val", "test"],
+        default="val",
+        help="validation folds (default) or the held-out test set, each fold's model",
+    )
+    r.add_argument("--backbone", help="backbone of Table 2 (default: densenet121 if present, else the first)")
     r.add_argument(
         "--reference",
         help="formulation the others are compared with (default: the registered "
@@ -76,8 +83,25 @@ def _add_report(sub):
         help="paired test across folds (auto: Wilcoxon signed-rank for k-fold designs, corrected t for "
         "Monte-Carlo splits)",
     )
-    r.add_argument("--correction", choices=["holm", "fdr_bh", "bonferroni", "none"], default="holm")
-    r.add_argument("--alpha", type=float, default=0.05)
+    r.add_argument(
+        "--correction",
+        choices=["holm", "fdr_bh", "bonferroni", "none"],
+        default="holm",
+        help="multiple-comparison correction (statsmodels multipletests)",
+    )
+    r.add_argument("--alpha", type=float, default=0.05, help="significance level of the stars")
+    r.add_argument(
+        "--metric",
+        default="f1",
+        choices=["f1", "recall", "precision", "specificity", "auc"],
+        help="per-class metric of Table 2 and of the Friedman ranking (macro average)",
+    )
+    r.add_argument(
+        "--summary",
+        default="default",
+        choices=["default", "ordinal"],
+        help="Table 1's columns: the default view, or the ordinal one (QWK, MAE, AMAE, MMAE, RPS, ECE, AUC)",
+    )
     r.set_defaults(fn=cmd_report)
 
 

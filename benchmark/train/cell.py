@@ -124,7 +124,7 @@ def run_cell(spec: CellSpec, plan: DevicePlan) -> CellResult:
         else {k: np.asarray(v).tolist() for k, v in spec.class_weights.items()},
     )
     for split, pred in outcome.predictions.items():
-        rows, cm = all_rows(pred["y"], pred["pred"], pred["task_preds"], formulation.tasks)
+        rows, cm = all_rows(pred["y"], pred["pred"], pred["task_preds"], formulation.tasks, pred["proba"])
         n = max(len(pred["y"]), 1)
         rows += [("diag", k, "", float(v) / n) for k, v in outcome.counters[split].items()]
         result.metrics += [{"split": split, "task": t, "metric": m, "cls": c, "value": float(v)} for t, m, c, v in rows]

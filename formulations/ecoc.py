@@ -1,0 +1,52 @@
+"""Ordinal binary decomposition with error-correcting output codes (Barbero-Gómez et al. 2023), via dlordinal
+OrdinalECOCDistanceLoss: Linear(d, 3) gives P(y > k) through sigmoids, trained by squared distance to the code
+word of the true grade; decoding picks the grade whose code word is nearest. A fold-ensemble averages the
+threshold probabilities and decodes them the same way."""
+
+import numpy as np
+
+from .base import NUM_CLASSES, Formulation, cumulative_to_class_proba, ordinal_evidence
+from .registry import register_formulation
+
+CODES = np.tril(np.ones((NUM_CLASSES, NUM_CLASSES - 1)), -1)  # grade k: k ones, then zeros
+
+
+@register_formulation
+class OrdinalECOC(Formulation):
+    name = "ecoc"
+    description = "Linear(d, 3) with sigmoids, ordinal ECOC distance loss, nearest code word"
+    reference_text = "Barbero-Gómez et al., 2023 (ordinal binary decomposition, ECOC; dlordinal)"
+    output_names = tuple(f"P(MES > {k})" for k in range(NUM_CLASSES - 1))
+    ensemble_text = "mean threshold probabilities, nearest code word"
+
+    def head(self, d):
+        from torch import nn
+
+        return nn.Linear(d, NUM_CLASSES - 1)
+
+    def loss(self, out, y, weights=None):
+        import torch
+        from dlordinal.losses import OrdinalECOCDistanceLoss
+
+        w = None if weights is None else weights["mes"].to(out.device, torch.float32)
+        fn = OrdinalECOCDistanceLoss(NUM_CLASSES, w).to(out.device)
+        if w is None:
+            return fn(torch.sigmoid(out.float()), y) / len(y)  # the package sums over the batch
+        return fn(torch.sigmoid(out.float()), y) / w[y].sum()
+
+    def outputs(self, out):
+        import torch
+
+        return torch.sigmoid(out.float())
+
+    def predict(self, outputs, state):
+        return ((outputs[:, None, :] - CODES[None]) ** 2).sum(2).argmin(1)
+
+    def proba(self, outputs, state):
+        return cumulative_to_class_proba(outputs)
+
+    def gradcam_scores(self, out):
+        return ordinal_evidence(out)
+
+    def example_outputs(self, grades, confidence=0.8):
+        return np.where(CODES[np.asarray(grades)] == 1, confidence, 1 - confidence)

@@ -1,0 +1,32 @@
+"""Weighted-kappa loss (de la Torre et al. 2018), via dlordinal WKLoss: 1 − QWK of the soft confusion matrix of
+a batch, so the network optimises the ordinal agreement itself. Linear(d, 4). The loss is defined on a whole
+batch (not per image); fine-tuning weights go through the package's own `weight`."""
+
+from typing import Literal
+
+from .base import NUM_CLASSES, ProbabilityFormulation, ProbabilityOptions
+from .registry import register_formulation
+
+
+class WKOptions(ProbabilityOptions):
+    penalization: Literal["quadratic", "linear"] = "quadratic"
+
+
+@register_formulation
+class WeightedKappa(ProbabilityFormulation):
+    name = "wk"
+    description = "Linear(d, 4), weighted-kappa (QWK) loss on the batch (dlordinal WKLoss)"
+    reference_text = "de la Torre, Puig & Valls, Pattern Recognit. Lett. 2018 (weighted kappa loss)"
+    Options = WKOptions
+
+    def head(self, d):
+        from torch import nn
+
+        return nn.Linear(d, NUM_CLASSES)
+
+    def loss(self, out, y, weights=None):
+        from dlordinal.losses import WKLoss
+
+        w = None if weights is None else weights["mes"].to(out.device, out.dtype)
+        fn = WKLoss(NUM_CLASSES, penalization_type=self.options["penalization"], weight=w, use_logits=True)
+        return fn.to(out.device)(out.float(), y)
