@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import warnings
 
 import numpy as np
 
@@ -30,25 +31,86 @@ def _plt():
     return plt
 
 
-def classwise_boxplots(run: Run, opts: Options, backbone: str) -> bytes:
+def comparison_boxplots(
+    run: Run,
+    opts: Options,
+    axis: str,
+    within: str,
+    metrics=("precision", "recall", "f1", "specificity"),
+    items=None,
+    reference=None,
+    pairs="reference",
+):
+    """Per-class boxplots over folds, one panel per metric, the compared items side by side, with the
+    significant pairs bracketed by statannotations using the very p-values of the matching tables. Returns
+    (png, {metric: Comparison}) so a caller can check figure and table agree."""
+    import pandas as pd
+    import seaborn as sns
+    from statannotations.Annotator import Annotator
+
+    from .compare import compare, figure_legend
+
     plt = _plt()
-    forms = run.formulations
-    fig, axes = plt.subplots(1, 4, figsize=(18, 4), sharey=True)
-    width = 0.8 / max(len(forms), 1)
-    colors = plt.cm.tab10(np.arange(len(forms)) % 10)
-    for ax, metric in zip(axes, ("precision", "recall", "f1", "specificity")):
-        for j, f in enumerate(forms):
-            data = [run.series(backbone, f, opts.split, "mes", metric, str(k)).to_numpy() for k in GRADES]
-            pos = np.arange(NUM_CLASSES) + (j - (len(forms) - 1) / 2) * width
-            bp = ax.boxplot(data, positions=pos, widths=width * 0.9, patch_artist=True, showfliers=False)
-            for box in bp["boxes"]:
-                box.set_facecolor(colors[j])
-        ax.set_xticks(GRADES, CLASSES)
+    comparisons = {m: compare(run, opts, axis, within, m, items, reference, pairs) for m in metrics}
+    first = next(iter(comparisons.values()))
+    drawn: dict[str, list[tuple[str, str, str, str]]] = {m: [] for m in metrics}
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5.2 * len(metrics), 4.6), squeeze=False)
+    for ax, (metric, cmp) in zip(axes[0], comparisons.items()):
+        records = [
+            {"class": name, "item": it, "value": v}
+            for (name, cls) in [(n, str(k)) for k, n in enumerate(CLASSES)]
+            for it in cmp.items
+            for v in cmp.values[cls, it].to_numpy()
+        ]
+        df = pd.DataFrame(records)
+        if df.empty:
+            ax.set_title(f"{metric}: no values")
+            continue
+        with warnings.catch_warnings():  # seaborn 0.13 still passes matplotlib's deprecated `vert`
+            warnings.simplefilter("ignore", DeprecationWarning)
+            sns.boxplot(
+                data=df,
+                x="class",
+                y="value",
+                hue="item",
+                hue_order=cmp.items,
+                ax=ax,
+                showfliers=False,
+                legend=ax is axes[0][0],
+            )
+        marked = [
+            ((CLASSES[int(cls)], a), (CLASSES[int(cls)], b), star)
+            for (cls, a, b), star in cmp.stars.items()
+            if star and cls != "macro"
+        ]
+        if marked:
+            ann = Annotator(
+                ax,
+                [(x, y) for x, y, _ in marked],
+                data=df,
+                x="class",
+                y="value",
+                hue="item",
+                hue_order=cmp.items,
+                verbose=False,
+            )
+            ann.configure(verbose=0)
+            ann.set_custom_annotations([star for _, _, star in marked])
+            ann.annotate()
+            shown = {t.get_text() for t in ax.texts}
+            for a in ann.annotations:
+                (c1, h1), (_, h2) = a.structs[0]["group"], a.structs[1]["group"]
+                if a.text in shown:
+                    drawn[metric].append((c1, h1, h2, a.text))
         ax.set_title(metric)
+        ax.set_xlabel("")
         ax.grid(axis="y", alpha=0.3)
-    axes[-1].legend([plt.Rectangle((0, 0), 1, 1, color=c) for c in colors], forms, fontsize=7, loc="lower right")
-    fig.suptitle(f"Class-wise metrics over folds — {backbone}")
-    return _png(fig)
+    axes[0][0].legend(fontsize=7, loc="lower left")
+    what = "backbones" if axis == "backbones" else "formulations"
+    fig.suptitle(f"Class-wise metrics over folds, {what} compared within {within}", y=1.0)
+    fig.text(0.5, -0.02, figure_legend(first), ha="center", va="top", fontsize=7, wrap=True)
+    fig.tight_layout()
+    return _png(fig), comparisons, drawn
 
 
 def finetune_change(run: Run, opts: Options) -> bytes | None:
@@ -191,24 +253,3 @@ def score_distributions(run: Run, opts: Options) -> bytes | None:
         ax.set_title(f"{f} (dashed: mean thresholds)", fontsize=9)
     fig.suptitle("Scores by true grade, all backbones and folds")
     return _png(fig)
-
-
-def all_figures(run: Run, opts: Options, friedman_result=None) -> dict[str, bytes]:
-    figs = {}
-    for b in run.backbones:
-        figs[f"class-wise metrics — {b}"] = classwise_boxplots(run, opts, b)
-        figs[f"confusion matrices — {b}"] = confusion_matrices(run, opts, b)
-        figs[f"training curves — {b}"] = training_curves(run, b)
-    ft = finetune_change(run, opts)
-    if ft:
-        figs["change after fine-tuning"] = ft
-    if friedman_result is not None:
-        figs["critical difference diagram"] = cd_diagram(friedman_result)
-    scores = score_distributions(run, opts)
-    if scores:
-        figs["score distributions"] = scores
-    explain = run.path / "explain"
-    if explain.is_dir():
-        for png in sorted(explain.glob("*.png")):
-            figs[f"Grad-CAM — {png.stem}"] = png.read_bytes()
-    return figs

@@ -5,10 +5,13 @@ from __future__ import annotations
 import base64
 import gc
 import html
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
+from .compare import compare, comparison_table
 from .load import LONG_COLUMNS, Run
 from .stats import CORRECTIONS, TESTS
 from .tables import (
@@ -16,14 +19,15 @@ from .tables import (
     Options,
     Table,
     cv_summary,
+    default_backbone,
     finetune_effect,
     friedman_table,
     mtl_tasks,
-    per_class_f1,
     resolve,
     test_ensemble,
     throughput,
 )
+from .views import Section, load_view
 
 
 @dataclass
@@ -34,6 +38,7 @@ class Report:
     tables: list[Table]
     figures: dict[str, bytes] = field(default_factory=dict)
     friedman: object = None
+    figure_specs: list[tuple[str, Callable[[], bytes | None]]] = field(default_factory=list)
 
 
 def numerics(run: Run) -> str:
@@ -105,41 +110,244 @@ def _build(run: Run, opts: Options, with_test=True) -> Report:
             f"{run.stale} finished cell(s) of an earlier configuration of this suite are in the store "
             "and are ignored here."
         )
-    tables = [cv_summary(run, opts), per_class_f1(run, opts)]
-    for t in (mtl_tasks(run, opts), finetune_effect(run, opts)):
-        if t is not None:
-            tables.append(t)
-    if with_test:
+    view = load_view(opts.view)
+    tables: list[Table] = []
+    figures: list[tuple[str, Callable[[], bytes | None]]] = []
+    ctx: dict[str, Any] = {"with_test": with_test}
+    for section in view.sections:
+        SECTIONS[section.kind](run, opts, section, tables, figures, ctx)
+    title = "mesbench report" if view.name == "default" else view.title
+    return Report(
+        f"{title} — {suite.name}",
+        header + [f"View: {view.name}"],
+        warnings,
+        tables,
+        friedman=ctx.get("friedman"),
+        figure_specs=figures,
+    )
+
+
+# ---------------------------------------------------------------------------- sections of a view
+
+
+def _missing(names, present, what) -> list[str]:
+    gone = [n for n in (names or []) if n not in present]
+    return [f"{', '.join(gone)}: not {what} of this run, left out."] if gone else []
+
+
+def _within(run: Run, opts: Options, section: Section, axis: str) -> list[str]:
+    if section.within:
+        return section.within
+    if axis == "formulations":
+        return [default_backbone(run, opts)]
+    return list(run.formulations)
+
+
+def _summary(run, opts, section, tables, figures, ctx):
+    t = cv_summary(run, opts, section.columns, section.items, section.title)
+    t.notes += _missing(section.items, run.formulations, "formulations")
+    tables.append(t)
+
+
+def _per_class(run, opts, section, tables, figures, ctx):
+    axis = section.compare or opts.compare
+    present = run.backbones if axis == "formulations" else run.formulations
+    for within in _within(run, opts, section, axis):
+        if within not in present:
+            kind = "a backbone" if axis == "formulations" else "a formulation"
+            tables.append(
+                Table(
+                    section.title or f"Per-class comparison within {within}",
+                    ["note"],
+                    [[f"{within} is not {kind} of this run: nothing to show."]],
+                    key="per_class",
+                )
+            )
+            continue
+        reference = section.reference or _axis_reference(run, opts, axis)
+        cmp = compare(
+            run,
+            opts,
+            axis,
+            within,
+            section.metric or opts.metric,
+            section.items,
+            reference,
+            section.pairs or opts.pairs,
+        )
+        out = comparison_table(cmp, run, section.title)
+        out[0].notes += _missing(
+            section.items, run.formulations if axis == "formulations" else run.backbones, f"{axis}"
+        )
+        tables.extend(out)
+
+
+def _axis_reference(run: Run, opts: Options, axis: str) -> str | None:
+    """--reference applies on the axis it names; backbones default to the first one."""
+    if axis == "formulations":
+        return opts.reference
+    return opts.reference if opts.reference in run.backbones else None
+
+
+def _tasks(run, opts, section, tables, figures, ctx):
+    t = mtl_tasks(run, opts, section.items, section.title)
+    if t is not None:
+        tables.append(t)
+
+
+def _finetune(run, opts, section, tables, figures, ctx):
+    t = finetune_effect(run, opts)
+    if t is not None:
+        if section.title:
+            t.title = section.title
+        tables.append(t)
+
+
+def _test(run, opts, section, tables, figures, ctx):
+    if ctx["with_test"]:
         preds = run.store.predictions_frame("test", ["key", "image_id", "y_true", "y_pred", "outputs"])
         t = test_ensemble(run, opts, preds)
         if t is not None:
             tables.append(t)
+
+
+def _friedman(run, opts, section, tables, figures, ctx):
     fr, fres = friedman_table(run, opts)
+    ctx["friedman"] = fres
     if fr is not None:
         tables.append(fr)
-    tp = throughput(run, opts)
-    if tp is not None:
-        tables.append(tp)
+
+
+def _throughput(run, opts, section, tables, figures, ctx):
+    t = throughput(run, opts)
+    if t is not None:
+        tables.append(t)
+
+
+def _failed(run, opts, section, tables, figures, ctx):
     failed = run.cells[run.cells.status == "failed"]
     if len(failed):
-        tables.append(
-            Table(
-                "Failed cells",
-                ["backbone", "formulation", "seed", "fold", "reason"],
-                [
-                    [
-                        r.backbone,
-                        r.formulation,
-                        str(r.seed),
-                        str(r.fold),
-                        (r.error or "").splitlines()[0] if r.error else "",
-                    ]
-                    for r in failed.itertuples()
-                ],
-                key="failed",
+        rows = [
+            [r.backbone, r.formulation, str(r.seed), str(r.fold), (r.error or "").splitlines()[0] if r.error else ""]
+            for r in failed.itertuples()
+        ]
+        tables.append(Table("Failed cells", ["backbone", "formulation", "seed", "fold", "reason"], rows, key="failed"))
+
+
+def _figure(name, fn):
+    def add(run, opts, section, tables, figures, ctx):
+        figures.append((section.title or name, lambda: fn(run, opts, section, ctx)))
+
+    return add
+
+
+def _classwise(run, opts, section, tables, figures, ctx):
+    from .figures import comparison_boxplots
+
+    axis = section.compare or opts.compare
+    present = run.backbones if axis == "formulations" else run.formulations
+    for within in [w for w in _within_figures(run, section, axis) if w in present]:
+        title = section.title or f"class-wise metrics — {within}"
+        reference = section.reference or _axis_reference(run, opts, axis)
+
+        def draw(within=within, reference=reference):
+            return comparison_boxplots(
+                run, opts, axis, within, tuple(section.metrics), section.items, reference, section.pairs or opts.pairs
+            )[0]
+
+        figures.append(
+            (
+                title
+                if len(_within_figures(run, section, axis)) == 1
+                else f"{title} ({within})"
+                if section.title
+                else title,
+                draw,
             )
         )
-    return Report(f"mesbench report — {suite.name}", header, warnings, tables, friedman=fres)
+
+
+def _within_figures(run: Run, section: Section, axis: str) -> list[str]:
+    if section.within:
+        return section.within
+    return list(run.backbones) if axis == "formulations" else list(run.formulations)
+
+
+def _per_backbone(name, fn):
+    def add(run, opts, section, tables, figures, ctx):
+        for b in run.backbones:
+            figures.append((f"{section.title or name} — {b}", lambda b=b: fn(run, b, opts)))
+
+    return add
+
+
+def _gradcam(run, opts, section, tables, figures, ctx):
+    explain = run.path / "explain"
+    if explain.is_dir():
+        for png in sorted(explain.glob("*.png")):
+            figures.append((f"Grad-CAM — {png.stem}", png.read_bytes))
+
+
+def _cd(run, opts, section, tables, figures, ctx):
+    from .figures import cd_diagram
+
+    if "friedman" not in ctx:
+        ctx["friedman"] = friedman_table(run, opts)[1]
+    if ctx["friedman"] is not None:
+        figures.append((section.title or "critical difference diagram", lambda: cd_diagram(ctx["friedman"])))
+
+
+def _fig_confusion(run, b, opts):
+    from .figures import confusion_matrices
+
+    return confusion_matrices(run, opts, b)
+
+
+def _fig_curves(run, b, opts):
+    from .figures import training_curves
+
+    return training_curves(run, b)
+
+
+def _fig_finetune(run, opts, section, ctx):
+    from .figures import finetune_change
+
+    return finetune_change(run, opts)
+
+
+def _fig_scores(run, opts, section, ctx):
+    from .figures import score_distributions
+
+    return score_distributions(run, opts)
+
+
+SECTIONS = {
+    "summary": _summary,
+    "per_class": _per_class,
+    "tasks": _tasks,
+    "finetune": _finetune,
+    "test": _test,
+    "friedman": _friedman,
+    "throughput": _throughput,
+    "failed": _failed,
+    "figure_classwise": _classwise,
+    "figure_confusion": _per_backbone("confusion matrices", _fig_confusion),
+    "figure_curves": _per_backbone("training curves", _fig_curves),
+    "figure_finetune": _figure("change after fine-tuning", _fig_finetune),
+    "figure_cd": _cd,
+    "figure_scores": _figure("score distributions", _fig_scores),
+    "figure_gradcam": _gradcam,
+}
+
+
+def render_figures(rep: Report) -> dict[str, bytes]:
+    """The view's figures as PNG bytes (drawn only for formats that show them)."""
+    out = {}
+    for name, draw in rep.figure_specs:
+        png = draw()
+        if png:
+            out[name] = png
+    return out
 
 
 # ---------------------------------------------------------------------------- markdown

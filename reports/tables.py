@@ -26,7 +26,6 @@ from .stats import (
     paired_test,
     significance_possible,
     smallest_p,
-    stars,
 )
 
 CLASSES = list(CLASS_NAMES)
@@ -53,6 +52,9 @@ class Options:
     n_resamples: int = 1000
     metric: str = "f1"  # Table 2's per-class metric (and the Friedman ranking's macro average)
     summary: str = "default"  # Table 1's columns: default, or ordinal (QWK, MAE, AMAE, MMAE, RPS, ECE, AUC)
+    view: str = "default"  # a view name in reports/views/ or the path of a view YAML
+    compare: str = "formulations"  # the axis of comparison sections: formulations or backbones
+    pairs: str = "reference"  # compare each with the reference, or all pairs
 
 
 def resolve(run: Run, opts: Options) -> Options:
@@ -288,15 +290,38 @@ ORDINAL_COLUMNS = [
     ("accuracy", "mes", "accuracy", ""),
     ("macro-F1", "mes", "f1", "macro"),
 ]
-SUMMARIES = {"default": SUMMARY_COLUMNS, "ordinal": ORDINAL_COLUMNS}
+POLAT_COLUMNS = [
+    ("accuracy", "mes", "accuracy", ""),
+    ("macro precision", "mes", "precision", "macro"),
+    ("macro recall", "mes", "recall", "macro"),
+    ("macro F1", "mes", "f1", "macro"),
+    ("QWK", "mes", "qwk", ""),
+    ("κ", "mes", "kappa", ""),
+]
+REMISSION_COLUMNS = [
+    ("accuracy", "ra", "accuracy", ""),
+    ("κ", "ra", "kappa", ""),
+    ("precision (active)", "ra", "precision", ""),
+    ("recall (active)", "ra", "recall", ""),
+    ("F1 (active)", "ra", "f1", ""),
+    ("specificity", "ra", "specificity", ""),
+]
+SUMMARIES = {
+    "default": SUMMARY_COLUMNS,
+    "ordinal": ORDINAL_COLUMNS,
+    "polat": POLAT_COLUMNS,
+    "ra": REMISSION_COLUMNS,
+}
 PER_CLASS_METRICS = ("f1", "recall", "precision", "specificity", "auc")
 
 
-def cv_summary(run: Run, opts: Options) -> Table:
-    columns = SUMMARIES[opts.summary]
+def cv_summary(
+    run: Run, opts: Options, columns_name: str | None = None, items: list[str] | None = None, title: str | None = None
+) -> Table:
+    columns = SUMMARIES[columns_name or opts.summary]
     rows, marked = [], False
     for b in run.backbones:
-        for f in run.formulations:
+        for f in [f for f in run.formulations if items is None or f in items]:
             flag = _incomplete(run, b, f)
             marked |= flag
             rows.append(
@@ -319,7 +344,7 @@ def cv_summary(run: Run, opts: Options) -> Table:
     if marked:
         notes.append("† incomplete: some cells of this row are failed or missing; its statistics use fewer folds.")
     return Table(
-        "Table 1 — cross-validation summary" if opts.split == "val" else "Table 1 — per-fold test summary",
+        title or ("Table 1 — cross-validation summary" if opts.split == "val" else "Table 1 — per-fold test summary"),
         ["backbone", "formulation"] + [c[0] for c in columns],
         rows,
         notes=notes,
@@ -333,60 +358,6 @@ def default_backbone(run: Run, opts: Options) -> str:
     return "densenet121" if "densenet121" in run.backbones else run.backbones[0]
 
 
-def per_class_f1(run: Run, opts: Options) -> Table:
-    opts = resolve(run, opts)
-    design = Design.of(run, opts)
-    b = default_backbone(run, opts)
-    forms = run.formulations
-    others = [f for f in forms if f != opts.reference]
-    row_keys = [(name, str(k)) for k, name in enumerate(CLASSES)] + [("macro", "macro")]
-    pvals, where = [], []
-    values = {}
-    for i, (_, cls) in enumerate(row_keys):
-        for j, f in enumerate(forms):
-            values[i, j] = run.series(b, f, opts.split, "mes", opts.metric, cls)
-    if opts.reference in forms:
-        jr = forms.index(opts.reference)
-        for i in range(len(row_keys)):
-            for j, f in enumerate(forms):
-                if f == opts.reference:
-                    continue
-                p = design.p_value(values[i, j], values[i, jr])
-                if not np.isnan(p):
-                    pvals.append(p)
-                    where.append((i, j))
-    adjusted = adjust(pvals, opts.correction)
-    allowed = stars_allowed(opts, design, len(pvals))
-    star = {w: stars(p, opts.alpha) for w, p in zip(where, adjusted)} if allowed else {}
-    rows, bold = [], set()
-    for i, (name, _) in enumerate(row_keys):
-        means = [values[i, j].mean() if len(values[i, j]) else -np.inf for j in range(len(forms))]
-        best = np.nanmax(means)
-        row = [name]
-        for j in range(len(forms)):
-            row.append(fmt(values[i, j]) + star.get((i, j), ""))
-            if len(values[i, j]) and np.isclose(means[j], best):
-                bold.add((i, j + 1))
-        rows.append(row)
-    label = {"f1": "F1", "auc": "one-vs-rest AUC"}.get(opts.metric, opts.metric)
-    notes = [f"{label} per class on the {design.split_text()}, mean ± sd over folds; best per class in bold."]
-    if opts.reference not in forms:
-        notes.append(f"No stars: the reference formulation {opts.reference!r} is not in this run.")
-    else:
-        notes.append(legend(opts, design, len(pvals)))
-    if not others:
-        notes.append("Only one formulation: nothing to compare.")
-    table = Table(
-        f"Table 2 — per-class {label}, {b}",
-        ["class"] + forms,
-        rows,
-        bold,
-        notes + protocol_notes(run),
-        key="per_class_f1",
-    )
-    return transposed(table, "formulation") if len(forms) > WIDE else table
-
-
 WIDE = 8  # more formulations than this: tables that put them in columns are transposed to stay readable
 
 
@@ -398,12 +369,13 @@ def transposed(table: Table, corner: str) -> Table:
     return Table(table.title, header, rows, bold, table.notes, table.key)
 
 
-def mtl_tasks(run: Run, opts: Options) -> Table | None:
+def mtl_tasks(run: Run, opts: Options, items: list[str] | None = None, title: str | None = None) -> Table | None:
     tasks = run.extra_tasks()
     forms = [
         f
         for f in run.formulations
-        if any(len(run.series(b, f, opts.split, t, "accuracy")) for b in run.backbones for t in tasks)
+        if (items is None or f in items)
+        and any(len(run.series(b, f, opts.split, t, "accuracy")) for b in run.backbones for t in tasks)
     ]
     if not forms:
         return None
@@ -412,7 +384,7 @@ def mtl_tasks(run: Run, opts: Options) -> Table | None:
         for f in forms:
             rows.append([b, f] + [fmt(run.series(b, f, opts.split, t, "accuracy")) for t in list(tasks) + ["mes"]])
     return Table(
-        "Table 3 — per-task accuracy of the multi-task formulations",
+        title or "Table 3 — per-task accuracy of the multi-task formulations",
         ["backbone", "formulation"] + [f"{t} ({' vs '.join(c)})" for t, c in tasks.items()] + ["4-class MES"],
         rows,
         notes=[

@@ -18,10 +18,11 @@ from benchmark.suite.cells import expand_cells, protocol_hash
 from benchmark.suite.schema import BackboneConfig, Suite
 from formulations import FORMULATIONS, create_formulation
 from formulations.regression import decode_scores, fit_cutpoints
+from reports.compare import per_class_f1
 from reports.load import load_run
 from reports.render import build, to_markdown
 from reports.stats import bootstrap_metrics, cluster_bootstrap, corrected_t, sign_flip_p
-from reports.tables import Design, FoldPredictions, Options, ensemble, finetune_effect, per_class_f1
+from reports.tables import Design, FoldPredictions, Options, ensemble, finetune_effect
 
 matplotlib.use("Agg")
 

@@ -9,9 +9,10 @@ from benchmark.result import CellResult
 from benchmark.run.store import Store
 from benchmark.suite.cells import expand_cells, protocol_hash
 from benchmark.suite.schema import Suite
+from reports.compare import per_class_f1
 from reports.load import load_run
 from reports.render import build, to_markdown
-from reports.tables import Options, per_class_f1
+from reports.tables import Options
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,9 @@ def cmd_report(args):
 
     run = load_run(args.run_dir)
     if args.reference is not None:
-        require_in_run("--reference", args.reference, run.formulations)
+        require_in_run(
+            "--reference", args.reference, run.formulations if args.compare == "formulations" else run.backbones
+        )
     if args.backbone:
         require_in_run("--backbone", args.backbone, run.backbones)
     opts = Options(
@@ -30,6 +32,9 @@ def cmd_report(args):
         alpha=args.alpha,
         metric=args.metric,
         summary=args.summary,
+        view=args.view,
+        compare=args.compare,
+        pairs=args.pairs,
     )
     fmt = "csv" if args.csv else "latex" if args.latex else "html" if args.html else "markdown"
     if fmt == "csv":
@@ -37,9 +42,9 @@ def cmd_report(args):
     else:
         rep = build(run, opts)
         if fmt == "html":
-            from reports.figures import all_figures
+            from reports.render import render_figures
 
-            rep.figures = all_figures(run, opts, rep.friedman)
+            rep.figures = render_figures(rep)
             text = to_html(rep)
         else:
             text = to_latex(rep) if fmt == "latex" else to_markdown(rep)
@@ -97,9 +102,26 @@ def _add_report(sub):
         help="per-class metric of Table 2 and of the Friedman ranking (macro average)",
     )
     r.add_argument(
+        "--view",
+        default="default",
+        help="which tables and figures: default, kim-lee-2025, polat-2023, or the path of a view YAML",
+    )
+    r.add_argument(
+        "--compare",
+        default="formulations",
+        choices=["formulations", "backbones"],
+        help="comparison axis: formulations within each backbone, or backbones within each formulation",
+    )
+    r.add_argument(
+        "--pairs",
+        default="reference",
+        choices=["reference", "all"],
+        help="compare each with --reference, or every pair (corrected together)",
+    )
+    r.add_argument(
         "--summary",
         default="default",
-        choices=["default", "ordinal"],
+        choices=["default", "ordinal", "polat", "ra"],
         help="Table 1's columns: the default view, or the ordinal one (QWK, MAE, AMAE, MMAE, RPS, ECE, AUC)",
     )
     r.set_defaults(fn=cmd_report)

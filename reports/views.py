@@ -1,0 +1,93 @@
+"""Report views: which tables and figures a report holds, along which axis, as small YAML files in
+`reports/views/` (or any path). Backbone and formulation names in a view are data; a name the run does not
+have gives a note in its section, never an error."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from benchmark.errors import BenchError, closest
+
+VIEWS_DIR = Path(__file__).resolve().parent / "views"
+SECTION_KINDS = (
+    "summary",
+    "per_class",
+    "tasks",
+    "finetune",
+    "test",
+    "friedman",
+    "throughput",
+    "failed",
+    "figure_classwise",
+    "figure_confusion",
+    "figure_curves",
+    "figure_finetune",
+    "figure_cd",
+    "figure_scores",
+    "figure_gradcam",
+)
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal[
+        "summary",
+        "per_class",
+        "tasks",
+        "finetune",
+        "test",
+        "friedman",
+        "throughput",
+        "failed",
+        "figure_classwise",
+        "figure_confusion",
+        "figure_curves",
+        "figure_finetune",
+        "figure_cd",
+        "figure_scores",
+        "figure_gradcam",
+    ]
+    title: str | None = None
+    compare: Literal["formulations", "backbones"] | None = None  # None: --compare (default formulations)
+    within: list[str] | None = None  # the fixed backbones / formulations; None: the default one
+    items: list[str] | None = None  # which formulations / backbones to show; None: all
+    reference: str | None = None
+    pairs: Literal["reference", "all"] | None = None  # None: --pairs
+    metric: str | None = None  # per_class: None = --metric
+    metrics: list[str] = ["precision", "recall", "f1", "specificity"]
+    columns: Literal["default", "ordinal", "polat", "ra"] | None = None  # summary: None = --summary
+
+
+class View(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    title: str = "mesbench report"
+    sections: list[Section]
+
+
+def view_names() -> list[str]:
+    return sorted(p.stem for p in VIEWS_DIR.glob("*.yaml"))
+
+
+def load_view(name_or_path: str) -> View:
+    path = Path(name_or_path)
+    if not path.is_file():
+        path = VIEWS_DIR / f"{name_or_path}.yaml"
+    if not path.is_file():
+        raise BenchError(
+            f"--view {name_or_path!r}: no such view — {closest(name_or_path, view_names())}, or the path "
+            "of a view YAML file."
+        )
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise BenchError(f"view {path}: not valid YAML ({exc}).") from None
+    try:
+        return View.model_validate(doc)
+    except ValidationError as exc:
+        msgs = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
+        raise BenchError(f"view {path}: " + "; ".join(msgs) + f". Section kinds: {', '.join(SECTION_KINDS)}.") from None
