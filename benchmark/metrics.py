@@ -9,15 +9,9 @@ A metric is named `[task.]metric[@cls]`, e.g. `accuracy`, `f1@3`, `f1@macro`, `r
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
-from sklearn.metrics import (
-    accuracy_score,
-    cohen_kappa_score,
-    confusion_matrix,
-    f1_score,
-    mean_absolute_error,
-    precision_recall_fscore_support,
-)
 
 from .errors import BenchError, closest
 from .labels import GRADES
@@ -34,23 +28,30 @@ ALIASES = {
 LOWER_IS_BETTER = {"mae", "amae", "mmae", "rps", "ece"}
 
 
+def _sk() -> Any:
+    """scikit-learn's metrics, imported on first use: `bench list`, `--help` and suite errors stay fast."""
+    import sklearn.metrics
+
+    return sklearn.metrics
+
+
 def _two_labels(y_true, y_pred) -> bool:
     return len(set(np.asarray(y_true).tolist()) | set(np.asarray(y_pred).tolist())) > 1
 
 
 def accuracy(y_true, y_pred) -> float:
-    return float(accuracy_score(y_true, y_pred)) if len(y_true) else 0.0
+    return float(_sk().accuracy_score(y_true, y_pred)) if len(y_true) else 0.0
 
 
 def macro_f1(y_true, y_pred, labels=GRADES) -> float:
-    return float(f1_score(y_true, y_pred, average="macro", labels=list(labels), zero_division=0))
+    return float(_sk().f1_score(y_true, y_pred, average="macro", labels=list(labels), zero_division=0))
 
 
 def qwk(y_true, y_pred, labels=GRADES) -> float:
     """Quadratic weighted kappa; 0 when undefined (a single label on both sides)."""
     if not _two_labels(y_true, y_pred):
         return 0.0
-    return float(cohen_kappa_score(y_true, y_pred, weights="quadratic", labels=list(labels)))
+    return float(_sk().cohen_kappa_score(y_true, y_pred, weights="quadratic", labels=list(labels)))
 
 
 # Scalar grade metrics by name: what `cutpoint_metric` and `--metric` shorthands select.
@@ -64,8 +65,8 @@ def monitor_values(y_true, y_pred) -> dict[str, float]:
 
 def per_class_rows(y_true, y_pred, labels, task):
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
-    p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
-    cm = confusion_matrix(y_true, y_pred, labels=labels)
+    p, r, f, s = _sk().precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
+    cm = _sk().confusion_matrix(y_true, y_pred, labels=labels)
     tn = cm.sum() - cm.sum(0) - cm.sum(1) + np.diag(cm)
     negatives = cm.sum() - cm.sum(1)
     spec = np.divide(tn, negatives, out=np.zeros(len(labels)), where=negatives > 0)
@@ -76,7 +77,9 @@ def per_class_rows(y_true, y_pred, labels, task):
         if name != "support":
             rows.append((task, name, "macro", float(np.mean(vals))))
     # undefined with one label only: no agreement beyond chance to report
-    kappa = cohen_kappa_score(y_true, y_pred, labels=labels) if len(y_true) and _two_labels(y_true, y_pred) else 0.0
+    kappa = (
+        _sk().cohen_kappa_score(y_true, y_pred, labels=labels) if len(y_true) and _two_labels(y_true, y_pred) else 0.0
+    )
     rows.append((task, "kappa", "", float(kappa)))
     return rows, cm
 
@@ -84,13 +87,13 @@ def per_class_rows(y_true, y_pred, labels, task):
 def binary_rows(y_true, y_pred, task):
     """Binary task, class 1 positive: accuracy, precision, recall, F1, specificity, kappa."""
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
-    p, r, f, _ = precision_recall_fscore_support(
+    p, r, f, _ = _sk().precision_recall_fscore_support(
         y_true, y_pred, labels=[1], average="binary", pos_label=1, zero_division=0
     )
-    cm = confusion_matrix(y_true, y_pred, labels=[0, 1])
+    cm = _sk().confusion_matrix(y_true, y_pred, labels=[0, 1])
     tn, fp = cm[0]
     spec = tn / (tn + fp) if tn + fp else 0.0
-    kappa = cohen_kappa_score(y_true, y_pred, labels=[0, 1]) if _two_labels(y_true, y_pred) else 0.0
+    kappa = _sk().cohen_kappa_score(y_true, y_pred, labels=[0, 1]) if _two_labels(y_true, y_pred) else 0.0
     return [
         (task, "accuracy", "", accuracy(y_true, y_pred)),
         (task, "precision", "", float(p)),
@@ -154,7 +157,7 @@ def grade_metrics(y_true, y_pred):
     labels = list(GRADES)
     rows, cm = per_class_rows(y_true, y_pred, labels, "mes")
     rows.append(("mes", "qwk", "", qwk(y_true, y_pred)))
-    rows.append(("mes", "mae", "", float(mean_absolute_error(y_true, y_pred))))
+    rows.append(("mes", "mae", "", float(_sk().mean_absolute_error(y_true, y_pred))))
     maes = per_class_mae(y_true, y_pred)
     rows.append(("mes", "amae", "", float(np.mean(maes)) if maes else 0.0))
     rows.append(("mes", "mmae", "", float(np.max(maes)) if maes else 0.0))

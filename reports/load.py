@@ -121,13 +121,25 @@ class Run:
 
 
 def latest_run(root="runs") -> Path:
+    """The run under `root` whose last cell finished most recently, according to the stores themselves (a file's
+    modification time changes when it is copied or merely opened)."""
     root = Path(root)
-    candidates = sorted(root.glob("*/results.db"), key=lambda p: p.stat().st_mtime) if root.is_dir() else []
+    candidates = []
+    for db in sorted(root.glob("*/results.db")) if root.is_dir() else []:
+        try:
+            finished = [
+                r["finished"]
+                for r in Store(db.parent, create=False, readonly=True).cell_rows()
+                if r["status"] == "done" and r["finished"]
+            ]
+        except BenchError:
+            continue  # a damaged store is not "the latest run"
+        candidates.append((max(finished) if finished else 0.0, str(db.parent)))
     if not candidates:
         raise BenchError(
             f"No run directory under {str(root)!r}. Give RUN_DIR, or run a suite first (`bench run suites/smoke.yaml`)."
         )
-    return candidates[-1].parent
+    return Path(max(candidates)[1])
 
 
 def load_run(path=None) -> Run:

@@ -15,7 +15,7 @@ def print_summary(run_dir, console):
         f"{run.suite.name}: {counts['done']} of {len(run.cells)} cells finished"
         + (f", {counts['failed']} FAILED" if counts["failed"] else "")
         + (f", {counts['missing']} MISSING" if counts["missing"] else "")
-        + f" · {run.meta.get('split_kind')} splits · {run.meta.get('n_folds')} folds"
+        + f" · {run.meta.get('split_kind')} splits · {run.meta.get('n_folds')} folds · {disk_size(run.path)} on disk"
     )
     table = Table(title=escape(title))
     cols = [
@@ -44,3 +44,14 @@ def print_summary(run_dir, console):
                 row.append("—" if vals.empty else f"{vals.mean():.3f}±{vals.std(ddof=1) if len(vals) > 1 else 0:.3f}")
             table.add_row(*row)
     console.print(table)
+
+
+def disk_size(path) -> str:
+    from pathlib import Path
+
+    total = sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
+    for unit in ("B", "kB", "MB", "GB"):
+        if total < 1000 or unit == "GB":
+            return f"{total:.0f} {unit}" if unit == "B" else f"{total:.1f} {unit}"
+        total /= 1000
+    return ""

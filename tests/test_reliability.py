@@ -244,7 +244,8 @@ def test_corrupt_checkpoint_is_named_and_retry_failed_retrains_the_cell(make_sui
     suite, out, key = _run_one_cell(make_suite, tmp_path, "corrupt")
     reference = metrics_of(out)
     last = out / "cells" / key / "last.pt"
-    last.write_bytes(last.read_bytes()[:500])
+    assert not last.exists()  # a finished cell keeps only best.pt
+    last.write_bytes((out / "cells" / key / "best.pt").read_bytes()[:500])  # a kill mid-save, say
     _reset_to_running(out, key)
     assert main(["run", str(suite), "--out", str(out), "--quiet", "--only", "fold=0"]) == 1
     row = Store(out, create=False).cell_rows()[0]

@@ -1,14 +1,23 @@
-"""Rich progress for `bench run`: a bar over cells, a bar over epochs with live loss and metric."""
+"""Progress for `bench run`: live rich bars on a terminal; plain, timestamped lines otherwise (CI logs, Slurm
+logs, `| tee`), so a long run is never one silent frame."""
 
 from __future__ import annotations
 
+import time
+
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+PLAIN_EVERY_EPOCHS = 10  # without a terminal: a line every this many epochs ...
+PLAIN_EVERY_SECONDS = 60.0  # ... or this many seconds, whichever comes first
 
 
 class RunProgress:
     def __init__(self, n_cells: int, console: Console | None = None, enabled: bool = True):
         self.console = console or Console(stderr=True)
+        self.enabled = enabled
+        self.live = enabled and self.console.is_terminal
         self.progress = Progress(
             TextColumn("{task.description}"),
             BarColumn(),
@@ -16,11 +25,14 @@ class RunProgress:
             TextColumn("{task.fields[info]}"),
             TimeElapsedColumn(),
             console=self.console,
-            disable=not enabled,
+            disable=not self.live,
             transient=False,
         )
         self.cells = self.progress.add_task("cells", total=n_cells, info="")
-        self.epochs = self.progress.add_task("epochs", total=1, info="", visible=False)
+        self.epochs = None
+        self.n_cells, self.done = n_cells, 0
+        self._cell = None
+        self._t0 = self._last_line = time.perf_counter()
 
     def __enter__(self):
         self.progress.__enter__()
@@ -29,19 +41,42 @@ class RunProgress:
     def __exit__(self, *exc):
         return self.progress.__exit__(*exc)
 
+    def set_total(self, n_cells):
+        self.n_cells = n_cells
+        self.progress.update(self.cells, total=n_cells)
+
     def cell_start(self, cell, epochs):
-        self.progress.update(self.epochs, description=cell.label, total=epochs, completed=0, visible=True, info="")
+        # a fresh task per cell, so its timer shows this cell's time (a fine-tuned cell's included)
+        if self.epochs is not None:
+            self.progress.remove_task(self.epochs)
+        self.epochs = self.progress.add_task(cell.label, total=epochs, info="")
+        self._cell, self._t0 = cell, time.perf_counter()
+        self._last_line = self._t0
 
     def epoch(self, row):
-        self.progress.update(
-            self.epochs,
-            completed=row["epoch"],
-            info=f"loss {row['train_loss']:.3f} val {row['val_loss']:.3f} F1 {row['val_macro_f1']:.3f}",
-        )
+        info = f"loss {row['train_loss']:.3f} · val loss {row['val_loss']:.3f} · val macro-F1 {row['val_macro_f1']:.3f}"
+        self.progress.update(self.epochs, completed=row["epoch"], info=info)
+        now = time.perf_counter()
+        if (
+            self.enabled
+            and not self.live
+            and (row["epoch"] % PLAIN_EVERY_EPOCHS == 0 or now - self._last_line >= PLAIN_EVERY_SECONDS)
+        ):
+            self._last_line = now
+            self.console.print(f"  {escape(self._cell.label)} · epoch {row['epoch']} · {info}", highlight=False)
 
-    def cell_done(self, cell, outcome):
+    def cell_done(self, cell, outcome, metrics: dict | None = None):
+        self.done += 1
         self.progress.advance(self.cells)
         self.progress.update(self.cells, info=f"last: {outcome}")
+        if self.enabled and not self.live:
+            shown = " · ".join(f"{k} {v:.3f}" for k, v in (metrics or {}).items())
+            took = f" in {time.perf_counter() - self._t0:.1f} s" if outcome == "trained" else ""
+            self.console.print(
+                f"[{self.done}/{self.n_cells}] {escape(cell.label)}: {outcome}{took}"
+                + (f" · {shown}" if shown else ""),
+                highlight=False,
+            )
 
     def note(self, text):
         self.progress.console.print(text)

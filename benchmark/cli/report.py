@@ -17,6 +17,10 @@ def cmd_report(args):
     from ..errors import require_in_run
 
     run = load_run(args.run_dir)
+    print(
+        f"report of {run.path}" + ("" if args.run_dir else " (the run under ./runs that finished last)"),
+        file=sys.stderr,
+    )
     if args.reference is not None:
         require_in_run(
             "--reference", args.reference, run.formulations if args.compare == "formulations" else run.backbones
@@ -174,7 +178,7 @@ def cmd_check(args):
 
 def _add_check(sub):
     c = sub.add_parser("check", help="compare a run's metrics with a baseline; exit 1 on a regression")
-    c.add_argument("run_dir")
+    c.add_argument("run_dir", help="run directory written by `bench run`")
     c.add_argument("--baseline", help="baseline CSV")
     c.add_argument("--against", help="compare with another run directory instead of a baseline file")
     c.add_argument(

@@ -8,21 +8,23 @@ from .console import console, err_console
 
 
 def cmd_run(args):
-    from reports.summary import print_summary
-
-    from ..run.runner import Runner
     from ..suite.loading import load_suite
-    from .progress import RunProgress
 
     overrides = list(args.set) + (["training.compile=true"] if args.compile else [])
     overrides += ["training.deterministic=true"] if args.deterministic else []
-    suite = load_suite(args.suite, overrides)
+    suite = load_suite(args.suite, overrides)  # a wrong suite is refused before torch is even imported
+
+    from reports.summary import print_summary
+
+    from ..run.runner import Runner
+    from .progress import RunProgress
+
     out = Path(args.out) if args.out else Path("runs") / suite.name
     runner = Runner(suite, out, device=args.device, retry_failed=args.retry_failed)
     with RunProgress(0, err_console, enabled=not args.quiet) as progress:
         runner.progress = progress
         cells = runner.prepare(args.only)
-        progress.progress.update(progress.cells, total=len(cells))
+        progress.set_total(len(cells))
         if runner.stale_cells:
             progress.note(
                 f"[yellow]note[/]: the suite changed since this directory was last used: "

@@ -30,17 +30,19 @@ def cmd_explain(args):
 
 def _add_explain(sub):
     r = sub.add_parser("explain", help="Grad-CAM grids of stored checkpoints, per formulation and head")
-    r.add_argument("run_dir")
-    r.add_argument("--backbone")
-    r.add_argument("--formulation", nargs="+")
-    r.add_argument("--fold", type=int, default=0)
-    r.add_argument("--split", choices=["val", "test"], default="val")
-    r.add_argument("--per-class", type=int, default=2)
+    r.add_argument("run_dir", help="run directory written by `bench run`")
+    r.add_argument("--backbone", help="backbone whose checkpoints to explain (default: the first)")
+    r.add_argument("--formulation", nargs="+", help="formulations to explain (default: all of the run)")
+    r.add_argument("--fold", type=int, default=0, help="whose fold model and images (default 0)")
+    r.add_argument(
+        "--split", choices=["val", "test"], default="val", help="images from the validation part or the test set"
+    )
+    r.add_argument("--per-class", type=int, default=2, help="images per true MES grade")
     r.add_argument(
         "--head", default="grade", help="'grade' (every formulation), or a task head of a multi-task formulation"
     )
     r.add_argument("-o", "--output", help="output folder (default RUN_DIR/explain)")
-    r.add_argument("--device", choices=["cpu", "cuda"])
+    r.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when present")
     r.set_defaults(fn=cmd_explain)
 
 
@@ -88,11 +90,11 @@ def _hw(text):
 
 def _add_perf(sub):
     r = sub.add_parser("perf", help="measure the data path and training epoch against the usual PyTorch recipe")
-    r.add_argument("--backbone", default="resnet18")
+    r.add_argument("--backbone", default="resnet18", help="timm backbone whose training step is measured")
     r.add_argument("--size", default="352x288", help="WIDTHxHEIGHT (LIMUC native: 352x288)")
-    r.add_argument("--batch", type=int, default=64)
-    r.add_argument("--images", type=int, default=256)
-    r.add_argument("--device", choices=["cpu", "cuda"], default=None)
+    r.add_argument("--batch", type=int, default=64, help="batch size")
+    r.add_argument("--images", type=int, default=256, help="synthetic images per measurement")
+    r.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda when present")
     r.add_argument("--compile", action="store_true", help="torch.compile the model")
     r.add_argument("--no-model", action="store_true", help="only the data paths (1) and (2)")
     r.set_defaults(fn=cmd_perf)

@@ -60,9 +60,9 @@ def cmd_tune(args):
 
 def add_commands(sub):
     r = sub.add_parser("tune", help="Optuna search of the joint-loss weights alpha, beta, gamma")
-    r.add_argument("suite")
+    r.add_argument("suite", help="suite YAML whose data, protocol and training are tuned under")
     r.add_argument("--trials", type=int, required=True, help="trials per outer fold")
-    r.add_argument("--backbone")
+    r.add_argument("--backbone", help="backbone to tune on (default: the suite's first)")
     r.add_argument(
         "--formulation",
         help="formulation whose loss weights to tune (default: the suite's first formulation that has tunable weights)",
@@ -73,6 +73,12 @@ def add_commands(sub):
     r.add_argument("--study", help="study name")
     r.add_argument("--out", help="output directory (default runs/<suite>-tune)")
     r.add_argument("--timeout", type=float, help="stop after this many seconds")
-    r.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE")
-    r.add_argument("--device", choices=["cpu", "cuda"])
+    r.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="override a suite field, e.g. training.epochs=3",
+    )
+    r.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when present")
     r.set_defaults(fn=cmd_tune)

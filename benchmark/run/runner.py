@@ -81,6 +81,7 @@ class Runner:
         self._stop = False
         self._stats: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self.cells: list[Cell] | None = None
+        self._last_metrics: dict[str, dict[str, float]] = {}
         self._only: list[str] = []
 
     # ------------------------------------------------------------------ set-up
@@ -168,7 +169,7 @@ class Runner:
                     outcome = self.run_cell(cell)
                     lists[outcome].append(cell)
                     if self.progress:
-                        self.progress.cell_done(cell, outcome)
+                        self.progress.cell_done(cell, outcome, self._last_metrics.pop(cell.key, None))
                 if not waiting:
                     break
                 # Another process holds these; wait for it (or for its claim to go stale).
@@ -252,6 +253,12 @@ class Runner:
                 else (f"{type(exc).__name__}: {exc}\n" + "".join(traceback.format_exc(limit=8)))
             )
             return self._failed(cell, reason, exc)
+        shown = {"accuracy": "val accuracy", "f1": "val macro-F1", "qwk": "val QWK"}
+        self._last_metrics[cell.key] = {
+            shown[r["metric"]]: r["value"]
+            for r in result.metrics
+            if r["split"] == "val" and r["task"] == "mes" and r["metric"] in shown and r["cls"] in ("", "macro")
+        }
         if not retrying(self.store.finish, cell.key, result):
             if self.progress:
                 self.progress.note(
@@ -259,6 +266,8 @@ class Runner:
                     "trained it (its heartbeat went stale); this result is discarded, theirs is kept"
                 )
             return "superseded"
+        if self.suite.training.keep == "best":  # the resume point is no longer needed once the cell is stored
+            (workdir / "last.pt").unlink(missing_ok=True)
         return "trained"
 
     def _failed(self, cell, reason, exc):

@@ -59,6 +59,7 @@ class TrainingConfig(Strict):
     compile: bool = False  # torch.compile the model (inductor; CPU or CUDA)
     amp: Literal["auto", "bf16", "fp16", "off"] = "auto"  # autocast: auto = bf16/fp16 on CUDA, off on the CPU
     deterministic: bool = False  # deterministic algorithms only (CUDA: also CUBLAS_WORKSPACE_CONFIG)
+    keep: Literal["best", "last"] = "best"  # checkpoints kept once a cell is finished (last: also last.pt)
     finetune_lr: float = Field(2e-5, ge=0, allow_inf_nan=False)
     finetune_epochs: int | None = Field(None, ge=1)  # None: same as epochs
 
