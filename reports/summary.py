@@ -49,7 +49,7 @@ def print_summary(run_dir, console):
 def disk_size(path) -> str:
     from pathlib import Path
 
-    total = sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
+    total = float(sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file()))
     for unit in ("B", "kB", "MB", "GB"):
         if total < 1000 or unit == "GB":
             return f"{total:.0f} {unit}" if unit == "B" else f"{total:.1f} {unit}"

@@ -4,10 +4,11 @@ logs, `| tee`), so a long run is never one silent frame."""
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
 PLAIN_EVERY_EPOCHS = 10  # without a terminal: a line every this many epochs ...
 PLAIN_EVERY_SECONDS = 60.0  # ... or this many seconds, whichever comes first
@@ -29,9 +30,9 @@ class RunProgress:
             transient=False,
         )
         self.cells = self.progress.add_task("cells", total=n_cells, info="")
-        self.epochs = None
+        self.epochs: TaskID | None = None
         self.n_cells, self.done = n_cells, 0
-        self._cell = None
+        self._cell: Any = None
         self._t0 = self._last_line = time.perf_counter()
 
     def __enter__(self):
@@ -55,7 +56,8 @@ class RunProgress:
 
     def epoch(self, row):
         info = f"loss {row['train_loss']:.3f} · val loss {row['val_loss']:.3f} · val macro-F1 {row['val_macro_f1']:.3f}"
-        self.progress.update(self.epochs, completed=row["epoch"], info=info)
+        if self.epochs is not None:
+            self.progress.update(self.epochs, completed=row["epoch"], info=info)
         now = time.perf_counter()
         if (
             self.enabled
