@@ -13,13 +13,27 @@ from .load import Run
 from .tables import CLASSES, Options, aligned, finetune_comparisons
 
 
+class Rendered(bytes):
+    """A figure's PNG bytes, with its PDF when the report writes figure files."""
+
+    pdf: bytes | None = None
+
+
+WANT_PDF = False  # set by render_figures(pdf=True): PDFs cost a second rendering, only for figure files
+
+
 def _png(fig) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    out = Rendered(buf.getvalue())
+    if WANT_PDF:
+        pdf = io.BytesIO()
+        fig.savefig(pdf, format="pdf", bbox_inches="tight")
+        out.pdf = pdf.getvalue()
     import matplotlib.pyplot as plt
 
     plt.close(fig)
-    return buf.getvalue()
+    return out
 
 
 def _plt():

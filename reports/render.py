@@ -5,8 +5,10 @@ from __future__ import annotations
 import base64
 import gc
 import html
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -340,14 +342,52 @@ SECTIONS = {
 }
 
 
-def render_figures(rep: Report) -> dict[str, bytes]:
-    """The view's figures as PNG bytes (drawn only for formats that show them)."""
+def render_figures(rep: Report, pdf: bool = False) -> dict[str, bytes]:
+    """The view's figures as PNG bytes (drawn only for formats that show them; with their PDFs for files)."""
+    from . import figures
+
+    figures.WANT_PDF = pdf
     out = {}
-    for name, draw in rep.figure_specs:
-        png = draw()
-        if png:
-            out[name] = png
+    try:
+        for name, draw in rep.figure_specs:
+            png = draw()
+            if png:
+                out[name] = png
+    finally:
+        figures.WANT_PDF = False
     return out
+
+
+def slug(name: str) -> str:
+    text = "".join(c if c.isalnum() else "-" for c in name.lower())
+    return "-".join(part for part in text.split("-") if part)[:120]
+
+
+def write_figure_files(run: Run, figs: dict[str, bytes]) -> list[Path]:
+    """RUN/figures/<name>.png and .pdf for every figure; what was written."""
+    folder = run.path / "figures"
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, png in figs.items():
+        base = folder / slug(name)
+        base.with_suffix(".png").write_bytes(png)
+        written.append(base.with_suffix(".png"))
+        pdf = getattr(png, "pdf", None)
+        if pdf:
+            base.with_suffix(".pdf").write_bytes(pdf)
+            written.append(base.with_suffix(".pdf"))
+    return written
+
+
+def figure_links(run: Run, rep: Report, relative_to: Path) -> list[tuple[str, str]]:
+    """(title, relative path) of the view's figures already written as files, for the Markdown report."""
+    folder = run.path / "figures"
+    links = []
+    for name, _ in rep.figure_specs:
+        png = folder / f"{slug(name)}.png"
+        if png.is_file():
+            links.append((name, os.path.relpath(png, relative_to)))
+    return links
 
 
 # ---------------------------------------------------------------------------- markdown
@@ -358,7 +398,7 @@ def _md_cell(text, bold):
     return f"**{text}**" if bold else text
 
 
-def to_markdown(rep: Report) -> str:
+def to_markdown(rep: Report, figure_links: list[tuple[str, str]] | None = None) -> str:
     out = [f"# {rep.title}", ""]
     for w in rep.warnings:
         out += [f"> **⚠ {w}**", ""]
@@ -370,47 +410,103 @@ def to_markdown(rep: Report) -> str:
         out.append("")
         out += [f"_{n}_" for n in t.notes]
         out.append("")
+    if figure_links:
+        out += ["## Figures", ""]
+        for name, path in figure_links:
+            out += [f"![{name}]({path})", ""]
     return "\n".join(out)
 
 
 # ---------------------------------------------------------------------------- latex
 
 
+# Characters LaTeX's text mode does not take as they are (or, like `<`, silently prints as something else).
+TEX = {
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "_": r"\_",
+    "#": r"\#",
+    "$": r"\$",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+    "<": r"$<$",
+    ">": r"$>$",
+    "±": r"$\pm$",
+    "→": r"$\to$",
+    "†": r"$^\dagger$",
+    "Δ": r"$\Delta$",
+    "α": r"$\alpha$",
+    "β": r"$\beta$",
+    "γ": r"$\gamma$",
+    "κ": r"$\kappa$",
+    "χ": r"$\chi$",
+    "²": r"$^2$",
+    "ε": r"$\varepsilon$",
+    "φ": r"$\varphi$",
+    "η": r"$\eta$",
+    "≥": r"$\geq$",
+    "≤": r"$\leq$",
+    "−": r"$-$",
+    "—": "---",
+    "–": "--",
+    "×": r"$\times$",
+    "·": r"$\cdot$",
+    "…": r"\ldots{}",
+    "≈": r"$\approx$",
+    "⚠": "",
+    "’": "'",
+    "‘": "`",
+    "“": "``",
+    "”": "''",
+    "é": r"\'e",
+    "í": r"\'i",
+    "á": r"\'a",
+    "ó": r"\'o",
+    "ö": r"\"o",
+    "ü": r"\"u",
+    "Š": r"\v{S}",
+    "š": r"\v{s}",
+}
+
+
 def _tex(text):
-    text = str(text)
-    for a, b in (
-        ("\\", r"\textbackslash{}"),
-        ("&", r"\&"),
-        ("%", r"\%"),
-        ("_", r"\_"),
-        ("#", r"\#"),
-        ("±", r"$\pm$"),
-        ("→", r"$\to$"),
-        ("†", r"$^\dagger$"),
-        ("Δ", r"$\Delta$"),
-        ("α", r"$\alpha$"),
-        ("χ²", r"$\chi^2$"),
-        ("≥", r"$\geq$"),
-        ("—", "---"),
-        ("–", "--"),
-        ("×", r"$\times$"),
-        ("⚠", ""),
-    ):
-        text = text.replace(a, b)
-    return text
+    """Text as LaTeX that compiles with pdflatex and reads as written: every special and non-ASCII character
+    mapped, anything left over replaced by '?' rather than breaking the build."""
+    out = []
+    for ch in str(text):
+        if ch in TEX:
+            out.append(TEX[ch])
+        elif ord(ch) < 128:
+            out.append(ch)
+        else:
+            out.append("?")
+    return "".join(out)
+
+
+def latex_document(rep: Report) -> str:
+    """The tables as a complete document (what `--latex --standalone` writes)."""
+    body = to_latex(rep)
+    return (
+        "\\documentclass{article}\n\\usepackage[T1]{fontenc}\n\\usepackage{booktabs}\n\\usepackage{graphicx}\n"
+        "\\usepackage[margin=1.5cm,landscape]{geometry}\n\\begin{document}\n" + body + "\n\\end{document}\n"
+    )
 
 
 def to_latex(rep: Report) -> str:
-    out = [f"% {rep.title}", "% requires \\usepackage{booktabs}"]
+    out = [f"% {_tex(rep.title)}", "% requires \\usepackage{booktabs} and \\usepackage{graphicx}"]
     for w in rep.warnings:
-        out.append(f"% WARNING: {w}")
-    out += [f"% {h}" for h in rep.header]
+        out.append(f"% WARNING: {_tex(w)}")
+    out += [f"% {_tex(h)}" for h in rep.header]
     for t in rep.tables:
         out += [
             "\\begin{table}[ht]",
             "\\centering",
             "\\small",
             f"\\caption{{{_tex(t.title)}}}",
+            "\\resizebox{\\linewidth}{!}{%" if len(t.columns) > 6 else "{%",
             f"\\begin{{tabular}}{{{'l' * 2 + 'r' * (len(t.columns) - 2) if len(t.columns) > 1 else 'l'}}}",
             "\\toprule",
             " & ".join(_tex(c) for c in t.columns) + " \\\\",
@@ -419,7 +515,7 @@ def to_latex(rep: Report) -> str:
         for i, row in enumerate(t.rows):
             cells = [(f"\\textbf{{{_tex(c)}}}" if (i, j) in t.bold else _tex(c)) for j, c in enumerate(row)]
             out.append(" & ".join(cells) + " \\\\")
-        out += ["\\bottomrule", "\\end{tabular}"]
+        out += ["\\bottomrule", "\\end{tabular}}"]
         for n in t.notes:
             out.append(f"\\par\\smallskip\\footnotesize {_tex(n)}")
         out += ["\\end{table}", ""]

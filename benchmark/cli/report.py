@@ -11,7 +11,7 @@ from .console import console
 
 def cmd_report(args):
     from reports.load import load_run
-    from reports.render import build, to_csv, to_html, to_latex, to_markdown
+    from reports.render import build, latex_document, to_csv, to_html, to_latex, to_markdown
     from reports.tables import Options
 
     from ..errors import require_in_run
@@ -40,18 +40,31 @@ def cmd_report(args):
         compare=args.compare,
         pairs=args.pairs,
     )
+    from reports.render import figure_links, render_figures, write_figure_files
+
     fmt = "csv" if args.csv else "latex" if args.latex else "html" if args.html else "markdown"
+    written: list[Path] = []
+    if args.figures_only:
+        rep = build(run, opts, with_test=False)
+        written = write_figure_files(run, render_figures(rep, pdf=True))
+        for path in written:
+            print(f"figure written: {path}", file=sys.stderr)
+        return 0
     if fmt == "csv":
         text = to_csv(run)
     else:
         rep = build(run, opts)
         if fmt == "html":
-            from reports.render import render_figures
-
-            rep.figures = render_figures(rep)
+            rep.figures = render_figures(rep, pdf=True)
+            written = write_figure_files(run, rep.figures)
             text = to_html(rep)
+        elif fmt == "latex":
+            text = latex_document(rep) if args.standalone else to_latex(rep)
         else:
-            text = to_latex(rep) if fmt == "latex" else to_markdown(rep)
+            where = Path(args.output).resolve().parent if args.output else Path.cwd()
+            text = to_markdown(rep, figure_links(run, rep, where))
+    for path in written:
+        print(f"figure written: {path}", file=sys.stderr)
     out = args.output
     if fmt == "html" and not out:
         out = str(run.path / "report.html")
@@ -72,6 +85,12 @@ def _add_report(sub):
     fmt.add_argument("--latex", action="store_true", help="LaTeX tables (booktabs)")
     fmt.add_argument("--html", action="store_true", help="one self-contained HTML file with figures")
     fmt.add_argument("--csv", action="store_true", help="the long-format metric table")
+    r.add_argument("--standalone", action="store_true", help="with --latex: a complete document (pdflatex-ready)")
+    r.add_argument(
+        "--figures-only",
+        action="store_true",
+        help="only write the view's figures as RUN/figures/*.png and *.pdf (Markdown then links them)",
+    )
     r.add_argument("-o", "--output", help="write to this file instead of stdout")
     r.add_argument(
         "--split",
