@@ -21,6 +21,10 @@ def cmd_run(args):
 
     out = Path(args.out) if args.out else Path("runs") / suite.name
     runner = Runner(suite, out, device=args.device, retry_failed=args.retry_failed)
+    if args.log:
+        from ..run.tracking import make_trackers
+
+        runner.trackers = make_trackers(args.log, out)
     with RunProgress(0, err_console, enabled=not args.quiet) as progress:
         runner.progress = progress
         cells = runner.prepare(args.only)
@@ -105,6 +109,13 @@ def add_commands(sub):
     )
     r.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when present)")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
+    r.add_argument(
+        "--log",
+        action="append",
+        default=[],
+        metavar="TRACKER",
+        help="also log to mlflow (./mlruns), mlflow=URI, or tensorboard (RUN/tensorboard); repeatable",
+    )
     r.add_argument("--compile", action="store_true", help="torch.compile every model (= --set training.compile=true)")
     r.add_argument(
         "--deterministic",

@@ -81,6 +81,7 @@ class Runner:
         self._stop = False
         self._stats: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self.cells: list[Cell] | None = None
+        self.trackers: list = []
         self._last_metrics: dict[str, dict[str, float]] = {}
         self._only: list[str] = []
 
@@ -154,6 +155,8 @@ class Runner:
         cells = self.prepare(only)
         report = RunReport(self.out_dir)
         previous = signal.signal(signal.SIGINT, self._on_sigint)
+        for t in self.trackers:
+            t.start_suite(self.suite, self.out_dir)
         try:
             pending = list(cells)
             while pending:
@@ -178,6 +181,8 @@ class Runner:
         finally:
             signal.signal(signal.SIGINT, previous)
             self.store.close()
+            for t in self.trackers:
+                t.close()
         report.seconds = time.perf_counter() - t0
         return report
 
@@ -217,7 +222,9 @@ class Runner:
         beat = Heartbeat(self.store, cell.key)
         try:
             with beat:
-                result = run_cell(self.cell_spec(cell, workdir, beat.lost.is_set), self.plan)
+                spec = self.cell_spec(cell, workdir, beat.lost.is_set)
+                self._track_start(cell, spec)
+                result = run_cell(spec, self.plan)
         except Interrupted as exc:
             if beat.lost.is_set():  # another worker took the cell over: stop and leave it to them
                 return "superseded"
@@ -268,9 +275,40 @@ class Runner:
             return "superseded"
         if self.suite.training.keep == "best":  # the resume point is no longer needed once the cell is stored
             (workdir / "last.pt").unlink(missing_ok=True)
+        for t in self.trackers:
+            t.end_cell(cell, result, "trained")
         return "trained"
 
+    def _track_start(self, cell: Cell, spec: CellSpec):
+        if not self.trackers:
+            return
+        params = {
+            "backbone": cell.backbone.name,
+            "formulation": cell.formulation.display,
+            "fold": cell.fold,
+            "seed": cell.seed,
+            "key": cell.key,
+            "options": spec.options,
+            "epochs": spec.epochs or self.suite.training.epochs,
+            "batch_size": spec.batch_size,
+            "finetune": spec.finetune,
+        }
+        for t in self.trackers:
+            t.start_cell(cell, params)
+        shown = spec.on_epoch
+
+        def on_epoch(row):
+            if shown:
+                shown(row)
+            for t in self.trackers:
+                t.epoch(row)
+
+        spec.on_epoch = on_epoch
+
     def _failed(self, cell, reason, exc):
+        for t in self.trackers:
+            if getattr(t, "child", None) is not None or getattr(t, "writer", None) is not None:
+                t.end_cell(cell, None, "failed")
         if not retrying(self.store.fail, cell.key, reason):
             return "superseded"
         if self.progress:

@@ -1,0 +1,67 @@
+"""Experiment tracking, read back with each library's own reader: MlflowClient on a local store and
+TensorBoard's event accumulator."""
+
+import json
+
+from benchmark.cli import main
+
+
+def test_mlflow_one_run_per_cell_under_one_suite_run(make_suite, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    suite = make_suite(name="tracked", formulations=["softmax", "mtl"])
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert (
+        main(
+            ["run", str(suite), "--out", str(tmp_path / "run"), "--quiet", "--only", "fold=0", "--log", f"mlflow={uri}"]
+        )
+        == 0
+    )
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name("tracked")
+    runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    assert len(parents) == 1 and len(children) == 2
+    for child in children:
+        assert child.data.params["backbone"] == "tiny" and child.data.params["fold"] == "0"
+        assert 0 <= child.data.metrics["val.macro_f1"] <= 1 and "test.accuracy" in child.data.metrics
+        history = client.get_metric_history(child.info.run_id, "val_loss")
+        assert [m.step for m in history] == [1, 2]  # one point per epoch
+        path = client.download_artifacts(child.info.run_id, "confusion.json", str(tmp_path / child.info.run_id))
+        with open(path) as fh:
+            confusion = json.load(fh)
+        assert len(confusion["val"]) == 4 and sum(map(sum, confusion["val"])) > 0
+
+
+def test_tensorboard_event_files_per_cell(make_suite, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    suite = make_suite(name="tb", formulations=["softmax"])
+    out = tmp_path / "run"
+    assert main(["run", str(suite), "--out", str(out), "--quiet", "--only", "fold=0", "--log", "tensorboard"]) == 0
+    cells = [d for d in (out / "tensorboard").iterdir() if d.is_dir()]
+    assert len(cells) == 1
+    acc = EventAccumulator(str(cells[0]))
+    acc.Reload()
+    scalars = acc.Tags()["scalars"]
+    assert "train_loss" in scalars and "final/val.accuracy" in scalars
+    assert [e.step for e in acc.Scalars("val_loss")] == [1, 2]
+
+
+def test_unknown_tracker_is_a_clear_error(make_suite, tmp_path, capsys):
+    suite = make_suite(name="bad", formulations=["softmax"])
+    assert main(["run", str(suite), "--out", str(tmp_path / "r"), "--log", "wandb"]) == 2
+    assert "use mlflow, mlflow=URI or tensorboard" in capsys.readouterr().err
+
+
+def test_mlflow_defaults_to_a_local_mlruns_folder(make_suite, tmp_path, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.chdir(tmp_path)
+    suite = make_suite(name="local", formulations=["softmax"])
+    assert main(["run", str(suite), "--quiet", "--only", "fold=0", "--log", "mlflow"]) == 0
+    assert (tmp_path / "mlruns" / "mlflow.db").is_file()
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("local").experiment_id])
+    assert len(runs) == 2  # the suite's run and its one cell
