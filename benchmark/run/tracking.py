@@ -126,7 +126,7 @@ class TensorBoardTracker:
 
 def make_trackers(specs: list[str], out_dir: Path) -> list:
     """`mlflow`, `mlflow=URI` or `tensorboard`, as given to `--log`."""
-    trackers = []
+    trackers: list[Any] = []
     for spec in specs:
         kind, _, arg = spec.partition("=")
         if kind == "mlflow":
