@@ -90,25 +90,88 @@ def cached_weights(timm_name: str) -> Path | None:
     return None
 
 
+def offline() -> bool:
+    """No downloads: `bench ... --offline` (MESBENCH_OFFLINE) or the user's own HF_HUB_OFFLINE."""
+    return any(os.environ.get(v, "").lower() in ("1", "true", "yes") for v in ("MESBENCH_OFFLINE", "HF_HUB_OFFLINE"))
+
+
+def _is_url(text: str | None) -> bool:
+    return bool(text) and str(text).startswith(("http://", "https://"))
+
+
+def ensure_weights(name: str, weights: str | None = None) -> Path:
+    """The ImageNet weights of a backbone as a local file, as timm finds them: the `weights:` file, else the
+    HF / torch hub cache, else a download (from the `weights:` URL, or timm's own source) unless offline."""
+    import torch
+
+    spec = resolve(name)
+    if weights and not _is_url(weights):
+        path = Path(weights).expanduser()
+        if not path.is_file():
+            raise BenchError(
+                f"Backbone {name!r}: the weights file {weights!r} does not exist. Give the path of the "
+                "checkpoint, an http(s) URL to download it from, or `pretrained: false`."
+            )
+        return path
+    if _is_url(weights):
+        target = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(str(weights).split("?")[0])
+        if target.is_file():
+            return target
+        if offline():
+            raise BenchError(
+                f"Backbone {name!r}: its weights {weights} are not in the cache ({target}) and this run "
+                "is offline. Fetch them where there is internet (`bench weights fetch SUITE`) and copy "
+                "the torch hub cache (TORCH_HOME) here, or drop --offline / HF_HUB_OFFLINE."
+            )
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            torch.hub.download_url_to_file(str(weights), str(target), progress=False)
+        except Exception as exc:
+            raise BenchError(
+                f"Backbone {name!r}: downloading {weights} failed ({type(exc).__name__}: {exc}). Check "
+                "the URL and the network, or give a local `weights:` file."
+            ) from None
+        return target
+    cached = cached_weights(spec.timm_name)
+    if cached is not None:
+        return cached
+    if offline():
+        raise BenchError(
+            f"Backbone {name!r} asks for pretrained ImageNet weights, but no local weights file or filled cache was "
+            "found, and this run is offline, so nothing is downloaded. Either set `weights: "
+            f"/path/to/{spec.timm_name}.safetensors` (or .pth) under this backbone in the suite, or fetch them on a "
+            'machine with internet (`bench weights fetch SUITE`, or `python -c "import timm; '
+            f"timm.create_model('{spec.timm_name}', pretrained=True)\"`) and copy ~/.cache/huggingface (HF_HOME) "
+            "here. Or set `pretrained: false`."
+        )
+    import timm
+
+    try:
+        timm.create_model(spec.timm_name, pretrained=True, num_classes=0)  # timm downloads into its cache
+    except Exception as exc:
+        raise BenchError(
+            f"Backbone {name!r}: timm could not download its ImageNet weights ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0][:200]}). On a machine without internet, give a local `weights:` "
+            "file or fill the cache elsewhere with `bench weights fetch SUITE`."
+        ) from None
+    cached = cached_weights(spec.timm_name)
+    if cached is None:
+        raise BenchError(
+            f"Backbone {name!r}: timm loaded its weights but left no file in the HF or torch hub cache; "
+            "give a local `weights:` file."
+        )
+    return cached
+
+
 def create_backbone(name: str, pretrained: bool = False, weights: str | None = None):
-    """(module, feature size, input size). The module maps images to a pooled (B, d) feature vector.
-    Weights come from `weights` or an already filled cache; nothing is downloaded here."""
+    """(module, feature size, input size). The module maps images to a pooled (B, d) feature vector."""
     import timm
 
     spec = resolve(name)
     if not pretrained:
         model = timm.create_model(spec.timm_name, pretrained=False, num_classes=0)
         return model, model.num_features, spec.input_size
-    path = Path(weights).expanduser() if weights else cached_weights(spec.timm_name)
-    if path is None or not path.is_file():
-        where = f"the file {weights!r} does not exist" if weights else "no local weights file or filled cache was found"
-        raise BenchError(
-            f"Backbone {name!r} asks for pretrained ImageNet weights, but {where}, and nothing is downloaded at run "
-            f"time. Either set `weights: /path/to/{spec.timm_name}.safetensors` (or .pth) under this backbone in the "
-            f'suite, or fill the cache on a machine with internet: `python -c "import timm; '
-            f"timm.create_model('{spec.timm_name}', pretrained=True)\"` and copy ~/.cache/huggingface (HF_HOME) "
-            "here. Or set `pretrained: false`."
-        )
+    path = ensure_weights(name, weights)
     try:
         model = timm.create_model(
             spec.timm_name, pretrained=True, num_classes=0, pretrained_cfg_overlay={"file": str(path)}

@@ -8,7 +8,12 @@ from .console import console, err_console
 
 
 def cmd_run(args):
+    import os
+
     from ..suite.loading import load_suite
+
+    if args.offline:
+        os.environ["MESBENCH_OFFLINE"] = "1"
 
     overrides = list(args.set) + (["training.compile=true"] if args.compile else [])
     overrides += ["training.deterministic=true"] if args.deterministic else []
@@ -110,6 +115,11 @@ def add_commands(sub):
     r.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when present)")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
     r.add_argument(
+        "--offline",
+        action="store_true",
+        help="never download pretrained weights (as HF_HUB_OFFLINE=1): local files and caches only",
+    )
+    r.add_argument(
         "--log",
         action="append",
         default=[],
@@ -126,3 +136,34 @@ def add_commands(sub):
     lst = sub.add_parser("list", help="backbones, formulations, datasets")
     lst.add_argument("--timm", action="store_true", help="also list every timm model name a suite may use")
     lst.set_defaults(fn=cmd_list)
+    add_weights_command(sub)
+
+
+def cmd_weights_fetch(args):
+    """Download (or find) the ImageNet weights of every pretrained backbone of a suite, before a cluster run whose
+    compute nodes are offline, and say where they are."""
+    from backbones import ensure_weights
+
+    from ..suite.loading import load_suite
+
+    suite = load_suite(args.suite)
+    wanted = [b for b in suite.backbones if b.pretrained]
+    if not wanted:
+        console.print(f"suite {suite.name!r} has no backbone with `pretrained: true`: nothing to fetch.")
+        return 0
+    for b in wanted:
+        path = ensure_weights(b.name, b.weights)
+        console.print(f"{b.name}: {path}")
+    console.print(
+        "copy the HF cache (HF_HOME, ~/.cache/huggingface) and the torch hub cache (TORCH_HOME) to the "
+        "compute nodes, or point `weights:` at these files."
+    )
+    return 0
+
+
+def add_weights_command(sub):
+    w = sub.add_parser("weights", help="pretrained weights")
+    wsub = w.add_subparsers(dest="weights_command", required=True)
+    f = wsub.add_parser("fetch", help="download every pretrained backbone of a suite ahead of an offline run")
+    f.add_argument("suite", help="suite YAML whose pretrained backbones to fetch")
+    f.set_defaults(fn=cmd_weights_fetch)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from backbones import BACKBONES, cached_weights, resolve
+from backbones import BACKBONES, ensure_weights, resolve
 from formulations import create_formulation
 
 from ..data.catalogue import load_dataset
@@ -45,13 +45,9 @@ def preflight(suite: Suite):
         for extra in f.options_by_fold.values():
             create_formulation(f.name, {**f.options, **extra})
     for b in suite.backbones:
-        spec = resolve(b.name)
+        resolve(b.name)
         if b.pretrained:
-            path = Path(b.weights).expanduser() if b.weights else cached_weights(spec.timm_name)
-            if path is None or not path.is_file():
-                from backbones import create_backbone
-
-                create_backbone(b.name, True, b.weights)  # raises the explanatory error
+            ensure_weights(b.name, b.weights)  # found, or downloaded now, or one clear error before anything runs
 
 
 def batch_size_for(suite: Suite, backbone) -> int:
