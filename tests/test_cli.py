@@ -81,3 +81,9 @@ def test_a_finished_cell_keeps_only_its_best_checkpoint_and_the_summary_says_the
     assert main(["run", str(keep), "--out", str(tmp_path / "keep"), "--only", "fold=0", "--quiet"]) == 0
     key = Store(tmp_path / "keep", create=False).cell_rows()[0]["key"]
     assert sorted(p.name for p in (tmp_path / "keep" / "cells" / key).iterdir()) == ["best.pt", "last.pt"]
+
+
+def test_perf_says_each_stage_as_it_finishes(capsys):
+    assert main(["perf", "--no-model", "--images", "16", "--batch", "8", "--size", "40x32", "--device", "cpu"]) == 0
+    err = capsys.readouterr().err
+    assert "[1/2] (1) data path" in err and "[2/2] (2) usual recipe" in err

@@ -25,6 +25,8 @@ def test_three_trials_resume_and_round_trip(make_suite, tmp_path, capsys):
     out = tmp_path / "tune"
     args = ["tune", str(suite), "--trials", "3", "--folds", "1", "--out", str(out)]
     assert main(args) == 0
+    err = capsys.readouterr().err
+    assert "[1/3]" in err and "[3/3]" in err and "best so far" in err and "pruned" in err  # never silent
     assert main(args) == 0  # same command again: the study continues
     study = optuna.load_study(study_name="tune-tiny-mtl-macro_f1-fold0", storage=f"sqlite:///{out / 'tune.db'}")
     assert len(study.trials) == 6

@@ -50,11 +50,20 @@ def cmd_perf(args):
     from rich.table import Table
 
     from ..tools.perf import run_perf
+    from .console import err_console
 
     h, w = _hw(args.size)
-    plan, path, res, memory = run_perf(
-        args.backbone, (h, w), args.batch, args.images, args.device, args.compile, args.no_model
-    )
+    stages = 2 if args.no_model else 4
+    done = [0]
+
+    def say(text):
+        done[0] += 1
+        err_console.print(f"[{done[0]}/{stages}] {text}", highlight=False)
+
+    with err_console.status(f"bench perf: {stages} measurements, each timed after a warm-up pass"):
+        plan, path, res, memory = run_perf(
+            args.backbone, (h, w), args.batch, args.images, args.device, args.compile, args.no_model, say
+        )
     t = Table(title=f"bench perf — {args.images} images {w}×{h}, batch {args.batch}, device {plan.description}")
     t.add_column("measurement")
     t.add_column("images/s", justify="right")

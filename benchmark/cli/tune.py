@@ -19,7 +19,24 @@ def cmd_tune(args):
         suite, out, args.backbone, args.formulation, args.metric, args.folds, args.storage, args.study, args.device
     )
     before = {i: len(s.trials) for i, s in tuner.studies.items()}
-    tuner.optimize(args.trials, args.timeout)
+    from .console import err_console
+
+    total = args.trials * len(tuner.studies)
+    seen = [0]
+
+    def report(study, trial):
+        seen[0] += 1
+        done = [t for t in study.trials if t.state.name == "COMPLETE"]
+        pruned = sum(t.state.name == "PRUNED" for t in study.trials)
+        best = f"{study.best_value:.4f}" if done else "—"
+        value = f"{trial.value:.4f}" if trial.value is not None else trial.state.name.lower()
+        err_console.print(
+            f"[{seen[0]}/{total}] {study.study_name} trial {trial.number}: {args.metric} {value} · "
+            f"best so far {best} · pruned {pruned}",
+            highlight=False,
+        )
+
+    tuner.optimize(args.trials, args.timeout, callbacks=[report])
     table = Table(
         title=f"best trial per outer fold (nested: {args.metric} on an inner split of the fold's training part)"
     )

@@ -184,7 +184,14 @@ def peak_memory(plan) -> str:
 
 
 def run_perf(
-    backbone="resnet18", size=(288, 352), batch=64, n_images=256, device=None, compile_model=False, skip_model=False
+    backbone="resnet18",
+    size=(288, 352),
+    batch=64,
+    n_images=256,
+    device=None,
+    compile_model=False,
+    skip_model=False,
+    say=lambda text: None,
 ):
     plan = pick_device(device)
     h, w = size
@@ -194,12 +201,14 @@ def run_perf(
     results = {}
     fn, path = data_path(images, batch, plan, mean.astype(np.float32), std.astype(np.float32))
     secs, rate = _timed(fn, n_images, plan.device, repeat=3)
+    say(f"(1) data path: {rate:,.1f} images/s")
     results["data"] = PerfResult(
         "(1) harness data path: uint8 cache → flip + rotation → normalise, no model", rate, secs, n_images
     )
     with tempfile.TemporaryDirectory() as tmp:
         fn, workers = usual_recipe(images, labels, batch, mean, std, Path(tmp))
         secs, rate = _timed(fn, n_images, plan.device, repeat=2)
+    say(f"(2) usual recipe: {rate:,.1f} images/s")
     results["usual"] = PerfResult(
         f"(2) usual recipe: PIL decode + torchvision per image, DataLoader({workers} workers)", rate, secs, n_images
     )
@@ -209,6 +218,7 @@ def run_perf(
             model = torch.compile(model)
         fn, n = bare_step(model, formulation, opt, plan, batch, (h, w), n_images)
         secs, rate = _timed(fn, n, plan.device, repeat=2)
+        say(f"(3) bare model step: {rate:,.1f} images/s")
         results["bare"] = PerfResult(
             f"(3) bare model step ({backbone}, fwd + bwd + Adam, pre-staged tensors)", rate, secs, n
         )
@@ -216,5 +226,6 @@ def run_perf(
             model, formulation, opt, plan, images, labels, batch, mean.astype(np.float32), std.astype(np.float32)
         )
         secs, rate = _timed(fn, n, plan.device, repeat=2)
+        say(f"(4) harness epoch: {rate:,.1f} images/s")
         results["harness"] = PerfResult(f"(4) harness training epoch ({backbone}, training.train_epoch)", rate, secs, n)
     return plan, path, results, peak_memory(plan)
