@@ -132,8 +132,9 @@ def finetune_change(run: Run, opts: Options) -> bytes | None:
     if not pairs:
         return None
     plt = _plt()
-    fig, axes = plt.subplots(1, len(run.backbones), figsize=(5 * len(run.backbones), 3.5), squeeze=False)
-    for ax, b in zip(axes[0], run.backbones):
+    fig, axes, cols = _grid(plt, len(run.backbones), 5.0, 3.5)
+    for n, b in enumerate(run.backbones):
+        ax = axes[n // cols, n % cols]
         width = 0.8 / len(pairs)
         for j, (before, after) in enumerate(pairs):
             diffs = []
@@ -153,11 +154,32 @@ def finetune_change(run: Run, opts: Options) -> bytes | None:
     return _png(fig)
 
 
+PER_ROW = 4  # panels per row: a figure stays readable at page width however many formulations a run has
+
+
+def _grid(plt, n, panel_w, panel_h, rows_per_item=1):
+    """A wrapped grid for n items, each `rows_per_item` panels tall; unused panels hidden."""
+    cols = min(n, PER_ROW)
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(
+        rows * rows_per_item,
+        cols,
+        figsize=(panel_w * cols, panel_h * rows * rows_per_item),
+        squeeze=False,
+        layout="constrained",
+    )
+    for k in range(n, rows * cols):
+        for r in range(rows_per_item):
+            axes[(k // cols) * rows_per_item + r, k % cols].set_visible(False)
+    return fig, axes, cols
+
+
 def confusion_matrices(run: Run, opts: Options, backbone: str) -> bytes:
     plt = _plt()
     forms = run.formulations
-    fig, axes = plt.subplots(1, len(forms), figsize=(3.2 * len(forms), 3.2), squeeze=False)
-    for ax, f in zip(axes[0], forms):
+    fig, axes, cols = _grid(plt, len(forms), 3.0, 3.0)
+    for n, f in enumerate(forms):
+        ax = axes[n // cols, n % cols]
         keys = run.cells[
             (run.cells.backbone == backbone) & (run.cells.formulation == f) & (run.cells.status == "done")
         ].key
@@ -174,14 +196,14 @@ def confusion_matrices(run: Run, opts: Options, backbone: str) -> bytes:
                     f"{norm[i, j]:.2f}",
                     ha="center",
                     va="center",
-                    fontsize=8,
+                    fontsize=9,
                     color="white" if norm[i, j] > 0.5 else "black",
                 )
         ax.set_xticks(GRADES, GRADES)
         ax.set_yticks(GRADES, GRADES)
         ax.set_xlabel("predicted MES")
         ax.set_ylabel("true MES")
-        ax.set_title(f, fontsize=9)
+        ax.set_title(f, fontsize=10)
     fig.suptitle(f"Confusion matrices, fold-summed, row-normalised — {backbone}")
     return _png(fig)
 
@@ -192,7 +214,7 @@ def cd_diagram(friedman_result) -> bytes:
     res, scores = friedman_result
     plt = _plt()
     names = list(res.mean_ranks)
-    fig, ax = plt.subplots(figsize=(8, 1.2 + 0.25 * len(names)))
+    fig, ax = plt.subplots(figsize=(8, 1.2 + 0.25 * len(names)), layout="constrained")
     draw_cd(ax, res, scores)
     ax.set_title(
         f"Critical difference diagram: mean rank over {res.n_blocks} backbones (1 = best); bars join "
@@ -214,28 +236,29 @@ def draw_cd(ax, res, scores):
 
 
 def training_curves(run: Run, backbone: str) -> bytes:
+    from matplotlib.ticker import MaxNLocator
+
     plt = _plt()
     forms = run.formulations
-    fig, axes = plt.subplots(2, len(forms), figsize=(3.2 * len(forms), 5), squeeze=False, sharex="col")
+    fig, axes, cols = _grid(plt, len(forms), 3.4, 2.5, rows_per_item=2)
     monitor = run.suite.training.monitor
-    for j, f in enumerate(forms):
+    shown = monitor if monitor != "val_loss" else "val_macro_f1"
+    for n, f in enumerate(forms):
+        top, bottom = axes[(n // cols) * 2, n % cols], axes[(n // cols) * 2 + 1, n % cols]
         keys = run.cells[(run.cells.backbone == backbone) & (run.cells.formulation == f) & (run.cells.status == "done")]
         for r in keys.itertuples():
             hist = run.result(r.key).history
             ep = [h["epoch"] for h in hist]
-            axes[0, j].plot(ep, [h["train_loss"] for h in hist], color="C0", alpha=0.6, lw=1)
-            axes[0, j].plot(ep, [h["val_loss"] for h in hist], color="C1", alpha=0.6, lw=1)
-            axes[1, j].plot(
-                ep,
-                [h.get(monitor if monitor != "val_loss" else "val_macro_f1") for h in hist],
-                color="C2",
-                alpha=0.6,
-                lw=1,
-            )
-        axes[0, j].set_title(f, fontsize=9)
-        axes[1, j].set_xlabel("epoch")
-    axes[0, 0].set_ylabel("loss (blue train, orange val)")
-    axes[1, 0].set_ylabel(monitor if monitor != "val_loss" else "val macro-F1")
+            top.plot(ep, [h["train_loss"] for h in hist], color="C0", alpha=0.6, lw=1)
+            top.plot(ep, [h["val_loss"] for h in hist], color="C1", alpha=0.6, lw=1)
+            bottom.plot(ep, [h.get(shown) for h in hist], color="C2", alpha=0.6, lw=1)
+        top.set_title(f, fontsize=10)
+        for ax in (top, bottom):
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
+        bottom.set_xlabel("epoch")
+        if n % cols == 0:
+            top.set_ylabel("loss (blue train, orange val)", fontsize=8)
+            bottom.set_ylabel(shown.replace("_", " ").replace("macro f1", "macro-F1"), fontsize=8)
     fig.suptitle(f"Training curves, all folds — {backbone}")
     return _png(fig)
 
@@ -249,8 +272,9 @@ def score_distributions(run: Run, opts: Options) -> bytes | None:
         return None
     plt = _plt()
     forms = [f for f in run.formulations if cells[cells.formulation == f].key.isin(preds.key).any()]
-    fig, axes = plt.subplots(1, len(forms), figsize=(4.5 * len(forms), 3.2), squeeze=False)
-    for ax, f in zip(axes[0], forms):
+    fig, axes, cols = _grid(plt, len(forms), 4.5, 3.4)
+    for n, f in enumerate(forms):
+        ax = axes[n // cols, n % cols]
         keys = cells[cells.formulation == f].key
         sub = preds[preds.key.isin(keys)]
         ax.violinplot(

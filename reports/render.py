@@ -284,10 +284,23 @@ def _per_backbone(name, fn):
 
 
 def _gradcam(run, opts, section, tables, figures, ctx):
+    from PIL import Image
+
+    from .figures import Rendered
+
     explain = run.path / "explain"
     if explain.is_dir():
         for png in sorted(explain.glob("*.png")):
-            figures.append((f"Grad-CAM — {png.stem}", png.read_bytes))
+            with Image.open(png) as im:
+                title = im.info.get("Title") or png.stem.replace("__", " · ")
+
+            def read(png=png):
+                out = Rendered(png.read_bytes())
+                pdf = png.with_suffix(".pdf")
+                out.pdf = pdf.read_bytes() if pdf.is_file() else None
+                return out
+
+            figures.append((title, read))
 
 
 def _cd(run, opts, section, tables, figures, ctx):

@@ -192,7 +192,11 @@ def _grid(plt, ds, flat, columns: dict, title: str, path: Path) -> Path:
     from pytorch_grad_cam.utils.image import show_cam_on_image
 
     fig, axes = plt.subplots(
-        len(flat), len(columns) + 1, figsize=(2.2 * (len(columns) + 1), 2.1 * len(flat)), squeeze=False
+        len(flat),
+        len(columns) + 1,
+        figsize=(2.2 * (len(columns) + 1), 2.1 * len(flat)),
+        squeeze=False,
+        layout="constrained",
     )
     for r, i in enumerate(flat):
         img = np.asarray(ds.images[i], dtype=np.float32) / 255
@@ -203,8 +207,10 @@ def _grid(plt, ds, flat, columns: dict, title: str, path: Path) -> Path:
             axes[r, c].set_title(f"{label}: {pred[r]}", fontsize=7)
         for a in axes[r]:
             a.axis("off")
-    fig.suptitle(title, fontsize=9)
-    fig.savefig(path, dpi=90, bbox_inches="tight")
+    fig.suptitle(title, fontsize=10)
+    # the title travels in the PNG itself, so a report shows it rather than the file name
+    fig.savefig(path, dpi=90, bbox_inches="tight", metadata={"Title": title})
+    fig.savefig(path.with_suffix(".pdf"), bbox_inches="tight", metadata={"Title": title})
     plt.close(fig)
     return path
 
