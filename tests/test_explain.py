@@ -1,5 +1,7 @@
 """`bench explain`: Grad-CAM maps of stored checkpoints, every formulation and every head."""
 
+import re
+
 import numpy as np
 import pytest
 import timm
@@ -47,7 +49,10 @@ def test_grids_for_every_formulation_and_maps_are_valid(run_dir, capsys):
         assert set(pred.tolist()) <= {0, 1, 2, 3}
     capsys.readouterr()
     assert main(["report", str(run_dir), "--html", "-o", str(run_dir / "r.html")]) == 0
-    assert "Grad-CAM — tiny__comparison__grade" in (run_dir / "r.html").read_text()
+    html = (run_dir / "r.html").read_text()
+    headings = re.findall(r"<h3>(.*?)</h3>", html)
+    assert "Grad-CAM side by side — tiny · fold 0 · val · grade" in headings  # the figure's title ...
+    assert not any("__" in h for h in headings)  # ... not its file name
 
 
 def test_each_mtl_head_has_its_own_map(run_dir):

@@ -18,6 +18,8 @@ def cmd_run(args):
     overrides = list(args.set) + (["training.compile=true"] if args.compile else [])
     overrides += ["training.deterministic=true"] if args.deterministic else []
     suite = load_suite(args.suite, overrides)  # a wrong suite is refused before torch is even imported
+    if args.workers > 1:
+        return run_workers(args, suite)
 
     from reports.summary import print_summary
 
@@ -54,6 +56,54 @@ def cmd_run(args):
         )
         return 1
     return 0
+
+
+def run_workers(args, suite) -> int:
+    """`--workers N`: N `bench run` processes on this machine claim cells from the one store (each pinned to a
+    device with --devices, or to its share of the CPU cores); this process prepares the run once, reports
+    progress from the store, and passes Ctrl-C on."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from reports.summary import print_summary
+
+    from ..run.runner import Runner
+
+    out = Path(args.out) if args.out else Path("runs") / suite.name
+    Runner(suite, out, device=args.device).prepare(args.only)  # splits and store written once, errors here
+    devices = [d for d in (args.devices or "").split(",") if d]
+    threads = max(1, (os.cpu_count() or 2) // args.workers)
+    base = [sys.executable, "-m", "benchmark.cli", "run", args.suite, "--out", str(out), "--quiet"]
+    for flag in ("only", "set", "log"):
+        for value in getattr(args, flag):
+            base += [f"--{flag}", value]
+    for flag in ("retry_failed", "compile", "deterministic", "offline"):
+        if getattr(args, flag):
+            base.append("--" + flag.replace("_", "-"))
+    if args.device:
+        base += ["--device", args.device]
+    procs = []
+    for i in range(args.workers):
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MESBENCH_WORKER": str(i)}
+        if devices:
+            env["CUDA_VISIBLE_DEVICES"] = devices[i % len(devices)]
+        procs.append(subprocess.Popen(base, env=env))
+    placement = ", ".join(f"GPU {d}" for d in devices) or f"{threads} CPU threads each"
+    err_console.print(f"{args.workers} workers on {out} ({placement}); `bench status {out}` shows each worker's cell")
+    try:
+        while any(p.poll() is None for p in procs):
+            time.sleep(1.0)
+    except KeyboardInterrupt:
+        for p in procs:
+            p.send_signal(signal.SIGINT)  # each stops after saving its current epoch
+        for p in procs:
+            p.wait()
+        raise
+    print_summary(out, console)
+    return max(p.returncode for p in procs)
 
 
 def cmd_list(args):
@@ -114,6 +164,10 @@ def add_commands(sub):
     )
     r.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when present)")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
+    r.add_argument(
+        "--workers", type=int, default=1, help="worker processes on this machine sharing the run (default 1)"
+    )
+    r.add_argument("--devices", help="with --workers: comma-separated CUDA device indices, one per worker in turn")
     r.add_argument(
         "--offline",
         action="store_true",

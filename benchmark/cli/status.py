@@ -1,0 +1,67 @@
+"""`bench status RUN`: what a run's cells are doing — done, running (by which worker, since when, last
+heartbeat), failed, pending — and how fast each worker has been."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from .console import console
+
+
+def cmd_status(args):
+    from rich.table import Table
+
+    from reports.load import load_run
+    from reports.summary import disk_size
+
+    run = load_run(args.run_dir)
+    rows = {r["key"]: r for r in run.store.cell_rows()}
+    now = time.time()
+    counts = {"done": 0, "running": 0, "failed": 0, "pending": 0}
+    running: list[tuple[Any, dict[str, Any]]] = []
+    per_worker: dict[str, dict[str, float]] = {}
+    for c in run.cells.itertuples():
+        r = rows.get(c.key)
+        if r is None or (r["status"] == "running" and not r["owner"]):
+            counts["pending"] += 1
+            continue
+        status = r["status"]
+        counts[status] = counts.get(status, 0) + 1
+        if status == "running":
+            running.append((c, r))
+        if status == "done" and r.get("owner"):
+            w = per_worker.setdefault(r["owner"], {"cells": 0, "seconds": 0.0})
+            w["cells"] += 1
+            w["seconds"] += (r["finished"] or now) - (r["started"] or now)
+    console.print(
+        f"{run.path}: {len(run.cells)} cells — {counts['done']} done, {counts['running']} running, "
+        f"{counts['failed']} failed, {counts['pending']} pending · {disk_size(run.path)} on disk"
+    )
+    if running:
+        t = Table(title="running")
+        for col in ("cell", "worker", "since", "last heartbeat"):
+            t.add_column(col)
+        for c, r in running:
+            t.add_row(
+                f"{c.backbone} · {c.formulation} · fold {c.fold} · seed {c.seed}",
+                r["owner"],
+                f"{now - (r['started'] or now):.0f} s ago",
+                f"{now - (r['heartbeat'] or 0):.0f} s ago",
+            )
+        console.print(t)
+    if per_worker:
+        t = Table(title="finished cells per worker")
+        for col in ("worker", "cells", "cells per hour"):
+            t.add_column(col, justify="right")
+        for owner, w in sorted(per_worker.items()):
+            rate = 3600 * w["cells"] / w["seconds"] if w["seconds"] > 0 else float("nan")
+            t.add_row(owner, str(w["cells"]), f"{rate:,.1f}")
+        console.print(t)
+    return 0
+
+
+def add_commands(sub):
+    s = sub.add_parser("status", help="cells done / running (by which worker) / failed / pending of a run")
+    s.add_argument("run_dir", help="run directory written by `bench run`")
+    s.set_defaults(fn=cmd_status)
