@@ -158,6 +158,13 @@ def test_the_ordinal_smoke_suite_runs_and_reports_the_ordinal_view(tmp_path, cap
     assert "per-class one-vs-rest AUC" in table2
     assert table2.splitlines()[2].startswith("| formulation |")  # 17 formulations: transposed, one row each
     assert all(f"| {name} " in table2 for name in ("cdw_ce", "sord", "clm", "emd", "wk", "ecoc"))
+    from benchmark.tools.explain import explain
+
+    new = ["cdw_ce", "sord", "soft_labels[beta]", "clm", "emd", "wk", "ecoc", "softmax[median]"]
+    _, results, flat = explain(out, formulations=new, per_class=1, out=tmp_path / "cam")
+    for name in new:  # Grad-CAM works for every new formulation, through its own gradcam_scores
+        maps, pred = results[name]
+        assert maps.shape[0] == len(flat) and maps.min() >= 0 and maps.max() <= 1, name
 
 
 def test_bench_list_shows_every_formulation_with_its_reference(capsys):
