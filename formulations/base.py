@@ -332,3 +332,37 @@ def class_weighted(loss_fn: Any, out: torch.Tensor, y: torch.Tensor, weights: to
         total = total + w[c] * n * loss_fn(out[mask], y[mask])
         norm = norm + w[c] * n
     return total / norm.clamp_min(1e-12)
+
+
+# ---------------------------------------------------------------------------- formulations with P(y > k) outputs
+
+
+class ThresholdOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    # threshold: the package's rule (count of P(y > k) > 0.5); or a rule on the differenced class probabilities
+    decoding: Literal["threshold", "argmax", "median", "expectation"] = "threshold"
+
+
+class CumulativeFormulation(Formulation):
+    """Outputs are the cumulative probabilities P(y > k), k = 0..K−2 (CORAL, CORN): the label is the count of
+    them above 0.5 (or a `decoding` rule on the differenced class probabilities), and a fold-ensemble averages
+    them before applying the same rule."""
+
+    Options: ClassVar[type[BaseModel]] = ThresholdOptions
+    output_names: ClassVar[tuple[str, ...]] = tuple(f"P(MES > {k})" for k in range(NUM_CLASSES - 1))
+
+    def predict(self, outputs: np.ndarray, state: State) -> np.ndarray:
+        if self.options["decoding"] == "threshold":
+            counted: np.ndarray = (outputs > 0.5).sum(1)
+            return counted
+        return decode_probabilities(cumulative_to_class_proba(outputs), self.options["decoding"])
+
+    def proba(self, outputs: np.ndarray, state: State) -> np.ndarray | None:
+        return cumulative_to_class_proba(outputs)
+
+    def gradcam_scores(self, out: RawOutput) -> torch.Tensor:
+        return ordinal_evidence(out)
+
+    def example_outputs(self, grades: np.ndarray, confidence: float = 0.8) -> np.ndarray:
+        above = np.asarray(grades)[:, None] > np.arange(NUM_CLASSES - 1)[None, :]
+        return np.where(above, confidence, 1 - confidence).astype(float)

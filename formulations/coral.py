@@ -8,35 +8,15 @@ renormalised. CORAL does not guarantee monotone cumulative probabilities, so vio
 inconsistencies) are counted and stored.
 """
 
-from typing import Literal
-
-import numpy as np
-from pydantic import BaseModel, ConfigDict
-
-from .base import (
-    NUM_CLASSES,
-    Formulation,
-    cumulative_to_class_proba,
-    decode_probabilities,
-    ordinal_evidence,
-    weighted_mean,
-)
+from .base import NUM_CLASSES, CumulativeFormulation, weighted_mean
 from .registry import register_formulation
 
 
-class ThresholdOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    # threshold: the package's rule (count of P(y > k) > 0.5); or a rule on the differenced class probabilities
-    decoding: Literal["threshold", "argmax", "median", "expectation"] = "threshold"
-
-
 @register_formulation
-class Coral(Formulation):
+class Coral(CumulativeFormulation):
     name = "coral"
     description = "CoralLayer(d, 4), coral_loss, count of sigmoid > 0.5"
     reference_text = "Cao, Mirjalili & Raschka, Pattern Recognit. Lett. 2020 (coral-pytorch)"
-    Options = ThresholdOptions
-    output_names = tuple(f"P(MES > {k})" for k in range(NUM_CLASSES - 1))
     ensemble_text = "mean cumulative probabilities P(y > k), then its decoding rule (threshold: count of those > 0.5)"
 
     def head(self, d):
@@ -58,20 +38,5 @@ class Coral(Formulation):
 
         return torch.sigmoid(out.float())
 
-    def predict(self, outputs, state):
-        if self.options["decoding"] == "threshold":
-            return (outputs > 0.5).sum(1)
-        return decode_probabilities(cumulative_to_class_proba(outputs), self.options["decoding"])
-
-    def proba(self, outputs, state):
-        return cumulative_to_class_proba(outputs)
-
     def counters(self, outputs):
         return {"rank_inconsistent": int((outputs[:, 1:] > outputs[:, :-1]).any(1).sum())}
-
-    def gradcam_scores(self, out):
-        return ordinal_evidence(out)
-
-    def example_outputs(self, grades, confidence=0.8):
-        above = np.asarray(grades)[:, None] > np.arange(NUM_CLASSES - 1)[None, :]
-        return np.where(above, confidence, 1 - confidence).astype(float)

@@ -5,12 +5,7 @@ label is the count of them above 0.5, exactly `corn_label_from_logits`. A fold-e
 cumulative probabilities and applies the same rule.
 """
 
-from typing import Literal
-
-import numpy as np
-from pydantic import BaseModel, ConfigDict
-
-from .base import NUM_CLASSES, Formulation, cumulative_to_class_proba, decode_probabilities, ordinal_evidence
+from .base import NUM_CLASSES, CumulativeFormulation
 from .registry import register_formulation
 
 
@@ -28,19 +23,11 @@ def corn_per_sample(logits, y):
     return per.sum(1), valid.sum(1)
 
 
-class ThresholdOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    # threshold: the package's rule (count of P(y > k) > 0.5); or a rule on the differenced class probabilities
-    decoding: Literal["threshold", "argmax", "median", "expectation"] = "threshold"
-
-
 @register_formulation
-class Corn(Formulation):
+class Corn(CumulativeFormulation):
     name = "corn"
     description = "Linear(d, 3), corn_loss, corn_label_from_logits"
     reference_text = "Shi, Cao & Raschka, Pattern Anal. Appl. 2023 (coral-pytorch)"
-    Options = ThresholdOptions
-    output_names = tuple(f"P(MES > {k})" for k in range(NUM_CLASSES - 1))
     ensemble_text = (
         "mean cumulative probabilities of the conditional chain, then its decoding rule (threshold: count > 0.5)"
     )
@@ -65,18 +52,3 @@ class Corn(Formulation):
         import torch
 
         return torch.cumprod(torch.sigmoid(out.float()), dim=1)
-
-    def predict(self, outputs, state):
-        if self.options["decoding"] == "threshold":
-            return (outputs > 0.5).sum(1)
-        return decode_probabilities(cumulative_to_class_proba(outputs), self.options["decoding"])
-
-    def proba(self, outputs, state):
-        return cumulative_to_class_proba(outputs)
-
-    def gradcam_scores(self, out):
-        return ordinal_evidence(out)
-
-    def example_outputs(self, grades, confidence=0.8):
-        above = np.asarray(grades)[:, None] > np.arange(NUM_CLASSES - 1)[None, :]
-        return np.where(above, confidence, 1 - confidence).astype(float)

@@ -5,7 +5,7 @@ have gives a note in its section, never an error."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from benchmark.errors import BenchError, closest
 
 VIEWS_DIR = Path(__file__).resolve().parent / "views"
-SECTION_KINDS = (
+SectionKind = Literal[
     "summary",
     "per_class",
     "tasks",
@@ -29,28 +29,13 @@ SECTION_KINDS = (
     "figure_cd",
     "figure_scores",
     "figure_gradcam",
-)
+]
+SECTION_KINDS = get_args(SectionKind)
 
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    kind: Literal[
-        "summary",
-        "per_class",
-        "tasks",
-        "finetune",
-        "test",
-        "friedman",
-        "throughput",
-        "failed",
-        "figure_classwise",
-        "figure_confusion",
-        "figure_curves",
-        "figure_finetune",
-        "figure_cd",
-        "figure_scores",
-        "figure_gradcam",
-    ]
+    kind: SectionKind
     title: str | None = None
     compare: Literal["formulations", "backbones"] | None = None  # None: --compare (default formulations)
     within: list[str] | None = None  # the fixed backbones / formulations; None: the default one

@@ -324,19 +324,7 @@ class Runner:
         """The cell's data, schedule and, for a fine-tuned formulation, its stage-1 start and loss weights."""
         cfg = self.suite.training
         train, val = self.splits.folds[cell.fold]
-        mean, std = self.fold_stats(cell.fold)
-        data = CellData(
-            self.dataset.images,
-            self.dataset.labels,
-            self.dataset.ids,
-            train,
-            val,
-            self.splits.test,
-            mean,
-            std,
-            self.dataset.groups,
-            self.splits.grouped,
-        )
+        data = CellData.of(self.dataset, train, val, self.splits.test, self.splits.grouped, self.fold_stats(cell.fold))
         spec = CellSpec(
             cell.backbone,
             cell.formulation.name,

@@ -28,7 +28,6 @@ from ..errors import BenchError, CellFailed
 from ..metrics import LOWER_IS_BETTER, known_metrics, metric_value, parse_metric
 from ..suite.loading import dump_suite
 from ..suite.schema import FormulationConfig, Suite, stable_hash
-from ..train.augment import channel_stats
 from ..train.cell import CellSpec, run_cell
 from ..train.device import pick_device
 from ..train.loop import CellData
@@ -172,20 +171,8 @@ class Tuner:
         options = {**self.fcfg.options, **self.fcfg.options_by_fold.get(fold, {}), **weights}
         cfg = self.suite.training
         train, val = self.inner[fold]
-        mean, std = channel_stats(self.dataset.images, train)
         # no outer validation and no held-out test images: only the outer fold's training part
-        data = CellData(
-            self.dataset.images,
-            self.dataset.labels,
-            self.dataset.ids,
-            train,
-            val,
-            np.array([], dtype=np.int64),
-            mean,
-            std,
-            self.dataset.groups,
-            self.splits.grouped,
-        )
+        data = CellData.of(self.dataset, train, val, np.array([], dtype=np.int64), self.splits.grouped)
 
         def on_epoch(row):
             trial.report(row["objective"], row["epoch"] - 1)

@@ -45,6 +45,15 @@ class CellData:
     groups: np.ndarray | None = None  # patient ids, for patient-grouped cross-fitting of fitted decoding
     grouped: bool = False
 
+    @classmethod
+    def of(cls, dataset, train, val, test, grouped: bool, stats=None) -> CellData:
+        """A cell's view of a dataset, normalised with statistics of its own training images only (`stats`: those
+        statistics when the caller already has them)."""
+        from .augment import channel_stats
+
+        mean, std = stats if stats is not None else channel_stats(dataset.images, train)
+        return cls(dataset.images, dataset.labels, dataset.ids, train, val, test, mean, std, dataset.groups, grouped)
+
 
 @dataclass
 class CellOutcome:
