@@ -54,10 +54,10 @@ class CheckResult:
         )
 
 
-def run_table(run_dir) -> pd.DataFrame:
+def run_table(run_dir, store: str | None = None) -> pd.DataFrame:
     from .load import LONG_COLUMNS, load_run
 
-    run = load_run(run_dir)
+    run = load_run(run_dir, store)
     table = run.long[LONG_COLUMNS].copy()
     failed = run.cells[run.cells.status != "done"]
     table.attrs["unfinished"] = [tuple(r) for r in failed[ID].itertuples(index=False)]

@@ -10,7 +10,7 @@ import pandas as pd
 
 from benchmark.errors import BenchError
 from benchmark.result import CellResult
-from benchmark.run.store import Store
+from benchmark.run.store import Store, store_location
 from benchmark.suite.cells import expand_cells
 from benchmark.suite.schema import Suite
 
@@ -142,9 +142,9 @@ def latest_run(root="runs") -> Path:
     return Path(max(candidates)[1])
 
 
-def load_run(path=None) -> Run:
+def load_run(path=None, store_url: str | None = None) -> Run:
     path = Path(path) if path else latest_run()
-    store = Store(path, create=False, readonly=True)
+    store = Store(store_location(path, store_url), create=False, readonly=True)
     suite_doc = store.get_meta("suite")
     if suite_doc is None:
         raise BenchError(f"{path}: the store has no suite recorded; was it written by `bench run`?")

@@ -6,10 +6,10 @@ from rich.markup import escape
 from rich.table import Table
 
 
-def print_summary(run_dir, console):
+def print_summary(run_dir, console, store=None):
     from .load import load_run
 
-    run = load_run(run_dir)
+    run = load_run(run_dir, store)
     counts = run.counts
     title = (
         f"{run.suite.name}: {counts['done']} of {len(run.cells)} cells finished"

@@ -16,7 +16,7 @@ def cmd_report(args):
 
     from ..errors import require_in_run
 
-    run = load_run(args.run_dir)
+    run = load_run(args.run_dir, args.store)
     print(
         f"report of {run.path}" + ("" if args.run_dir else " (the run under ./runs that finished last)"),
         file=sys.stderr,
@@ -91,6 +91,9 @@ def _add_report(sub):
         action="store_true",
         help="only write the view's figures as RUN/figures/*.png and *.pdf (Markdown then links them)",
     )
+    r.add_argument(
+        "--store", help="results store URL, e.g. postgresql://... (default: MESBENCH_STORE, else RUN/results.db)"
+    )
     r.add_argument("-o", "--output", help="write to this file instead of stdout")
     r.add_argument(
         "--split",
@@ -153,7 +156,7 @@ def _add_report(sub):
 def cmd_check(args):
     from reports.check import DEFAULT_TOLERANCE, compare, read_baseline, render, run_table, write_baseline
 
-    now = run_table(args.run_dir)
+    now = run_table(args.run_dir, args.store)
     if args.update:
         if not args.baseline:
             raise BenchError("--update needs --baseline FILE: the file to write.")
@@ -199,6 +202,7 @@ def _add_check(sub):
     c = sub.add_parser("check", help="compare a run's metrics with a baseline; exit 1 on a regression")
     c.add_argument("run_dir", help="run directory written by `bench run`")
     c.add_argument("--baseline", help="baseline CSV")
+    c.add_argument("--store", help="results store URL (default: MESBENCH_STORE, else RUN/results.db)")
     c.add_argument("--against", help="compare with another run directory instead of a baseline file")
     c.add_argument(
         "--tolerance",

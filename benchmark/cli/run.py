@@ -27,7 +27,7 @@ def cmd_run(args):
     from .progress import RunProgress
 
     out = Path(args.out) if args.out else Path("runs") / suite.name
-    runner = Runner(suite, out, device=args.device, retry_failed=args.retry_failed)
+    runner = Runner(suite, out, device=args.device, retry_failed=args.retry_failed, store=args.store)
     if args.log:
         from ..run.tracking import make_trackers
 
@@ -48,7 +48,7 @@ def cmd_run(args):
         f"{len(report.failed)} failed in {report.seconds:.1f} s · device {runner.plan.description} · "
         f"results in {out}"
     )
-    print_summary(out, console)
+    print_summary(out, console, args.store)
     if report.failed:
         err_console.print(
             f"[red]{len(report.failed)} cell(s) failed[/]; see `bench report {out}`; retry with "
@@ -73,10 +73,14 @@ def run_workers(args, suite) -> int:
     from ..run.runner import Runner
 
     out = Path(args.out) if args.out else Path("runs") / suite.name
-    Runner(suite, out, device=args.device).prepare(args.only)  # splits and store written once, errors here
+    Runner(suite, out, device=args.device, store=args.store).prepare(
+        args.only
+    )  # splits and store written once, errors here
     devices = [d for d in (args.devices or "").split(",") if d]
     threads = max(1, (os.cpu_count() or 2) // args.workers)
     base = [sys.executable, "-m", "benchmark.cli", "run", args.suite, "--out", str(out), "--quiet"]
+    if args.store:
+        base += ["--store", args.store]
     for flag in ("only", "set", "log"):
         for value in getattr(args, flag):
             base += [f"--{flag}", value]
@@ -102,7 +106,7 @@ def run_workers(args, suite) -> int:
         for p in procs:
             p.wait()
         raise
-    print_summary(out, console)
+    print_summary(out, console, args.store)
     return max(p.returncode for p in procs)
 
 
@@ -165,6 +169,11 @@ def add_commands(sub):
     r.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when present)")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
     r.add_argument(
+        "--store",
+        help="results store URL, e.g. postgresql://user@host/db (one database per run; default: MESBENCH_STORE, "
+        "else RUN/results.db)",
+    )
+    r.add_argument(
         "--workers", type=int, default=1, help="worker processes on this machine sharing the run (default 1)"
     )
     r.add_argument("--devices", help="with --workers: comma-separated CUDA device indices, one per worker in turn")
@@ -191,6 +200,7 @@ def add_commands(sub):
     lst.add_argument("--timm", action="store_true", help="also list every timm model name a suite may use")
     lst.set_defaults(fn=cmd_list)
     add_weights_command(sub)
+    add_store_command(sub)
 
 
 def cmd_weights_fetch(args):
@@ -221,3 +231,23 @@ def add_weights_command(sub):
     f = wsub.add_parser("fetch", help="download every pretrained backbone of a suite ahead of an offline run")
     f.add_argument("suite", help="suite YAML whose pretrained backbones to fetch")
     f.set_defaults(fn=cmd_weights_fetch)
+
+
+def cmd_store_copy(args):
+    """Copy a run's results store into another, e.g. an SQLite run into PostgreSQL for more workers."""
+    from ..run.store import Store
+
+    src = Store(args.source, create=False, readonly=True)
+    dst = Store(args.target)
+    counts = src.copy_to(dst)
+    console.print(f"copied {args.source} -> {args.target}: " + ", ".join(f"{n} {t}" for t, n in counts.items()))
+    return 0
+
+
+def add_store_command(sub):
+    s = sub.add_parser("store", help="results stores")
+    ssub = s.add_subparsers(dest="store_command", required=True)
+    c = ssub.add_parser("copy", help="copy one run's store into another (e.g. SQLite into PostgreSQL)")
+    c.add_argument("source", help="run directory or store URL to copy from")
+    c.add_argument("target", help="store URL (or run directory) to copy into; must hold no cells")
+    c.set_defaults(fn=cmd_store_copy)

@@ -15,7 +15,7 @@ def cmd_status(args):
     from reports.load import load_run
     from reports.summary import disk_size
 
-    run = load_run(args.run_dir)
+    run = load_run(args.run_dir, args.store)
     rows = {r["key"]: r for r in run.store.cell_rows()}
     now = time.time()
     counts = {"done": 0, "running": 0, "failed": 0, "pending": 0}
@@ -64,4 +64,5 @@ def cmd_status(args):
 def add_commands(sub):
     s = sub.add_parser("status", help="cells done / running (by which worker) / failed / pending of a run")
     s.add_argument("run_dir", help="run directory written by `bench run`")
+    s.add_argument("--store", help="results store URL (default: MESBENCH_STORE, else RUN/results.db)")
     s.set_defaults(fn=cmd_status)

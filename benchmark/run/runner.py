@@ -26,7 +26,7 @@ from ..train.augment import channel_stats
 from ..train.cell import CellSpec, run_cell
 from ..train.device import DevicePlan, pick_device
 from ..train.loop import CellData, discard_unloadable_checkpoints
-from .store import Heartbeat, Store, retrying
+from .store import Heartbeat, Store, retrying, store_location
 
 
 @dataclass
@@ -67,9 +67,16 @@ def input_size_for(backbone):
 
 class Runner:
     def __init__(
-        self, suite: Suite, out_dir: Path, device: str | None = None, progress=None, retry_failed: bool = False
+        self,
+        suite: Suite,
+        out_dir: Path,
+        device: str | None = None,
+        progress=None,
+        retry_failed: bool = False,
+        store: str | None = None,
     ):
         self.suite = suite
+        self.store_url = store  # None: MESBENCH_STORE, else RUN/results.db
         self.out_dir = Path(out_dir)
         self.plan: DevicePlan = pick_device(device, suite.training.amp, suite.training.deterministic)
         self.progress = progress
@@ -90,7 +97,16 @@ class Runner:
         preflight(self.suite)
         self.dataset: Dataset = load_dataset(self.suite.dataset)
         splits = make_splits(self.dataset, self.suite.protocol)  # errors before anything is written
-        self.store = Store(self.out_dir)
+        location = store_location(self.out_dir, self.store_url)
+        self.store = Store(location)
+        if location != str(self.out_dir):  # a server holds the results; checkpoints and splits stay in the run dir
+            try:
+                self.out_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise BenchError(
+                    f"Run directory {str(self.out_dir)!r} cannot be created ({exc.strerror}); choose "
+                    "another with --out."
+                ) from None
         stored_protocol = self.store.get_meta("protocol_hash")
         if stored_protocol and stored_protocol != protocol_hash(self.suite):
             raise BenchError(

@@ -40,7 +40,7 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DatabaseError, OperationalError
 
 from ..errors import BenchError
 from ..labels import PROBA_COLUMNS
@@ -102,6 +102,11 @@ def owner_id() -> str:
     return OWNER
 
 
+def store_location(run_dir: str | Path, store: str | None = None) -> str:
+    """The results store of a run: `--store URL`, else MESBENCH_STORE, else RUN/results.db."""
+    return store or os.environ.get("MESBENCH_STORE") or str(run_dir)
+
+
 def sqlite_url(db: Path, readonly: bool = False) -> URL:
     """Built with URL.create, never by pasting a path into a URL string (`?` or `#` in a path)."""
     if not readonly:
@@ -145,12 +150,16 @@ class Store:
             self.where = text
         self.url = url
         sqlite = str(url).startswith("sqlite")
-        self.engine = create_engine(url, connect_args={"timeout": 120} if sqlite else {})
+        if str(url).startswith("postgresql://"):
+            url = "postgresql+psycopg://" + str(url)[len("postgresql://") :]  # psycopg 3, not SQLAlchemy's default
+        self.engine = create_engine(url, connect_args={"timeout": 120} if sqlite else {}, pool_pre_ping=not sqlite)
         store = self
 
-        @event.listens_for(self.engine, "handle_error")
-        def _explain(ctx: Any) -> None:
-            raise store.explain_error(ctx.original_exception) from None
+        if sqlite:  # a server's transient errors are its driver's to report; a damaged file is ours to explain
+
+            @event.listens_for(self.engine, "handle_error")
+            def _explain(ctx: Any) -> None:
+                raise store.explain_error(ctx.original_exception) from None
 
         if sqlite and not readonly:
 
@@ -165,7 +174,15 @@ class Store:
                 conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         if create:
-            retrying(meta.create_all, self.engine)  # two processes may create the same store at once
+            try:
+                retrying(meta.create_all, self.engine)  # two processes may create the same store at once
+            except DatabaseError as exc:
+                if sqlite:
+                    raise
+                from sqlalchemy import inspect
+
+                if not {"meta", "cells", "metrics", "predictions"} <= set(inspect(self.engine).get_table_names()):
+                    raise BenchError(f"Store {self.where}: cannot create its tables ({exc.orig}).") from None
         retrying(self._check_schema, create)
 
     def explain_error(self, exc: BaseException) -> Exception:
@@ -209,6 +226,23 @@ class Store:
                 "version that wrote it."
             )
 
+    def copy_to(self, other: Store, batch: int = 20_000) -> dict[str, int]:
+        """Every row of this store into another (e.g. an SQLite run into PostgreSQL); the target must be empty
+        of cells. Returns rows copied per table."""
+        if other.cell_rows():
+            raise BenchError(f"Store {other.where} already holds cells: copy into an empty store (one run per store).")
+        counts = {}
+        with self.engine.connect() as src, other.engine.begin() as dst:
+            dst.execute(delete(meta_table))
+            for table in (meta_table, cells, metrics, predictions):
+                n = 0
+                result = src.execute(select(table)).mappings()
+                while chunk := result.fetchmany(batch):
+                    dst.execute(insert(table), [dict(r) for r in chunk])
+                    n += len(chunk)
+                counts[table.name] = n
+        return counts
+
     def close(self) -> None:
         """Fold the write-ahead log into results.db and drop pooled connections: the run directory is then one
         self-contained file that reads anywhere, read-only and archived included."""
@@ -233,18 +267,36 @@ class Store:
 
     # ------------------------------------------------------------------ claims
     def claim(self, key: str, info: dict[str, Any], retry_failed: bool = False) -> str:
-        """'claimed' (this process trains it), 'done', 'failed' or 'busy' (another live owner has it)."""
+        """'claimed' (this process trains it), 'done', 'failed' or 'busy' (another live owner has it).
+
+        SQLite serialises claims with BEGIN IMMEDIATE; PostgreSQL locks the row (`FOR UPDATE SKIP LOCKED`), so a
+        row another claimer is deciding on right now reads as busy, and a racing first insert loses cleanly."""
         me, now = owner_id(), time.time()
+        postgres = self.engine.dialect.name == "postgresql"
+        query = select(cells.c.status, cells.c.owner, cells.c.heartbeat, cells.c.attempts).where(cells.c.key == key)
         with self.engine.begin() as conn:
-            row = conn.execute(
-                select(cells.c.status, cells.c.owner, cells.c.heartbeat, cells.c.attempts).where(cells.c.key == key)
-            ).first()
+            if postgres:
+                exists = conn.execute(select(cells.c.key).where(cells.c.key == key)).first() is not None
+                row = conn.execute(query.with_for_update(skip_locked=True)).first()
+                if row is None and exists:
+                    return "busy"  # another worker holds the row's lock this instant
+            else:
+                row = conn.execute(query).first()
             if row is None:
-                conn.execute(
-                    insert(cells).values(
-                        key=key, status="running", owner=me, heartbeat=now, attempts=1, started=now, **info
-                    )
+                inserted = insert(cells).values(
+                    key=key, status="running", owner=me, heartbeat=now, attempts=1, started=now, **info
                 )
+                if postgres:
+                    from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+                    won = conn.execute(
+                        pg_insert(cells)
+                        .values(key=key, status="running", owner=me, heartbeat=now, attempts=1, started=now, **info)
+                        .on_conflict_do_nothing(index_elements=["key"])
+                        .returning(cells.c.key)
+                    ).first()
+                    return "claimed" if won is not None else "busy"
+                conn.execute(inserted)
                 return "claimed"
             status, owner, heartbeat, attempts = row
             if status == "done":
@@ -345,7 +397,8 @@ class Store:
         import pandas as pd
 
         cols = columns or [c.name for c in predictions.columns]
-        sql = f"SELECT {', '.join(cols)} FROM predictions" + (" WHERE split = ?" if split else "")
+        mark = "?" if self.engine.dialect.name == "sqlite" else "%s"  # the DB-API's own parameter style
+        sql = f"SELECT {', '.join(cols)} FROM predictions" + (f" WHERE split = {mark}" if split else "")
         # The raw DB-API cursor: SQLAlchemy's row objects cost seconds on a paper-sized run.
         raw = self.engine.raw_connection()
         try:
@@ -356,6 +409,9 @@ class Store:
             raise self.explain_error(exc) from None
         finally:
             raw.close()
+        if rows and "outputs" in cols:  # PostgreSQL's bytea comes back as memoryview
+            k = cols.index("outputs")
+            rows = [(*r[:k], bytes(r[k]) if r[k] is not None else None, *r[k + 1 :]) for r in rows]
         return pd.DataFrame.from_records(rows, columns=cols)
 
 

@@ -1,0 +1,137 @@
+"""The results store on a real PostgreSQL server (Debian's postgresql, a throwaway cluster started here):
+the same schema, row-locked claims that never hand a cell out twice, a suite run and its report, and a
+copy of an SQLite run into PostgreSQL."""
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from benchmark.cli import main
+from benchmark.result import CellResult
+from benchmark.run.store import Store
+
+ROOT = Path(__file__).resolve().parent.parent
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+
+
+@pytest.fixture(scope="module")
+def pg_server():
+    """initdb + pg_ctl as user postgres in a temporary directory, on a free local port; stopped afterwards."""
+    if not (PG_BIN / "initdb").exists() or os.geteuid() != 0:
+        if os.environ.get("CI"):
+            pytest.fail("PostgreSQL 15 (Debian `postgresql`) and root are needed here; .ci/run installs it")
+        pytest.skip("needs root and Debian's postgresql 15 (.ci/run installs it)")
+    data = Path(tempfile.mkdtemp(prefix="mesbench-pg-"))
+    shutil.chown(data, "postgres", "postgres")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    as_pg = ["runuser", "-u", "postgres", "--"]
+    subprocess.run(
+        as_pg + [str(PG_BIN / "initdb"), "-D", str(data / "db"), "-A", "trust", "-U", "postgres"],
+        check=True,
+        capture_output=True,
+    )
+    subprocess.run(
+        as_pg
+        + [
+            str(PG_BIN / "pg_ctl"),
+            "-D",
+            str(data / "db"),
+            "-l",
+            str(data / "log"),
+            "-w",
+            "-o",
+            f"-p {port} -k {data} -c listen_addresses=127.0.0.1",
+            "start",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    created = []
+
+    def database(name):
+        subprocess.run(
+            as_pg + ["psql", "-h", "127.0.0.1", "-p", str(port), "-c", f"CREATE DATABASE {name}"],
+            check=True,
+            capture_output=True,
+        )
+        created.append(name)
+        return f"postgresql://postgres@127.0.0.1:{port}/{name}"
+
+    try:
+        yield database
+    finally:
+        subprocess.run(
+            as_pg + [str(PG_BIN / "pg_ctl"), "-D", str(data / "db"), "-m", "fast", "stop"], capture_output=True
+        )
+        shutil.rmtree(data, ignore_errors=True)
+
+
+CLAIMERS = """
+import sys
+from benchmark.run.store import Store
+store = Store(sys.argv[1])
+won = [k for k in sys.argv[2:] if store.claim(k, {"backbone": "b", "formulation": "f", "seed": 0, "fold": 0,
+                                                  "config_hash": k}) == "claimed"]
+print(" ".join(won))
+"""
+
+
+def test_concurrent_claimers_never_take_a_cell_twice(pg_server):
+    url = pg_server("claims")
+    Store(url)  # schema
+    keys = [f"cell{i}" for i in range(60)]
+    env = {**os.environ, "MESBENCH_STALE_SECONDS": "600"}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", CLAIMERS, url, *keys], stdout=subprocess.PIPE, text=True, cwd=ROOT, env=env
+        )
+        for _ in range(6)
+    ]
+    won = [p.communicate(timeout=120)[0].split() for p in procs]
+    assert all(p.returncode == 0 for p in procs)
+    flat = [k for w in won for k in w]
+    assert sorted(flat) == sorted(keys)  # every cell claimed, none twice
+    rows = Store(url, create=False).cell_rows()
+    assert len(rows) == 60 and all(r["attempts"] == 1 for r in rows)
+
+
+def test_a_suite_runs_and_reports_on_postgresql_like_on_sqlite(pg_server, make_suite, tmp_path, capsys):
+    url = pg_server("suite")
+    suite = make_suite(name="pg", formulations=["softmax", "coral"])
+    lite, pg = tmp_path / "lite", tmp_path / "pg"
+    assert main(["run", str(suite), "--out", str(lite), "--quiet"]) == 0
+    assert main(["run", str(suite), "--out", str(pg), "--quiet", "--store", url]) == 0
+    assert not (pg / "results.db").exists()  # the results went to the server
+    store = Store(url, create=False)
+    assert len(store.cell_rows()) == 4 and store.result(store.cell_rows()[0]["key"]).n_val > 0
+    capsys.readouterr()
+    assert main(["report", str(pg), "--store", url]) == 0
+    md = capsys.readouterr().out
+    assert "4 finished, 0 failed, 0 missing" in md and "Table 5" in md
+    assert main(["check", str(pg), "--store", url, "--against", str(lite), "--tolerance", "0"]) == 0
+
+
+def test_an_sqlite_run_copies_into_postgresql(pg_server, make_suite, tmp_path, capsys):
+    url = pg_server("copied")
+    suite = make_suite(name="cp", formulations=["softmax"])
+    lite = tmp_path / "lite"
+    assert main(["run", str(suite), "--out", str(lite), "--quiet"]) == 0
+    assert main(["store", "copy", str(lite), url]) == 0
+    a = Store(lite, create=False).predictions_frame().sort_values(["key", "split", "image_id"]).reset_index(drop=True)
+    b = Store(url, create=False).predictions_frame().sort_values(["key", "split", "image_id"]).reset_index(drop=True)
+    pd.testing.assert_frame_equal(a, b)
+    capsys.readouterr()
+    assert main(["store", "copy", str(lite), url]) == 2  # never into a store that already holds cells
+    assert "already holds cells" in capsys.readouterr().err
+    assert main(["report", str(lite), "--store", url]) == 0
+    store = Store(url, create=False)
+    assert store.finish("nope", CellResult()) is False
