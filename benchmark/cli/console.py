@@ -8,3 +8,14 @@ err_console = Console(stderr=True)
 for _c in (console, err_console):
     if not _c.is_terminal:
         _c.width = 160
+
+
+def add_set_option(parser) -> None:
+    """`--set FIELD=VALUE`, the same for every command that loads a suite."""
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="override a suite field, e.g. training.epochs=3",
+    )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .console import console, err_console
+from .console import add_set_option, console, err_console
 
 
 def cmd_run(args):
@@ -154,13 +154,7 @@ def add_commands(sub):
         metavar="KEY=VALUE",
         help="restrict to backbone=, formulation=, fold= or seed= (repeatable; comma-separated values)",
     )
-    r.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="FIELD=VALUE",
-        help="override a suite field, e.g. training.epochs=3",
-    )
+    add_set_option(r)
     r.add_argument(
         "--retry-failed",
         action="store_true",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .console import console
+from .console import add_set_option, console
 
 
 def cmd_tune(args):
@@ -90,12 +90,6 @@ def add_commands(sub):
     r.add_argument("--study", help="study name")
     r.add_argument("--out", help="output directory (default runs/<suite>-tune)")
     r.add_argument("--timeout", type=float, help="stop after this many seconds")
-    r.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="FIELD=VALUE",
-        help="override a suite field, e.g. training.epochs=3",
-    )
+    add_set_option(r)
     r.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when present")
     r.set_defaults(fn=cmd_tune)
