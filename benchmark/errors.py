@@ -24,10 +24,6 @@ def closest(name, choices):
     return f"valid names: {valid}"
 
 
-def unknown(kind, name, choices):
-    return BenchError(f"Unknown {kind} {name!r}: {closest(name, choices)}.")
-
-
 def require_in_run(option, value, choices):
     """A command-line choice that must name something the run holds (a backbone, a formulation)."""
     if value not in choices:

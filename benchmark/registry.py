@@ -3,7 +3,7 @@ call), as in timm's `_registry.py`, with the closest-name error every unknown na
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any, Generic, TypeVar
 
 from .errors import BenchError, closest
@@ -12,15 +12,9 @@ T = TypeVar("T")
 
 
 class Registry(Generic[T]):
-    def __init__(self, kind: str, load: Callable[[], None] | None = None) -> None:
+    def __init__(self, kind: str) -> None:
         self.kind = kind
         self._items: dict[str, T] = {}
-        self._load = load  # imports the modules whose decorators fill this registry (on first use)
-
-    def _ensure(self) -> None:
-        if self._load is not None:
-            load, self._load = self._load, None
-            load()
 
     def register(self, name: str | None = None, obj: T | None = None) -> Any:
         """`@REG.register()` on a class with `.name`, `@REG.register("name")` on anything, or
@@ -34,7 +28,6 @@ class Registry(Generic[T]):
         return add(obj) if obj is not None else add
 
     def lookup(self, name: str, extra_names: list[str] | None = None, hint: str = "") -> T:
-        self._ensure()
         if name not in self._items:
             valid = list(self._items) + list(extra_names or [])
             raise BenchError(f"Unknown {self.kind} {name!r}: {closest(name, valid)}.{hint}")
@@ -48,7 +41,6 @@ class Registry(Generic[T]):
         return self.lookup(name)
 
     def get(self, name: str, default: T | None = None) -> T | None:
-        self._ensure()
         return self._items.get(name, default)
 
     def __setitem__(self, name: str, item: T) -> None:
@@ -58,21 +50,16 @@ class Registry(Generic[T]):
         del self._items[name]
 
     def __contains__(self, name: object) -> bool:
-        self._ensure()
         return name in self._items
 
     def __iter__(self) -> Iterator[str]:
-        self._ensure()
         return iter(list(self._items))
 
     def __len__(self) -> int:
-        self._ensure()
         return len(self._items)
 
     def items(self) -> list[tuple[str, T]]:
-        self._ensure()
         return list(self._items.items())
 
     def values(self) -> list[T]:
-        self._ensure()
         return list(self._items.values())

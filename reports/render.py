@@ -207,7 +207,7 @@ def _finetune(run, opts, section, tables, figures, ctx):
 
 def _test(run, opts, section, tables, figures, ctx):
     if ctx["with_test"]:
-        preds = run.store.predictions_frame("test", ["key", "image_id", "y_true", "y_pred", "outputs"])
+        preds = run.store.predictions_frame("test", ["key", "image_id", "y_true", "outputs"])
         t = test_ensemble(run, opts, preds)
         if t is not None:
             tables.append(t)
@@ -248,8 +248,12 @@ def _classwise(run, opts, section, tables, figures, ctx):
 
     axis = section.compare or opts.compare
     present = run.backbones if axis == "formulations" else run.formulations
-    for within in [w for w in _within_figures(run, section, axis) if w in present]:
-        title = section.title or f"class-wise metrics — {within}"
+    withins = [w for w in _within_figures(run, section, axis) if w in present]
+    for within in withins:
+        if section.title:  # a view's own title, told apart only when it covers several figures
+            title = section.title if len(withins) == 1 else f"{section.title} ({within})"
+        else:
+            title = f"class-wise metrics — {within}"
         reference = section.reference or _axis_reference(run, opts, axis)
 
         def draw(within=within, reference=reference):
@@ -257,16 +261,7 @@ def _classwise(run, opts, section, tables, figures, ctx):
                 run, opts, axis, within, tuple(section.metrics), section.items, reference, section.pairs or opts.pairs
             )[0]
 
-        figures.append(
-            (
-                title
-                if len(_within_figures(run, section, axis)) == 1
-                else f"{title} ({within})"
-                if section.title
-                else title,
-                draw,
-            )
-        )
+        figures.append((title, draw))
 
 
 def _within_figures(run: Run, section: Section, axis: str) -> list[str]:

@@ -9,6 +9,7 @@ predictions on the same test images; bootstrap CIs come from scipy.stats.bootstr
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -125,7 +126,6 @@ def friedman_exact_p(ranks: np.ndarray) -> float | None:
     """Exact permutation p of the Friedman statistic: every assignment of within-block rank orders is
     equally likely under H0. None when there are more than EXACT_FRIEDMAN_LIMIT assignments."""
     import itertools
-    import math
 
     n, k = ranks.shape
     if math.factorial(k) ** n > EXACT_FRIEDMAN_LIMIT:
@@ -158,7 +158,7 @@ def friedman(scores: np.ndarray, names: list[str], alpha=0.05) -> FriedmanResult
     note = ""
     if exact is not None:
         p = exact
-        note = f"Friedman p is the exact permutation p ({math_factorial(k)}^{n} within-block orderings)."
+        note = f"Friedman p is the exact permutation p ({math.factorial(k)}^{n} within-block orderings)."
     denom = n * (k - 1) - chi2
     if denom > 1e-12:
         f = (n - 1) * chi2 / denom
@@ -182,12 +182,6 @@ def friedman(scores: np.ndarray, names: list[str], alpha=0.05) -> FriedmanResult
         exact is not None,
         note.strip(),
     )
-
-
-def math_factorial(k):
-    import math
-
-    return math.factorial(k)
 
 
 def nemenyi_matrix(scores: np.ndarray, names: list[str]):

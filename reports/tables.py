@@ -497,16 +497,13 @@ class FoldPredictions:
     image_ids: np.ndarray
     y_by_image: np.ndarray
     outputs: list  # per row: float64 outputs of the formulation
-    y_pred: np.ndarray
 
     @classmethod
     def from_frame(cls, preds: pd.DataFrame) -> FoldPredictions:
         codes, uniques = pd.factorize(preds.image_id)
         y = np.zeros(len(uniques), dtype=np.int64)
         y[codes] = preds.y_true.to_numpy()
-        return cls(
-            preds.groupby("key").indices, codes, np.asarray(uniques), y, preds.outputs.tolist(), preds.y_pred.to_numpy()
-        )
+        return cls(preds.groupby("key").indices, codes, np.asarray(uniques), y, preds.outputs.tolist())
 
     def stacked(self, keys):
         """(models, images, m) outputs of these cells on the images all of them predicted, and those images."""

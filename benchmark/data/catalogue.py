@@ -11,7 +11,3 @@ from .registry import DATASETS
 
 def load_dataset(cfg: DatasetConfig) -> Dataset:
     return DATASETS.lookup(cfg.name)(cfg)
-
-
-def dataset_names() -> list[str]:
-    return list(DATASETS)

@@ -319,8 +319,7 @@ class Runner:
 
     def _failed(self, cell, reason, exc):
         for t in self.trackers:
-            if getattr(t, "child", None) is not None or getattr(t, "writer", None) is not None:
-                t.end_cell(cell, None, "failed")
+            t.end_cell(cell, None, "failed")  # a no-op for a tracker with no cell open
         if not retrying(self.store.fail, cell.key, reason):
             return "superseded"
         if self.progress:

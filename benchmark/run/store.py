@@ -312,11 +312,6 @@ class Store:
             )
             return "claimed"
 
-    def owner_of(self, key: str) -> tuple[Any, Any]:
-        with self.engine.connect() as conn:
-            row = conn.execute(select(cells.c.owner, cells.c.heartbeat).where(cells.c.key == key)).first()
-        return (None, None) if row is None else tuple(row)
-
     def heartbeat(self, key: str) -> bool:
         """Refresh this process's claim; False when the claim is no longer ours."""
         with self.engine.begin() as conn:

@@ -76,6 +76,8 @@ class MLflowTracker:
         )
 
     def end_cell(self, cell, result: CellResult | None, outcome: str):
+        if self.child is None:
+            return
         if result is not None:
             self.mlflow.log_metrics(final_metrics(result))
             self.mlflow.log_dict(result.confusion, "confusion.json")
@@ -113,6 +115,8 @@ class TensorBoardTracker:
                 self.writer.add_scalar(k, float(v), int(row["epoch"]))
 
     def end_cell(self, cell, result: CellResult | None, outcome: str):
+        if self.writer is None:
+            return
         if result is not None:
             for k, v in final_metrics(result).items():
                 self.writer.add_scalar(f"final/{k}", v, 0)
