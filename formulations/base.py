@@ -297,6 +297,12 @@ class ProbabilityFormulation(Formulation):
     def ensemble_rule(self) -> str:
         return f"mean class probabilities, {self.options['decoding']}"
 
+    def head(self, d: int) -> torch.nn.Module:
+        """Linear(d, 4) logits, the input the default `probabilities` expects."""
+        from torch import nn
+
+        return nn.Linear(d, NUM_CLASSES)
+
     def probabilities(self, out: RawOutput) -> torch.Tensor:
         """Class probabilities from the head's output (default: softmax of logits)."""
         return out.float().softmax(1)  # type: ignore[no-any-return]

@@ -19,11 +19,6 @@ class CDWCE(ProbabilityFormulation):
     reference_text = "Polat et al., MIUA 2022 / 2024 (CDW-CE); best reported LIMUC QWK 0.868"
     Options = CDWCEOptions
 
-    def head(self, d):
-        from torch import nn
-
-        return nn.Linear(d, NUM_CLASSES)
-
     def loss(self, out, y, weights=None):
         from dlordinal.losses import CDWCELoss
 

@@ -11,11 +11,6 @@ class EMD(ProbabilityFormulation):
     description = "Linear(d, 4), squared earth mover's distance on the CDFs (dlordinal EMDLoss)"
     reference_text = "Hou, Yu & Samaras, 2016 (squared EMD loss)"
 
-    def head(self, d):
-        from torch import nn
-
-        return nn.Linear(d, NUM_CLASSES)
-
     def loss(self, out, y, weights=None):
         from dlordinal.losses import EMDLoss
 

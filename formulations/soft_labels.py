@@ -31,11 +31,6 @@ class SoftLabels(ProbabilityFormulation):
     reference_text = "Vargas, Gutiérrez, Hervás-Martínez et al. (dlordinal BetaLoss, TriangularLoss, ...)"
     Options = SoftLabelOptions
 
-    def head(self, d):
-        from torch import nn
-
-        return nn.Linear(d, NUM_CLASSES)
-
     def loss(self, out, y, weights=None):
         import dlordinal.losses
         from torch import nn

@@ -1,6 +1,6 @@
 """Flat softmax: Linear(d, 4), cross-entropy, argmax (or median / expectation). The reference formulation."""
 
-from .base import NUM_CLASSES, ProbabilityFormulation
+from .base import ProbabilityFormulation
 from .registry import register_formulation
 
 
@@ -10,11 +10,6 @@ class Softmax(ProbabilityFormulation):
     description = "Linear(d, 4), cross-entropy, argmax"
     reference_text = "the flat multi-class baseline"
     is_reference = True
-
-    def head(self, d):
-        from torch import nn
-
-        return nn.Linear(d, NUM_CLASSES)
 
     def loss(self, out, y, weights=None):
         import torch.nn.functional as F

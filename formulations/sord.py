@@ -21,11 +21,6 @@ class SORD(ProbabilityFormulation):
     reference_text = "Díaz & Marathe, CVPR 2019 (SORD)"
     Options = SORDOptions
 
-    def head(self, d):
-        from torch import nn
-
-        return nn.Linear(d, NUM_CLASSES)
-
     def loss(self, out, y, weights=None):
         import torch
         from dlordinal.losses import SORDLoss

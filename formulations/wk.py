@@ -19,11 +19,6 @@ class WeightedKappa(ProbabilityFormulation):
     reference_text = "de la Torre, Puig & Valls, Pattern Recognit. Lett. 2018 (weighted kappa loss)"
     Options = WKOptions
 
-    def head(self, d):
-        from torch import nn
-
-        return nn.Linear(d, NUM_CLASSES)
-
     def loss(self, out, y, weights=None):
         from dlordinal.losses import WKLoss
 
