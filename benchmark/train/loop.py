@@ -390,8 +390,8 @@ def discard_unloadable_checkpoints(workdir: Path) -> list[Path]:
     for path in (last, best):
         if path.exists():
             try:
-                torch.load(path, map_location="cpu", weights_only=True)
-            except Exception:
+                load_checkpoint(path, "cpu", "checkpoint")
+            except CellFailed:
                 removed.append(path)
     if removed:  # best.pt and last.pt belong to one history: one without the other cannot resume it
         removed = [p for p in (last, best) if p.exists()]
