@@ -18,6 +18,7 @@ def cmd_explain(args):
         args.head,
         args.output,
         args.device,
+        args.store,
     )
     for p in written:
         console.print(f"written: {p}")
@@ -43,6 +44,7 @@ def _add_explain(sub):
     )
     r.add_argument("-o", "--output", help="output folder (default RUN_DIR/explain)")
     r.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when present")
+    r.add_argument("--store", help="results store URL (default: MESBENCH_STORE, else RUN/results.db)")
     r.set_defaults(fn=cmd_explain)
 
 

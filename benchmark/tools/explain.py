@@ -109,7 +109,16 @@ def cams(model, formulation, head, batch, device):
 
 
 def explain(
-    run_dir, backbone=None, formulations=None, fold=0, split="val", per_class=2, head="grade", out=None, device=None
+    run_dir,
+    backbone=None,
+    formulations=None,
+    fold=0,
+    split="val",
+    per_class=2,
+    head="grade",
+    out=None,
+    device=None,
+    store=None,
 ):
     import cv2
     import matplotlib
@@ -121,7 +130,7 @@ def explain(
 
     from ..train.device import pick_device
 
-    run = load_run(run_dir)
+    run = load_run(run_dir, store)
     suite = run.suite
     backbone = backbone or run.backbones[0]
     require_in_run("--backbone", backbone, run.backbones)
