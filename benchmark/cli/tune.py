@@ -2,26 +2,52 @@
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 from .console import add_set_option, console
 
 
-def cmd_tune(args):
-    from rich.table import Table
-
+def make_tuner(args, seed: int = 0):
     from ..run.tune import Tuner
     from ..suite.loading import load_suite
 
     suite = load_suite(args.suite, args.set)
     out = Path(args.out) if args.out else Path("runs") / f"{suite.name}-tune"
-    tuner = Tuner(
-        suite, out, args.backbone, args.formulation, args.metric, args.folds, args.storage, args.study, args.device
+    return Tuner(
+        suite,
+        out,
+        args.backbone,
+        args.formulation,
+        args.metric,
+        args.folds,
+        args.storage,
+        args.study,
+        args.device,
+        seed=seed,
     )
-    before = {i: len(s.trials) for i, s in tuner.studies.items()}
+
+
+def tune_worker_argv(args, tuner, targets: dict[int, int]) -> list[str]:
+    """The `bench tune` arguments of one worker (a local process or a Slurm job) sharing these studies."""
+    argv = ["tune", str(Path(args.suite).resolve()), "--trials", str(args.trials), "--out", str(tuner.out.resolve())]
+    argv += ["--storage", tuner.storage, "--study", tuner.study_name, "--metric", args.metric]
+    argv += ["--backbone", tuner.backbone.name, "--formulation", tuner.fcfg.name]
+    argv += ["--targets", ",".join(f"{i}:{n}" for i, n in targets.items())]
+    for value in args.set:
+        argv += ["--set", value]
+    if args.folds:
+        argv += ["--folds", str(args.folds)]
+    if args.timeout:
+        argv += ["--timeout", str(args.timeout)]
+    if args.device:
+        argv += ["--device", args.device]
+    return argv
+
+
+def progress_printer(args, total: int):
     from .console import err_console
 
-    total = args.trials * len(tuner.studies)
     seen = [0]
 
     def report(study, trial):
@@ -36,7 +62,41 @@ def cmd_tune(args):
             highlight=False,
         )
 
-    tuner.optimize(args.trials, args.timeout, callbacks=[report])
+    return report
+
+
+def cmd_tune(args):
+    from .console import err_console
+    from .run import start_workers, wait_workers, worker_index
+
+    if args.targets:  # one of several workers: fill the studies, the command that started us reports
+        targets = parse_targets(args.targets)
+        index = worker_index()
+        tuner = make_tuner(args, seed=1000 * index)
+        tuner.optimize_to(targets, index, args.timeout, [progress_printer(args, sum(targets.values()))])
+        return 0
+    tuner = make_tuner(args)
+    before = {i: len(s.trials) for i, s in tuner.studies.items()}
+    if args.workers > 1:
+        targets = tuner.targets(args.trials)
+        procs, placement = start_workers(tune_worker_argv(args, tuner, targets), args.workers, args.devices)
+        err_console.print(f"{args.workers} tuning workers on {tuner.storage} ({placement})")
+        if wait_workers(procs) != 0:
+            err_console.print("[red]a tuning worker failed[/]; its error is above. Finished trials are kept.")
+            return 1
+    else:
+        tuner.optimize(args.trials, args.timeout, callbacks=[progress_printer(args, args.trials * len(tuner.studies))])
+    return report_studies(args, tuner, before)
+
+
+def parse_targets(text: str) -> dict[int, int]:
+    return {int(i): int(n) for i, n in (pair.split(":") for pair in text.split(","))}
+
+
+def report_studies(args, tuner, before: dict[int, int]) -> int:
+    """The best trial per outer fold, the figures, and the override suite that trains the tuned weights."""
+    from rich.table import Table
+
     table = Table(
         title=f"best trial per outer fold (nested: {args.metric} on an inner split of the fold's training part)"
     )
@@ -75,10 +135,8 @@ def cmd_tune(args):
     return 0
 
 
-def add_commands(sub):
-    r = sub.add_parser("tune", help="Optuna search of the joint-loss weights alpha, beta, gamma")
-    r.add_argument("suite", help="suite YAML whose data, protocol and training are tuned under")
-    r.add_argument("--trials", type=int, required=True, help="trials per outer fold")
+def add_tune_options(r, trials_required: bool = True, store_alias: bool = True):
+    r.add_argument("--trials", type=int, required=trials_required, help="trials per outer fold")
     r.add_argument("--backbone", help="backbone to tune on (default: the suite's first)")
     r.add_argument(
         "--formulation",
@@ -86,10 +144,29 @@ def add_commands(sub):
     )
     r.add_argument("--metric", default="macro_f1", help="any stored metric, e.g. macro_f1, f1@3, ra.f1")
     r.add_argument("--folds", type=int, help="tune only the first K outer folds (default: every fold)")
-    r.add_argument("--storage", help="Optuna storage URL (default: SQLite in the output directory)")
+    r.add_argument(
+        *(["--storage", "--store"] if store_alias else ["--storage"]),
+        dest="storage",
+        help="Optuna storage URL shared by every worker, e.g. postgresql://user@host/db (default: SQLite in the "
+        "output directory)",
+    )
     r.add_argument("--study", help="study name")
-    r.add_argument("--out", help="output directory (default runs/<suite>-tune)")
     r.add_argument("--timeout", type=float, help="stop after this many seconds")
+    r.add_argument("--targets", help=argparse.SUPPRESS)  # set for the workers that `--workers`/`submit` start
+
+
+def add_commands(sub):
+    r = sub.add_parser("tune", help="Optuna search of the joint-loss weights alpha, beta, gamma")
+    r.add_argument("suite", help="suite YAML whose data, protocol and training are tuned under")
+    add_tune_options(r)
+    r.add_argument("--out", help="output directory (default runs/<suite>-tune)")
     add_set_option(r)
     r.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when present")
+    r.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="worker processes on this machine running trials of the same studies in parallel (default 1)",
+    )
+    r.add_argument("--devices", help="with --workers: comma-separated CUDA device indices, one per worker in turn")
     r.set_defaults(fn=cmd_tune)

@@ -8,13 +8,16 @@ Nested: each outer fold gets its own study, whose trials train and validate on a
 fold's training part (stratified; patient-grouped where the protocol groups). So the weights a fold's
 `[tuned]` cell uses were chosen without its validation images (and of course without the held-out
 test set, which no trial ever reads). Each epoch's inner-validation value goes to a median pruner.
-Storage is SQLite in the output directory by default, so re-running continues the studies; a
-PostgreSQL URL lets several workers share them.
+Storage is SQLite in the output directory by default, so re-running continues the studies. Several workers
+share them the standard Optuna RDB way (`--workers N` on one machine, `bench submit --tune` on Slurm, best with
+a PostgreSQL `--storage`): each worker opens the same studies with its own sampler seed and stops a fold's
+study once it holds the number of trials asked for, running ones included.
 """
 
 from __future__ import annotations
 
 import math
+from functools import partial
 from pathlib import Path
 from typing import Literal
 
@@ -102,11 +105,13 @@ class Tuner:
         device=None,
         seed=0,
     ):
+        """`seed` seeds the samplers; workers sharing the studies each need their own (else they propose the
+        same first points)."""
         import optuna
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         self.optuna = optuna
-        self.suite, self.out = suite, Path(out)
+        self.suite, self.out, self.seed = suite, Path(out), seed
         names = [b.name for b in suite.backbones]
         if backbone and backbone not in names:
             from .errors import closest
@@ -139,12 +144,16 @@ class Tuner:
         }
         self.plan = pick_device(device, suite.training.amp, suite.training.deterministic)
         self.storage = storage or str(sqlite_url(self.out / "tune.db"))
+        if self.storage.startswith("sqlite"):  # local workers share the file: wait for its lock, never fail on it
+            rdb = optuna.storages.RDBStorage(self.storage, engine_kwargs={"connect_args": {"timeout": 120}})
+        else:
+            rdb = optuna.storages.RDBStorage(self.storage, engine_kwargs={"pool_pre_ping": True})
         self.study_name = study or f"{suite.name}-{self.backbone.name}-{self.fcfg.name}-{metric}"
         direction: Literal["minimize", "maximize"] = "minimize" if self.metric[1] in LOWER_IS_BETTER else "maximize"
         self.studies = {
             i: optuna.create_study(
                 study_name=f"{self.study_name}-fold{i}",
-                storage=self.storage,
+                storage=rdb,
                 load_if_exists=True,
                 direction=direction,
                 sampler=optuna.samplers.TPESampler(seed=seed + i),
@@ -168,6 +177,7 @@ class Tuner:
         weights = dict(zip(self.weight_keys, simplex_from_unit(u, v)))
         for k, w in weights.items():
             trial.set_user_attr(k, w)
+        trial.set_user_attr("worker", self.seed // 1000)  # which of several workers ran it
         options = {**self.fcfg.options, **self.fcfg.options_by_fold.get(fold, {}), **weights}
         cfg = self.suite.training
         train, val = self.inner[fold]
@@ -210,6 +220,30 @@ class Tuner:
     def optimize(self, trials, timeout=None, callbacks=None):
         for fold in range(self.k):
             self.optimize_fold(fold, trials, timeout, callbacks)
+        return self.studies
+
+    def targets(self, trials: int) -> dict[int, int]:
+        """Each fold's study size after `trials` more trials: what workers sharing the studies aim for."""
+        return {i: len(s.trials) + trials for i, s in self.studies.items()}
+
+    def optimize_to(self, targets: dict[int, int], start: int = 0, timeout=None, callbacks=None):
+        """One of several workers: fill every fold's study up to its target, counting every worker's trials
+        (running ones included), beginning at fold `start` so workers spread over the folds."""
+        from optuna.study import MaxTrialsCallback
+
+        for j in range(self.k):
+            fold = (start + j) % self.k
+            study = self.studies[fold]
+            left = targets[fold] - len(study.trials)
+            if left <= 0:
+                continue
+            study.optimize(
+                partial(self.objective, fold=fold),
+                n_trials=left,
+                timeout=timeout,
+                catch=(CellFailed,),
+                callbacks=[MaxTrialsCallback(targets[fold], states=None), *(callbacks or [])],
+            )
         return self.studies
 
     def best_weights(self) -> dict[int, dict[str, float]]:
