@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..errors import BenchError
 from .console import add_set_option, console, err_console
 
 
@@ -58,56 +59,90 @@ def cmd_run(args):
     return 0
 
 
-def run_workers(args, suite) -> int:
-    """`--workers N`: N `bench run` processes on this machine claim cells from the one store (each pinned to a
-    device with --devices, or to its share of the CPU cores); this process prepares the run once, reports
-    progress from the store, and passes Ctrl-C on."""
+def run_argv(args, out: Path) -> list[str]:
+    """The `bench run` arguments a worker (a local process or a Slurm job) needs to do this run's work."""
+    argv = ["run", str(Path(args.suite).resolve()), "--out", str(out.resolve()), "--quiet"]
+    if args.store:
+        argv += ["--store", args.store]
+    for flag in ("only", "set", "log"):
+        for value in getattr(args, flag):
+            argv += [f"--{flag}", value]
+    for flag in ("retry_failed", "compile", "deterministic", "offline"):
+        if getattr(args, flag):
+            argv.append("--" + flag.replace("_", "-"))
+    if getattr(args, "device", None):
+        argv += ["--device", args.device]
+    return argv
+
+
+def start_workers(argv: list[str], workers: int, devices: str | None):
+    """N `bench ARGV` processes on this machine: each pinned to one of --devices in turn (indices into the GPUs
+    this process may see, so they stay right inside a Slurm allocation), else to its share of the CPU cores.
+    Returns the processes and a line saying where they run."""
     import os
-    import signal
     import subprocess
     import sys
+
+    wanted = [d for d in (devices or "").split(",") if d.strip()]
+    visible = [v for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
+    if visible and wanted:
+        try:
+            wanted = [visible[int(d)] for d in wanted]
+        except (ValueError, IndexError):
+            raise BenchError(
+                f"--devices {devices}: this process sees GPUs {','.join(visible)} (CUDA_VISIBLE_DEVICES); "
+                f"--devices counts them from 0 to {len(visible) - 1}."
+            ) from None
+    threads = max(1, (os.cpu_count() or 2) // workers)
+    first = worker_index() * workers  # inside a Slurm array task: indices distinct across tasks too
+    procs = []
+    for i in range(workers):
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MESBENCH_WORKER": str(first + i)}
+        if wanted:
+            env["CUDA_VISIBLE_DEVICES"] = wanted[i % len(wanted)]
+        procs.append(subprocess.Popen([sys.executable, "-m", "benchmark.cli", *argv], env=env))
+    return procs, (", ".join(f"GPU {d}" for d in wanted) or f"{threads} CPU threads each")
+
+
+def worker_index() -> int:
+    """This worker's index among those sharing a run or a study (0 outside workers)."""
+    import os
+
+    text = os.environ.get("MESBENCH_WORKER", "0")
+    return int(text) if text.isdigit() else 0
+
+
+def wait_workers(procs) -> int:
+    """Wait for every worker; Ctrl-C is passed on, and each stops after saving its current epoch."""
+    import signal
     import time
 
+    try:
+        while any(p.poll() is None for p in procs):
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        for p in procs:
+            p.send_signal(signal.SIGINT)
+        for p in procs:
+            p.wait()
+        raise
+    return max(p.returncode for p in procs)
+
+
+def run_workers(args, suite) -> int:
+    """`--workers N`: N `bench run` processes on this machine claim cells from the one store; this process
+    prepares the run once (splits, store, decoded images) and waits for them."""
     from reports.summary import print_summary
 
     from ..run.runner import Runner
 
     out = Path(args.out) if args.out else Path("runs") / suite.name
-    Runner(suite, out, device=args.device, store=args.store).prepare(
-        args.only
-    )  # splits and store written once, errors here
-    devices = [d for d in (args.devices or "").split(",") if d]
-    threads = max(1, (os.cpu_count() or 2) // args.workers)
-    base = [sys.executable, "-m", "benchmark.cli", "run", args.suite, "--out", str(out), "--quiet"]
-    if args.store:
-        base += ["--store", args.store]
-    for flag in ("only", "set", "log"):
-        for value in getattr(args, flag):
-            base += [f"--{flag}", value]
-    for flag in ("retry_failed", "compile", "deterministic", "offline"):
-        if getattr(args, flag):
-            base.append("--" + flag.replace("_", "-"))
-    if args.device:
-        base += ["--device", args.device]
-    procs = []
-    for i in range(args.workers):
-        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MESBENCH_WORKER": str(i)}
-        if devices:
-            env["CUDA_VISIBLE_DEVICES"] = devices[i % len(devices)]
-        procs.append(subprocess.Popen(base, env=env))
-    placement = ", ".join(f"GPU {d}" for d in devices) or f"{threads} CPU threads each"
+    Runner(suite, out, device=args.device, store=args.store).prepare(args.only)
+    procs, placement = start_workers(run_argv(args, out), args.workers, args.devices)
     err_console.print(f"{args.workers} workers on {out} ({placement}); `bench status {out}` shows each worker's cell")
-    try:
-        while any(p.poll() is None for p in procs):
-            time.sleep(1.0)
-    except KeyboardInterrupt:
-        for p in procs:
-            p.send_signal(signal.SIGINT)  # each stops after saving its current epoch
-        for p in procs:
-            p.wait()
-        raise
+    code = wait_workers(procs)
     print_summary(out, console, args.store)
-    return max(p.returncode for p in procs)
+    return code
 
 
 def cmd_list(args):
