@@ -40,3 +40,6 @@ def make_suite(tmp_path):
         return tiny_suite(tmp_path, **kw)
 
     return make
+
+
+from services import pg_server, slurm_cluster  # noqa: E402, F401  (real services, as session fixtures)

@@ -3,78 +3,17 @@ the same schema, row-locked claims that never hand a cell out twice, a suite run
 copy of an SQLite run into PostgreSQL."""
 
 import os
-import shutil
-import socket
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pandas as pd
-import pytest
 
 from benchmark.cli import main
 from benchmark.result import CellResult
 from benchmark.run.store import Store
 
 ROOT = Path(__file__).resolve().parent.parent
-PG_BIN = Path("/usr/lib/postgresql/15/bin")
-
-
-@pytest.fixture(scope="module")
-def pg_server():
-    """initdb + pg_ctl as user postgres in a temporary directory, on a free local port; stopped afterwards."""
-    if not (PG_BIN / "initdb").exists() or os.geteuid() != 0:
-        if os.environ.get("CI"):
-            pytest.fail("PostgreSQL 15 (Debian `postgresql`) and root are needed here; .ci/run installs it")
-        pytest.skip("needs root and Debian's postgresql 15 (.ci/run installs it)")
-    data = Path(tempfile.mkdtemp(prefix="mesbench-pg-"))
-    shutil.chown(data, "postgres", "postgres")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    as_pg = ["runuser", "-u", "postgres", "--"]
-    subprocess.run(
-        as_pg + [str(PG_BIN / "initdb"), "-D", str(data / "db"), "-A", "trust", "-U", "postgres"],
-        check=True,
-        capture_output=True,
-    )
-    subprocess.run(
-        as_pg
-        + [
-            str(PG_BIN / "pg_ctl"),
-            "-D",
-            str(data / "db"),
-            "-l",
-            str(data / "log"),
-            "-w",
-            "-o",
-            f"-p {port} -k {data} -c listen_addresses=127.0.0.1",
-            "start",
-        ],
-        check=True,
-        capture_output=True,
-    )
-    created = []
-
-    def database(name):
-        subprocess.run(
-            as_pg + ["psql", "-h", "127.0.0.1", "-p", str(port), "-c", f"CREATE DATABASE {name}"],
-            check=True,
-            capture_output=True,
-        )
-        created.append(name)
-        return f"postgresql://postgres@127.0.0.1:{port}/{name}"
-
-    try:
-        yield database
-    finally:
-        subprocess.run(
-            as_pg + [str(PG_BIN / "pg_ctl"), "-D", str(data / "db"), "-m", "fast", "stop"], capture_output=True
-        )
-        shutil.rmtree(data, ignore_errors=True)
-
-
 CLAIMERS = """
 import sys
 from benchmark.run.store import Store
@@ -118,6 +57,8 @@ def test_a_suite_runs_and_reports_on_postgresql_like_on_sqlite(pg_server, make_s
     md = capsys.readouterr().out
     assert "4 finished, 0 failed, 0 missing" in md and "Table 5" in md
     assert main(["check", str(pg), "--store", url, "--against", str(lite), "--tolerance", "0"]) == 0
+    assert main(["explain", str(pg), "--store", url, "--per-class", "1", "-o", str(tmp_path / "cam")]) == 0
+    assert sorted(p.name for p in (tmp_path / "cam").glob("*.png"))  # Grad-CAM grids from the server's run
 
 
 def test_an_sqlite_run_copies_into_postgresql(pg_server, make_suite, tmp_path, capsys):

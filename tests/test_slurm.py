@@ -1,0 +1,158 @@
+"""Slurm through submitit, on a real single-node cluster (munged, slurmctld, slurmd started by the fixture)
+with the results in a real PostgreSQL server: `bench submit` trains every cell exactly once, a cancelled job's
+cell is resumed by the next submission, and `bench submit --tune` fills shared Optuna studies. Also distributed
+tuning with local workers (`bench tune --workers 2`)."""
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import pytest
+from test_run import metrics_of
+
+from benchmark.errors import BenchError
+from benchmark.run.slurm import parse_slurm_options, slurm_minutes
+from benchmark.run.store import Store
+
+ROOT = Path(__file__).resolve().parent.parent
+SLURM = "partition=test,cpus_per_task=1,time=10"
+
+
+def bench(*args, env=None, timeout=600):
+    env = {**(env or os.environ), "MESBENCH_DEVICE": "cpu"}
+    return subprocess.run(
+        [sys.executable, "-m", "benchmark.cli", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=timeout,
+    )
+
+
+def test_slurm_options_are_sbatch_names_and_slurm_times():
+    got = parse_slurm_options("partition=gpu,gpus_per_node=4,time=24:00:00,exclude=n1,n2,mem=64G")
+    assert got == {"partition": "gpu", "gpus_per_node": 4, "time": 1440, "exclude": "n1,n2", "mem": "64G"}
+    # Slurm's formats (sbatch(1), --time): M, M:S, H:M:S, D-H, D-H:M, D-H:M:S; partial minutes round up
+    assert [slurm_minutes(t) for t in ("90", "1:30", "2:00:00", "1-0", "1-2:30", "0-0:0:1")] == [
+        90,
+        2,
+        120,
+        1440,
+        1590,
+        1,
+    ]
+    with pytest.raises(BenchError, match="'partiton' is not an option.*partition"):
+        parse_slurm_options("partiton=gpu")
+    with pytest.raises(BenchError, match="must be a whole number"):
+        parse_slurm_options("gpus_per_node=four")
+    with pytest.raises(BenchError, match="not a Slurm time"):
+        parse_slurm_options("time=tomorrow")
+
+
+def test_submit_refuses_a_store_the_nodes_cannot_share(make_suite, tmp_path):
+    proc = bench("submit", str(make_suite(name="lite")), "--out", str(tmp_path / "r"), "--slurm", SLURM)
+    assert proc.returncode == 2
+    assert "PostgreSQL URL" in proc.stderr and "never be shared over a network filesystem" in proc.stderr
+
+
+def test_submit_trains_every_cell_once_on_a_real_slurm_cluster(pg_server, slurm_cluster, make_suite, tmp_path):
+    url = pg_server("submitted")
+    suite = make_suite(name="slurm", formulations=["softmax", "coral", "mtl+f1"])
+    local, remote = tmp_path / "local", tmp_path / "remote"
+    # a job has one CPU (cpus_per_task=1), so it trains with one thread: compare with a one-thread local run
+    assert (
+        bench("run", str(suite), "--out", str(local), "--quiet", env={**os.environ, "OMP_NUM_THREADS": "1"}).returncode
+        == 0
+    )
+    proc = bench(
+        "submit", str(suite), "--out", str(remote), "--store", url, "--slurm", SLURM, "--jobs", "2", "--wait",
+        env=slurm_cluster,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "submitted 2 job(s)" in proc.stderr and "job 1_1: ended" in proc.stderr
+    rows = Store(url, create=False).cell_rows()
+    assert len(rows) == 8 and all(r["status"] == "done" and r["attempts"] == 1 for r in rows)
+    assert len(list((remote / "slurm").glob("*/*_log.out"))) == 2  # submitit's logs, one per array task
+    pd.testing.assert_frame_equal(metrics_of(local), metrics_of_store(url))
+    status = bench("status", str(remote), "--store", url)
+    assert "8 done, 0 running, 0 failed, 0 pending" in " ".join(status.stdout.split())
+
+
+def metrics_of_store(url):
+    store = Store(url, create=False)
+    m = store.metrics_frame()
+    rows = {r["key"]: r for r in store.cell_rows()}
+    m["cell"] = [f"{rows[k]['formulation']}/{rows[k]['fold']}" for k in m.key]
+    return m.drop(columns="key").sort_values(["cell", "split", "task", "metric", "cls"]).reset_index(drop=True)
+
+
+def test_a_cancelled_job_is_resumed_by_submitting_again(pg_server, slurm_cluster, make_suite, tmp_path):
+    url = pg_server("cancelled")
+    slow = {"params": {"n_images": 800, "n_patients": 40, "size": [32, 32], "seed": 1}}  # a few seconds per cell
+    suite = make_suite(
+        name="resume", formulations=["softmax"], training={"epochs": 20, "early_stopping": 20}, dataset=slow
+    )
+    local, remote = tmp_path / "local", tmp_path / "remote"
+    env = {**slurm_cluster, "MESBENCH_STALE_SECONDS": "4"}
+    assert (
+        bench("run", str(suite), "--out", str(local), "--quiet", env={**os.environ, "OMP_NUM_THREADS": "1"}).returncode
+        == 0
+    )
+    args = ["submit", str(suite), "--out", str(remote), "--store", url, "--slurm", SLURM, "--jobs", "1"]
+    proc = bench(*args, env=env)
+    assert proc.returncode == 0, proc.stderr
+    job = proc.stderr.split("job(s) (")[1].split(")")[0]
+    deadline = time.time() + 180
+    while not list((remote / "cells").glob("*/last.pt")):  # a cell is part-way through its epochs
+        assert time.time() < deadline, "no epoch checkpoint appeared"
+        time.sleep(0.2)
+    subprocess.run(["scancel", job], check=True, env=env)
+    store = Store(url, create=False)
+    while any(
+        j for j in subprocess.run(["squeue", "-h", "-j", job], capture_output=True, text=True, env=env).stdout.split()
+    ):
+        time.sleep(0.5)
+    assert [r["status"] for r in store.cell_rows()].count("done") < 2  # killed before the last cell was stored
+    proc = bench(*args, "--wait", env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = Store(url, create=False).cell_rows()
+    assert len(rows) == 2 and all(r["status"] == "done" for r in rows)
+    assert max(r["attempts"] for r in rows) == 2  # the cell killed mid-training was taken over, once
+    pd.testing.assert_frame_equal(metrics_of(local), metrics_of_store(url))  # as if never interrupted
+
+
+def test_tune_workers_share_one_study_on_postgresql(pg_server, make_suite, tmp_path):
+    url = pg_server("tuned")
+    suite = make_suite(name="ptune", formulations=["mtl"])
+    out = tmp_path / "tune"
+    proc = bench(
+        "tune", str(suite), "--trials", "4", "--folds", "1", "--out", str(out), "--store", url, "--workers", "2"
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "2 tuning workers" in proc.stderr and "4 (4)" in " ".join(proc.stdout.split())
+    study = optuna.load_study(study_name="ptune-tiny-mtl-macro_f1-fold0", storage=url)
+    # the target counts running trials too; a worker finishing may overshoot by at most one per other worker
+    assert 4 <= len(study.trials) <= 5
+    assert {t.user_attrs["worker"] for t in study.trials} == {0, 1}  # both workers ran trials
+    points = [(t.params["u"], t.params["v"]) for t in study.trials]
+    assert len(set(points)) == len(points)  # each worker samples with its own seed
+    assert (out / "ptune.tuned.yaml").exists()
+
+
+def test_submit_tune_runs_trials_in_slurm_jobs(pg_server, slurm_cluster, make_suite, tmp_path):
+    url = pg_server("tunedslurm")
+    suite = make_suite(name="stune", formulations=["mtl"])
+    out = tmp_path / "tune"
+    proc = bench(
+        "submit", str(suite), "--tune", "--trials", "2", "--folds", "1", "--out", str(out), "--storage", url,
+        "--slurm", SLURM, "--jobs", "2", "--wait", env=slurm_cluster,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    study = optuna.load_study(study_name="stune-tiny-mtl-macro_f1-fold0", storage=url)
+    assert 2 <= len(study.trials) <= 3 and all(t.state.name in ("COMPLETE", "PRUNED") for t in study.trials)
+    assert (out / "stune.tuned.yaml").exists() and "best trial per outer fold" in proc.stdout
