@@ -84,18 +84,20 @@ def slurm_minutes(value: str) -> int:
 
 
 class BenchJob(Checkpointable):
-    """One Slurm job: `bench ARGV` in the job's Python, with the job's CPUs as its thread budget."""
+    """One Slurm job: `bench ARGV` as a child of the job's Python (so the worker is exactly a command-line worker),
+    with the job's CPUs as its thread budget. Checkpointable: on a time-out or pre-emption submitit requeues it."""
 
     def __call__(self, argv: list[str]) -> int:
-        cpus = os.environ.get("SLURM_CPUS_PER_TASK")
-        if cpus:  # the allocation, not whatever the submitting shell had (sbatch exports its environment)
-            os.environ["OMP_NUM_THREADS"] = cpus
-        # the worker's index (an array task's), from which a tuning worker seeds its own sampler
-        os.environ["MESBENCH_WORKER"] = os.environ.get("SLURM_ARRAY_TASK_ID", "0")
-        from ..cli import main
+        import subprocess
 
-        code = main(argv)
-        if code not in (0, None):
+        env = dict(os.environ)
+        cpus = env.get("SLURM_CPUS_PER_TASK")
+        if cpus:  # the allocation, not whatever the submitting shell had (sbatch exports its environment)
+            env["OMP_NUM_THREADS"] = cpus
+        # the worker's index (an array task's), from which a tuning worker seeds its own sampler
+        env["MESBENCH_WORKER"] = env.get("SLURM_ARRAY_TASK_ID", "0")
+        code = subprocess.run([sys.executable, "-m", "benchmark.cli", *argv], env=env).returncode
+        if code != 0:
             raise RuntimeError(f"`bench {' '.join(argv)}` exited with status {code}; see this job's log")
         return 0
 
