@@ -30,12 +30,23 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def postgres_available() -> bool:
+    return (PG_BIN / "initdb").exists() and os.geteuid() == 0
+
+
 @pytest.fixture(scope="session")
 def pg_server():
-    """initdb + pg_ctl as user postgres in a temporary directory, on a free local port. Yields a function that
-    creates a database and returns its URL."""
-    if not (PG_BIN / "initdb").exists() or os.geteuid() != 0:
+    """A throwaway PostgreSQL server for the whole session: a function that creates a database, returns its URL."""
+    if not postgres_available():
         _missing("PostgreSQL 15 (Debian `postgresql`)")
+    with postgres() as database:
+        yield database
+
+
+@contextlib.contextmanager
+def postgres():
+    """initdb + pg_ctl as user postgres in a temporary directory, on a free local port (also used by the
+    scripts/ benchmarks). Yields a function that creates a database and returns its URL."""
     data = Path(tempfile.mkdtemp(prefix="mesbench-pg-"))
     shutil.chown(data, "postgres", "postgres")
     port = _free_port()
@@ -97,13 +108,24 @@ PartitionName=test Nodes={host} Default=YES MaxTime=INFINITE State=UP
 """
 
 
+def slurm_available() -> bool:
+    return all(shutil.which(b) for b in ("munged", "slurmctld", "slurmd", "sbatch")) and os.geteuid() == 0
+
+
 @pytest.fixture(scope="session")
 def slurm_cluster():
+    """A single-node Slurm cluster for the whole session: the environment (SLURM_CONF) sbatch and submitit need."""
+    if not slurm_available():
+        _missing("Slurm (Debian `slurm-wlm` and `munge`)")
+    with slurm() as env:
+        yield env
+
+
+@contextlib.contextmanager
+def slurm():
     """A single-node Slurm cluster, as in SPEC.md: munged (as user munge, its own socket), slurmctld and slurmd
     as root on free ports, configured in a temporary directory. Yields the environment (SLURM_CONF) that sbatch,
     squeue and submitit need."""
-    if not all(shutil.which(b) for b in ("munged", "slurmctld", "slurmd", "sbatch")) or os.geteuid() != 0:
-        _missing("Slurm (Debian `slurm-wlm` and `munge`)")
     d = Path(tempfile.mkdtemp(prefix="mesbench-slurm-"))
     for sub in ("state", "spool", "munge"):
         (d / sub).mkdir()

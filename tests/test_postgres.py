@@ -2,7 +2,7 @@
 the same schema, row-locked claims that never hand a cell out twice, a suite run and its report, and a
 copy of an SQLite run into PostgreSQL."""
 
-import os
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -14,33 +14,32 @@ from benchmark.result import CellResult
 from benchmark.run.store import Store
 
 ROOT = Path(__file__).resolve().parent.parent
-CLAIMERS = """
-import sys
-from benchmark.run.store import Store
-store = Store(sys.argv[1])
-won = [k for k in sys.argv[2:] if store.claim(k, {"backbone": "b", "formulation": "f", "seed": 0, "fold": 0,
-                                                  "config_hash": k}) == "claimed"]
-print(" ".join(won))
-"""
 
 
-def test_concurrent_claimers_never_take_a_cell_twice(pg_server):
-    url = pg_server("claims")
-    Store(url)  # schema
-    keys = [f"cell{i}" for i in range(60)]
-    env = {**os.environ, "MESBENCH_STALE_SECONDS": "600"}
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", CLAIMERS, url, *keys], stdout=subprocess.PIPE, text=True, cwd=ROOT, env=env
-        )
-        for _ in range(6)
-    ]
-    won = [p.communicate(timeout=120)[0].split() for p in procs]
-    assert all(p.returncode == 0 for p in procs)
-    flat = [k for w in won for k in w]
-    assert sorted(flat) == sorted(keys)  # every cell claimed, none twice
-    rows = Store(url, create=False).cell_rows()
-    assert len(rows) == 60 and all(r["attempts"] == 1 for r in rows)
+def claim_storm(*args):
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "claim-storm"), *args], capture_output=True, text=True, timeout=600
+    )
+    return proc.returncode, json.loads(proc.stdout.strip().splitlines()[-1]), proc.stderr
+
+
+def test_32_concurrent_claimers_on_postgresql_claim_each_of_300_cells_once(pg_server):
+    """The benchmark itself (scripts/claim-storm): every claimer walks all cells in its own order."""
+    url = pg_server("storm")
+    code, result, err = claim_storm("--store", url, "--claimers", "32", "--cells", "300")
+    assert code == 0, err
+    assert result["claimed_once"] and result["stored_done"] == 300 and result["errors"] == []
+    rows = Store(url, create=False).cell_rows()  # read back independently of the script
+    assert len(rows) == 300 and all(r["status"] == "done" and r["attempts"] == 1 for r in rows)
+
+
+def test_8_concurrent_claimers_on_sqlite_claim_each_of_300_cells_once(tmp_path):
+    code, result, err = claim_storm("--store", str(tmp_path), "--claimers", "8", "--cells", "300")
+    assert code == 0, err
+    assert result["engine"] == "sqlite" and result["claimed_once"] and result["stored_done"] == 300
+    assert result["errors"] == []
+    rows = Store(tmp_path, create=False).cell_rows()
+    assert len(rows) == 300 and all(r["status"] == "done" and r["attempts"] == 1 for r in rows)
 
 
 def test_a_suite_runs_and_reports_on_postgresql_like_on_sqlite(pg_server, make_suite, tmp_path, capsys):
