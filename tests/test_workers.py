@@ -40,3 +40,34 @@ def test_two_workers_train_each_cell_once_and_match_one_worker(make_suite, tmp_p
     assert status.returncode == 0
     text = " ".join(status.stdout.split())
     assert "8 done, 0 running, 0 failed, 0 pending" in text and "finished cells per worker" in text
+
+
+def test_a_killed_worker_leaves_its_cell_to_the_other_which_resumes_it(make_suite, tmp_path):
+    import signal
+    import time
+
+    slow = {"params": {"n_images": 800, "n_patients": 40, "size": [32, 32], "seed": 1}}  # a few seconds per cell
+    suite = make_suite(name="kill", formulations=["softmax", "coral"], training={"epochs": 12}, dataset=slow)
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert bench("run", str(suite), "--out", str(one), "--quiet", threads=1).returncode == 0
+    env = {**os.environ, "MESBENCH_DEVICE": "cpu", "MESBENCH_STALE_SECONDS": "4"}
+    cmd = [sys.executable, "-m", "benchmark.cli", "run", str(suite), "--out", str(two), "--quiet", "--workers", "2"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+    victim, deadline = None, time.time() + 300
+    while victim is None:
+        assert time.time() < deadline and proc.poll() is None, "no cell was seen part-way through"
+        time.sleep(0.1)
+        if not (two / "results.db").exists():
+            continue
+        for r in Store(two, create=False, readonly=True).cell_rows():
+            if r["status"] == "running" and r["owner"] and (two / "cells" / r["key"] / "last.pt").exists():
+                victim = r
+                break
+    os.kill(int(victim["owner"].split(":")[1]), signal.SIGKILL)  # owner ids are host:pid:uuid
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err
+    assert "was ended by signal 9" in err and "the other workers finished its cells" in err
+    rows = {r["key"]: r for r in Store(two, create=False).cell_rows()}
+    assert all(r["status"] == "done" for r in rows.values()) and len(rows) == 4
+    assert rows[victim["key"]]["attempts"] == 2 and rows[victim["key"]]["owner"] != victim["owner"]
+    pd.testing.assert_frame_equal(metrics_of(one), metrics_of(two))  # as if no worker had died

@@ -131,18 +131,35 @@ def wait_workers(procs) -> int:
 
 def run_workers(args, suite) -> int:
     """`--workers N`: N `bench run` processes on this machine claim cells from the one store; this process
-    prepares the run once (splits, store, decoded images) and waits for them."""
+    prepares the run once (splits, store, decoded images) and waits for them. A worker that dies (killed, out of
+    memory) leaves its cell to the others, which take it over once its heartbeat is stale; the exit status then
+    follows what the store holds, not the dead worker."""
     from reports.summary import print_summary
 
     from ..run.runner import Runner
+    from ..run.store import Store, store_location
 
     out = Path(args.out) if args.out else Path("runs") / suite.name
-    Runner(suite, out, device=args.device, store=args.store).prepare(args.only)
+    cells = Runner(suite, out, device=args.device, store=args.store).prepare(args.only)
     procs, placement = start_workers(run_argv(args, out), args.workers, args.devices)
     err_console.print(f"{args.workers} workers on {out} ({placement}); `bench status {out}` shows each worker's cell")
     code = wait_workers(procs)
     print_summary(out, console, args.store)
-    return code
+    died = [(i, -p.returncode) for i, p in enumerate(procs) if p.returncode < 0]
+    if not died:
+        return code
+    rows = {r["key"]: r for r in Store(store_location(out, args.store), create=False, readonly=True).cell_rows()}
+    states = [rows[c.key]["status"] if c.key in rows else "pending" for c in cells]
+    left = len(states) - states.count("done") - states.count("failed")
+    err_console.print(
+        "; ".join(f"worker {i} was ended by signal {sig}" for i, sig in died)
+        + (
+            f"; the other workers finished its cells ({states.count('done')} of {len(cells)} done)."
+            if not left
+            else f"; {left} cell(s) are not finished: run the same command again to resume them."
+        )
+    )
+    return 1 if left or states.count("failed") or any(p.returncode > 0 for p in procs) else 0
 
 
 def cmd_list(args):
