@@ -71,3 +71,17 @@ def test_a_killed_worker_leaves_its_cell_to_the_other_which_resumes_it(make_suit
     assert all(r["status"] == "done" for r in rows.values()) and len(rows) == 4
     assert rows[victim["key"]]["attempts"] == 2 and rows[victim["key"]]["owner"] != victim["owner"]
     pd.testing.assert_frame_equal(metrics_of(one), metrics_of(two))  # as if no worker had died
+
+
+def test_devices_are_indices_into_the_gpus_this_process_sees():
+    import pytest
+
+    from benchmark.cli.run import device_ids
+    from benchmark.errors import BenchError
+
+    assert device_ids("0,1,2,3", None) == ["0", "1", "2", "3"]
+    assert device_ids("0,1", "2,3") == ["2", "3"]  # inside a Slurm allocation without device cgroups
+    assert device_ids("1", "GPU-aaaa,GPU-bbbb") == ["GPU-bbbb"]  # UUIDs pass through
+    assert device_ids(None, "2,3") == []
+    with pytest.raises(BenchError, match="counts them from 0 to 1"):
+        device_ids("2", "2,3")

@@ -75,6 +75,22 @@ def run_argv(args, out: Path) -> list[str]:
     return argv
 
 
+def device_ids(devices: str | None, visible: str | None) -> list[str]:
+    """--devices as CUDA_VISIBLE_DEVICES values: indices into the GPUs this process already sees (a Slurm
+    allocation without device cgroups sets CUDA_VISIBLE_DEVICES=2,3, and then --devices 0,1 means GPUs 2 and 3)."""
+    wanted = [d.strip() for d in (devices or "").split(",") if d.strip()]
+    seen = [v.strip() for v in (visible or "").split(",") if v.strip()]
+    if not (seen and wanted):
+        return wanted
+    try:
+        return [seen[int(d)] for d in wanted]
+    except (ValueError, IndexError):
+        raise BenchError(
+            f"--devices {devices}: this process sees GPUs {','.join(seen)} (CUDA_VISIBLE_DEVICES); --devices "
+            f"counts them from 0 to {len(seen) - 1}."
+        ) from None
+
+
 def start_workers(argv: list[str], workers: int, devices: str | None):
     """N `bench ARGV` processes on this machine: each pinned to one of --devices in turn (indices into the GPUs
     this process may see, so they stay right inside a Slurm allocation), else to its share of the CPU cores.
@@ -83,16 +99,7 @@ def start_workers(argv: list[str], workers: int, devices: str | None):
     import subprocess
     import sys
 
-    wanted = [d for d in (devices or "").split(",") if d.strip()]
-    visible = [v for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
-    if visible and wanted:
-        try:
-            wanted = [visible[int(d)] for d in wanted]
-        except (ValueError, IndexError):
-            raise BenchError(
-                f"--devices {devices}: this process sees GPUs {','.join(visible)} (CUDA_VISIBLE_DEVICES); "
-                f"--devices counts them from 0 to {len(visible) - 1}."
-            ) from None
+    wanted = device_ids(devices, os.environ.get("CUDA_VISIBLE_DEVICES"))
     threads = max(1, (os.cpu_count() or 2) // workers)
     first = worker_index() * workers  # inside a Slurm array task: indices distinct across tasks too
     procs = []
