@@ -28,9 +28,15 @@ def test_two_workers_train_each_cell_once_and_match_one_worker(make_suite, tmp_p
     one, two = tmp_path / "one", tmp_path / "two"
     # CPU results depend on the thread count (summation order); each of 2 workers on 2 cores gets 1 thread
     assert bench("run", str(suite), "--out", str(one), "--quiet", threads=1).returncode == 0
-    proc = bench("run", str(suite), "--out", str(two), "--quiet", "--workers", "2")
+    proc = bench("run", str(suite), "--out", str(two), "--workers", "2")
     assert proc.returncode == 0, proc.stderr
     assert "2 workers on" in proc.stderr
+    # one display: every worker's lines, prefixed with the worker (no terminal here), one summary at the end
+    lines = (proc.stdout + proc.stderr).splitlines()
+    trained = [ln for ln in lines if ln.startswith("[worker ") and ": trained in" in ln]
+    assert len(trained) == 8 and {ln[:10] for ln in trained} == {"[worker 0]", "[worker 1]"}
+    assert any(ln.startswith("[worker ") and " · epoch 1 · " in ln for ln in lines)  # epochs as they happen
+    assert proc.stdout.count("8 of 8 cells finished") == 1
     rows = Store(two, create=False).cell_rows()
     assert len(rows) == 8 and all(r["status"] == "done" and r["attempts"] == 1 for r in rows)
     owners = {r["owner"] for r in rows}

@@ -49,7 +49,8 @@ def cmd_run(args):
         f"{len(report.failed)} failed in {report.seconds:.1f} s · device {runner.plan.description} · "
         f"results in {out}"
     )
-    print_summary(out, console, args.store)
+    if not os.environ.get("MESBENCH_WORKER"):  # a worker's summary is printed by the command that started it
+        print_summary(out, console, args.store)
     if report.failed:
         err_console.print(
             f"[red]{len(report.failed)} cell(s) failed[/]; see `bench report {out}`; retry with "
@@ -61,7 +62,9 @@ def cmd_run(args):
 
 def run_argv(args, out: Path) -> list[str]:
     """The `bench run` arguments a worker (a local process or a Slurm job) needs to do this run's work."""
-    argv = ["run", str(Path(args.suite).resolve()), "--out", str(out.resolve()), "--quiet"]
+    argv = ["run", str(Path(args.suite).resolve()), "--out", str(out.resolve())]
+    if getattr(args, "quiet", False):
+        argv.append("--quiet")
     if args.store:
         argv += ["--store", args.store]
     for flag in ("only", "set", "log"):
@@ -91,7 +94,7 @@ def device_ids(devices: str | None, visible: str | None) -> list[str]:
         ) from None
 
 
-def start_workers(argv: list[str], workers: int, devices: str | None):
+def start_workers(argv: list[str], workers: int, devices: str | None, capture: bool = False):
     """N `bench ARGV` processes on this machine: each pinned to one of --devices in turn (indices into the GPUs
     this process may see, so they stay right inside a Slurm allocation), else to its share of the CPU cores.
     Returns the processes and a line saying where they run."""
@@ -107,7 +110,19 @@ def start_workers(argv: list[str], workers: int, devices: str | None):
         env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MESBENCH_WORKER": str(first + i)}
         if wanted:
             env["CUDA_VISIBLE_DEVICES"] = wanted[i % len(wanted)]
-        procs.append(subprocess.Popen([sys.executable, "-m", "benchmark.cli", *argv], env=env))
+        if capture:  # their lines go to one WorkerBoard: plain, every epoch
+            env.update(MESBENCH_PROGRESS_EPOCHS="1", COLUMNS="250")  # one line per event, never wrapped
+        out = subprocess.PIPE if capture else None
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "benchmark.cli", *argv],
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT if capture else None,
+                text=True,
+                bufsize=1,
+            )
+        )
     return procs, (", ".join(f"GPU {d}" for d in wanted) or f"{threads} CPU threads each")
 
 
@@ -119,13 +134,14 @@ def worker_index() -> int:
     return int(text) if text.isdigit() else 0
 
 
-def wait_workers(procs) -> int:
+def wait_workers(procs, tick=lambda: None) -> int:
     """Wait for every worker; Ctrl-C is passed on, and each stops after saving its current epoch."""
     import signal
     import time
 
     try:
         while any(p.poll() is None for p in procs):
+            tick()
             time.sleep(0.5)
     except KeyboardInterrupt:
         for p in procs:
@@ -148,9 +164,16 @@ def run_workers(args, suite) -> int:
 
     out = Path(args.out) if args.out else Path("runs") / suite.name
     cells = Runner(suite, out, device=args.device, store=args.store).prepare(args.only)
-    procs, placement = start_workers(run_argv(args, out), args.workers, args.devices)
-    err_console.print(f"{args.workers} workers on {out} ({placement}); `bench status {out}` shows each worker's cell")
-    code = wait_workers(procs)
+    procs, placement = start_workers(run_argv(args, out), args.workers, args.devices, capture=not args.quiet)
+    title = f"{args.workers} workers on {out} ({placement}); `bench status {out}` shows each worker's cell"
+    if args.quiet:
+        err_console.print(title)
+        code = wait_workers(procs)
+    else:
+        from .progress import WorkerBoard
+
+        err_console.print(title)
+        code = WorkerBoard(procs, err_console, f"{len(cells)} cells").wait(wait_workers)
     print_summary(out, console, args.store)
     died = [(i, -p.returncode) for i, p in enumerate(procs) if p.returncode < 0]
     if not died:
