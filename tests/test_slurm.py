@@ -54,6 +54,11 @@ def test_slurm_options_are_sbatch_names_and_slurm_times():
         parse_slurm_options("time=tomorrow")
 
 
+def test_submit_asks_for_a_time_limit_rather_than_submitits_five_minutes(make_suite, tmp_path):
+    proc = bench("submit", str(make_suite(name="notime")), "--slurm", "partition=test", "--store", "postgresql://x/y")
+    assert proc.returncode == 2 and "--slurm needs time=" in proc.stderr and "5 minutes" in proc.stderr
+
+
 def test_submit_refuses_a_store_the_nodes_cannot_share(make_suite, tmp_path):
     proc = bench("submit", str(make_suite(name="lite")), "--out", str(tmp_path / "r"), "--slurm", SLURM)
     assert proc.returncode == 2

@@ -22,9 +22,22 @@ def shared_store(url: str | None, what: str) -> str:
 
 
 def cmd_submit(args):
+    import shutil
+
     from ..run.slurm import parse_slurm_options, submit_jobs, wait_for
 
     options = parse_slurm_options(args.slurm or "")
+    if "time" not in options:
+        raise BenchError(
+            "--slurm needs time=… (the jobs' time limit, minutes or D-HH:MM:SS, e.g. time=24:00:00): submitit would "
+            "otherwise ask for 5 minutes. A job that reaches it is requeued and resumes, so a limit below a whole "
+            "run is fine."
+        )
+    if not shutil.which("sbatch"):
+        raise BenchError(
+            "bench submit needs Slurm's sbatch on this machine (run it on a login node of the cluster); on one "
+            "machine use `bench run --workers N` instead."
+        )
     gpus = int(options.get("gpus_per_node") or 0)
     if args.tune:
         return submit_tune(args, options, gpus)
