@@ -147,6 +147,25 @@ def test_tune_workers_share_one_study_on_postgresql(pg_server, make_suite, tmp_p
     points = [(t.params["u"], t.params["v"]) for t in study.trials]
     assert len(set(points)) == len(points)  # each worker samples with its own seed
     assert (out / "ptune.tuned.yaml").exists()
+    # the study opens in optuna-dashboard unchanged: its own API lists it with every trial
+    import json
+    from wsgiref.util import setup_testing_defaults
+
+    import optuna_dashboard
+
+    app = optuna_dashboard.wsgi(url)
+
+    def api(path):
+        env, status = {}, []
+        setup_testing_defaults(env)
+        env["PATH_INFO"] = path
+        body = b"".join(app(env, lambda s, headers, exc=None: status.append(s)))
+        assert status[0].startswith("200"), status
+        return json.loads(body)
+
+    listed = {s["study_name"]: s["study_id"] for s in api("/api/studies")["study_summaries"]}
+    assert "ptune-tiny-mtl-macro_f1-fold0" in listed
+    assert len(api(f"/api/studies/{listed['ptune-tiny-mtl-macro_f1-fold0']}")["trials"]) == len(study.trials)
 
 
 def test_submit_tune_runs_trials_in_slurm_jobs(pg_server, slurm_cluster, make_suite, tmp_path):
