@@ -83,17 +83,9 @@ def test_submit_trains_every_cell_once_on_a_real_slurm_cluster(pg_server, slurm_
     rows = Store(url, create=False).cell_rows()
     assert len(rows) == 8 and all(r["status"] == "done" and r["attempts"] == 1 for r in rows)
     assert len(list((remote / "slurm").glob("*/*_log.out"))) == 2  # submitit's logs, one per array task
-    pd.testing.assert_frame_equal(metrics_of(local), metrics_of_store(url))
+    pd.testing.assert_frame_equal(metrics_of(local), metrics_of(url))  # Store takes a URL too
     status = bench("status", str(remote), "--store", url)
     assert "8 done, 0 running, 0 failed, 0 pending" in " ".join(status.stdout.split())
-
-
-def metrics_of_store(url):
-    store = Store(url, create=False)
-    m = store.metrics_frame()
-    rows = {r["key"]: r for r in store.cell_rows()}
-    m["cell"] = [f"{rows[k]['formulation']}/{rows[k]['fold']}" for k in m.key]
-    return m.drop(columns="key").sort_values(["cell", "split", "task", "metric", "cls"]).reset_index(drop=True)
 
 
 def test_a_cancelled_job_is_resumed_by_submitting_again(pg_server, slurm_cluster, make_suite, tmp_path):
@@ -128,7 +120,7 @@ def test_a_cancelled_job_is_resumed_by_submitting_again(pg_server, slurm_cluster
     rows = Store(url, create=False).cell_rows()
     assert len(rows) == 2 and all(r["status"] == "done" for r in rows)
     assert max(r["attempts"] for r in rows) == 2  # the cell killed mid-training was taken over, once
-    pd.testing.assert_frame_equal(metrics_of(local), metrics_of_store(url))  # as if never interrupted
+    pd.testing.assert_frame_equal(metrics_of(local), metrics_of(url))  # as if never interrupted
 
 
 def test_tune_workers_share_one_study_on_postgresql(pg_server, make_suite, tmp_path):
