@@ -75,3 +75,35 @@ def test_an_sqlite_run_copies_into_postgresql(pg_server, make_suite, tmp_path, c
     assert main(["report", str(lite), "--store", url]) == 0
     store = Store(url, create=False)
     assert store.finish("nope", CellResult()) is False
+
+
+SET_META = """
+import sys, time
+from benchmark.run.store import Store
+store = Store(sys.argv[1], create=False)
+while time.time() < float(sys.argv[2]):
+    time.sleep(0.001)
+for i in range(30):
+    store.set_meta("protocol_hash", "abc")
+    store.set_meta(f"key{i}", {"n": i})
+"""
+
+
+def test_workers_preparing_one_run_at_once_never_collide_on_its_metadata(pg_server, tmp_path):
+    """Every worker (a Slurm array task, a process on another machine) writes the run's metadata as it starts;
+    found by `bench submit --jobs 2` as a duplicate-key error in one job."""
+    import time
+
+    for url in (pg_server("meta"), str(tmp_path)):
+        Store(url)
+        start = time.time() + 3  # every process connected before the first write
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-c", SET_META, url, str(start)], cwd=ROOT, stderr=subprocess.PIPE, text=True
+            )
+            for _ in range(12)
+        ]
+        errors = [p.communicate(timeout=120)[1] for p in procs]
+        assert all(p.returncode == 0 for p in procs), "\n".join(e for e in errors if e)[-2000:]
+        store = Store(url, create=False)
+        assert store.get_meta("protocol_hash") == "abc" and store.get_meta("key29") == {"n": 29}

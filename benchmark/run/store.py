@@ -261,9 +261,16 @@ class Store:
         return default if row is None else json.loads(row[0])
 
     def set_meta(self, key: str, value: Any) -> None:
+        """An atomic upsert: workers on several machines prepare the same run at the same moment, and a
+        delete-then-insert would let two of them insert the same key."""
+        if self.engine.dialect.name == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert as upsert
+        else:
+            from sqlalchemy.dialects.sqlite import insert as upsert  # type: ignore[assignment]
+        text = json.dumps(value)
+        statement = upsert(meta_table).values(key=key, value=text)
         with self.engine.begin() as conn:
-            conn.execute(delete(meta_table).where(meta_table.c.key == key))
-            conn.execute(insert(meta_table).values(key=key, value=json.dumps(value)))
+            conn.execute(statement.on_conflict_do_update(index_elements=["key"], set_={"value": text}))
 
     # ------------------------------------------------------------------ claims
     def claim(self, key: str, info: dict[str, Any], retry_failed: bool = False) -> str:
