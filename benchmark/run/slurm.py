@@ -120,24 +120,33 @@ def submit_jobs(argv: list[str], jobs: int, options: dict[str, Any], folder: Pat
         ) from None
 
 
-def queue_states(jobs: list) -> dict[str, str]:
-    """The state of every listed job still in Slurm's queue, by job id (array tasks one by one). From squeue, not
-    sacct: sacct needs slurmdbd, which many clusters and every single-node test cluster lack."""
+def queue_states(jobs: list) -> dict[str, str] | None:
+    """The state of every listed job still in Slurm's queue, by job id (array tasks one by one); None when squeue
+    could not answer (a busy controller), which must never read as "all ended". From squeue, not sacct: sacct
+    needs slurmdbd, which many clusters and every single-node test cluster lack."""
     import subprocess
 
     ids = sorted({j.job_id.split("_")[0] for j in jobs})
-    out = subprocess.run(
-        ["squeue", "-h", "-r", "-j", ",".join(ids), "-o", "%i|%T"], capture_output=True, text=True
-    ).stdout
-    return dict(line.split("|", 1) for line in out.split() if "|" in line)
+    proc = subprocess.run(["squeue", "-h", "-r", "-j", ",".join(ids), "-o", "%i|%T"], capture_output=True, text=True)
+    if proc.returncode != 0:
+        return None
+    return dict(line.split("|", 1) for line in proc.stdout.split() if "|" in line)
 
 
 def wait_for(jobs: list, say=print, poll: float = 2.0) -> list[str]:
     """Block until no job is queued or running any more; returns one line per job that did not end well (its
     error, or no result at all: killed, cancelled or out of time, resumable by submitting again)."""
     shown: dict[str, str] = {}
+    failures = 0
     while True:
         queued = queue_states(jobs)
+        if queued is None:
+            failures += 1
+            if failures * poll > 600:
+                raise BenchError("squeue has not answered for 10 minutes; the jobs go on: `bench status RUN`.")
+            time.sleep(poll)
+            continue
+        failures = 0
         for job in jobs:
             state = queued.get(job.job_id, "ENDED")
             if shown.get(job.job_id) != state:
