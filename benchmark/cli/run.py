@@ -8,6 +8,12 @@ from ..errors import BenchError
 from .console import add_set_option, console, err_console
 
 
+def suite_overrides(args) -> list[str]:
+    """--set, with --compile and --deterministic as the suite fields they stand for."""
+    overrides = list(args.set) + (["training.compile=true"] if args.compile else [])
+    return overrides + (["training.deterministic=true"] if args.deterministic else [])
+
+
 def cmd_run(args):
     import os
 
@@ -16,9 +22,7 @@ def cmd_run(args):
     if args.offline:
         os.environ["MESBENCH_OFFLINE"] = "1"
 
-    overrides = list(args.set) + (["training.compile=true"] if args.compile else [])
-    overrides += ["training.deterministic=true"] if args.deterministic else []
-    suite = load_suite(args.suite, overrides)  # a wrong suite is refused before torch is even imported
+    suite = load_suite(args.suite, suite_overrides(args))  # a wrong suite is refused before torch is even imported
     if args.workers > 1:
         return run_workers(args, suite)
 

@@ -45,14 +45,12 @@ def cmd_submit(args):
 
     from ..run.runner import Runner
     from ..suite.loading import load_suite
-    from .run import run_argv
+    from .run import run_argv, suite_overrides
 
     if args.trials is not None:
         raise BenchError("--trials belongs to --tune: `bench submit SUITE --tune --trials N ...`.")
     args.store = shared_store(args.store or os.environ.get("MESBENCH_STORE"), "a results store")
-    overrides = list(args.set) + (["training.compile=true"] if args.compile else [])
-    overrides += ["training.deterministic=true"] if args.deterministic else []
-    suite = load_suite(args.suite, overrides)
+    suite = load_suite(args.suite, suite_overrides(args))
     out = (Path(args.out) if args.out else Path("runs") / suite.name).resolve()
     # everything a job would trip over (names, weights, data, splits, a changed protocol) fails here, once
     cells = Runner(suite, out, store=args.store).prepare(args.only)
