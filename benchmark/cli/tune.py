@@ -8,7 +8,7 @@ from pathlib import Path
 from .console import add_set_option, console
 
 
-def make_tuner(args, seed: int = 0):
+def make_tuner(args, worker: int = 0):
     from ..run.tune import Tuner
     from ..suite.loading import load_suite
 
@@ -24,7 +24,7 @@ def make_tuner(args, seed: int = 0):
         args.storage,
         args.study,
         args.device,
-        seed=seed,
+        worker=worker,
     )
 
 
@@ -71,9 +71,8 @@ def cmd_tune(args):
 
     if args.targets:  # one of several workers: fill the studies, the command that started us reports
         targets = parse_targets(args.targets)
-        index = worker_index()
-        tuner = make_tuner(args, seed=1000 * index)
-        tuner.optimize_to(targets, index, args.timeout, [progress_printer(args, sum(targets.values()))])
+        tuner = make_tuner(args, worker=worker_index())
+        tuner.optimize_to(targets, args.timeout, [progress_printer(args, sum(targets.values()))])
         return 0
     tuner = make_tuner(args)
     before = {i: len(s.trials) for i, s in tuner.studies.items()}

@@ -104,14 +104,15 @@ class Tuner:
         study=None,
         device=None,
         seed=0,
+        worker=0,
     ):
-        """`seed` seeds the samplers; workers sharing the studies each need their own (else they propose the
-        same first points)."""
+        """`seed` seeds the samplers; `worker` (the index of one of several workers sharing the studies) shifts
+        it, else every worker would propose the same first points."""
         import optuna
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         self.optuna = optuna
-        self.suite, self.out, self.seed = suite, Path(out), seed
+        self.suite, self.out, self.worker = suite, Path(out), worker
         names = [b.name for b in suite.backbones]
         if backbone and backbone not in names:
             from .errors import closest
@@ -156,7 +157,7 @@ class Tuner:
                 storage=rdb,
                 load_if_exists=True,
                 direction=direction,
-                sampler=optuna.samplers.TPESampler(seed=seed + i),
+                sampler=optuna.samplers.TPESampler(seed=seed + 1000 * worker + i),
                 pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1),
             )
             for i in range(self.k)
@@ -177,7 +178,7 @@ class Tuner:
         weights = dict(zip(self.weight_keys, simplex_from_unit(u, v)))
         for k, w in weights.items():
             trial.set_user_attr(k, w)
-        trial.set_user_attr("worker", self.seed // 1000)  # which of several workers ran it
+        trial.set_user_attr("worker", self.worker)
         options = {**self.fcfg.options, **self.fcfg.options_by_fold.get(fold, {}), **weights}
         cfg = self.suite.training
         train, val = self.inner[fold]
@@ -226,13 +227,13 @@ class Tuner:
         """Each fold's study size after `trials` more trials: what workers sharing the studies aim for."""
         return {i: len(s.trials) + trials for i, s in self.studies.items()}
 
-    def optimize_to(self, targets: dict[int, int], start: int = 0, timeout=None, callbacks=None):
+    def optimize_to(self, targets: dict[int, int], timeout=None, callbacks=None):
         """One of several workers: fill every fold's study up to its target, counting every worker's trials
-        (running ones included), beginning at fold `start` so workers spread over the folds."""
+        (running ones included), beginning at the fold of this worker's index so workers spread over the folds."""
         from optuna.study import MaxTrialsCallback
 
         for j in range(self.k):
-            fold = (start + j) % self.k
+            fold = (self.worker + j) % self.k
             study = self.studies[fold]
             left = targets[fold] - len(study.trials)
             if left <= 0:
