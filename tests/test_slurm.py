@@ -3,35 +3,20 @@ with the results in a real PostgreSQL server: `bench submit` trains every cell e
 cell is resumed by the next submission, and `bench submit --tune` fills shared Optuna studies. Also distributed
 tuning with local workers (`bench tune --workers 2`)."""
 
-import os
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import optuna
 import pandas as pd
 import pytest
 from test_run import metrics_of
+from test_workers import bench
 
 from benchmark.errors import BenchError
 from benchmark.run.slurm import parse_slurm_options, slurm_minutes
 from benchmark.run.store import Store
 
-ROOT = Path(__file__).resolve().parent.parent
 SLURM = "partition=test,cpus_per_task=1,time=10"
-
-
-def bench(*args, env=None, timeout=600):
-    env = {**(env or os.environ), "MESBENCH_DEVICE": "cpu"}
-    return subprocess.run(
-        [sys.executable, "-m", "benchmark.cli", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=ROOT,
-        timeout=timeout,
-    )
 
 
 def test_slurm_options_are_sbatch_names_and_slurm_times():
@@ -70,10 +55,7 @@ def test_submit_trains_every_cell_once_on_a_real_slurm_cluster(pg_server, slurm_
     suite = make_suite(name="slurm", formulations=["softmax", "coral", "mtl+f1"])
     local, remote = tmp_path / "local", tmp_path / "remote"
     # a job has one CPU (cpus_per_task=1), so it trains with one thread: compare with a one-thread local run
-    assert (
-        bench("run", str(suite), "--out", str(local), "--quiet", env={**os.environ, "OMP_NUM_THREADS": "1"}).returncode
-        == 0
-    )
+    assert bench("run", str(suite), "--out", str(local), "--quiet", threads=1).returncode == 0
     proc = bench(
         "submit", str(suite), "--out", str(remote), "--store", url, "--slurm", SLURM, "--jobs", "2", "--wait",
         env=slurm_cluster,
@@ -96,10 +78,7 @@ def test_a_cancelled_job_is_resumed_by_submitting_again(pg_server, slurm_cluster
     )
     local, remote = tmp_path / "local", tmp_path / "remote"
     env = {**slurm_cluster, "MESBENCH_STALE_SECONDS": "4"}
-    assert (
-        bench("run", str(suite), "--out", str(local), "--quiet", env={**os.environ, "OMP_NUM_THREADS": "1"}).returncode
-        == 0
-    )
+    assert bench("run", str(suite), "--out", str(local), "--quiet", threads=1).returncode == 0
     args = ["submit", str(suite), "--out", str(remote), "--store", url, "--slurm", SLURM, "--jobs", "1"]
     proc = bench(*args, env=env)
     assert proc.returncode == 0, proc.stderr

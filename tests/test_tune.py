@@ -129,20 +129,11 @@ def test_unknown_metric_and_formulation_without_weights(make_suite, capsys):
 
 def test_tune_workers_share_the_default_sqlite_studies(make_suite, tmp_path):
     """--workers on one machine with the default storage (SQLite in the output directory)."""
-    import os
-    import subprocess
-    import sys
+    from test_workers import bench
 
     suite = make_suite(name="ltune", formulations=["mtl"])
     out = tmp_path / "tune"
-    proc = subprocess.run(
-        [sys.executable, "-m", "benchmark.cli", "tune", str(suite), "--trials", "4", "--folds", "1", "--out", str(out)]
-        + ["--workers", "2"],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "MESBENCH_DEVICE": "cpu"},
-        timeout=600,
-    )
+    proc = bench("tune", str(suite), "--trials", "4", "--folds", "1", "--out", str(out), "--workers", "2")
     assert proc.returncode == 0, proc.stderr
     study = optuna.load_study(study_name="ltune-tiny-mtl-macro_f1-fold0", storage=f"sqlite:///{out / 'tune.db'}")
     assert 4 <= len(study.trials) <= 5 and {t.user_attrs["worker"] for t in study.trials} == {0, 1}

@@ -14,12 +14,18 @@ from benchmark.run.store import Store
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def bench(*args, threads=None):
-    env = {**os.environ, "MESBENCH_DEVICE": "cpu"}
+def bench(*args, threads=None, env=None, timeout=600):
+    """`bench ARGS` in a fresh process on the CPU (optionally with its thread count, or in another environment)."""
+    env = {**(env or os.environ), "MESBENCH_DEVICE": "cpu"}
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
     return subprocess.run(
-        [sys.executable, "-m", "benchmark.cli", *args], capture_output=True, text=True, env=env, cwd=ROOT, timeout=600
+        [sys.executable, "-m", "benchmark.cli", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=timeout,
     )
 
 
