@@ -1,10 +1,16 @@
 """Unimodal soft labels (Vargas, Gutiérrez, Hervás-Martínez et al.), via dlordinal: cross-entropy to a soft
 target (1 − η)·onehot + η·q_c, with q_c a beta, triangular, binomial, Poisson, exponential or geometric
-distribution centred on the true grade. Linear(d, 4)."""
+distribution centred on the true grade. Linear(d, 4).
+
+The point of these targets is that they are unimodal at the true grade. dlordinal's Poisson rows at K = 4 are
+nearly flat with their top shared by two grades (row 0: .28 .28 .23 .21), so at η = 1 the target does not
+single out the true grade; its default η is therefore 0.85, and any (distribution, η) whose target rows do not
+peak strictly at the true grade and fall away from it is refused at load."""
 
 from typing import Literal
 
-from pydantic import Field
+import numpy as np
+from pydantic import Field, model_validator
 
 from .base import NUM_CLASSES, ProbabilityFormulation, ProbabilityOptions, class_weighted
 from .registry import register_formulation
@@ -17,11 +23,55 @@ LOSSES = {
     "exponential": "ExponentialLoss",
     "geometric": "GeometricLoss",
 }
+DEFAULT_ETA = {"poisson": 0.85}  # others: 1.0, whose rows are already unimodal at the true grade
+
+
+def soft_targets(distribution: str, eta: float, num_classes: int = NUM_CLASSES) -> np.ndarray:
+    """The target rows (1 − η)·I + η·Q that the dlordinal loss of this distribution trains towards."""
+    import dlordinal.soft_labelling as sl  # numpy only: no torch at suite load
+
+    getter = {
+        "beta": sl.get_beta_soft_labels,
+        "triangular": lambda k: sl.get_triangular_soft_labels(k, 0.05),  # TriangularLoss's own alpha2
+        "binomial": sl.get_binomial_soft_labels,
+        "poisson": sl.get_poisson_soft_labels,
+        "exponential": sl.get_exponential_soft_labels,
+        "geometric": sl.get_geometric_soft_labels,
+    }[distribution]
+    q = np.asarray(getter(num_classes), float)
+    return (1 - eta) * np.eye(num_classes) + eta * q
+
+
+def not_unimodal(targets: np.ndarray, tol: float = 1e-9) -> int | None:
+    """The first grade whose target row does not peak strictly at that grade and fall away from it, or None."""
+    for c, row in enumerate(targets):
+        left, right = row[: c + 1], row[c:]
+        rising = np.all(np.diff(left) >= -tol) and np.all(np.diff(right) <= tol)
+        strict = all(row[c] > row[j] + tol for j in range(len(row)) if j != c)
+        if not (rising and strict):
+            return c
+    return None
 
 
 class SoftLabelOptions(ProbabilityOptions):
     distribution: Literal["beta", "triangular", "binomial", "poisson", "exponential", "geometric"] = "beta"
-    eta: float = Field(1.0, ge=0, le=1, allow_inf_nan=False)  # share of the soft target in the label
+    # share of the soft target in the label; None: 1.0, or 0.85 for poisson (see the module docstring)
+    eta: float | None = Field(None, ge=0, le=1, allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _unimodal(self):
+        eta = DEFAULT_ETA.get(self.distribution, 1.0) if self.eta is None else self.eta
+        targets = soft_targets(self.distribution, eta)
+        c = not_unimodal(targets)
+        if c is not None:
+            row = " ".join(f"{v:.2f}" for v in targets[c])
+            raise ValueError(
+                f"soft_labels with distribution {self.distribution!r} and eta {eta:g} gives targets that are not "
+                f"unimodal at the true grade (grade {c}: {row}), so they would not teach the grade; use a smaller "
+                f"eta (e.g. {DEFAULT_ETA.get(self.distribution, 0.85)}) or another distribution"
+            )
+        self.eta = eta
+        return self
 
 
 @register_formulation

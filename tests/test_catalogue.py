@@ -10,6 +10,7 @@ import torch
 from scipy import stats
 
 from benchmark.cli import main
+from benchmark.errors import BenchError
 from benchmark.metrics import ece, per_class_mae, probability_rows, rps
 from formulations import FORMULATIONS, create_formulation
 from formulations.base import decode_probabilities
@@ -51,10 +52,44 @@ def test_soft_label_losses_equal_dlordinal(batch):
         ("exponential", L.ExponentialLoss),
         ("geometric", L.GeometricLoss),
     ):
+        eta = 0.85 if dist == "poisson" else 1.0  # the defaults
         f = create_formulation("soft_labels", {"distribution": dist})
-        assert torch.allclose(f.loss(x, y), cls(base_loss=nn.CrossEntropyLoss(), num_classes=4)(x, y)), dist
-    sord = create_formulation("sord", {"alpha": 2.0})
+        assert torch.allclose(f.loss(x, y), cls(base_loss=nn.CrossEntropyLoss(), num_classes=4, eta=eta)(x, y)), dist
+    sord = create_formulation("sord", {"alpha": 2.0, "metric": "abs"})
     assert torch.allclose(sord.loss(x, y).float(), L.SORDLoss(2.0, 4, torch.arange(4))(x, y).float())
+
+
+def test_sord_metric_changes_the_loss_and_each_equals_its_formula(batch):
+    """φ = |i − c|² (the paper's, the default) and |i − c|: target softmax(−α·φ), loss the CE to it."""
+    x, y = batch
+    grades = torch.arange(4).float()
+    losses = {}
+    for metric, phi in (("squared", lambda d: d**2), ("abs", lambda d: d)):
+        target = torch.softmax(-2.0 * phi((grades[None, :] - y[:, None].float()).abs()), 1)
+        expected = -(target * torch.log_softmax(x.float(), 1)).sum(1).mean()
+        losses[metric] = create_formulation("sord", {"alpha": 2.0, "metric": metric}).loss(x, y).float()
+        assert torch.allclose(losses[metric].float(), expected, atol=1e-6), metric
+    assert not torch.allclose(losses["squared"], losses["abs"])
+    assert torch.allclose(create_formulation("sord", {"alpha": 2.0}).loss(x, y).float(), losses["squared"])
+    with pytest.raises(BenchError, match="metric"):
+        create_formulation("sord", {"ftype": "square"})
+
+
+def test_soft_label_targets_are_unimodal_at_the_true_grade_or_refused():
+    from dlordinal.soft_labelling import get_poisson_soft_labels
+
+    from formulations.soft_labels import soft_targets
+
+    q = get_poisson_soft_labels(4)
+    assert np.argmax(q[0]) == 0 and q[0, 0] == pytest.approx(q[0, 1])  # dlordinal's own rows: a shared top
+    f = create_formulation("soft_labels", {"distribution": "poisson"})
+    t = soft_targets("poisson", f.options["eta"])
+    np.testing.assert_allclose(t, (1 - 0.85) * np.eye(4) + 0.85 * q)
+    for c in range(4):  # the default peaks strictly at the true grade and falls away from it
+        assert all(t[c, c] > t[c, j] for j in range(4) if j != c)
+        assert np.all(np.diff(t[c, : c + 1]) >= 0) and np.all(np.diff(t[c, c:]) <= 0)
+    with pytest.raises(BenchError, match="not unimodal at the true grade"):
+        create_formulation("soft_labels", {"distribution": "poisson", "eta": 1.0})
 
 
 def test_emd_wk_ecoc_clm_equal_dlordinal_or_their_formula(batch):
