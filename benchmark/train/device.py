@@ -38,6 +38,18 @@ class DevicePlan:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
+    def reset_peak_memory(self) -> None:
+        """Start a cell's peak-memory window: CUDA's peak is per process, so without a reset a small cell run after
+        a large one would report the large one's peak."""
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+
+    def peak_memory(self) -> int | None:
+        """The peak device memory allocated since `reset_peak_memory` (None on the CPU)."""
+        if self.device.type != "cuda":
+            return None
+        return int(torch.cuda.max_memory_allocated(self.device))
+
 
 AMP_MODES = ("auto", "bf16", "fp16", "off")
 
