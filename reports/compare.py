@@ -18,7 +18,19 @@ from benchmark.labels import CLASS_NAMES, GRADES
 
 from .load import Run
 from .stats import CORRECTIONS, TESTS, adjust, smallest_p, stars
-from .tables import Design, Options, Table, fmt, legend, protocol_notes, stars_allowed, transposed
+from .tables import (
+    IN_SAMPLE_MARK,
+    Design,
+    Options,
+    Table,
+    fmt,
+    in_sample,
+    legend,
+    mark_in_sample,
+    protocol_notes,
+    stars_allowed,
+    transposed,
+)
 
 AXES = ("formulations", "backbones")
 ROWS = [(name, str(k)) for k, name in zip(GRADES, CLASS_NAMES)] + [("macro", "macro")]
@@ -38,17 +50,22 @@ class Comparison:
     allowed: bool = True
     design: Design | None = None
     opts: Options | None = None
+    in_sample: list[str] = field(default_factory=list)  # compared formulations whose numbers here are in-sample
 
     def legend(self) -> str:
         assert self.opts is not None and self.design is not None
         m = len(self.p_adjusted)
+        family = f"the {{m}} comparisons of one family ({self.family_text()}; table and figure)"
         if self.reference is not None:
-            text = legend(self.opts, self.design, m)
-        else:
-            text = legend(self.opts, self.design, m, subject="Stars: every pair compared —").replace(
-                f" {self.opts.reference} on", " on", 1
-            )
-        return text.replace("comparisons of this table", "comparisons of this family (table and figure)")
+            return legend(self.opts, self.design, m, self.reference, family=family)
+        return legend(self.opts, self.design, m, None, subject="Stars: every pair compared ({paired})", family=family)
+
+    def family_text(self) -> str:
+        """Which comparisons are corrected together: every class × pair of one metric within one backbone (or
+        formulation) — a figure with several metric panels has one such family per panel."""
+        axis = "backbone" if self.axis == "formulations" else "formulation"
+        unit = "pair" if self.reference is None else "comparison"
+        return f"every class × {unit} of {self.metric} within {axis} {self.within}"
 
 
 def series(run: Run, axis: str, within: str, item: str, split: str, metric: str, cls: str) -> pd.Series:
@@ -79,6 +96,7 @@ def compare(
         pair_list = [(i, reference) for i in items if reference is not None and i != reference]
     design = Design.of(run, opts)
     cmp = Comparison(axis, within, items, metric, reference, pair_list, design=design, opts=opts)
+    cmp.in_sample = sorted(in_sample(run, opts.split) & set(items if axis == "formulations" else [within]))
     for _, cls in ROWS:
         for item in items:
             cmp.values[cls, item] = series(run, axis, within, item, opts.split, metric, cls)
@@ -124,12 +142,17 @@ def comparison_table(cmp: Comparison, run: Run, title: str | None = None) -> lis
         notes.append(f"No stars: the reference {cmp.opts.reference!r} is not in this run.")
     else:
         notes.append(cmp.legend())
+    split = cmp.opts.split
+    names = [mark_in_sample(run, split, it) for it in cmp.items] if cmp.axis == "formulations" else list(cmp.items)
+    title = title or f"Table 2 — per-class {label}, {cmp.within}"
+    if cmp.axis == "backbones" and cmp.within in in_sample(run, split):
+        title += IN_SAMPLE_MARK
     table = Table(
-        title or f"Table 2 — per-class {label}, {cmp.within}",
-        ["class"] + cmp.items,
+        title,
+        ["class"] + names,
         rows,
         bold,
-        notes + protocol_notes(run),
+        notes + protocol_notes(run, split),
         key="per_class",
     )
     tables = [transposed(table, cmp.axis[:-1]) if len(cmp.items) > 8 else table]
@@ -160,16 +183,30 @@ def comparison_table(cmp: Comparison, run: Run, title: str | None = None) -> lis
     return tables
 
 
-def figure_legend(cmp: Comparison) -> str:
-    """What the asterisks on a figure mean — or that none can be drawn at this n."""
+def figure_legend(cmp: Comparison, panels: int = 1) -> str:
+    """What the asterisks on a figure mean — or that none can be drawn at this n. With several metric panels,
+    each panel is its own correction family, and the legend says so."""
     assert cmp.opts is not None and cmp.design is not None
     m = len(cmp.p_adjusted)
     what = f"vs {cmp.reference}" if cmp.reference else "every pair"
+    axis = "backbone" if cmp.axis == "formulations" else "formulation"
+    if panels > 1:
+        family = (
+            f"{CORRECTIONS[cmp.opts.correction]} within each metric panel separately (a panel is one family: its "
+            f"{m} comparisons, every class × {'pair' if cmp.reference is None else 'comparison'} within {axis} "
+            f"{cmp.within})"
+        )
+    else:
+        family = f"{CORRECTIONS[cmp.opts.correction]} over {m} comparisons ({cmp.family_text()})"
     text = (
         f"* p < {cmp.opts.alpha:g}, ** p < {cmp.opts.alpha / 5:g}, *** p < {cmp.opts.alpha / 50:g} ({what}); "
-        f"{TESTS[cmp.design.test]}; pairing: {cmp.design.unit_text()}; {CORRECTIONS[cmp.opts.correction]} over "
-        f"{m} comparisons; α = {cmp.opts.alpha}"
+        f"{TESTS[cmp.design.test]}; pairing: {cmp.design.unit_text()}; {family}; α = {cmp.opts.alpha}"
     )
+    if cmp.in_sample:
+        text += (
+            f". ‡ IN-SAMPLE: the validation numbers of {', '.join(cmp.in_sample)} are partly in-sample (inverse-F1 "
+            "weights from the same validation fold); compare them on the held-out test set"
+        )
     if m and not cmp.allowed:
         text += (
             f". NO ASTERISKS CAN BE DRAWN: with n = {cmp.design.n_units} the smallest possible p is "

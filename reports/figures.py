@@ -10,7 +10,7 @@ import numpy as np
 from benchmark.labels import GRADES, NUM_CLASSES
 
 from .load import Run
-from .tables import CLASSES, Options, aligned, finetune_comparisons
+from .tables import CLASSES, Options, aligned, finetune_comparisons, mark_in_sample
 
 
 class Rendered(bytes):
@@ -122,7 +122,7 @@ def comparison_boxplots(
     axes[0][0].legend(fontsize=7, loc="lower left")
     what = "backbones" if axis == "backbones" else "formulations"
     fig.suptitle(f"Class-wise metrics over folds, {what} compared within {within}", y=1.0)
-    fig.text(0.5, -0.02, figure_legend(first), ha="center", va="top", fontsize=7, wrap=True)
+    fig.text(0.5, -0.02, figure_legend(first, len(comparisons)), ha="center", va="top", fontsize=7, wrap=True)
     fig.tight_layout()
     return _png(fig), comparisons, drawn
 
@@ -145,7 +145,10 @@ def finetune_change(run: Run, opts: Options) -> bytes | None:
                 )
                 diffs.append((y - x).mean() if len(x) else np.nan)
             ax.bar(
-                np.arange(NUM_CLASSES) + (j - (len(pairs) - 1) / 2) * width, diffs, width, label=f"{before} → {after}"
+                np.arange(NUM_CLASSES) + (j - (len(pairs) - 1) / 2) * width,
+                diffs,
+                width,
+                label=f"{before} → {mark_in_sample(run, opts.split, after)}",
             )
         ax.axhline(0, color="k", lw=0.8)
         ax.set_xticks(GRADES, CLASSES)
@@ -211,16 +214,18 @@ def confusion_matrices(run: Run, opts: Options, backbone: str) -> bytes:
 def cd_diagram(friedman_result) -> bytes:
     """scikit-posthocs' critical-difference diagram: mean ranks, with formulations that the Nemenyi post-hoc
     test cannot tell apart joined by a bar (a clique)."""
-    res, scores = friedman_result
+    res, scores, leaky = friedman_result
     plt = _plt()
     names = list(res.mean_ranks)
     fig, ax = plt.subplots(figsize=(8, 1.2 + 0.25 * len(names)), layout="constrained")
     draw_cd(ax, res, scores)
-    ax.set_title(
+    title = (
         f"Critical difference diagram: mean rank over {res.n_blocks} backbones (1 = best); bars join "
-        f"formulations the Nemenyi test cannot tell apart (α = 0.05, CD = {res.critical_difference:.2f})",
-        fontsize=8,
+        f"formulations the Nemenyi test cannot tell apart (α = {res.alpha:g}, CD = {res.critical_difference:.2f})"
     )
+    if leaky:
+        title += f"\n‡ in-sample validation numbers: {', '.join(leaky)} (inverse-F1 weights from the same fold)"
+    ax.set_title(title, fontsize=8)
     return _png(fig)
 
 
@@ -232,7 +237,9 @@ def draw_cd(ax, res, scores):
     from .stats import nemenyi_matrix
 
     names = list(res.mean_ranks)
-    return sp.critical_difference_diagram(pd.Series(res.mean_ranks), nemenyi_matrix(scores, names), ax=ax)
+    return sp.critical_difference_diagram(
+        pd.Series(res.mean_ranks), nemenyi_matrix(scores, names), ax=ax, alpha=res.alpha
+    )
 
 
 def training_curves(run: Run, backbone: str) -> bytes:

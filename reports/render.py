@@ -7,7 +7,7 @@ import gc
 import html
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,7 @@ from .tables import (
     test_ensemble,
     throughput,
 )
-from .views import Section, load_view
+from .views import Section, load_view, section_statistics
 
 
 @dataclass
@@ -116,12 +116,30 @@ def _build(run: Run, opts: Options, with_test=True) -> Report:
     tables: list[Table] = []
     figures: list[tuple[str, Callable[[], bytes | None]]] = []
     ctx: dict[str, Any] = {"with_test": with_test}
+    view_lines = []
     for section in view.sections:
-        SECTIONS[section.kind](run, opts, section, tables, figures, ctx)
+        settings = section_statistics(view, section, opts.explicit)
+        sopts = replace(opts, **settings) if settings else opts  # type: ignore[arg-type]
+        if settings:
+            source = section.statistics if section.statistics is not None else view.statistics
+            why = f" ({source.why})" if source is not None and source.why else ""
+            sdesign = Design.of(run, sopts)
+            line = (
+                f"set by the view{why}: {TESTS[sdesign.test]}; correction {CORRECTIONS[sopts.correction]}; "
+                f"α = {sopts.alpha}; split: {sdesign.split_text()}"
+            )
+            if line not in view_lines:
+                view_lines.append(line)
+            n_before = len(tables)
+            SECTIONS[section.kind](run, sopts, section, tables, figures, ctx)
+            for t in tables[n_before:]:
+                t.notes.append(f"Statistics {line}.")
+        else:
+            SECTIONS[section.kind](run, sopts, section, tables, figures, ctx)
     title = "mesbench report" if view.name == "default" else view.title
     return Report(
         f"{title} — {suite.name}",
-        header + [f"View: {view.name}"],
+        header + [f"View: {view.name}"] + [f"Statistics of some sections {line}" for line in view_lines],
         warnings,
         tables,
         friedman=ctx.get("friedman"),

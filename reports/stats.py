@@ -19,7 +19,7 @@ TESTS = {
     "wilcoxon": "Wilcoxon signed-rank test (paired, two-sided, exact)",
     "permutation": "exact paired permutation test (sign flips of the paired differences, two-sided)",
     "corrected-t": "corrected resampled t-test (paired, two-sided; Nadeau–Bengio, Bouckaert–Frank for repeats)",
-    "ranksum": "Wilcoxon rank-sum test (UNPAIRED, as in the study; ignores the fold pairing)",
+    "ranksum": "Wilcoxon rank-sum test (UNPAIRED, as in the study; ignores the fold pairing; exact at small n)",
 }
 CORRECTIONS = {"holm": "Holm", "fdr_bh": "Benjamini–Hochberg FDR", "bonferroni": "Bonferroni", "none": "none"}
 
@@ -42,10 +42,28 @@ def paired_test(a, b, test="wilcoxon", n_train=None, n_test=None) -> float:
     if test == "permutation":
         return sign_flip_p(d)
     if test == "ranksum":
-        return float(stats.ranksums(a, b).pvalue)
+        return rank_sum_p(a, b)
     if test == "corrected-t":
         return corrected_t(a, b, n_train, n_test)[1]
     raise ValueError(f"unknown test {test!r}")
+
+
+EXACT_RANKSUM_SPLITS = 4_000  # ties: enumerate the splits of the pooled values up to this many (7 vs 7)
+
+
+def rank_sum_p(a, b) -> float:
+    """Two-sided p of the unpaired Wilcoxon rank-sum (Mann–Whitney U) test, exact at small n, where the normal
+    approximation is far too liberal (0.0495 instead of 0.10 at 3 vs 3). Without ties scipy's exact null
+    distribution; with ties the permutation distribution of U (every split of the pooled values) while there
+    are at most EXACT_RANKSUM_SPLITS splits, else the tie-corrected normal approximation."""
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    pooled = np.concatenate([a, b])
+    if len(np.unique(pooled)) == len(pooled):
+        return float(stats.mannwhitneyu(a, b, alternative="two-sided", method="exact").pvalue)
+    if math.comb(len(pooled), len(a)) <= EXACT_RANKSUM_SPLITS:
+        method = stats.PermutationMethod(n_resamples=np.inf)
+        return float(stats.mannwhitneyu(a, b, alternative="two-sided", method=method).pvalue)
+    return float(stats.mannwhitneyu(a, b, alternative="two-sided", method="asymptotic").pvalue)
 
 
 def sign_flip_p(d) -> float:
@@ -90,7 +108,7 @@ def smallest_p(test: str, n: int) -> float:
     on the normality of n differences alone, so the same floor is used to decide whether stars may be
     drawn at all."""
     if test == "ranksum":
-        return float(stats.ranksums(np.arange(n) + n, np.arange(n)).pvalue)
+        return rank_sum_p(np.arange(n) + n, np.arange(n))  # complete separation: 2 / C(2n, n) when exact
     return 2.0 / 2**n
 
 
@@ -117,24 +135,28 @@ class FriedmanResult:
     n_blocks: int
     exact: bool = False  # p_value is the exact permutation p (small designs)
     note: str = ""
+    alpha: float = 0.05  # the level of the critical difference and of the diagram's cliques
 
 
 EXACT_FRIEDMAN_LIMIT = 200_000
 
 
 def friedman_exact_p(ranks: np.ndarray) -> float | None:
-    """Exact permutation p of the Friedman statistic: every assignment of within-block rank orders is
-    equally likely under H0. None when there are more than EXACT_FRIEDMAN_LIMIT assignments."""
+    """Exact permutation p of the Friedman statistic: under H0 each block's own ranks (ties included) are
+    equally likely in any order, independently of the other blocks. None when there are more than
+    EXACT_FRIEDMAN_LIMIT assignments."""
     import itertools
 
     n, k = ranks.shape
     if math.factorial(k) ** n > EXACT_FRIEDMAN_LIMIT:
         return None
-    perms = np.array([np.take(ranks[0], p) for p in itertools.permutations(range(k))])  # all orders of one block
     observed = _friedman_q(ranks.sum(0), n, k)
-    # the first block can be held fixed (relabelling treatments leaves the statistic's distribution unchanged)
+    # Blocks differ in their tie patterns, so every block permutes its own rank vector. The first block can be
+    # held fixed: applying one permutation of the treatments to every block leaves the statistic unchanged.
+    orders = list(itertools.permutations(range(k)))
     sums = ranks[0][None, :]
-    for _ in range(1, n):
+    for i in range(1, n):
+        perms = np.array([np.take(ranks[i], p) for p in orders])
         sums = (sums[:, None, :] + perms[None, :, :]).reshape(-1, k)
     q = _friedman_q(sums, n, k)
     return float(np.mean(q >= observed - 1e-9))
@@ -181,6 +203,7 @@ def friedman(scores: np.ndarray, names: list[str], alpha=0.05) -> FriedmanResult
         n,
         exact is not None,
         note.strip(),
+        alpha,
     )
 
 
@@ -218,21 +241,34 @@ def _confusion(y, p, k=4):
 
 
 def confusion_metrics(cm):
-    """accuracy, macro-F1, QWK, recall of MES 3 from confusion matrices (..., 4, 4)."""
+    """accuracy, macro-F1, QWK, recall of MES 3 from confusion matrices (..., 4, 4).
+
+    A grade with no true image in a (resampled) set has no defined recall or F1: macro-F1 averages over the
+    grades present (as scikit-learn's f1_score with labels=np.unique(y)), and MES 3 recall is NaN where no
+    MES 3 image is present — never a 0 that would drag a confidence interval down."""
     k = cm.shape[-1]
     total = cm.sum((-1, -2))
     diag = np.diagonal(cm, axis1=-2, axis2=-1)
     acc = diag.sum(-1) / total
     pred_n, true_n = cm.sum(-2), cm.sum(-1)
+    present = true_n > 0
     f1 = np.divide(2 * diag, pred_n + true_n, out=np.zeros_like(diag, dtype=float), where=(pred_n + true_n) > 0)
-    macro_f1 = f1.mean(-1)
+    n_present = present.sum(-1)
+    macro_f1 = np.divide(
+        np.where(present, f1, 0.0).sum(-1),
+        n_present,
+        out=np.full(np.shape(total), np.nan, dtype=float),
+        where=n_present > 0,
+    )
     i, j = np.meshgrid(np.arange(k), np.arange(k), indexing="ij")
     w = (i - j) ** 2 / (k - 1) ** 2
     expected = true_n[..., :, None] * pred_n[..., None, :] / total[..., None, None]
     num = (w * cm).sum((-1, -2))
     den = (w * expected).sum((-1, -2))
     qwk = 1 - np.divide(num, den, out=np.zeros_like(num, dtype=float), where=den > 0)
-    recall3 = np.divide(diag[..., 3], true_n[..., 3], out=np.zeros_like(total, dtype=float), where=true_n[..., 3] > 0)
+    recall3 = np.divide(
+        diag[..., 3], true_n[..., 3], out=np.full(np.shape(total), np.nan, dtype=float), where=true_n[..., 3] > 0
+    )
     return np.stack([acc, macro_f1, qwk, recall3])
 
 
@@ -248,12 +284,30 @@ def _weighted_confusion(y, p, weights, k=4):
     return counts.reshape(r, k, k)
 
 
-def cluster_bootstrap(y, preds: list, clusters, n_resamples=1000, seed=0, confidence=0.95):
+@dataclass
+class BootstrapResult:
+    """Point estimates and percentile CIs, each (len(preds), 2, n_metrics): [:, 0] the metric, [:, 1] its
+    difference to preds[0]. `undefined` counts, per entry, the resamples on which the statistic was undefined
+    (a grade absent from the resample) and that were left out of its CI."""
+
+    point: np.ndarray
+    low: np.ndarray
+    high: np.ndarray
+    undefined: np.ndarray
+    n_resamples: int
+
+    def __iter__(self):  # point, low, high = result
+        return iter((self.point, self.low, self.high))
+
+
+def cluster_bootstrap(y, preds: list, clusters, n_resamples=1000, seed=0, confidence=0.95) -> BootstrapResult:
     """Point estimates and percentile CIs of ENSEMBLE_METRICS for each prediction vector in `preds`, and of
     the difference of each to preds[0], all on the same resamples of clusters (patients): resampling
     patients, not images, because images of one patient are correlated. With every image its own
-    cluster this is the ordinary paired image bootstrap. Returns (point, low, high), each of shape
-    (len(preds), 2, n_metrics): [:, 0] the metric, [:, 1] its difference to preds[0]."""
+    cluster this is the ordinary paired image bootstrap. A resample on which a statistic is undefined (no
+    MES 3 image for MES 3 recall) is left out of that statistic's CI and counted, never scored as 0."""
+    import warnings
+
     y = np.asarray(y)
     codes, clusters = np.unique(np.asarray(clusters), return_inverse=True)
     n_clusters = len(codes)
@@ -269,17 +323,26 @@ def cluster_bootstrap(y, preds: list, clusters, n_resamples=1000, seed=0, confid
         return out[..., 0] if single else out
 
     point = statistic(np.arange(n_clusters))
-    res = stats.bootstrap(
-        (np.arange(n_clusters),),
-        statistic,
-        vectorized=True,
-        n_resamples=n_resamples,
-        method="percentile",
-        confidence_level=confidence,
-        random_state=np.random.default_rng(seed),
-        batch=200,
-    )
-    return point, res.confidence_interval.low, res.confidence_interval.high
+    with warnings.catch_warnings():  # scipy's own interval is NaN where a resample is undefined; recomputed below
+        warnings.simplefilter("ignore")
+        res = stats.bootstrap(
+            (np.arange(n_clusters),),
+            statistic,
+            vectorized=True,
+            n_resamples=n_resamples,
+            method="percentile",
+            confidence_level=confidence,
+            random_state=np.random.default_rng(seed),
+            batch=200,
+        )
+    dist = res.bootstrap_distribution
+    undefined = np.isnan(dist).sum(-1)
+    tail = (1 - confidence) / 2 * 100
+    with warnings.catch_warnings():  # an all-NaN slice (a grade absent everywhere) stays NaN, said by `undefined`
+        warnings.simplefilter("ignore", RuntimeWarning)
+        low = np.nanpercentile(dist, tail, axis=-1)
+        high = np.nanpercentile(dist, 100 - tail, axis=-1)
+    return BootstrapResult(point, low, high, undefined, n_resamples)
 
 
 def bootstrap_metrics(y, pred, n_resamples=1000, seed=0, confidence=0.95):

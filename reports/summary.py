@@ -5,6 +5,8 @@ from __future__ import annotations
 from rich.markup import escape
 from rich.table import Table
 
+from .tables import fmt
+
 
 def print_summary(run_dir, console, store=None):
     from .load import load_run
@@ -41,7 +43,7 @@ def print_summary(run_dir, console, store=None):
             row = [escape(b), escape(f), f"{n_done}/{len(cells)}"]
             for split, metric, cls in cols:
                 vals = run.series(b, f, split, "mes", metric, cls)
-                row.append("—" if vals.empty else f"{vals.mean():.3f}±{vals.std(ddof=1) if len(vals) > 1 else 0:.3f}")
+                row.append(fmt(vals))
             table.add_row(*row)
     console.print(table)
 

@@ -55,6 +55,7 @@ class Options:
     view: str = "default"  # a view name in reports/views/ or the path of a view YAML
     compare: str = "formulations"  # the axis of comparison sections: formulations or backbones
     pairs: str = "reference"  # compare each with the reference, or all pairs
+    explicit: frozenset[str] = frozenset()  # statistics fields given on the command line: a view never overrides them
 
 
 def resolve(run: Run, opts: Options) -> Options:
@@ -116,7 +117,7 @@ class Design:
         test = opts.test
         if test == "auto":
             test = "corrected-t" if monte_carlo else "wilcoxon"
-        if monte_carlo and test in ("wilcoxon", "permutation"):
+        if monte_carlo and test in ("wilcoxon", "permutation", "ranksum"):
             raise BenchError(
                 f"--test {test}: this run uses Monte-Carlo splits (protocol 'polat'), whose validation "
                 "sets overlap, so no set of them is independent and a rank or permutation test over "
@@ -137,8 +138,6 @@ class Design:
         if len(x) == 0:
             return np.array([]), np.array([]), None
         folds = x.index.get_level_values("fold").to_numpy()
-        if self.test == "ranksum":
-            return x.to_numpy(), y.to_numpy(), None
         if self.test == "corrected-t":
             a, b = x.groupby(level="fold").mean(), y.groupby(level="fold").mean()
             ratios = [self._ratio(int(f)) for f in a.index]
@@ -171,8 +170,6 @@ class Design:
 
     @property
     def n_units(self) -> int:
-        if self.test == "ranksum":
-            return self.k * self.repeats * self.seeds
         if self.test == "corrected-t":
             return self.k * self.repeats
         return self.k
@@ -184,7 +181,11 @@ class Design:
         if self.seeds > 1:
             extra.append(f"{self.seeds} seeds")
         if self.test == "ranksum":
-            return "none (unpaired: every fold value of every repeat and seed is one observation)"
+            per = f", each the mean over {' × '.join(extra)} of that fold index" if extra else ""
+            return (
+                f"none — unpaired: the two samples are the per-fold-index values of each side (n = {self.k} "
+                f"each{per}); the fold pairing is ignored"
+            )
         if self.test == "corrected-t":
             if self.monte_carlo:
                 return (
@@ -212,12 +213,22 @@ class Design:
         )
 
 
-def legend(opts: Options, design: Design, m: int, subject="Stars: paired comparison with") -> str:
-    """What a star means in this table, and when stars are impossible or unreliable at this n."""
+def legend(
+    opts: Options,
+    design: Design,
+    m: int,
+    reference: str | None,
+    subject="Stars: {paired} comparison with",
+    family="the {m} comparisons of this table",
+) -> str:
+    """What a star means in this table, and when stars are impossible or unreliable at this n. `reference` is
+    what the stars were computed against (None: every pair, or each row's own reference, said by `subject`)."""
+    subject = subject.format(paired="unpaired" if design.test == "ranksum" else "paired")
+    head = f"{subject} {reference}" if reference is not None else subject
     text = (
-        f"{subject} {opts.reference} on the {design.split_text()}. Pairing unit: {design.unit_text()}. "
-        f"Test: {TESTS[design.test]}; correction: {CORRECTIONS[opts.correction]} over the {m} comparisons of "
-        f"this table; α = {opts.alpha}; * p < {opts.alpha:g}, ** p < {opts.alpha / 5:g}, "
+        f"{head} on the {design.split_text()}. Pairing unit: {design.unit_text()}. "
+        f"Test: {TESTS[design.test]}; correction: {CORRECTIONS[opts.correction]} over "
+        f"{family.format(m=m)}; α = {opts.alpha}; * p < {opts.alpha:g}, ** p < {opts.alpha / 5:g}, "
         f"*** p < {opts.alpha / 50:g}."
     )
     if m and not stars_allowed(opts, design, m):
@@ -245,16 +256,43 @@ def stars_allowed(opts: Options, design: Design, m: int) -> bool:
     return significance_possible(design.test, design.n_units, m, opts.correction, opts.alpha)
 
 
-def protocol_notes(run: Run) -> list[str]:
-    """In-sample status and provenance: cross-fitted decoding, tuned formulations."""
+IN_SAMPLE_MARK = " ‡"
+
+
+def in_sample(run: Run, split: str) -> set[str]:
+    """Formulations whose numbers on this split are partly in-sample: a fine-tuning stage whose class weights
+    come from the stage-1 model's F1 on the validation fold is then scored on that same fold."""
+    if split != "val":
+        return set()
+    return {f.display for f in run.suite.formulations if f.finetune == "inverse_f1"}
+
+
+def mark_in_sample(run: Run, split: str, name: str) -> str:
+    """A formulation's name, with ‡ where its numbers on this split are partly in-sample."""
+    return name + IN_SAMPLE_MARK if name in in_sample(run, split) else name
+
+
+def protocol_notes(run: Run, split: str = "val") -> list[str]:
+    """In-sample status and provenance: cross-fitted decoding, in-sample fine-tuning weights, tuned formulations."""
     notes = []
     fitted = [f.display for f in run.suite.formulations if run.fits_decoding(f.display)]
+    leaky = sorted(in_sample(run, split))
     if fitted:
         notes.append(
-            f"No number is in-sample. Fitted decoding ({', '.join(fitted)}): validation metrics are "
+            f"Fitted decoding ({', '.join(fitted)}): validation metrics are "
             "cross-fitted (parameters fitted on one half of the fold's validation images, scored on the "
             "other, and swapped; halves stratified and patient-grouped where the protocol groups); the test "
             "set is decoded with the parameters fitted on the whole validation fold."
+        )
+    if leaky:
+        notes.append(
+            f"‡ IN-SAMPLE: the validation numbers of {', '.join(leaky)} are partly in-sample — the inverse-F1 class "
+            "weights of its fine-tuning stage come from the stage-1 model's F1 on the same validation fold they "
+            "are then scored on. Compare them on the held-out test set (--split test, Table 5), where they are not."
+        )
+    else:
+        notes.append(
+            "No number is in-sample" + (" (the fitted decoding is cross-fitted, as above)." if fitted else ".")
         )
     for f in run.suite.formulations:
         if f.tuned:
@@ -325,7 +363,8 @@ def cv_summary(
             flag = _incomplete(run, b, f)
             marked |= flag
             rows.append(
-                [b, f + (" †" if flag else "")] + [fmt(run.series(b, f, opts.split, t, m, c)) for _, t, m, c in columns]
+                [b, mark_in_sample(run, opts.split, f) + (" †" if flag else "")]
+                + [fmt(run.series(b, f, opts.split, t, m, c)) for _, t, m, c in columns]
             )
     where = (
         "validation folds (each fold's model on its validation part)"
@@ -334,7 +373,7 @@ def cv_summary(
     )
     notes = [
         f"Mean ± sd over the {where}; {run.meta.get('n_folds')} resamples × {len(run.suite.training.seeds)} seed(s)."
-    ] + protocol_notes(run)
+    ] + protocol_notes(run, opts.split)
     if opts.summary == "ordinal":
         notes.append(
             "Ordinal view: MAE, AMAE (mean over grades of the per-grade MAE), MMAE (their maximum), RPS (ranked "
@@ -382,7 +421,10 @@ def mtl_tasks(run: Run, opts: Options, items: list[str] | None = None, title: st
     rows = []
     for b in run.backbones:
         for f in forms:
-            rows.append([b, f] + [fmt(run.series(b, f, opts.split, t, "accuracy")) for t in list(tasks) + ["mes"]])
+            rows.append(
+                [b, mark_in_sample(run, opts.split, f)]
+                + [fmt(run.series(b, f, opts.split, t, "accuracy")) for t in list(tasks) + ["mes"]]
+            )
     return Table(
         title or "Table 3 — per-task accuracy of the multi-task formulations",
         ["backbone", "formulation"] + [f"{t} ({' vs '.join(c)})" for t, c in tasks.items()] + ["4-class MES"],
@@ -390,7 +432,8 @@ def mtl_tasks(run: Run, opts: Options, items: list[str] | None = None, title: st
         notes=[
             "Each task's accuracy on the images that belong to that task only (sub-task labels −1 "
             f"excluded); mean ± sd over the {Design.of(run, opts).split_text()}."
-        ],
+        ]
+        + protocol_notes(run, opts.split),
         key="mtl_tasks",
     )
 
@@ -422,7 +465,7 @@ def finetune_effect(run: Run, opts: Options) -> Table | None:
     for b in run.backbones:
         for before, after, what in pairs:
             for k, cls in enumerate(CLASSES):
-                row = [b, f"{before} → {after}", what, cls]
+                row = [b, f"{before} → {mark_in_sample(run, opts.split, after)}", what, cls]
                 for metric in ("f1", "recall", "precision"):
                     x, y = aligned(
                         run.series(b, before, opts.split, "mes", metric, str(k)),
@@ -456,9 +499,11 @@ def finetune_effect(run: Run, opts: Options) -> Table | None:
             opts,
             design,
             len(valid),
-            subject="p (ΔF1): paired comparison of after with before (the 'reference' of each row) —",
-        ).replace(f" {opts.reference} on", " on", 1),
+            None,
+            subject="p (ΔF1): {paired} comparison of after with before (the 'reference' of each row)",
+        ),
     ]
+    notes += [n for n in protocol_notes(run, opts.split) if n.startswith("‡")]
     if not any(f.finetune == "plain" for f in run.suite.formulations):
         notes.append(
             "No `+ft` control in this suite: '+f1 vs stage 1' mixes re-weighting with extra training. Add "
@@ -561,6 +606,7 @@ def test_ensemble(run: Run, opts: Options, preds: pd.DataFrame) -> Table | None:
     groups = run.meta.get("test_groups") or {}
     clustered = bool(groups)
     rows = []
+    dropped: dict[str, int] = {}  # metric -> most resamples on which it was undefined (a grade absent)
     ref_name = opts.reference if opts.reference in run.formulations else None
     for b in run.backbones:
         ref = ensemble(run, tp, b, ref_name) if ref_name else None
@@ -578,8 +624,12 @@ def test_ensemble(run: Run, opts: Options, preds: pd.DataFrame) -> Table | None:
             else:
                 common, yc, preds_list = codes, y, [pred]
             clusters = [groups.get(i, i) for i in tp.image_ids[common]] if clustered else np.arange(len(common))
-            point, lo, hi = cluster_bootstrap(yc, preds_list, clusters, opts.n_resamples)
+            boot = cluster_bootstrap(yc, preds_list, clusters, opts.n_resamples)
+            point, lo, hi = boot
             me = len(preds_list) - 1
+            for i, name in enumerate(ENSEMBLE_METRICS):
+                if boot.undefined[me, 0, i]:
+                    dropped[name] = max(dropped.get(name, 0), int(boot.undefined[me, 0, i]))
             row += [
                 f"{point[me, 0, i]:.3f} [{lo[me, 0, i]:.3f}, {hi[me, 0, i]:.3f}]" for i in range(len(ENSEMBLE_METRICS))
             ]
@@ -621,7 +671,11 @@ def test_ensemble(run: Run, opts: Options, preds: pd.DataFrame) -> Table | None:
         f"Held-out test set; ensemble = the fold models (column 'models') combined and decoded by each "
         f"formulation's own rule — {rules}.",
         ci,
-    ] + protocol_notes(run)
+    ]
+    notes += undefined_notes(dropped, opts.n_resamples, "patient" if clustered else "image")
+    if clustered:
+        notes += few_patient_notes(tp, groups)
+    notes += protocol_notes(run, "test")
     columns = (
         ["backbone", "formulation", "models"]
         + ENSEMBLE_METRICS
@@ -630,6 +684,36 @@ def test_ensemble(run: Run, opts: Options, preds: pd.DataFrame) -> Table | None:
     if not clustered:
         columns.append(f"McNemar vs {opts.reference} (b/c, exact p)")
     return Table("Table 5 — held-out test set, fold-ensemble", columns, rows, notes=notes, key="test")
+
+
+MIN_PATIENTS_PER_GRADE = 5
+
+
+def undefined_notes(dropped: dict[str, int], n_resamples: int, unit: str) -> list[str]:
+    """Say which statistics were undefined on some resamples and left out of their CI there."""
+    if not dropped:
+        return []
+    parts = [f"{name}: up to {n} of {n_resamples}" for name, n in dropped.items()]
+    return [
+        f"Some {unit} resamples contain no image of a grade, on which that grade's recall and F1 are undefined: "
+        "those resamples are left out of the statistic's CI (not scored as 0), and macro-F1 averages over the "
+        f"grades present in each resample. Resamples left out — {'; '.join(parts)}."
+    ]
+
+
+def few_patient_notes(tp: FoldPredictions, groups: dict) -> list[str]:
+    """Warn where a grade's test images come from so few patients that a patient-level CI is fragile."""
+    notes = []
+    for k, cls in enumerate(CLASSES):
+        ids = tp.image_ids[tp.y_by_image == k]
+        n = len({groups.get(i, i) for i in ids})
+        if 0 < n < MIN_PATIENTS_PER_GRADE:
+            notes.append(
+                f"WARNING: the {len(ids)} test images of {cls} come from only {n} patient(s) (fewer than "
+                f"{MIN_PATIENTS_PER_GRADE}): every statistic of {cls} rests on {n} patient(s), and its interval "
+                "says little."
+            )
+    return notes
 
 
 # ---------------------------------------------------------------------------- ranking over blocks
@@ -671,7 +755,9 @@ def friedman_table(run: Run, opts: Options) -> tuple[Table | None, object]:
     per_block = {b: rankdata(-scores[i]) for i, b in enumerate(bbs)}
     for f in sorted(forms, key=lambda f: res.mean_ranks[f]):
         j = forms.index(f)
-        rank_rows.append([f, f"{res.mean_ranks[f]:.2f}"] + [f"{per_block[b][j]:g}" for b in bbs])
+        rank_rows.append(
+            [mark_in_sample(run, opts.split, f), f"{res.mean_ranks[f]:.2f}"] + [f"{per_block[b][j]:g}" for b in bbs]
+        )
     id_text = (
         "Iman–Davenport F undefined"
         if np.isnan(res.iman_davenport_f)
@@ -684,14 +770,14 @@ def friedman_table(run: Run, opts: Options) -> tuple[Table | None, object]:
         f"{', exact' if res.exact else ', χ² approximation'}); {id_text}; Nemenyi critical difference CD = "
         f"{res.critical_difference:.3f} at α = {opts.alpha} — formulations whose mean ranks differ by less than "
         "CD are not distinguishable." + (f" {res.note}" if res.note else "")
-    ]
+    ] + [n for n in protocol_notes(run, opts.split) if n.startswith("‡")]
     return Table(
         "Table 6 — Friedman / Nemenyi ranking of formulations",
         ["formulation", "mean rank"] + bbs,
         rank_rows,
         notes=notes,
         key="friedman",
-    ), (res, scores)
+    ), (res, scores, sorted(in_sample(run, opts.split) & set(forms)))
 
 
 def throughput(run: Run, opts: Options) -> Table | None:
@@ -710,6 +796,7 @@ def throughput(run: Run, opts: Options) -> Table | None:
             train = [r.timings.get("train_images_per_s") or 0.0 for r in results]
             evals = [r.timings.get("eval_images_per_s") or 0.0 for r in results]
             peaks = [int(r.timings["peak_memory_bytes"]) for r in results if r.timings.get("peak_memory_bytes")]
+            fits = [r.timings["fit_seconds"] for r in results if r.timings.get("fit_seconds") is not None]
             first = results[0]
             rows.append(
                 [
@@ -721,6 +808,7 @@ def throughput(run: Run, opts: Options) -> Table | None:
                     "yes" if first.deterministic else "no",
                     f"{np.median(train):,.1f}",
                     f"{np.median(evals):,.1f}",
+                    (f"{np.median(fits):.2f}" if any(fits) else "0") if fits else "—",
                     f"{max(peaks) / 2**20:,.0f}" if peaks else "—",
                 ]
             )
@@ -737,13 +825,17 @@ def throughput(run: Run, opts: Options) -> Table | None:
             "deterministic",
             "train images/s",
             "eval images/s",
+            "decoding fit (s)",
             "peak device memory (MiB)",
         ],
         rows,
         notes=[
-            "Median over the cells of each row; training rate over each epoch's training pass, evaluation "
-            "rate over validation + test inference of the best epoch; peak memory is CUDA's "
-            "max_memory_allocated (— on the CPU)."
+            "Median over the cells of each row; training rate over each epoch's training pass; evaluation rate "
+            "over the model's inference on the validation and test images of the best epoch alone (loading the "
+            "checkpoint and fitting the decoding are not in it); decoding fit: seconds spent fitting decoding "
+            "parameters such as cut points, cross-fitting included (0 for formulations without fitted decoding; "
+            "— for runs recorded before it was measured); peak memory is CUDA's max_memory_allocated since the "
+            "cell started (— on the CPU)."
         ],
         key="throughput",
     )

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from benchmark.errors import BenchError, closest
 
@@ -33,9 +33,22 @@ SectionKind = Literal[
 SECTION_KINDS = get_args(SectionKind)
 
 
+class Statistics(BaseModel):
+    """How a view (or one of its sections) tests, as the paper it reproduces did. A flag given on the command
+    line (`--test`, `--correction`, `--split`, `--alpha`) still wins, so every option changes what it says."""
+
+    model_config = ConfigDict(extra="forbid")
+    test: Literal["auto", "wilcoxon", "permutation", "corrected-t", "ranksum"] | None = None
+    correction: Literal["holm", "fdr_bh", "bonferroni", "none"] | None = None
+    split: Literal["val", "test"] | None = None
+    alpha: float | None = Field(None, gt=0, lt=1, allow_inf_nan=False)
+    why: str | None = None  # printed with the settings, e.g. "as in the study"
+
+
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
     kind: SectionKind
+    statistics: Statistics | None = None  # this section's own; else the view's
     title: str | None = None
     compare: Literal["formulations", "backbones"] | None = None  # None: --compare (default formulations)
     within: list[str] | None = None  # the fixed backbones / formulations; None: the default one
@@ -51,6 +64,7 @@ class View(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str
     title: str = "mesbench report"
+    statistics: Statistics | None = None  # every section's, unless a section sets its own
     sections: list[Section]
 
 
@@ -76,3 +90,20 @@ def load_view(name_or_path: str) -> View:
     except ValidationError as exc:
         msgs = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
         raise BenchError(f"view {path}: " + "; ".join(msgs) + f". Section kinds: {', '.join(SECTION_KINDS)}.") from None
+
+
+STAT_FIELDS = ("test", "correction", "split", "alpha")
+
+
+def section_statistics(view: View, section: Section, explicit: frozenset[str]) -> dict[str, object]:
+    """The statistics settings a section runs with beyond the command line's: its own, else the view's, for every
+    field the user did not give on the command line."""
+    out: dict[str, object] = {}
+    for source in (view.statistics, section.statistics):
+        if source is None:
+            continue
+        for name in STAT_FIELDS:
+            value = getattr(source, name)
+            if value is not None and name not in explicit:
+                out[name] = value
+    return out

@@ -27,7 +27,8 @@ B = np.array([0.68, 0.70, 0.70, 0.71, 0.69, 0.66, 0.72, 0.70, 0.71, 0.69])
 
 def test_wilcoxon_and_ranksum_equal_scipy():
     assert paired_test(A, B, "wilcoxon") == pytest.approx(stats.wilcoxon(A, B).pvalue)
-    assert paired_test(A, B, "ranksum") == pytest.approx(stats.ranksums(A, B).pvalue)
+    # 10 vs 10 with ties: past the exact enumeration, scipy's tie-corrected normal approximation
+    assert paired_test(A, B, "ranksum") == pytest.approx(stats.mannwhitneyu(A, B, method="asymptotic").pvalue)
 
 
 def test_ties_and_all_zero_differences_mean_no_difference():

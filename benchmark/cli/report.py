@@ -27,13 +27,17 @@ def cmd_report(args):
         )
     if args.backbone:
         require_in_run("--backbone", args.backbone, run.backbones)
+    if args.alpha is not None and not 0 < args.alpha < 1:
+        raise BenchError(f"--alpha {args.alpha}: a significance level between 0 and 1, e.g. 0.05 or 0.1.")
+    given = {name: getattr(args, name) for name in ("split", "test", "correction", "alpha")}
     opts = Options(
-        split=args.split,
+        split=args.split or "val",
         backbone=args.backbone,
         reference=args.reference,
-        test=args.test,
-        correction=args.correction,
-        alpha=args.alpha,
+        test=args.test or "auto",
+        correction=args.correction or "holm",
+        alpha=0.05 if args.alpha is None else args.alpha,
+        explicit=frozenset(name for name, value in given.items() if value is not None),
         metric=args.metric,
         summary=args.summary,
         view=args.view,
@@ -98,8 +102,7 @@ def _add_report(sub):
     r.add_argument(
         "--split",
         choices=["val", "test"],
-        default="val",
-        help="validation folds (default) or the held-out test set, each fold's model",
+        help="validation folds (default) or the held-out test set, each fold's model (overrides a view's split)",
     )
     r.add_argument("--backbone", help="backbone of Table 2 (default: densenet121 if present, else the first)")
     r.add_argument(
@@ -110,17 +113,15 @@ def _add_report(sub):
     r.add_argument(
         "--test",
         choices=["auto", "wilcoxon", "permutation", "corrected-t", "ranksum"],
-        default="auto",
-        help="paired test across folds (auto: Wilcoxon signed-rank for k-fold designs, corrected t for "
-        "Monte-Carlo splits)",
+        help="test across folds (auto, the default: Wilcoxon signed-rank for k-fold designs, corrected t for "
+        "Monte-Carlo splits; overrides a view's test)",
     )
     r.add_argument(
         "--correction",
         choices=["holm", "fdr_bh", "bonferroni", "none"],
-        default="holm",
-        help="multiple-comparison correction (statsmodels multipletests)",
+        help="multiple-comparison correction (statsmodels multipletests; default holm; overrides a view's)",
     )
-    r.add_argument("--alpha", type=float, default=0.05, help="significance level of the stars")
+    r.add_argument("--alpha", type=float, help="significance level of the stars (default 0.05; overrides a view's)")
     r.add_argument(
         "--metric",
         default="f1",
