@@ -3,6 +3,8 @@ TensorBoard's event accumulator."""
 
 import json
 
+import pytest
+
 from benchmark.cli import main
 
 
@@ -65,3 +67,69 @@ def test_mlflow_defaults_to_a_local_mlruns_folder(make_suite, tmp_path, monkeypa
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("local").experiment_id])
     assert len(runs) == 2  # the suite's run and its one cell
+
+
+def test_a_tracker_that_fails_mid_run_is_switched_off_and_training_goes_on(make_suite, tmp_path, monkeypatch, capsys):
+    """The audit killed the MLflow server after the first cell: 5 of 6 cells were marked failed."""
+    from benchmark.run import tracking
+
+    class Flaky:
+        def __init__(self):
+            self.cells = 0
+
+        def start_suite(self, suite, out_dir): ...
+
+        def start_cell(self, cell, params):
+            self.cells += 1
+            if self.cells > 1:
+                raise ConnectionError("runs/create: connection refused")
+
+        def epoch(self, row): ...
+
+        def end_cell(self, cell, result, outcome): ...
+
+        def close(self): ...
+
+    flaky = Flaky()
+    monkeypatch.setattr(tracking, "TensorBoardTracker", lambda out_dir: flaky)
+    suite = make_suite(name="outage", formulations=["softmax", "coral", "corn"])
+    assert main(["run", str(suite), "--out", str(tmp_path / "run"), "--quiet", "--log", "tensorboard"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("tracking is off for the rest of this run") == 1 and "ConnectionError" in err
+    from benchmark.run.store import Store
+
+    rows = Store(tmp_path / "run", create=False).cell_rows()
+    assert len(rows) == 6 and all(r["status"] == "done" for r in rows)
+
+
+def test_an_unreachable_tracking_server_warns_once_and_keeps_every_result(make_suite, tmp_path, capsys):
+    suite = make_suite(name="down")
+    log = "mlflow=http://127.0.0.1:1"
+    assert main(["run", str(suite), "--out", str(tmp_path / "run"), "--quiet", "--log", log]) == 0
+    assert capsys.readouterr().err.count("tracking is off") == 1
+
+
+@pytest.mark.parametrize("uri", ["garbage://x", "runs/mlflow", "://", "sqlite:"])
+def test_a_tracking_uri_mlflow_cannot_use_is_refused_before_training(make_suite, tmp_path, capsys, uri):
+    suite = make_suite(name="baduri")
+    assert main(["run", str(suite), "--out", str(tmp_path / "run"), "--quiet", "--log", f"mlflow={uri}"]) == 2
+    err = capsys.readouterr().err
+    assert "is not an MLflow tracking URI" in err and "internal error" not in err
+    assert not (tmp_path / "run" / "results.db").exists()
+
+
+def test_mlflow_artifacts_of_a_sqlite_store_land_beside_it_not_in_the_working_directory(make_suite, tmp_path):
+    import os
+
+    suite = make_suite(name="art")
+    before = set(os.listdir("."))
+    uri = f"sqlite:///{tmp_path / 'db' / 'mlflow.db'}"
+    (tmp_path / "db").mkdir()
+    assert (
+        main(
+            ["run", str(suite), "--out", str(tmp_path / "run"), "--quiet", "--only", "fold=0", "--log", f"mlflow={uri}"]
+        )
+        == 0
+    )
+    assert set(os.listdir(".")) == before  # nothing new in the directory the tests run from
+    assert list((tmp_path / "db" / "artifacts").rglob("confusion.json"))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -39,12 +40,19 @@ class MLflowTracker:
         except ImportError:
             raise BenchError("--log mlflow needs MLflow: pip install 'mesbench[mlflow]'.") from None
         self.mlflow = mlflow
+        # A tracking server that is down must not hold training up for minutes of retries.
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
         # default: ./mlruns, as a SQLite store with its artifacts beside it (MLflow 3 retired the plain file store)
         local = Path.cwd() / "mlruns"
         self.artifacts = (local / "artifacts").as_uri() if uri is None else None
         if uri is None:
             local.mkdir(exist_ok=True)
             uri = f"sqlite:///{local / 'mlflow.db'}"
+        elif uri.startswith("sqlite:///"):
+            # MLflow would put a SQLite store's artifacts under ./mlruns of whatever directory it runs in;
+            # they belong beside the database the user named.
+            self.artifacts = (Path(uri.removeprefix("sqlite:///")).resolve().parent / "artifacts").as_uri()
         elif uri.startswith("file:"):
             os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")  # the user asked for a file store
         self.uri = uri
@@ -128,15 +136,68 @@ class TensorBoardTracker:
             self.writer.close()
 
 
+class BestEffort:
+    """Tracking mirrors the results store, so it must never fail the training: the first error of a tracker is
+    reported once, with what was kept, and that tracker is switched off for the rest of the run."""
+
+    def __init__(self, tracker, spec: str, warn=None):
+        self.tracker, self.spec, self.failed = tracker, spec, False
+        self.warn = warn or (lambda text: print(text, file=sys.stderr, flush=True))
+
+    def _call(self, name: str, *args):
+        if self.failed:
+            return
+        try:
+            getattr(self.tracker, name)(*args)
+        except Exception as exc:  # any tracker error: the cell's results are already in the store
+            self.failed = True
+            first = (str(exc).splitlines() or [""])[0][:300]
+            self.warn(
+                f"warning: --log {self.spec} failed ({type(exc).__name__}: {first}); tracking is off for the rest of "
+                "this run, training goes on and every result is kept in the results store (`bench report`)."
+            )
+
+    def start_suite(self, suite, out_dir: Path):
+        self._call("start_suite", suite, out_dir)
+
+    def start_cell(self, cell, params: dict):
+        self._call("start_cell", cell, params)
+
+    def epoch(self, row: dict):
+        self._call("epoch", row)
+
+    def end_cell(self, cell, result: CellResult | None, outcome: str):
+        self._call("end_cell", cell, result, outcome)
+
+    def close(self):
+        self._call("close")
+
+
+MLFLOW_SCHEMES = ("http", "https", "file", "sqlite", "postgresql", "mysql", "mssql", "databricks")
+
+
+def check_mlflow_uri(uri: str, spec: str) -> None:
+    """Refuse a tracking URI MLflow cannot use before anything trains, with the forms it takes."""
+    scheme = uri.partition(":")[0].split("+")[0].lower() if ":" in uri else ""
+    if scheme not in MLFLOW_SCHEMES or uri.partition(":")[2] in ("", "//"):
+        raise BenchError(
+            f"--log {spec!r}: {uri!r} is not an MLflow tracking URI. Use a server (mlflow=http://host:5000), a local "
+            "database (mlflow=sqlite:///abs/path/mlflow.db), a folder (mlflow=file:///abs/path/mlruns), or plain "
+            "--log mlflow for ./mlruns."
+        )
+
+
 def make_trackers(specs: list[str], out_dir: Path) -> list:
-    """`mlflow`, `mlflow=URI` or `tensorboard`, as given to `--log`."""
+    """`mlflow`, `mlflow=URI` or `tensorboard`, as given to `--log`; each best-effort once running."""
     trackers: list[Any] = []
     for spec in specs:
         kind, _, arg = spec.partition("=")
         if kind == "mlflow":
-            trackers.append(MLflowTracker(arg or None, out_dir))
+            if arg:
+                check_mlflow_uri(arg, spec)
+            trackers.append(BestEffort(MLflowTracker(arg or None, out_dir), spec))
         elif kind == "tensorboard":
-            trackers.append(TensorBoardTracker(out_dir))
+            trackers.append(BestEffort(TensorBoardTracker(out_dir), spec))
         else:
             raise BenchError(f"--log {spec!r}: use mlflow, mlflow=URI or tensorboard.")
     return trackers
