@@ -86,7 +86,11 @@ def read_baseline(path) -> tuple[pd.DataFrame, dict[str, float]]:
             f"{path}: not a text file, so not a baseline (a CSV with columns {','.join(KEY + ['value'])}). {remake}"
         ) from None
     tolerances = {}
-    for line in text.splitlines():
+    # Only the leading lines are comments: a '#' later belongs to a value (a label such as "mtl #2").
+    lines = text.splitlines(keepends=True)
+    n_header = next((i for i, line in enumerate(lines) if not line.startswith("#")), len(lines))
+    header, text = lines[:n_header], "".join(lines[n_header:])
+    for line in header:
         m = re.match(r"#\s*tolerance:\s*(.*)", line)
         if m:
             for item in m.group(1).split():
@@ -96,7 +100,7 @@ def read_baseline(path) -> tuple[pd.DataFrame, dict[str, float]]:
                 except ValueError:
                     raise BenchError(f"{path}: tolerance {item!r} is not name=number.") from None
     try:
-        df = pd.read_csv(io.StringIO(text), comment="#", dtype={"cls": str, "backbone": str, "formulation": str})
+        df = pd.read_csv(io.StringIO(text), dtype={"cls": str, "backbone": str, "formulation": str})
     except pd.errors.EmptyDataError:
         raise BenchError(f"{path}: the baseline is empty (no header, no values). {remake}") from None
     except (pd.errors.ParserError, ValueError) as exc:

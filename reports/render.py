@@ -419,27 +419,40 @@ def figure_links(run: Run, rep: Report, relative_to: Path) -> list[tuple[str, st
 # ---------------------------------------------------------------------------- markdown
 
 
+def _md(text) -> str:
+    """Text as Markdown that renders as written and runs nothing: HTML escaped (Markdown passes raw HTML through),
+    line breaks folded (a newline would end a table row or a paragraph)."""
+    text = html.escape(str(text), quote=False)
+    return " ".join(text.replace("\r", "\n").split("\n"))
+
+
 def _md_cell(text, bold):
-    text = str(text).replace("|", "\\|")
+    text = _md(text).replace("|", "\\|")
     return f"**{text}**" if bold else text
 
 
 def to_markdown(rep: Report, figure_links: list[tuple[str, str]] | None = None) -> str:
-    out = [f"# {rep.title}", ""]
+    out = [f"# {_md(rep.title)}", ""]
     for w in rep.warnings:
-        out += [f"> **⚠ {w}**", ""]
-    out += [f"- {h}" for h in rep.header] + [""]
+        out += [f"> **⚠ {_md(w)}**", ""]
+    out += [f"- {_md(h)}" for h in rep.header] + [""]
     for t in rep.tables:
-        out += [f"## {t.title}", "", "| " + " | ".join(t.columns) + " |", "|" + "---|" * len(t.columns)]
+        out += [
+            f"## {_md(t.title)}",
+            "",
+            "| " + " | ".join(_md_cell(c, False) for c in t.columns) + " |",
+            "|" + "---|" * len(t.columns),
+        ]
         for i, row in enumerate(t.rows):
             out.append("| " + " | ".join(_md_cell(c, (i, j) in t.bold) for j, c in enumerate(row)) + " |")
         out.append("")
-        out += [f"_{n}_" for n in t.notes]
+        out += [f"_{_md(n)}_" for n in t.notes]
         out.append("")
     if figure_links:
         out += ["## Figures", ""]
         for name, path in figure_links:
-            out += [f"![{name}]({path})", ""]
+            label = _md(name).replace("[", "\\[").replace("]", "\\]")
+            out += [f"![{label}](<{path}>)", ""]
     return "\n".join(out)
 
 
@@ -588,7 +601,22 @@ def to_html(rep: Report) -> str:
     return "\n".join(out)
 
 
+CSV_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_safe(value):
+    """A text cell a spreadsheet will not run as a formula (OWASP's CSV injection advice: prefix a quote)."""
+    if isinstance(value, str) and value.startswith(CSV_FORMULA_START):
+        return "'" + value
+    return value
+
+
 def to_csv(run: Run) -> str:
+    import pandas as pd
+
     long = run.long[LONG_COLUMNS].sort_values(LONG_COLUMNS[:-1])
     long = long.assign(value=np.round(long.value, 6))
+    for col in long.columns:
+        if not pd.api.types.is_numeric_dtype(long[col]):
+            long[col] = long[col].astype(object).map(csv_safe)
     return long.to_csv(index=False)

@@ -110,6 +110,11 @@ class FormulationConfig(Strict):
     options_by_fold: dict[int, dict[str, Any]] = Field(default_factory=dict)
     tuned: str | None = None  # where tuned options came from, shown in report notes
 
+    @field_validator("label")
+    @classmethod
+    def _printable_label(cls, v: str | None) -> str | None:
+        return None if v is None else printable("label", v)
+
     @model_validator(mode="after")
     def _known_and_valid(self) -> FormulationConfig:
         from formulations import formulation_class
@@ -155,6 +160,7 @@ class Suite(Strict):
     @classmethod
     def _one_path_component(cls, v: str) -> str:
         # The name becomes runs/<name>: anything that is not one plain folder name would write elsewhere.
+        printable("name", v)
         if v in (".", "..") or any(c in v for c in "/\\") or v != v.strip() or "\x00" in v:
             raise ValueError(
                 f"the suite name becomes the folder runs/<name>, so it must be one plain folder name "
@@ -178,11 +184,29 @@ class Suite(Strict):
             raise ValueError("backbones: the suite lists no backbone")
         if not self.formulations:
             raise ValueError("formulations: the suite lists no formulation")
+        names = [b.name for b in self.backbones]
+        twice = sorted({x for x in names if names.count(x) > 1})
+        if twice:
+            raise ValueError(f"backbones: {twice} listed twice; each backbone is one row of every table, list it once")
         labels = [f.display for f in self.formulations]
         dup = {x for x in labels if labels.count(x) > 1}
         if dup:
             raise ValueError(f"formulations: {sorted(dup)} listed twice; give one a distinct 'label'")
         return self
+
+
+def printable(what: str, v: str) -> str:
+    """Names and labels end up in table cells, headings, file names and CSV files: no control characters (a newline
+    or tab would break a Markdown table or a baseline line)."""
+    import unicodedata
+
+    bad = [c for c in v if unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp")]
+    if bad:
+        raise ValueError(
+            f"{what} {v!r} contains control characters ({', '.join(repr(c) for c in sorted(set(bad)))}); names and "
+            "labels are printed in tables and files, so use printable text on one line"
+        )
+    return v
 
 
 def parse_formulation_entry(entry: Any) -> Any:

@@ -1,0 +1,79 @@
+"""Hostile text and unsafe outcomes of the second adversarial round: what a report, a CSV or a baseline does with
+labels a user (or an attacker editing a suite) can write, and inputs that must be refused at the edge."""
+
+import csv
+import io
+
+import markdown
+import pytest
+from fake_run import write_fake_run
+
+from benchmark.cli import main
+
+XSS = "<img src=x onerror=alert(1)>"
+FORMULA = "=cmd|' /C calc'!A0"
+
+
+@pytest.fixture(scope="module")
+def hostile_run(tmp_path_factory):
+    forms = (
+        "softmax",
+        {"name": "coral", "label": XSS},
+        {"name": "corn", "label": FORMULA},
+        {"name": "regression", "label": "a|b ## heading"},
+        {"name": "mtl", "label": "mtl #2"},
+    )
+    return write_fake_run(
+        tmp_path_factory.mktemp("hostile") / "run", backbones=("resnet18",), formulations=forms, folds=3, n_test=60
+    )
+
+
+def test_markdown_escapes_html_and_table_breaking_text(hostile_run, capsys):
+    capsys.readouterr()
+    assert main(["report", str(hostile_run), "--markdown"]) == 0
+    md = capsys.readouterr().out
+    assert XSS not in md and "&lt;img src=x onerror=alert(1)&gt;" in md
+    rendered = markdown.markdown(md, extensions=["tables"])
+    assert "<img src=x" not in rendered and "onerror" not in rendered.replace("onerror=alert(1)&gt;", "")
+    table1 = md.split("## Table 1")[1].split("\n## ")[0]
+    rows = [line for line in table1.splitlines() if line.startswith("| resnet18 ")]
+    header = next(line for line in table1.splitlines() if line.startswith("| backbone"))
+    n_cols = header.count(" | ") + 1
+    for row in rows:  # the '|' in a label is escaped: every row has as many cells as the header
+        assert row.replace("\\|", "").count(" | ") + 1 == n_cols
+    assert "a\\|b ## heading" in table1
+    assert "\n## heading" not in md
+
+
+def test_csv_neutralises_formulas_and_round_trips(hostile_run, tmp_path, capsys):
+    out = tmp_path / "long.csv"
+    assert main(["report", str(hostile_run), "--csv", "-o", str(out)]) == 0
+    rows = list(csv.DictReader(io.StringIO(out.read_text())))
+    forms = {r["formulation"] for r in rows}
+    assert "'" + FORMULA in forms and FORMULA not in forms
+    assert XSS in forms  # not a formula: kept as it is (CSV is data; HTML escaping is the renderer's job)
+    for r in rows:
+        for v in r.values():
+            assert not v.startswith(("=", "+", "@")), v
+
+
+def test_a_baseline_with_hash_in_a_label_is_read_back(hostile_run, tmp_path, capsys):
+    base = tmp_path / "base.csv"
+    assert main(["check", str(hostile_run), "--baseline", str(base), "--update"]) == 0
+    assert main(["check", str(hostile_run), "--baseline", str(base)]) == 0
+    out = capsys.readouterr().out
+    assert "internal error" not in out
+
+
+@pytest.mark.parametrize("label", ["two\nlines", "tab\there", "bell\x07", "rtl\u202eoverride"])
+def test_control_characters_in_labels_are_refused_at_load(make_suite, tmp_path, capsys, label):
+    suite = make_suite(name="ctl", formulations=[{"name": "softmax", "label": label}])
+    assert main(["run", str(suite), "--out", str(tmp_path / "run"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "control characters" in err and "internal error" not in err
+
+
+def test_a_backbone_listed_twice_is_refused(make_suite, tmp_path, capsys):
+    suite = make_suite(name="twice", backbones=["tiny", "tiny"])
+    assert main(["run", str(suite), "--out", str(tmp_path / "run"), "--quiet"]) == 2
+    assert "listed twice" in capsys.readouterr().err
