@@ -77,3 +77,19 @@ def test_a_backbone_listed_twice_is_refused(make_suite, tmp_path, capsys):
     suite = make_suite(name="twice", backbones=["tiny", "tiny"])
     assert main(["run", str(suite), "--out", str(tmp_path / "run"), "--quiet"]) == 2
     assert "listed twice" in capsys.readouterr().err
+
+
+def test_mesbench_store_never_silently_replaces_the_run_directory_named(tmp_path, monkeypatch, capsys):
+    a = write_fake_run(tmp_path / "A", backbones=("resnet18",), formulations=("softmax", "coral"), folds=3, seed=1)
+    b = write_fake_run(tmp_path / "B", backbones=("resnet50",), formulations=("softmax", "coral"), folds=3, seed=2)
+    monkeypatch.setenv("MESBENCH_STORE", str(b))
+    capsys.readouterr()
+    assert main(["report", str(a)]) == 2
+    err = capsys.readouterr().err
+    assert str(a) in err and str(b) in err and "MESBENCH_STORE" in err and "internal error" not in err
+    assert main(["check", str(a), "--against", str(b)]) == 2
+    capsys.readouterr()
+    assert main(["report", str(a), "--store", str(a)]) == 0  # an explicit --store decides
+    assert "| resnet18 |" in capsys.readouterr().out
+    assert main(["report", str(b)]) == 0  # the variable names this very run: no conflict
+    assert "| resnet50 |" in capsys.readouterr().out

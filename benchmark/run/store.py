@@ -103,8 +103,30 @@ def owner_id() -> str:
 
 
 def store_location(run_dir: str | Path, store: str | None = None) -> str:
-    """The results store of a run: `--store URL`, else MESBENCH_STORE, else RUN/results.db."""
-    return store or os.environ.get("MESBENCH_STORE") or str(run_dir)
+    """The results store of a run: `--store URL`, else MESBENCH_STORE, else RUN/results.db. A run directory that
+    holds its own results.db while MESBENCH_STORE names another store is a conflict, never silently resolved: the
+    report would be titled with one run and filled with another's tables."""
+    if store:
+        return store
+    env = os.environ.get("MESBENCH_STORE")
+    if not env:
+        return str(run_dir)
+    local = Path(run_dir) / "results.db"
+    if local.is_file() and not _same_sqlite(env, local):
+        from ..errors import BenchError
+
+        raise BenchError(
+            f"{run_dir} holds its own results store ({local}), but MESBENCH_STORE={env!r} names another. Say which: "
+            f"`--store {local}` for the run directory's, `--store $MESBENCH_STORE` for the other, or unset "
+            "MESBENCH_STORE."
+        )
+    return env
+
+
+def _same_sqlite(location: str, db: Path) -> bool:
+    if "://" in location:
+        return location.startswith("sqlite:///") and Path(location.removeprefix("sqlite:///")).resolve() == db.resolve()
+    return (Path(location) / "results.db").resolve() == db.resolve()  # a path names a run directory
 
 
 def sqlite_url(db: Path, readonly: bool = False) -> URL:
