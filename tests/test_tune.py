@@ -138,3 +138,56 @@ def test_tune_workers_share_the_default_sqlite_studies(make_suite, tmp_path):
     study = optuna.load_study(study_name="ltune-tiny-mtl-macro_f1-fold0", storage=f"sqlite:///{out / 'tune.db'}")
     assert 4 <= len(study.trials) <= 5 and {t.user_attrs["worker"] for t in study.trials} == {0, 1}
     assert (out / "ltune.tuned.yaml").exists()
+
+
+def test_a_second_tune_in_the_same_out_never_reuses_the_first_ones_checkpoints(make_suite, tmp_path, capsys):
+    """The audit: a second tune with --set training.lr=0.5 and its own --storage reported the first's values and
+    trained nothing. Trial folders are keyed by everything that changes a trial."""
+    suite = make_suite(name="reuse", formulations=["mtl"])
+    out = tmp_path / "tune"
+    first = ["tune", str(suite), "--trials", "2", "--folds", "1", "--out", str(out)]
+    assert main(first) == 0
+    before = {p.name for p in (out / "trials").rglob("*") if p.is_dir()}
+    other = f"sqlite:///{tmp_path / 'other.db'}"
+    second = first + ["--set", "training.lr=0.5", "--storage", other]
+    assert main(second) == 0
+    after = {p.name for p in (out / "trials").rglob("*") if p.is_dir()}
+    new = after - before
+    assert len(new) == 2  # both trials of the second tune trained in folders of their own
+    a = optuna.load_study(study_name="reuse-tiny-mtl-macro_f1-fold0", storage=f"sqlite:///{out / 'tune.db'}")
+    b = optuna.load_study(study_name="reuse-tiny-mtl-macro_f1-fold0", storage=other)
+    assert [t.params for t in a.trials] == [t.params for t in b.trials]  # the same proposals (seeded sampler) ...
+    for name in new:  # ... each trained anew, in a folder of its own with its own checkpoint
+        (folder,) = [p for p in (out / "trials").rglob(name) if p.is_dir()]
+        assert (folder / "best.pt").is_file()
+
+
+def test_a_study_name_of_another_problem_is_refused(make_suite, tmp_path, capsys):
+    suite = make_suite(name="own", formulations=["mtl"])
+    storage = f"sqlite:///{tmp_path / 'shared.db'}"
+    base = ["tune", str(suite), "--trials", "1", "--folds", "1", "--storage", storage, "--study", "shared"]
+    assert main(base + ["--out", str(tmp_path / "a")]) == 0
+    other = make_suite(name="other", formulations=["mtl"], training={"lr": 0.01})
+    capsys.readouterr()
+    assert (
+        main(
+            [
+                "tune",
+                str(other),
+                "--trials",
+                "1",
+                "--folds",
+                "1",
+                "--storage",
+                storage,
+                "--study",
+                "shared",
+                "--out",
+                str(tmp_path / "b"),
+            ]
+        )
+        == 2
+    )
+    err = " ".join(capsys.readouterr().err.split())
+    assert "was made for 'own'" in err and "would mix two problems" in err
+    assert main(base + ["--out", str(tmp_path / "c")]) == 0  # the same problem again is welcome

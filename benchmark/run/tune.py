@@ -162,15 +162,57 @@ class Tuner:
             )
             for i in range(self.k)
         }
+        self._claim_studies(study is not None)
+
+    def identity(self, fold: int | None = None) -> dict:
+        """Everything that changes what a trial trains, for one fold (or for the whole study when fold is None)."""
+        out = {
+            "dataset": self.suite.dataset.model_dump(mode="json"),
+            "protocol": self.suite.protocol.model_dump(mode="json"),
+            "training": self.suite.training.model_dump(mode="json"),
+            "backbone": self.backbone.model_dump(mode="json"),
+            "formulation": self.fcfg.name,
+            "options": self.fcfg.options,
+            "metric": self.metric_name,
+        }
+        if fold is not None:
+            train, val = self.inner[fold]
+            out |= {
+                "fold": fold,
+                "fold_options": self.fcfg.options_by_fold.get(fold, {}),
+                "inner": stable_hash([np.asarray(train).tolist(), np.asarray(val).tolist()]),
+            }
+        return out
+
+    def _claim_studies(self, named: bool) -> None:
+        """A study on shared storage belongs to one tuning problem: a --study naming another suite's (or the same
+        suite's with other settings) would silently mix trials of different problems, so it is refused."""
+        key = stable_hash(self.identity())
+        for study in self.studies.values():
+            owner = study.user_attrs.get("mesbench_identity")
+            if owner is None:
+                study.set_user_attr("mesbench_identity", key)
+                study.set_user_attr("mesbench_suite", self.suite.name)
+            elif owner != key:
+                theirs = study.user_attrs.get("mesbench_suite", "another suite")
+                raise BenchError(
+                    f"study {study.study_name!r} on {self.storage.split('@')[-1]} was made for {theirs!r} with other "
+                    f"data, training settings, backbone, formulation or metric than this tune of {self.suite.name!r}; "
+                    "adding trials would mix two problems. "
+                    + ("Give another --study name." if named else "Use another --storage, or --study NAME.")
+                )
 
     @property
     def study(self):  # the first fold's study (single-fold use and tests)
         return self.studies[0]
 
     def trial_dir(self, fold: int, trial, weights: dict) -> Path:
-        """Keyed by study, trial and parameters: another study in the same --out never resumes these."""
+        """Keyed by everything that changes the trial's result (data, protocol, training settings, backbone,
+        formulation, fold, inner split) and its parameters: a tune with other settings in the same --out never
+        resumes these checkpoints, even when its sampler proposes the same first points."""
         study = self.studies[fold].study_name
-        return self.out / "trials" / _safe(study) / f"{trial.number:04d}-{stable_hash(weights, 10)}"
+        key = stable_hash({"cell": self.identity(fold), "params": weights}, 16)
+        return self.out / "trials" / _safe(study) / f"{trial.number:04d}-{key}"
 
     def objective(self, trial, fold: int = 0):
         u = trial.suggest_float("u", 0.0, 1.0)
