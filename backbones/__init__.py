@@ -99,6 +99,50 @@ def _is_url(text: str | None) -> bool:
     return bool(text) and str(text).startswith(("http://", "https://"))
 
 
+def url_cache_path(name: str, url: str) -> Path:
+    """Where a `weights:` URL is cached: keyed by the whole URL (a hash of it before the file name, as torch hub
+    and timm key their own files), so …/v1/good.pth and …/v2/good.pth, or good.pth?token=x, never collide."""
+    import hashlib
+    from urllib.parse import unquote, urlsplit
+
+    import torch
+
+    filename = os.path.basename(unquote(urlsplit(url).path))
+    if not filename or "." not in filename:
+        raise BenchError(
+            f"Backbone {name!r}: the weights URL {url!r} names no file (it should end in a file name such as "
+            "model.pth or model.safetensors). Give the URL of the checkpoint file itself, or a local `weights:` file."
+        )
+    digest = hashlib.sha256(url.encode()).hexdigest()[:16]
+    return Path(torch.hub.get_dir()) / "checkpoints" / "mesbench" / f"{digest}-{filename}"
+
+
+def check_weights_file(name: str, source: str, path: Path) -> None:
+    """A downloaded file enters the cache only if it loads, weights only, as a state dict of tensors: a truncated
+    download, an HTML error page or an arbitrary pickle is refused here rather than failing every later run."""
+    import torch
+
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+            state = state["state_dict"]
+        ok = isinstance(state, dict) and state and all(isinstance(v, torch.Tensor) for v in state.values())
+        reason = "" if ok else f"it holds a {type(state).__name__}, not a state dict of tensors"
+    except Exception as exc:
+        reason = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else 'unreadable'}"
+    if reason:
+        raise BenchError(
+            f"Backbone {name!r}: the file downloaded from {source} ({path.stat().st_size:,} bytes) is not a weights "
+            f"file ({reason}); a cut connection, an error page or a wrong URL. Nothing was cached; check the URL and "
+            "fetch again."
+        )
+
+
 def ensure_weights(name: str, weights: str | None = None) -> Path:
     """The ImageNet weights of a backbone as a local file, as timm finds them: the `weights:` file, else the
     HF / torch hub cache, else a download (from the `weights:` URL, or timm's own source) unless offline."""
@@ -114,7 +158,7 @@ def ensure_weights(name: str, weights: str | None = None) -> Path:
             )
         return path
     if _is_url(weights):
-        target = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(str(weights).split("?")[0])
+        target = url_cache_path(name, str(weights))
         if target.is_file():
             return target
         if offline():
@@ -124,13 +168,20 @@ def ensure_weights(name: str, weights: str | None = None) -> Path:
                 "the torch hub cache (TORCH_HOME) here, or drop --offline / HF_HUB_OFFLINE."
             )
         target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
         try:
-            torch.hub.download_url_to_file(str(weights), str(target), progress=False)
+            torch.hub.download_url_to_file(str(weights), str(partial), progress=False)
+            check_weights_file(name, str(weights), partial)
+        except BenchError:
+            partial.unlink(missing_ok=True)
+            raise
         except Exception as exc:
+            partial.unlink(missing_ok=True)
             raise BenchError(
                 f"Backbone {name!r}: downloading {weights} failed ({type(exc).__name__}: {exc}). Check "
                 "the URL and the network, or give a local `weights:` file."
             ) from None
+        os.replace(partial, target)  # only a complete, loadable state dict ever enters the cache
         return target
     cached = cached_weights(spec.timm_name)
     if cached is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import signal
+import sys
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -47,7 +48,9 @@ def preflight(suite: Suite):
     for b in suite.backbones:
         resolve(b.name)
         if b.pretrained:
-            ensure_weights(b.name, b.weights)  # found, or downloaded now, or one clear error before anything runs
+            # found, or downloaded now, or one clear error before anything runs; and said, since the cache decides
+            path = ensure_weights(b.name, b.weights)
+            print(f"weights of {b.name}: {path}", file=sys.stderr, flush=True)
 
 
 def batch_size_for(suite: Suite, backbone) -> int:
