@@ -3,6 +3,7 @@ labels a user (or an attacker editing a suite) can write, and inputs that must b
 
 import csv
 import io
+import re
 
 import markdown
 import pytest
@@ -93,3 +94,37 @@ def test_mesbench_store_never_silently_replaces_the_run_directory_named(tmp_path
     assert "| resnet18 |" in capsys.readouterr().out
     assert main(["report", str(b)]) == 0  # the variable names this very run: no conflict
     assert "| resnet50 |" in capsys.readouterr().out
+
+
+def test_float_images_in_0_1_are_scaled_and_others_refused_naming_the_file(tmp_path, monkeypatch, capsys):
+    """The audit: mode F images of 0.1–0.7 decoded to black, and `bench data inspect` called them usable."""
+    import numpy as np
+    from PIL import Image
+
+    from benchmark.data.catalogue import load_dataset
+    from benchmark.errors import BenchError
+    from benchmark.suite.schema import DatasetConfig
+
+    monkeypatch.setenv("MESBENCH_CACHE", str(tmp_path / "cache"))
+    root = tmp_path / "float"
+    values = {0: 0.1, 1: 0.3, 2: 0.5, 3: 0.7}
+    for k, v in values.items():
+        (root / f"Mayo {k}").mkdir(parents=True)
+        for i in range(4):
+            Image.fromarray(np.full((8, 8), v, np.float32), "F").save(root / f"Mayo {k}" / f"UC_patient_{i}_{k}.tiff")
+    assert Image.open(root / "Mayo 0" / "UC_patient_0_0.tiff").mode == "F"
+    ds = load_dataset(DatasetConfig(name="folder", root=str(root)))
+    for k, v in values.items():
+        pixel = np.asarray(ds.images)[ds.labels == k][0, 0, 0]
+        expected = int(np.rint(np.float64(np.float32(v)) * 255))  # the stored float32, scaled
+        assert pixel.tolist() == [expected] * 3, (k, pixel)  # 0.1 -> 26, not 0
+    bad = root / "Mayo 2" / "UC_patient_9_2.tiff"
+    Image.fromarray(np.full((8, 8), 180.0, np.float32), "F").save(bad)
+    with pytest.raises(BenchError, match="UC_patient_9_2.tiff"):
+        load_dataset(DatasetConfig(name="folder", root=str(root)))
+    capsys.readouterr()
+    assert main(["data", "inspect", str(root)]) != 0
+    out = capsys.readouterr()
+    text = " ".join((out.out + out.err).split())
+    assert "unusable image" in text and "UC_patient_9_2.tiff" in text and "32-bit float image with values 180" in text
+    assert not re.search(r"(?<!un)usable:", text)

@@ -54,14 +54,14 @@ def decode_files(paths: list[Path], resize: tuple[int, int] | None, source: str)
     return out
 
 
-HIGH_BIT_MODES = {"I;16": 16, "I;16L": 16, "I;16B": 16, "I;16N": 16, "I": 32}
+HIGH_BIT_MODES = {"I;16": 16, "I;16L": 16, "I;16B": 16, "I;16N": 16, "I": 32, "F": 32}
 
 
 def bit_depth(im) -> str:
     """'8-bit RGB', '16-bit gray', … for `bench data inspect`."""
     bits = HIGH_BIT_MODES.get(im.mode, 1 if im.mode == "1" else 8)
     kind = {"L": "gray", "LA": "gray", "1": "binary", "P": "palette", "RGBA": "RGBA", "CMYK": "CMYK"}.get(
-        im.mode, "gray" if im.mode in HIGH_BIT_MODES else "RGB" if im.mode == "RGB" else im.mode
+        im.mode, "float gray" if im.mode == "F" else "gray" if im.mode in HIGH_BIT_MODES else im.mode
     )
     return f"{bits}-bit {kind}"
 
@@ -71,6 +71,18 @@ def to_rgb8(im, path):
     would clip them to {0, 255}; 32-bit integer images are refused rather than guessed at."""
     from PIL import Image
 
+    if im.mode == "F":
+        # 32-bit float: only the [0, 1] convention is unambiguous (a float image of 0–255 values is rare and could
+        # equally be a dark [0, 1] one); anything else is refused with the file, never turned black by a cast.
+        a = np.asarray(im, dtype=np.float64)
+        if not np.isfinite(a).all() or a.min() < 0 or a.max() > 1:
+            lo, hi = np.nanmin(a), np.nanmax(a)
+            raise ValueError(
+                f"32-bit float image with values {lo:g}..{hi:g}: only floats in [0, 1] are read (scaled by "
+                "255); save it as an 8- or 16-bit image"
+            )
+        a8 = np.rint(a * 255.0).astype(np.uint8)
+        return Image.fromarray(np.repeat(a8[..., None], 3, axis=2), "RGB")
     if im.mode in HIGH_BIT_MODES:
         a = np.asarray(im)
         if im.mode == "I" and (a.min() < 0 or a.max() > 65535):

@@ -13,7 +13,7 @@ from typing import Any
 from ..errors import BenchError
 from ..labels import GRADES
 from ..suite.schema import DatasetConfig
-from .files import IMAGE_SUFFIXES, bit_depth, decoded_dataset, patient_id_from_name
+from .files import IMAGE_SUFFIXES, bit_depth, decoded_dataset, patient_id_from_name, to_rgb8
 from .registry import register_dataset
 
 CLASS_DIRS = [f"Mayo {k}" for k in GRADES]
@@ -110,7 +110,10 @@ def unreadable(entries: list[Entry]) -> list[tuple[Any, Any, Any, Any]]:
             data = e.path.read_bytes()
             with Image.open(io.BytesIO(data)) as im:
                 im.load()
+                to_rgb8(im, e.path)  # what training will do with it: a float or 32-bit image it cannot use fails here
                 return None, im.size, hashlib.sha1(data).hexdigest(), bit_depth(im)
+        except ValueError as exc:
+            return f"unusable image {e.path} ({exc})", None, None, None
         except Exception as exc:
             return f"unreadable image {e.path} ({type(exc).__name__})", None, None, None
 
