@@ -128,3 +128,35 @@ def test_float_images_in_0_1_are_scaled_and_others_refused_naming_the_file(tmp_p
     text = " ".join((out.out + out.err).split())
     assert "unusable image" in text and "UC_patient_9_2.tiff" in text and "32-bit float image with values 180" in text
     assert not re.search(r"(?<!un)usable:", text)
+
+
+def test_a_store_that_is_another_programs_database_is_never_written(make_suite, tmp_path, capsys):
+    import sqlite3
+
+    db = tmp_path / "theirs" / "results.db"
+    db.parent.mkdir()
+    with sqlite3.connect(db) as conn:
+        conn.execute("CREATE TABLE cells (id INTEGER PRIMARY KEY, colour TEXT)")
+        conn.execute("CREATE TABLE invoices (id INTEGER PRIMARY KEY)")
+    suite = make_suite(name="foreign")
+    capsys.readouterr()
+    assert main(["run", str(suite), "--store", f"sqlite:///{db}", "--out", str(tmp_path / "run"), "--quiet"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "another program's database" in err and "invoices" in err and "internal error" not in err
+    with sqlite3.connect(db) as conn:
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert tables == {"cells", "invoices"}  # nothing created beside them
+    for command in (["report", str(tmp_path / "theirs")], ["status", str(tmp_path / "theirs")]):
+        assert main(command) == 2, command
+        assert "internal error" not in capsys.readouterr().err
+
+
+def test_report_on_an_empty_database_is_a_clean_error(tmp_path, capsys):
+    import sqlite3
+
+    db = tmp_path / "empty" / "results.db"
+    db.parent.mkdir()
+    sqlite3.connect(db).close()
+    assert main(["report", str(tmp_path / "empty")]) == 2
+    err = capsys.readouterr().err
+    assert "internal error" not in err and ("holds no mesbench results" in err or "no tables" in err)

@@ -149,6 +149,7 @@ class Store:
         text = str(url_or_dir)
         url: str | URL = text
         self.readonly = readonly
+        self._creating = create
         if "://" not in text:
             path = Path(text)
             if create:
@@ -195,6 +196,7 @@ class Store:
             def _begin(conn: Any) -> None:
                 conn.exec_driver_sql("BEGIN IMMEDIATE")
 
+        self._refuse_foreign_database()
         if create:
             try:
                 retrying(meta.create_all, self.engine)  # two processes may create the same store at once
@@ -206,6 +208,27 @@ class Store:
                 if not {"meta", "cells", "metrics", "predictions"} <= set(inspect(self.engine).get_table_names()):
                     raise BenchError(f"Store {self.where}: cannot create its tables ({exc.orig}).") from None
         retrying(self._check_schema, create)
+
+    def _refuse_foreign_database(self) -> None:
+        """Never create tables in (or read results from) a database that is not a mesbench store: one whose tables
+        are another program's, without our `meta` table, is left untouched and named."""
+        from sqlalchemy import inspect
+
+        names = set(retrying(lambda: inspect(self.engine).get_table_names()))
+        if "meta" in names:
+            return
+        ours = {"meta", "cells", "metrics", "predictions"}
+        if names - ours:
+            others = ", ".join(sorted(names - ours)[:6])
+            raise BenchError(
+                f"Store {self.where} is another program's database (tables {others}; no mesbench `meta` table). "
+                "mesbench writes nothing there: give a new, empty database (one per run) or a run directory."
+            )
+        if not names and not self._creating:
+            raise BenchError(
+                f"Store {self.where} holds no mesbench results (it has no tables). Give the store a `bench run` "
+                "wrote to, or a run directory."
+            )
 
     def explain_error(self, exc: BaseException) -> Exception:
         """A database error as one paragraph naming the store and the fix; 'locked' stays retryable."""
