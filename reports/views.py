@@ -81,8 +81,14 @@ def load_view(name_or_path: str) -> View:
             f"--view {name_or_path!r}: no such view — {closest(name_or_path, view_names())}, or the path "
             "of a view YAML file."
         )
+    from benchmark.suite.loading import MAX_YAML_BYTES, check_yaml_bounds
+
+    if path.stat().st_size > MAX_YAML_BYTES:  # refused before it is read
+        raise BenchError(f"view {path}: {path.stat().st_size:,} bytes, more than a view can sensibly be.")
     try:
-        doc = yaml.safe_load(path.read_text())
+        text = path.read_text()
+        check_yaml_bounds(text, f"view {path}")
+        doc = yaml.safe_load(text)
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise BenchError(f"view {path}: not valid YAML ({exc}).") from None
     try:

@@ -160,3 +160,95 @@ def test_report_on_an_empty_database_is_a_clean_error(tmp_path, capsys):
     assert main(["report", str(tmp_path / "empty")]) == 2
     err = capsys.readouterr().err
     assert "internal error" not in err and ("holds no mesbench results" in err or "no tables" in err)
+
+
+# ---------------------------------------------------------------------------- limits
+
+
+def test_a_yaml_alias_bomb_is_refused_before_it_expands(tmp_path, capsys):
+    lines = ['a: &a ["x","x","x","x","x","x","x","x","x"]']
+    for i in range(1, 9):
+        prev = chr(ord("a") + i - 1)
+        lines.append(f"{chr(ord('a') + i)}: &{chr(ord('a') + i)} [{','.join(['*' + prev] * 9)}]")
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text("\n".join(lines) + "\nname: x\n")
+    assert bomb.stat().st_size < 2000
+    assert main(["run", str(bomb), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "aliases" in err and "internal error" not in err
+    view = tmp_path / "bomb-view.yaml"
+    view.write_text(bomb.read_text())
+    assert main(["report", str(tmp_path / "nowhere"), "--view", str(view)]) == 2
+
+
+def test_a_suite_expanding_to_too_many_cells_asks_for_yes(make_suite, tmp_path, capsys):
+    import time
+
+    suite = make_suite(name="huge", protocol={"repeats": 100_000_000})
+    t0 = time.perf_counter()
+    assert main(["run", str(suite), "--out", str(tmp_path / "o"), "--quiet"]) == 2
+    assert time.perf_counter() - t0 < 30  # refused, not expanded
+    err = " ".join(capsys.readouterr().err.split())
+    assert "200,000,000 cells" in err and "--yes" in err
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--workers", "0"], "at least 1"),
+        (["--workers", "-1"], "at least 1"),
+        (["--workers", "1000"], "CPU core"),
+        (["--workers", "2", "--devices", "abc"], "GPU indices"),
+        (["--workers", "2", "--devices", "7,9"], "do(es) not exist"),
+    ],
+)
+def test_workers_and_devices_beyond_the_machine_are_refused(make_suite, tmp_path, capsys, extra, message):
+    suite = make_suite(name="w")
+    assert main(["run", str(suite), "--out", str(tmp_path / "o"), "--quiet", *extra]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert message in err and "internal error" not in err
+
+
+@pytest.mark.parametrize("extra, message", [(["--trials", "-3"], "--trials -3"), (["--timeout", "-5"], "--timeout")])
+def test_tune_refuses_negative_trials_and_timeouts(make_suite, tmp_path, capsys, extra, message):
+    suite = make_suite(name="t", formulations=["mtl"])
+    args = ["tune", str(suite), "--out", str(tmp_path / "o"), *(["--trials", "1"] if "--trials" not in extra else [])]
+    assert main(args + extra) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_workers_die_with_their_parent(make_suite, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    suite = make_suite(name="orphans", formulations=["softmax", "coral"], training={"epochs": 50})
+    parent = subprocess.Popen(
+        [sys.executable, "-m", "benchmark.cli", "run", str(suite), "--out", str(tmp_path / "o"), "--workers", "2"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    children: list[int] = []
+    deadline = time.time() + 60
+    while time.time() < deadline and len(children) < 2:
+        time.sleep(0.5)
+        out = subprocess.run(["pgrep", "-P", str(parent.pid)], capture_output=True, text=True).stdout.split()
+        children = [int(p) for p in out]
+    assert len(children) == 2
+    os.kill(parent.pid, signal.SIGKILL)
+    parent.wait()
+    deadline = time.time() + 30
+    alive = children
+    while alive and time.time() < deadline:
+        time.sleep(0.5)
+        alive = [p for p in children if os.path.exists(f"/proc/{p}") and "Z" not in _state(p)]
+    assert not alive, f"orphaned workers {alive}"
+
+
+def _state(pid):
+    try:
+        return open(f"/proc/{pid}/stat").read().split(")")[1].split()[0]
+    except OSError:
+        return "Z"

@@ -17,12 +17,14 @@ def suite_overrides(args) -> list[str]:
 def cmd_run(args):
     import os
 
-    from ..suite.loading import load_suite
+    from ..suite.loading import check_size, load_suite
 
     if args.offline:
         os.environ["MESBENCH_OFFLINE"] = "1"
 
     suite = load_suite(args.suite, suite_overrides(args))  # a wrong suite is refused before torch is even imported
+    check_size(suite, args.yes)
+    check_workers(args.workers, args.devices)
     if args.workers > 1:
         return run_workers(args, suite)
 
@@ -98,6 +100,53 @@ def device_ids(devices: str | None, visible: str | None) -> list[str]:
         ) from None
 
 
+WORKERS_PER_DEVICE = 4  # several cells may share a GPU the model leaves idle; more is a typo
+
+
+def check_workers(workers: int, devices: str | None) -> None:
+    """--workers and --devices as the machine can hold them, refused at the edge with the valid values."""
+    import os
+
+    cores = os.cpu_count() or 1
+    if workers < 1:
+        raise BenchError(f"--workers {workers}: at least 1 (1, the default, trains in this process).")
+    wanted = [d.strip() for d in (devices or "").split(",") if d.strip()]
+    if devices is not None:
+        bad = [d for d in wanted if not d.isdigit()]
+        if bad or not wanted:
+            raise BenchError(f"--devices {devices!r}: comma-separated GPU indices such as 0,1,2,3.")
+        import torch
+
+        visible = torch.cuda.device_count()
+        missing = [d for d in wanted if int(d) >= visible]
+        if missing:
+            raise BenchError(
+                f"--devices {devices}: this process sees {visible} CUDA GPU(s)"
+                + (f" (indices 0 to {visible - 1})" if visible else "")
+                + f", so {', '.join(missing)} do(es) not exist. Drop --devices to run on the CPU."
+            )
+        cap = WORKERS_PER_DEVICE * len(wanted)
+        if workers > cap:
+            raise BenchError(
+                f"--workers {workers} on {len(wanted)} GPU(s): at most {WORKERS_PER_DEVICE} workers per GPU ({cap})."
+            )
+    elif workers > cores:
+        raise BenchError(
+            f"--workers {workers}: this machine has {cores} CPU core(s), so at most {cores} CPU workers (each needs a "
+            "core); on GPUs give --devices."
+        )
+
+
+def _die_with_parent() -> None:
+    """Run in each worker before exec: Linux sends it SIGTERM when the parent dies, so no worker is orphaned."""
+    import contextlib
+    import ctypes
+    import signal
+
+    with contextlib.suppress(OSError):  # not Linux: workers are still stopped by the parent's own handlers
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 def start_workers(argv: list[str], workers: int, devices: str | None, capture: bool = False):
     """N `bench ARGV` processes on this machine: each pinned to one of --devices in turn (indices into the GPUs
     this process may see, so they stay right inside a Slurm allocation), else to its share of the CPU cores.
@@ -125,6 +174,7 @@ def start_workers(argv: list[str], workers: int, devices: str | None, capture: b
                 stderr=subprocess.STDOUT if capture else None,
                 text=True,
                 bufsize=1,
+                preexec_fn=_die_with_parent,
             )
         )
     return procs, (", ".join(f"GPU {d}" for d in wanted) or f"{threads} CPU threads each")
@@ -257,6 +307,9 @@ def add_commands(sub):
         "--workers", type=int, default=1, help="worker processes on this machine sharing the run (default 1)"
     )
     r.add_argument("--devices", help="with --workers: comma-separated CUDA device indices, one per worker in turn")
+    r.add_argument(
+        "--yes", action="store_true", help="run a suite even if it expands to more than 20,000 cells (a typo guard)"
+    )
     r.add_argument(
         "--offline",
         action="store_true",

@@ -44,13 +44,16 @@ def cmd_submit(args):
     from reports.summary import print_summary
 
     from ..run.runner import Runner
-    from ..suite.loading import load_suite
+    from ..suite.loading import check_size, load_suite
     from .run import run_argv, suite_overrides
 
     if args.trials is not None:
         raise BenchError("--trials belongs to --tune: `bench submit SUITE --tune --trials N ...`.")
     args.store = shared_store(args.store or os.environ.get("MESBENCH_STORE"), "a results store")
     suite = load_suite(args.suite, suite_overrides(args))
+    check_size(suite, args.yes)
+    if args.jobs < 1:
+        raise BenchError(f"--jobs {args.jobs}: at least 1 array task.")
     out = (Path(args.out) if args.out else Path("runs") / suite.name).resolve()
     # everything a job would trip over (names, weights, data, splits, a changed protocol) fails here, once
     cells = Runner(suite, out, store=args.store).prepare(args.only)
@@ -111,6 +114,7 @@ def add_commands(sub):
         "cpus_per_task, mem, account, qos, constraint, exclude, array_parallelism, ...",
     )
     s.add_argument("--jobs", type=int, default=1, help="array tasks, each a worker (or one per GPU of its node)")
+    s.add_argument("--yes", action="store_true", help="submit a suite even if it expands to more than 20,000 cells")
     s.add_argument("--store", help="results store URL every node reaches, e.g. postgresql://user@host/db")
     s.add_argument("--out", help="run directory on a filesystem every node reaches (default runs/<suite name>)")
     s.add_argument("--only", action="append", default=[], metavar="KEY=VALUE", help="as for bench run")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..errors import BenchError
 from .console import add_set_option, console
 
 
@@ -67,8 +68,13 @@ def progress_printer(args, total: int):
 
 def cmd_tune(args):
     from .console import err_console
-    from .run import start_workers, wait_workers, worker_index
+    from .run import check_workers, start_workers, wait_workers, worker_index
 
+    if args.trials < 1:
+        raise BenchError(f"--trials {args.trials}: at least 1 trial per fold.")
+    if args.timeout is not None and args.timeout <= 0:
+        raise BenchError(f"--timeout {args.timeout}: a number of seconds above 0 (or leave it out).")
+    check_workers(args.workers, args.devices)
     if args.targets:  # one of several workers: fill the studies, the command that started us reports
         targets = parse_targets(args.targets)
         tuner = make_tuner(args, worker=worker_index())

@@ -50,6 +50,46 @@ def _line_of(doc, loc):
     return line
 
 
+MAX_YAML_BYTES = 1 << 20  # a suite or view is a page of text: a megabyte is far past any real one
+MAX_YAML_NODES = 100_000  # values after aliases are expanded: a real suite has a few hundred
+
+
+def check_yaml_bounds(text: str, where: str) -> None:
+    """Refuse a YAML document too large, or whose aliases would expand it without bound (a 1.3 kB "billion laughs"
+    document reached 3 GiB), before anything is constructed: the size after expansion is computed on the composed
+    node graph, where an alias is a shared node, so nothing is expanded to measure it."""
+    if len(text) > MAX_YAML_BYTES:
+        raise BenchError(
+            f"{where}: {len(text):,} characters, more than a suite or view can sensibly be ({MAX_YAML_BYTES:,}); "
+            "check that this is the right file."
+        )
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        raise BenchError(f"{where}: not valid YAML ({exc}). Fix the syntax at the line shown.") from None
+    sizes: dict[int, int] = {}
+
+    def expanded(node) -> int:
+        if id(node) in sizes:
+            return sizes[id(node)]
+        sizes[id(node)] = 1  # a cycle counts once (SafeLoader refuses recursive structures anyway)
+        if isinstance(node, yaml.SequenceNode):
+            n = 1 + sum(expanded(child) for child in node.value)
+        elif isinstance(node, yaml.MappingNode):
+            n = 1 + sum(expanded(k) + expanded(v) for k, v in node.value)
+        else:
+            n = 1
+        sizes[id(node)] = n
+        return n
+
+    if root is not None and expanded(root) > MAX_YAML_NODES:
+        raise BenchError(
+            f"{where}: its YAML aliases (*name) expand it to {expanded(root):,} values, more than {MAX_YAML_NODES:,}: "
+            "a document that repeats itself this often expands without bound. Write the values out, or use fewer "
+            "aliases."
+        )
+
+
 def load_suite(path: str | os.PathLike, overrides: list[str] | None = None) -> Suite:
     path = Path(path)
     try:
@@ -72,6 +112,7 @@ def load_suite(path: str | os.PathLike, overrides: list[str] | None = None) -> S
         ) from None
     except OSError as exc:
         raise BenchError(f"{path}: cannot be read ({exc.strerror}). Check the path and its permissions.") from None
+    check_yaml_bounds(text, str(path))
     try:
         doc = yaml.load(text, Loader=_LineLoader)
     except yaml.YAMLError as exc:
@@ -148,3 +189,24 @@ def apply_overrides(doc: dict, overrides: list[str], source) -> dict:
 
 def dump_suite(suite: Suite) -> str:
     return yaml.safe_dump(suite.model_dump(mode="json"), sort_keys=False)
+
+
+MAX_CELLS = 20_000  # a paper suite is 5 × 6 × 10 = 300; beyond this, ask (--yes) before expanding
+
+
+def cell_count(suite: Suite) -> int:
+    """How many cells the suite expands to, computed without expanding it (nor making its splits)."""
+    folds = suite.protocol.folds * (1 if suite.protocol.kind == "polat" else max(suite.protocol.repeats, 1))
+    return len(suite.backbones) * len(suite.formulations) * folds * len(suite.training.seeds)
+
+
+def check_size(suite: Suite, yes: bool) -> None:
+    n = cell_count(suite)
+    if n > MAX_CELLS and not yes:
+        p = suite.protocol
+        raise BenchError(
+            f"Suite {suite.name!r} expands to {n:,} cells ({len(suite.backbones)} backbones × "
+            f"{len(suite.formulations)} formulations × {p.folds} folds × {p.repeats} repeats × "
+            f"{len(suite.training.seeds)} seeds), more than {MAX_CELLS:,}. Check protocol.repeats and folds; if you "
+            "mean it, add --yes."
+        )
