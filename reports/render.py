@@ -389,9 +389,9 @@ def slug(name: str) -> str:
     return "-".join(part for part in text.split("-") if part)[:120]
 
 
-def write_figure_files(run: Run, figs: dict[str, bytes]) -> list[Path]:
-    """RUN/figures/<name>.png and .pdf for every figure; what was written."""
-    folder = run.path / "figures"
+def write_figure_files(folder: Path, figs: dict[str, bytes]) -> list[Path]:
+    """<folder>/<name>.png and .pdf for every figure (RUN/figures unless -o says otherwise); what was written."""
+    folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     written = []
     for name, png in figs.items():
@@ -405,9 +405,9 @@ def write_figure_files(run: Run, figs: dict[str, bytes]) -> list[Path]:
     return written
 
 
-def figure_links(run: Run, rep: Report, relative_to: Path) -> list[tuple[str, str]]:
+def figure_links(folder: Path, rep: Report, relative_to: Path) -> list[tuple[str, str]]:
     """(title, relative path) of the view's figures already written as files, for the Markdown report."""
-    folder = run.path / "figures"
+    folder = Path(folder)
     links = []
     for name, _ in rep.figure_specs:
         png = folder / f"{slug(name)}.png"

@@ -318,10 +318,24 @@ def test_an_archived_read_only_run_can_be_reported_and_checked(make_suite, tmp_p
             capture_output=True,
         )
         assert probe.returncode != 0, "the run directory must really be read-only for this user"
-        for args in (["report", str(out)], ["check", str(out), "--baseline", str(baseline)]):
+        elsewhere = Path(tempfile.mkdtemp(prefix="mesbench-out-"))
+        os.chmod(elsewhere, 0o777)
+        for args in (
+            ["report", str(out)],
+            ["check", str(out), "--baseline", str(baseline)],
+            ["report", str(out), "--html", "-o", str(elsewhere / "r.html")],  # figures beside -o, not in the run
+            ["report", str(out), "--figures-only", "-o", str(elsewhere / "figs")],
+        ):
             proc = subprocess.run(as_nobody + args, capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
             assert proc.returncode == 0, proc.stderr
             assert "internal error" not in proc.stderr and "Traceback" not in proc.stderr
+        assert (elsewhere / "r.html").is_file() and list((elsewhere / "figures").glob("*.png"))
+        assert list((elsewhere / "figs").glob("*.png"))
+        for args in (["report", str(out), "--html"], ["report", str(out), "--figures-only"]):
+            proc = subprocess.run(as_nobody + args, capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
+            err = " ".join(proc.stderr.split())
+            assert proc.returncode == 2 and "is not writable" in err and "-o PATH" in err, proc.stderr
+        shutil.rmtree(elsewhere, ignore_errors=True)
         proc = subprocess.run(
             as_nobody + ["run", str(suite), "--out", str(out), "--quiet"],
             capture_output=True,

@@ -48,9 +48,21 @@ def cmd_report(args):
 
     fmt = "csv" if args.csv else "latex" if args.latex else "html" if args.html else "markdown"
     written: list[Path] = []
+    # Figure files go beside -o (or into it, for --figures-only), else into the run directory, which may be
+    # an archived, read-only one: then say so before anything is drawn.
+    if args.figures_only:
+        folder = Path(args.output) if args.output else run.path / "figures"
+    elif args.output:
+        folder = Path(args.output).resolve().parent / "figures"
+    else:
+        folder = run.path / "figures"
+    if args.figures_only or fmt == "html":
+        writable_or_refuse(folder, "figures")
+        if fmt == "html" and not args.output:
+            writable_or_refuse(run.path, "report.html")
     if args.figures_only:
         rep = build(run, opts, with_test=False)
-        written = write_figure_files(run, render_figures(rep, pdf=True))
+        written = write_figure_files(folder, render_figures(rep, pdf=True))
         for path in written:
             print(f"figure written: {path}", file=sys.stderr)
         return 0
@@ -60,13 +72,13 @@ def cmd_report(args):
         rep = build(run, opts)
         if fmt == "html":
             rep.figures = render_figures(rep, pdf=True)
-            written = write_figure_files(run, rep.figures)
+            written = write_figure_files(folder, rep.figures)
             text = to_html(rep)
         elif fmt == "latex":
             text = latex_document(rep) if args.standalone else to_latex(rep)
         else:
             where = Path(args.output).resolve().parent if args.output else Path.cwd()
-            text = to_markdown(rep, figure_links(run, rep, where))
+            text = to_markdown(rep, figure_links(run.path / "figures", rep, where))  # where --figures-only wrote
     for path in written:
         print(f"figure written: {path}", file=sys.stderr)
     out = args.output
@@ -79,6 +91,21 @@ def cmd_report(args):
     else:
         sys.stdout.write(text)
     return 0
+
+
+def writable_or_refuse(folder: Path, what: str) -> None:
+    """A folder the report can write into (made if missing), or one paragraph saying where to write instead."""
+    import os
+
+    probe = folder
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not os.access(probe, os.W_OK):
+        raise BenchError(
+            f"{folder} is not writable (a read-only or archived run directory?), so the {what} cannot be written "
+            "there. Give -o PATH elsewhere (figure files go beside it, or into it with --figures-only); Markdown, "
+            "LaTeX and CSV without figures only read the run."
+        )
 
 
 def _add_report(sub):
