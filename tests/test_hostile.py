@@ -252,3 +252,37 @@ def _state(pid):
         return open(f"/proc/{pid}/stat").read().split(")")[1].split()[0]
     except OSError:
         return "Z"
+
+
+# ---------------------------------------------------------------------------- partly fixed last time
+
+
+def test_retry_failed_retrains_a_finished_stage1_cell_whose_checkpoint_is_unloadable(make_suite, tmp_path, capsys):
+    from benchmark.run.store import Store
+
+    suite = make_suite(name="stage1", formulations=["mtl", "mtl+f1"])
+    out = tmp_path / "run"
+    assert main(["run", str(suite), "--out", str(out), "--quiet", "--only", "fold=0", "--only", "formulation=mtl"]) == 0
+    (stage1,) = [r for r in Store(out, create=False).cell_rows() if r["formulation"] == "mtl"]
+    best = out / "cells" / stage1["key"] / "best.pt"
+    best.write_bytes(b"not a checkpoint")
+    assert main(["run", str(suite), "--out", str(out), "--quiet", "--only", "fold=0"]) == 1  # the +f1 cell fails
+    capsys.readouterr()
+    assert main(["run", str(suite), "--out", str(out), "--quiet", "--only", "fold=0", "--retry-failed"]) == 0
+    assert "its stage-1 cell trains again" in capsys.readouterr().err
+    rows = Store(out, create=False).cell_rows()
+    assert all(r["status"] == "done" for r in rows) and len(rows) == 2
+    import torch
+
+    assert isinstance(torch.load(best, weights_only=True), dict)  # retrained: a real checkpoint again
+
+
+def test_temp_files_in_a_finished_cells_folder_are_removed(make_suite, tmp_path):
+    suite = make_suite(name="tmpfiles")
+    out = tmp_path / "run"
+    assert main(["run", str(suite), "--out", str(out), "--quiet"]) == 0
+    folders = [p for p in (out / "cells").iterdir() if p.is_dir()]
+    for folder in folders:
+        (folder / "best.pt.1234.tmp").write_bytes(b"half a save")
+    assert main(["run", str(suite), "--out", str(out), "--quiet"]) == 0  # nothing to train; the leftovers go
+    assert not list((out / "cells").rglob("*.tmp"))

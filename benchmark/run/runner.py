@@ -26,7 +26,7 @@ from ..suite.schema import Suite
 from ..train.augment import channel_stats
 from ..train.cell import CellSpec, run_cell
 from ..train.device import DevicePlan, pick_device
-from ..train.loop import CellData, discard_unloadable_checkpoints
+from ..train.loop import CellData, discard_unloadable_checkpoints, remove_stale_temp_files
 from .store import Heartbeat, Store, retrying, store_location
 
 
@@ -129,7 +129,13 @@ class Runner:
                     f"the missing folds, or restrict the run with --only fold="
                     f"{','.join(map(str, sorted(f.options_by_fold)))}."
                 )
-        previous = {c["key"] for c in self.store.cell_rows()}
+        if self.retry_failed:
+            self._reopen_lost_stage1()
+        rows = self.store.cell_rows()
+        for r in rows:  # a finished cell has no owner left to write in its folder: temp files there are leftovers
+            if r["status"] == "done":
+                remove_stale_temp_files(self.out_dir / "cells" / r["key"])
+        previous = {r["key"] for r in rows}
         self.stale_cells = len(previous - {c.key for c in every_cell})
         self.new_cells = len({c.key for c in self.cells} - previous)
         self.store.set_meta("protocol_hash", protocol_hash(self.suite))
@@ -163,6 +169,26 @@ class Runner:
         if fold not in self._stats:
             self._stats[fold] = channel_stats(self.dataset.images, self.splits.folds[fold][0])
         return self._stats[fold]
+
+    def _reopen_lost_stage1(self) -> None:
+        """--retry-failed: a finished stage-1 cell whose best.pt is missing or cannot be loaded would fail its
+        fine-tuned cells forever; its checkpoints are discarded and it is trained again first."""
+        from ..errors import CellFailed
+        from ..train.loop import load_checkpoint
+
+        for key in sorted({c.depends for c in self.cells if c.depends}):
+            if self.store.status(key) != "done":
+                continue
+            best = self.out_dir / "cells" / key / "best.pt"
+            try:
+                load_checkpoint(best, "cpu", "best checkpoint")  # any failure, a missing file included, is CellFailed
+                continue
+            except CellFailed:
+                pass
+            for path in (best, best.with_name("last.pt")):
+                path.unlink(missing_ok=True)
+            self.store.reopen(key, f"its checkpoint {best} was missing or unloadable; retrained by --retry-failed")
+            print(f"note: discarded {best} (missing or unloadable); its stage-1 cell trains again", file=sys.stderr)
 
     # ------------------------------------------------------------------ running
     def run(self, only=None) -> RunReport:

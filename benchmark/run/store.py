@@ -402,6 +402,15 @@ class Store:
             )
         return True
 
+    def reopen(self, key: str, reason: str) -> bool:
+        """A finished cell whose checkpoint is lost or unloadable, marked failed so that --retry-failed trains it
+        again (its cells that fine-tune from it need that checkpoint); True if it was done."""
+        with self.engine.begin() as conn:
+            done = conn.execute(
+                update(cells).where(cells.c.key == key, cells.c.status == "done").values(status="failed", error=reason)
+            )
+            return bool(done.rowcount)
+
     def finish(self, key: str, result: CellResult) -> bool:
         """The one writer of a cell's result: our claimed cell's metrics, predictions and summary in one
         transaction; False (nothing written) when another owner took the cell over."""
