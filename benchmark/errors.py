@@ -28,3 +28,37 @@ def require_in_run(option, value, choices):
     """A command-line choice that must name something the run holds (a backbone, a formulation)."""
     if value not in choices:
         raise BenchError(f"{option} {value!r} is not in this run: {closest(value, choices)}.")
+
+
+def env_number(name: str, default: float, cast=float, minimum: float = 0.0, unit: str = "seconds"):
+    """A numeric environment setting, or one paragraph naming the variable and the values it takes."""
+    import os
+
+    text = os.environ.get(name)
+    if text is None or text.strip() == "":
+        return cast(default)
+    try:
+        value = cast(text)
+    except ValueError:
+        value = None
+    if value is None or not value > minimum or value != value:
+        raise BenchError(
+            f"{name}={text!r}: a number of {unit} above {minimum:g} (e.g. {cast(default)}); unset it for the default."
+        )
+    return value
+
+
+def explain_database_error(exc: BaseException) -> str | None:
+    """A results store or tuning database that cannot be reached, or stopped answering, as one paragraph (SQLAlchemy's
+    errors are recognised by their module, so this layer imports no database library)."""
+    module = type(exc).__module__ or ""
+    if not module.startswith(("sqlalchemy", "psycopg", "sqlite3")):
+        return None
+    orig = getattr(exc, "orig", None) or exc
+    first = (str(orig).strip().splitlines() or [type(orig).__name__])[0][:300]
+    return (
+        f"the database ({first}) could not be reached or stopped answering. Check that the server is running and "
+        "that the URL's host, port, database, user, password and options (sslmode, connect_timeout) are right. "
+        "Every finished cell is kept in the store, and a cell cut short resumes from its last epoch: run the same "
+        "command again once the database answers."
+    )

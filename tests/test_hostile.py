@@ -286,3 +286,115 @@ def test_temp_files_in_a_finished_cells_folder_are_removed(make_suite, tmp_path)
         (folder / "best.pt.1234.tmp").write_bytes(b"half a save")
     assert main(["run", str(suite), "--out", str(out), "--quiet"]) == 0  # nothing to train; the leftovers go
     assert not list((out / "cells").rglob("*.tmp"))
+
+
+# ---------------------------------------------------------------------------- inputs that ended in "internal error"
+
+STORE_URLS = {
+    "refused port": "postgresql://u@127.0.0.1:1/db",
+    "mysql": "mysql://u@h/db",
+    "postgres scheme": "postgres://u@127.0.0.1:1/db",
+    "http": "http://x/y",
+    "file": "file:///tmp/x",
+    "asyncpg": "postgresql+asyncpg://u@127.0.0.1:1/db",
+    "no scheme": "://",
+    "bad port": "postgresql://u@127.0.0.1:99999/db",
+    "connect_timeout": "postgresql://u@127.0.0.1:1/db?connect_timeout=abc",
+}
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    return write_fake_run(
+        tmp_path_factory.mktemp("finished") / "run", backbones=("resnet18",), formulations=("softmax", "coral"), folds=3
+    )
+
+
+def _clean_error(capsys, code):
+    err = " ".join(capsys.readouterr().err.split())
+    assert code == 2 and "internal error" not in err, err
+    return err
+
+
+@pytest.mark.parametrize("command", ["run", "report", "status"])
+@pytest.mark.parametrize("name", list(STORE_URLS))
+def test_a_bad_store_url_is_one_paragraph(make_suite, finished_run, tmp_path, capsys, command, name):
+    url = STORE_URLS[name]
+    if command == "run":
+        args = ["run", str(make_suite(name="s")), "--out", str(tmp_path / "o"), "--quiet", "--store", url]
+    else:
+        args = [command, str(finished_run), "--store", url]
+    err = _clean_error(capsys, main(args))
+    assert url in err or "could not be reached" in err
+
+
+def test_store_copy_to_an_unreachable_server_is_one_paragraph(finished_run, capsys):
+    err = _clean_error(capsys, main(["store", "copy", str(finished_run), STORE_URLS["refused port"]]))
+    assert "could not be reached" in err and "run the same command again" in err
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--per-class", "0"], "--per-class 0"),
+        (["--per-class", "-2"], "--per-class -2"),
+    ],
+)
+def test_explain_refuses_impossible_counts(finished_run, capsys, args, needle):
+    assert needle in _clean_error(capsys, main(["explain", str(finished_run), *args]))
+
+
+def test_explain_refuses_an_existing_file_as_its_folder(finished_run, tmp_path, capsys):
+    target = tmp_path / "a-file"
+    target.write_text("x")
+    assert "a file of that name exists" in _clean_error(capsys, main(["explain", str(finished_run), "-o", str(target)]))
+
+
+def test_tune_backbone_not_in_the_suite(make_suite, tmp_path, capsys):
+    suite = make_suite(name="tb", formulations=["mtl"])
+    args = ["tune", str(suite), "--trials", "1", "--out", str(tmp_path / "t"), "--backbone", "resnet50"]
+    assert "is not in suite" in _clean_error(capsys, main(args))
+
+
+@pytest.mark.parametrize(
+    "override, needle",
+    [
+        ("training.epochs=!!python/object/apply:os.system ['true']", "is not a value"),
+        ("dataset.params.size=[100000,100000]", "between 8 and 4096"),
+        ("dataset.params.n_images=lots", "dataset.params.n_images"),
+        ("backbones=[{name: tiny, input_size: [0, -3]}]", "input_size"),
+    ],
+)
+def test_bad_values_are_refused_before_training(make_suite, tmp_path, capsys, override, needle):
+    args = ["run", str(make_suite(name="v")), "--out", str(tmp_path / "o"), "--quiet", "--set", override]
+    assert needle in _clean_error(capsys, main(args))
+
+
+@pytest.mark.parametrize(
+    "variable, value, needle",
+    [
+        ("MESBENCH_STALE_SECONDS", "abc", "MESBENCH_STALE_SECONDS='abc'"),
+        ("MESBENCH_HEARTBEAT_SECONDS", "10s", "MESBENCH_HEARTBEAT_SECONDS='10s'"),
+        ("MESBENCH_DEVICE", "tpu", "device 'tpu'"),
+        ("MESBENCH_CACHE", "FILE", "cannot be a folder there"),
+        ("MESBENCH_PROGRESS_EPOCHS", "abc", "MESBENCH_PROGRESS_EPOCHS='abc'"),
+    ],
+)
+def test_environment_variables_with_bad_values(make_suite, tmp_path, variable, value, needle):
+    import os
+    import subprocess
+    import sys
+
+    suite = make_suite(name="env")
+    if value == "FILE":
+        value = str(suite)  # a file where a folder should be
+    env = {**os.environ, variable: value}
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmark.cli", "run", str(suite), "--out", str(tmp_path / "o"), "--quiet"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    err = " ".join(proc.stderr.split())
+    assert proc.returncode == 2 and needle in err and "internal error" not in err, err

@@ -8,7 +8,7 @@ import traceback
 
 from rich.markup import escape
 
-from ..errors import BenchError, Interrupted
+from ..errors import BenchError, Interrupted, explain_database_error
 from .console import err_console
 
 
@@ -53,6 +53,10 @@ def main(argv=None):
     except Exception as exc:
         if args.debug:
             raise
+        database = explain_database_error(exc)
+        if database:
+            err_console.print(f"[bold red]error:[/] {escape(database)}", highlight=False, soft_wrap=True)
+            return 2
         err_console.print(
             f"[bold red]internal error:[/] {type(exc).__name__}: {escape(str(exc))}. Run again with "
             "`bench --debug ...` for the traceback and report it.",

@@ -12,8 +12,10 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
+from ..errors import env_number
+
 # without a terminal: a line every this many epochs (a worker under `--workers` reports every epoch) ...
-PLAIN_EVERY_EPOCHS = int(os.environ.get("MESBENCH_PROGRESS_EPOCHS", 10))
+PLAIN_EVERY_EPOCHS = env_number("MESBENCH_PROGRESS_EPOCHS", 10, int, 0, "epochs")
 PLAIN_EVERY_SECONDS = 60.0  # ... or this many seconds, whichever comes first
 WORKER = bool(os.environ.get("MESBENCH_WORKER"))  # one of several processes sharing a run
 

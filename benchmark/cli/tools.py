@@ -6,8 +6,15 @@ from .console import console
 
 
 def cmd_explain(args):
+    from pathlib import Path
+
+    from ..errors import BenchError
     from ..tools.explain import explain
 
+    if not 1 <= args.per_class <= 50:
+        raise BenchError(f"--per-class {args.per_class}: between 1 and 50 images per grade.")
+    if args.output and Path(args.output).exists() and not Path(args.output).is_dir():
+        raise BenchError(f"-o {args.output}: a file of that name exists; -o names the folder the Grad-CAM grids go to.")
     written, _, flat = explain(
         args.run_dir,
         args.backbone,

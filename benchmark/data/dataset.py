@@ -56,8 +56,14 @@ class Dataset:
 
 
 def cache_dir() -> Path:
-    path = Path(os.environ.get("MESBENCH_CACHE", Path.home() / ".cache" / "mesbench"))
-    path.mkdir(parents=True, exist_ok=True)
+    path = Path(os.environ.get("MESBENCH_CACHE") or Path.home() / ".cache" / "mesbench")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise BenchError(
+            f"the decoded-image cache {path} (MESBENCH_CACHE, else ~/.cache/mesbench) cannot be a folder there "
+            f"({exc.strerror}: a file of that name, or no permission). Point MESBENCH_CACHE at a writable folder."
+        ) from None
     return path
 
 

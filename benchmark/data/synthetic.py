@@ -124,6 +124,45 @@ def generate(
     return images, labels.astype(np.int64), groups, ids
 
 
+MAX_SYNTHETIC_BYTES = 8 << 30  # decoded images live in memory (and in the cache)
+
+
+def checked_params(params: dict[str, Any]) -> dict[str, Any]:
+    """The synthetic generator's parameters as the types and ranges it needs, or one paragraph naming the field."""
+    from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+    class Params(BaseModel):
+        model_config = ConfigDict(extra="forbid", strict=False)
+        n_images: int = Field(ge=8, le=10_000_000)
+        n_patients: int = Field(ge=1)
+        size: tuple[int, int]
+        seed: int
+        label_noise: float = Field(ge=0, le=1)
+        severity_sd: float = Field(0.38, gt=0, allow_inf_nan=False)
+
+    try:
+        p = Params.model_validate(params)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(x) for x in err["loc"])
+        raise BenchError(
+            f"dataset.params.{field}: {err['msg']} (got {err.get('input')!r}). Example: "
+            "{n_images: 800, n_patients: 80, size: [64, 64], seed: 0}."
+        ) from None
+    h, w = p.size
+    if not (8 <= h <= 4096 and 8 <= w <= 4096):
+        raise BenchError(f"dataset.params.size {[h, w]}: height and width between 8 and 4096 pixels.")
+    need = p.n_images * h * w * 3
+    if need > MAX_SYNTHETIC_BYTES:
+        raise BenchError(
+            f"dataset.params: {p.n_images:,} images of {h}×{w} would take {need / 2**30:,.1f} GiB decoded, more than "
+            f"{MAX_SYNTHETIC_BYTES / 2**30:.0f} GiB; use fewer or smaller images."
+        )
+    out = dict(params, n_images=p.n_images, n_patients=p.n_patients, size=[h, w], seed=p.seed)
+    out["label_noise"] = p.label_noise
+    return out
+
+
 @register_dataset("synthetic")
 def synthetic_dataset(cfg: DatasetConfig) -> Dataset:
     params: dict[str, Any] = {"n_images": 800, "n_patients": 80, "size": [64, 64], "seed": 0, "label_noise": 0.06}
@@ -138,6 +177,7 @@ def synthetic_dataset(cfg: DatasetConfig) -> Dataset:
     params.update(cfg.params)
     if cfg.resize:
         params["size"] = list(cfg.resize)
+    params = checked_params(params)
 
     def build():
         try:

@@ -42,13 +42,13 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import DatabaseError, OperationalError
 
-from ..errors import BenchError
+from ..errors import BenchError, env_number
 from ..labels import PROBA_COLUMNS
 from ..result import CellResult
 
 SCHEMA_VERSION = 2
-STALE_SECONDS = float(os.environ.get("MESBENCH_STALE_SECONDS", 60))
-HEARTBEAT_SECONDS = float(os.environ.get("MESBENCH_HEARTBEAT_SECONDS", min(10.0, STALE_SECONDS / 4)))
+STALE_SECONDS = env_number("MESBENCH_STALE_SECONDS", 60)
+HEARTBEAT_SECONDS = env_number("MESBENCH_HEARTBEAT_SECONDS", min(10.0, STALE_SECONDS / 4))
 R = TypeVar("R")
 OWNER = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
 
@@ -123,6 +123,28 @@ def store_location(run_dir: str | Path, store: str | None = None) -> str:
     return env
 
 
+STORE_SCHEMES = ("sqlite", "postgresql", "postgresql+psycopg")
+
+
+def check_store_url(text: str) -> None:
+    """A store URL mesbench can open, or one paragraph with the forms it takes."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    forms = "postgresql://user:password@host:5432/database, sqlite:////abs/path/results.db, or a run directory"
+    try:
+        scheme = make_url(text).drivername
+    except (ArgumentError, ValueError) as exc:
+        raise BenchError(f"store {text!r} is not a database URL ({exc}). Give {forms}.") from None
+    if scheme == "postgres":
+        raise BenchError(f"store {text!r}: SQLAlchemy names the scheme postgresql://, not postgres://. Give {forms}.")
+    if scheme not in STORE_SCHEMES:
+        raise BenchError(
+            f"store {text!r}: the {scheme!r} scheme is not a results store mesbench supports (PostgreSQL with "
+            f"psycopg 3, or SQLite). Give {forms}."
+        )
+
+
 def _same_sqlite(location: str, db: Path) -> bool:
     if "://" in location:
         return location.startswith("sqlite:///") and Path(location.removeprefix("sqlite:///")).resolve() == db.resolve()
@@ -171,6 +193,7 @@ class Store:
             url = sqlite_url(path / "results.db", readonly)
         else:
             self.where = text
+            check_store_url(text)
         self.url = url
         sqlite = str(url).startswith("sqlite")
         if str(url).startswith("postgresql://"):

@@ -115,7 +115,7 @@ class Tuner:
         self.suite, self.out, self.worker = suite, Path(out), worker
         names = [b.name for b in suite.backbones]
         if backbone and backbone not in names:
-            from .errors import closest
+            from ..errors import closest
 
             raise BenchError(f"--backbone {backbone!r} is not in suite {suite.name!r}: {closest(backbone, names)}.")
         self.backbone = next(b for b in suite.backbones if b.name == (backbone or names[0]))

@@ -176,7 +176,14 @@ def apply_overrides(doc: dict, overrides: list[str], source) -> dict:
         if "=" not in item:
             raise BenchError(f"Override {item!r} is not of the form key=value (e.g. training.epochs=3).")
         key, raw = item.split("=", 1)
-        value = yaml.safe_load(raw)
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            first = str(exc).splitlines()[0]
+            raise BenchError(
+                f"Override {item!r}: {raw!r} is not a value ({first}). Give a number, a word, or a YAML list such "
+                "as [64, 64]; tags like !!python/... are never run."
+            ) from None
         node = doc
         parts = key.split(".")
         for p in parts[:-1]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
@@ -69,7 +69,7 @@ class BackboneConfig(Strict):
     batch_size: int | None = Field(None, ge=2)
     pretrained: bool = False
     weights: str | None = None
-    input_size: tuple[int, int] | None = None
+    input_size: tuple[Annotated[int, Field(ge=8, le=4096)], Annotated[int, Field(ge=8, le=4096)]] | None = None
 
     @field_validator("name")
     @classmethod

@@ -62,7 +62,14 @@ def pick_device(requested: str | None = None, amp: str = "auto", deterministic: 
 
     requested = requested or os.environ.get("MESBENCH_DEVICE")
     if requested:
-        device = torch.device(requested)
+        try:
+            device = torch.device(requested)
+        except RuntimeError:
+            raise BenchError(
+                f"device {requested!r} (--device or MESBENCH_DEVICE) is not a device: use cpu, cuda or cuda:N."
+            ) from None
+        if device.type not in ("cpu", "cuda"):
+            raise BenchError(f"device {requested!r} (--device or MESBENCH_DEVICE): mesbench runs on cpu or cuda[:N].")
         if device.type == "cuda" and not torch.cuda.is_available():
             raise BenchError(
                 f"device {requested!r} was requested but this torch ({torch.__version__}) sees no CUDA "
