@@ -40,6 +40,8 @@ def _plt():
     import matplotlib
 
     matplotlib.use("Agg")
+    # Labels are user text: "$x$" in a formulation label must be drawn as written, not parsed as mathtext.
+    matplotlib.rcParams["text.parse_math"] = False
     import matplotlib.pyplot as plt
 
     return plt

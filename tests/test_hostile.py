@@ -398,3 +398,20 @@ def test_environment_variables_with_bad_values(make_suite, tmp_path, variable, v
     )
     err = " ".join(proc.stderr.split())
     assert proc.returncode == 2 and needle in err and "internal error" not in err, err
+
+
+def test_labels_with_dollars_and_rich_markup_render_as_written(make_suite, tmp_path, capsys):
+    """`$…$` broke matplotlib's mathtext in --html; `[/]` broke bench status and the summary of bench run."""
+    label = "cost $\\nope{$ [/] [bold]"  # not valid mathtext, and not valid rich markup
+    suite = make_suite(name="markup", formulations=["softmax", {"name": "coral", "label": label}])
+    out = tmp_path / "run [/]"
+    assert main(["run", str(suite), "--out", str(out)]) == 0
+    text = capsys.readouterr()
+    assert "internal error" not in text.err + text.out and "[/]" in " ".join(text.out.split())
+    assert main(["status", str(out)]) == 0
+    assert "[/]" in capsys.readouterr().out
+    assert main(["report", str(out), "--html", "-o", str(tmp_path / "r.html")]) == 0
+    html = (tmp_path / "r.html").read_text()
+    assert "cost $\\nope{$ [/] [bold]" in html
+    assert main(["report", str(out), "--figures-only", "-o", str(tmp_path / "figs")]) == 0
+    assert list((tmp_path / "figs").glob("*.png"))

@@ -56,7 +56,7 @@ class RunProgress:
         # a fresh task per cell, so its timer shows this cell's time (a fine-tuned cell's included)
         if self.epochs is not None:
             self.progress.remove_task(self.epochs)
-        self.epochs = self.progress.add_task(cell.label, total=epochs, info="")
+        self.epochs = self.progress.add_task(escape(cell.label), total=epochs, info="")
         self._cell, self._t0 = cell, time.perf_counter()
         self._last_line = self._t0
 

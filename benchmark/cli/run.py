@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from rich.markup import escape
+
 from ..errors import BenchError
 from .console import add_set_option, console, err_console
 
@@ -53,14 +55,14 @@ def cmd_run(args):
     err_console.print(
         f"{len(report.trained)} trained, {len(report.skipped)} already done, "
         f"{len(report.failed)} failed in {report.seconds:.1f} s · device {runner.plan.description} · "
-        f"results in {out}"
+        f"results in {escape(str(out))}"
     )
     if not os.environ.get("MESBENCH_WORKER"):  # a worker's summary is printed by the command that started it
         print_summary(out, console, args.store)
     if report.failed:
         err_console.print(
-            f"[red]{len(report.failed)} cell(s) failed[/]; see `bench report {out}`; retry with "
-            f"`bench run {args.suite} --retry-failed`."
+            f"[red]{len(report.failed)} cell(s) failed[/]; see `bench report {escape(str(out))}`; retry with "
+            f"`bench run {escape(str(args.suite))} --retry-failed`."
         )
         return 1
     return 0
@@ -219,7 +221,8 @@ def run_workers(args, suite) -> int:
     out = Path(args.out) if args.out else Path("runs") / suite.name
     cells = Runner(suite, out, device=args.device, store=args.store).prepare(args.only)
     procs, placement = start_workers(run_argv(args, out), args.workers, args.devices, capture=not args.quiet)
-    title = f"{args.workers} workers on {out} ({placement}); `bench status {out}` shows each worker's cell"
+    shown = escape(str(out))
+    title = f"{args.workers} workers on {shown} ({placement}); `bench status {shown}` shows each worker's cell"
     if args.quiet:
         err_console.print(title)
         code = wait_workers(procs)

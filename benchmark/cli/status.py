@@ -10,6 +10,7 @@ from .console import console
 
 
 def cmd_status(args):
+    from rich.markup import escape
     from rich.table import Table
 
     from reports.load import load_run
@@ -34,8 +35,8 @@ def cmd_status(args):
             w = per_worker.setdefault(r["owner"], {"cells": 0, "seconds": 0.0})
             w["cells"] += 1
             w["seconds"] += (r["finished"] or now) - (r["started"] or now)
-    console.print(
-        f"{run.path}: {len(run.cells)} cells — {counts['done']} done, {counts['running']} running, "
+    console.print(  # names and paths are user text: escaped, never read as rich markup
+        f"{escape(str(run.path))}: {len(run.cells)} cells — {counts['done']} done, {counts['running']} running, "
         f"{counts['failed']} failed, {counts['pending']} pending · {disk_size(run.path)} on disk"
     )
     if running:
@@ -44,8 +45,8 @@ def cmd_status(args):
             t.add_column(col)
         for c, r in running:
             t.add_row(
-                f"{c.backbone} · {c.formulation} · fold {c.fold} · seed {c.seed}",
-                r["owner"],
+                escape(f"{c.backbone} · {c.formulation} · fold {c.fold} · seed {c.seed}"),
+                escape(r["owner"]),
                 f"{now - (r['started'] or now):.0f} s ago",
                 f"{now - (r['heartbeat'] or 0):.0f} s ago",
             )
@@ -56,7 +57,7 @@ def cmd_status(args):
             t.add_column(col, justify="right")
         for owner, w in sorted(per_worker.items()):
             rate = 3600 * w["cells"] / w["seconds"] if w["seconds"] > 0 else float("nan")
-            t.add_row(owner, str(w["cells"]), f"{rate:,.1f}")
+            t.add_row(escape(owner), str(w["cells"]), f"{rate:,.1f}")
         console.print(t)
     return 0
 

@@ -326,6 +326,7 @@ class Tuner:
         import matplotlib
 
         matplotlib.use("Agg")
+        matplotlib.rcParams["text.parse_math"] = False  # names are user text, never mathtext
         import matplotlib.pyplot as plt
 
         maximize = next(iter(self.studies.values())).direction.name == "MAXIMIZE"

@@ -124,6 +124,7 @@ def explain(
     import matplotlib
 
     matplotlib.use("Agg")
+    matplotlib.rcParams["text.parse_math"] = False  # labels are user text, never mathtext
     import matplotlib.pyplot as plt
 
     from reports.load import load_run
