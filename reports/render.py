@@ -184,7 +184,7 @@ def _per_class(run, opts, section, tables, figures, ctx):
                 )
             )
             continue
-        reference = section.reference or _axis_reference(run, opts, axis)
+        reference = _section_reference(run, section, axis) or _axis_reference(run, opts, axis)
         cmp = compare(
             run,
             opts,
@@ -200,6 +200,22 @@ def _per_class(run, opts, section, tables, figures, ctx):
             section.items, run.formulations if axis == "formulations" else run.backbones, f"{axis}"
         )
         tables.extend(out)
+
+
+def _section_reference(run: Run, section: Section, axis: str) -> str | None:
+    """A view's own reference, which must be one of the compared items of this run (stars against a name the run
+    does not have would silently be no stars at all)."""
+    if section.reference is None:
+        return None
+    present = run.formulations if axis == "formulations" else run.backbones
+    if section.reference not in present:
+        from benchmark.errors import BenchError, closest
+
+        raise BenchError(
+            f"view section {section.kind!r}: reference {section.reference!r} is not one of the {axis} of this run — "
+            f"{closest(section.reference, present)}. Edit the view's `reference:`."
+        )
+    return section.reference
 
 
 def _axis_reference(run: Run, opts: Options, axis: str) -> str | None:
@@ -272,7 +288,7 @@ def _classwise(run, opts, section, tables, figures, ctx):
             title = section.title if len(withins) == 1 else f"{section.title} ({within})"
         else:
             title = f"class-wise metrics — {within}"
-        reference = section.reference or _axis_reference(run, opts, axis)
+        reference = _section_reference(run, section, axis) or _axis_reference(run, opts, axis)
 
         def draw(within=within, reference=reference):
             return comparison_boxplots(

@@ -33,6 +33,9 @@ SectionKind = Literal[
 SECTION_KINDS = get_args(SectionKind)
 
 
+PerClassMetric = Literal["f1", "recall", "precision", "specificity", "auc"]
+
+
 class Statistics(BaseModel):
     """How a view (or one of its sections) tests, as the paper it reproduces did. A flag given on the command
     line (`--test`, `--correction`, `--split`, `--alpha`) still wins, so every option changes what it says."""
@@ -55,8 +58,8 @@ class Section(BaseModel):
     items: list[str] | None = None  # which formulations / backbones to show; None: all
     reference: str | None = None
     pairs: Literal["reference", "all"] | None = None  # None: --pairs
-    metric: str | None = None  # per_class: None = --metric
-    metrics: list[str] = ["precision", "recall", "f1", "specificity"]
+    metric: PerClassMetric | None = None  # per_class: None = --metric
+    metrics: list[PerClassMetric] = ["precision", "recall", "f1", "specificity"]
     columns: Literal["default", "ordinal", "polat", "ra"] | None = None  # summary: None = --summary
 
 

@@ -415,3 +415,21 @@ def test_labels_with_dollars_and_rich_markup_render_as_written(make_suite, tmp_p
     assert "cost $\\nope{$ [/] [bold]" in html
     assert main(["report", str(out), "--figures-only", "-o", str(tmp_path / "figs")]) == 0
     assert list((tmp_path / "figs").glob("*.png"))
+
+
+@pytest.mark.parametrize(
+    "section, needle",
+    [
+        ("{kind: per_class, metric: bogus}", "metric"),
+        ("{kind: figure_classwise, metrics: [bogus, f1]}", "metrics"),
+        ("{kind: per_class, reference: nothere}", "reference 'nothere'"),
+        ("{kind: figure_classwise, reference: nothere}", "reference 'nothere'"),
+    ],
+)
+def test_a_view_naming_what_does_not_exist_is_refused(finished_run, tmp_path, capsys, section, needle):
+    view = tmp_path / "v.yaml"
+    view.write_text(f"name: v\nsections:\n  - {section}\n")
+    err = _clean_error(
+        capsys, main(["report", str(finished_run), "--view", str(view), "--html", "-o", str(tmp_path / "r.html")])
+    )
+    assert needle in err
