@@ -37,6 +37,32 @@ def test_slurm_options_are_sbatch_names_and_slurm_times():
         parse_slurm_options("gpus_per_node=four")
     with pytest.raises(BenchError, match="not a Slurm time"):
         parse_slurm_options("time=tomorrow")
+    for zero in ("0", "00:00:00", "0-0"):  # Slurm reads zero as "no limit"; it was silently 1 minute
+        with pytest.raises(BenchError, match="no limit"):
+            parse_slurm_options(f"time={zero}")
+
+
+def test_a_refused_submission_leaves_no_pickle_behind(tmp_path, monkeypatch):
+    from benchmark.run.slurm import job_folder, submit_jobs
+
+    monkeypatch.setenv("MESBENCH_SLURM_DIR", str(tmp_path / "jobs"))
+    bin_dir = tmp_path / "bin"  # an srun that exists and an sbatch that refuses, after submitit has pickled
+    bin_dir.mkdir()
+    for name, body in (("srun", "exit 0"), ("sbatch", "echo 'invalid partition' >&2; exit 1")):
+        (bin_dir / name).write_text(f"#!/bin/sh\n{body}\n")
+        (bin_dir / name).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
+    folder = job_folder(tmp_path / "run")
+    seen = []
+    real_rglob = type(folder).rglob
+    monkeypatch.setattr(
+        type(folder), "rglob", lambda self, pat: seen.extend(real_rglob(self, pat)) or real_rglob(self, pat)
+    )
+    with pytest.raises(BenchError, match="Slurm refused"):
+        submit_jobs(["run", "x.yaml"], 2, {"time": 10}, folder, "t")
+    assert any(p.suffix == ".pkl" for p in seen)  # submitit did write its pickle before sbatch refused ...
+    assert not [p for p in folder.rglob("*") if p.is_file()]  # ... and it is gone
+    assert (folder.stat().st_mode & 0o777) == 0o700
 
 
 def test_submit_asks_for_a_time_limit_rather_than_submitits_five_minutes(make_suite, tmp_path):
@@ -56,15 +82,19 @@ def test_submit_trains_every_cell_once_on_a_real_slurm_cluster(pg_server, slurm_
     local, remote = tmp_path / "local", tmp_path / "remote"
     # a job has one CPU (cpus_per_task=1), so it trains with one thread: compare with a one-thread local run
     assert bench("run", str(suite), "--out", str(local), "--quiet", threads=1).returncode == 0
+    jobs_dir = tmp_path / "jobs"
     proc = bench(
         "submit", str(suite), "--out", str(remote), "--store", url, "--slurm", SLURM, "--jobs", "2", "--wait",
-        env=slurm_cluster,
+        env={**slurm_cluster, "MESBENCH_SLURM_DIR": str(jobs_dir)},
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "submitted 2 job(s)" in proc.stderr and "job 1_1: ended" in proc.stderr
     rows = Store(url, create=False).cell_rows()
     assert len(rows) == 8 and all(r["status"] == "done" and r["attempts"] == 1 for r in rows)
-    assert len(list((remote / "slurm").glob("*/*_log.out"))) == 2  # submitit's logs, one per array task
+    (folder,) = list(jobs_dir.iterdir())  # submitit's pickles and logs: private to the user, not in the run directory
+    assert len(list(folder.glob("*/*_log.out"))) == 2  # one log per array task
+    assert (folder.stat().st_mode & 0o777) == 0o700 and (jobs_dir.stat().st_mode & 0o777) == 0o700
+    assert not list(remote.rglob("*.pkl"))
     pd.testing.assert_frame_equal(metrics_of(local), metrics_of(url))  # Store takes a URL too
     status = bench("status", str(remote), "--store", url)
     assert "8 done, 0 running, 0 failed, 0 pending" in " ".join(status.stdout.split())

@@ -24,7 +24,7 @@ def shared_store(url: str | None, what: str) -> str:
 def cmd_submit(args):
     import shutil
 
-    from ..run.slurm import parse_slurm_options, submit_jobs, wait_for
+    from ..run.slurm import job_folder, parse_slurm_options, submit_jobs, wait_for
 
     options = parse_slurm_options(args.slurm or "")
     if "time" not in options:
@@ -60,11 +60,12 @@ def cmd_submit(args):
     argv = run_argv(args, out)
     if gpus > 1:  # one job per node, one worker process per GPU of the node
         argv += ["--workers", str(gpus), "--devices", ",".join(map(str, range(gpus)))]
-    jobs = submit_jobs(argv, args.jobs, options, out / "slurm", f"bench-{suite.name}")
+    folder = job_folder(out)
+    jobs = submit_jobs(argv, args.jobs, options, folder, f"bench-{suite.name}")
     err_console.print(
         f"submitted {len(jobs)} job(s) ({', '.join(j.job_id for j in jobs)}) for {len(cells)} cells of {out}; "
-        f"logs in {out / 'slurm'}; `bench status {out} --store {args.store}` shows progress. Submitting the same "
-        "command again resumes whatever is left."
+        f"logs in {folder} (private to you); `bench status {out} --store {args.store}` shows progress. Submitting "
+        "the same command again resumes whatever is left."
     )
     if not args.wait:
         return 0
@@ -74,7 +75,7 @@ def cmd_submit(args):
 
 
 def submit_tune(args, options, gpus: int) -> int:
-    from ..run.slurm import submit_jobs, wait_for
+    from ..run.slurm import job_folder, submit_jobs, wait_for
     from .tune import make_tuner, report_studies, tune_worker_argv
 
     if args.trials is None:
@@ -83,7 +84,7 @@ def submit_tune(args, options, gpus: int) -> int:
     tuner = make_tuner(args)
     before = {i: len(s.trials) for i, s in tuner.studies.items()}
     argv = tune_worker_argv(args, tuner, tuner.targets(args.trials))
-    jobs = submit_jobs(argv, args.jobs, options, tuner.out.resolve() / "slurm", f"tune-{tuner.study_name}")
+    jobs = submit_jobs(argv, args.jobs, options, job_folder(tuner.out), f"tune-{tuner.study_name}")
     err_console.print(
         f"submitted {len(jobs)} tuning job(s) ({', '.join(j.job_id for j in jobs)}) on {tuner.storage}"
         + (f"; with gpus_per_node={gpus} each job uses its first GPU" if gpus > 1 else "")

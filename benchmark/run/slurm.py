@@ -71,6 +71,11 @@ def slurm_minutes(value: str) -> int:
     m = re.fullmatch(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?", value.strip())
     if not m:
         raise BenchError(f"--slurm: time={value!r} is not a Slurm time; write minutes, HH:MM:SS or D-HH:MM:SS.")
+    if not any(int(g) for g in m.groups() if g):
+        raise BenchError(
+            f"--slurm: time={value!r} is zero, which Slurm reads as no limit at all; give the limit your partition "
+            "allows, e.g. time=24:00:00 or time=7-00:00:00."
+        )
     days, a, b, c = (int(g) if g else None for g in m.groups())
     if days is not None:  # D-H[:M[:S]]
         seconds = days * 86400 + (a or 0) * 3600 + (b or 0) * 60 + (c or 0)
@@ -102,17 +107,39 @@ class BenchJob(Checkpointable):
         return 0
 
 
+def job_folder(run_dir: Path) -> Path:
+    """Where submitit keeps a run's job pickles and logs: a folder only this user can read or write (mode 0700),
+    under MESBENCH_SLURM_DIR or ~/.cache/mesbench/slurm, never the run directory. A job unpickles what is there, so
+    whoever can write to it can run code as the job: a shared run directory must stay data."""
+    import hashlib
+
+    base = Path(os.environ.get("MESBENCH_SLURM_DIR") or Path.home() / ".cache" / "mesbench" / "slurm")
+    key = hashlib.sha256(str(Path(run_dir).resolve()).encode()).hexdigest()[:12]
+    folder = base / f"{Path(run_dir).name}-{key}"
+    for path in (base, folder):
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        path.chmod(0o700)
+    return folder
+
+
 def submit_jobs(argv: list[str], jobs: int, options: dict[str, Any], folder: Path, name: str) -> list:
-    """K array tasks, each running `bench ARGV`; returns submitit's job handles."""
+    """K array tasks, each running `bench ARGV`; returns submitit's job handles. `folder` is the private job folder
+    (`job_folder`); a refused submission leaves no pickle behind."""
     from submitit import SlurmExecutor
 
     if jobs < 1:
         raise BenchError(f"--jobs must be at least 1 (got {jobs}).")
-    executor = SlurmExecutor(folder=folder / "%j", python=sys.executable)
-    executor.update_parameters(**{"job_name": name, **options})
+    before = set(folder.rglob("*"))
     try:
+        executor = SlurmExecutor(folder=folder / "%j", python=sys.executable)
+        executor.update_parameters(**{"job_name": name, **options})
         return executor.map_array(BenchJob(), [argv] * jobs)
     except Exception as exc:  # sbatch refused: no Slurm here, a wrong partition, a limit
+        for path in sorted(set(folder.rglob("*")) - before, reverse=True):  # files first, then their folders
+            if path.is_file():
+                path.unlink(missing_ok=True)
+            elif path.is_dir() and not any(path.iterdir()):
+                path.rmdir()
         lines = str(exc).strip().splitlines()
         raise BenchError(
             f"Slurm refused the submission ({type(exc).__name__}: {lines[-1] if lines else ''}). Check --slurm "
