@@ -191,3 +191,23 @@ def test_a_study_name_of_another_problem_is_refused(make_suite, tmp_path, capsys
     err = " ".join(capsys.readouterr().err.split())
     assert "was made for 'own'" in err and "would mix two problems" in err
     assert main(base + ["--out", str(tmp_path / "c")]) == 0  # the same problem again is welcome
+
+
+def test_a_killed_trial_does_not_stay_running_forever(make_suite, tmp_path, monkeypatch):
+    """Optuna's heartbeat: a RUNNING trial whose worker died is failed once it is stale, when the next trial starts."""
+    import time
+
+    monkeypatch.setattr(tune_mod, "HEARTBEAT_SECONDS", 1)
+    monkeypatch.setattr(tune_mod, "STALE_SECONDS", 2)
+    suite = load_suite(make_suite(name="stale", formulations=["mtl"]))
+    tuner = Tuner(suite, tmp_path / "t", folds=1)
+    study = tuner.studies[0]
+    dead = study.ask()  # a worker took this trial, then was SIGKILLed: no more heartbeats
+    study._storage.record_heartbeat(dead._trial_id)
+    time.sleep(3)
+    tuner.optimize(1)
+    states = {t.number: t.state.name for t in study.trials}
+    assert (
+        states[dead.number] == "FAIL"
+        and list(states.values()).count("COMPLETE") + list(states.values()).count("PRUNED") == 1
+    )

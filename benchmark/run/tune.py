@@ -35,7 +35,7 @@ from ..train.cell import CellSpec, run_cell
 from ..train.device import pick_device
 from ..train.loop import CellData
 from .runner import batch_size_for, input_size_for, preflight
-from .store import sqlite_url
+from .store import HEARTBEAT_SECONDS, STALE_SECONDS, sqlite_url
 
 
 def simplex_from_unit(u: float, v: float) -> tuple[float, float, float]:
@@ -145,10 +145,13 @@ class Tuner:
         }
         self.plan = pick_device(device, suite.training.amp, suite.training.deterministic)
         self.storage = storage or str(sqlite_url(self.out / "tune.db"))
+        # Optuna's heartbeat, with the results store's timing: a trial whose worker was killed stops being RUNNING
+        # once its heartbeat is stale, and is failed when the next trial starts (it would block the study forever).
+        beat = {"heartbeat_interval": max(1, round(HEARTBEAT_SECONDS)), "grace_period": max(2, round(STALE_SECONDS))}
         if self.storage.startswith("sqlite"):  # local workers share the file: wait for its lock, never fail on it
-            rdb = optuna.storages.RDBStorage(self.storage, engine_kwargs={"connect_args": {"timeout": 120}})
+            rdb = optuna.storages.RDBStorage(self.storage, engine_kwargs={"connect_args": {"timeout": 120}}, **beat)
         else:
-            rdb = optuna.storages.RDBStorage(self.storage, engine_kwargs={"pool_pre_ping": True})
+            rdb = optuna.storages.RDBStorage(self.storage, engine_kwargs={"pool_pre_ping": True}, **beat)
         self.study_name = study or f"{suite.name}-{self.backbone.name}-{self.fcfg.name}-{metric}"
         direction: Literal["minimize", "maximize"] = "minimize" if self.metric[1] in LOWER_IS_BETTER else "maximize"
         self.studies = {
