@@ -7,6 +7,7 @@ unprivileged user and a real (tiny) tmpfs.
 import os
 import pickle
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -388,6 +389,7 @@ def test_full_disk_in_the_cache_directory(make_suite, tiny_disk, tmp_path, monke
     code = main(["run", str(suite), "--out", str(tmp_path / "o"), "--quiet", "--only", "fold=0"])
     text = text_of(capsys)
     assert code == 2 and "decoded-image cache" in text and "MESBENCH_CACHE" in text, text
+    assert "(None)" not in text and "0.00 GB" not in text and re.search(r"it needs [\d.]+ (kB|MB|GB|bytes)", text)
     assert not list((tiny_disk / "cache").glob("*.tmp*"))
     assert not (tmp_path / "o" / "results.db").exists()
 
@@ -431,3 +433,25 @@ def test_kill_storm_loses_nothing_and_changes_nothing(make_suite, tmp_path):
     rows = Store(storm, create=False).cell_rows()
     assert len(rows) == 8 and all(r["status"] == "done" for r in rows)
     pd.testing.assert_frame_equal(metrics_of(ref), metrics_of(storm))
+
+
+def test_report_and_status_on_a_full_disk_never_call_an_intact_store_damaged(make_suite, tmp_path, tiny_disk, capsys):
+    run = write_small_run(make_suite, tmp_path)
+    copy = tiny_disk / "run"
+    shutil.copytree(run, copy, ignore=shutil.ignore_patterns("cells"))
+    filler = tiny_disk / "filler"
+    subprocess.run(["dd", "if=/dev/zero", f"of={filler}", "bs=4k"], capture_output=True)  # to the last block
+    for command in (["report", str(copy)], ["status", str(copy)]):
+        code = main(command)
+        text = " ".join((capsys.readouterr().err).split())
+        assert code in (0, 2) and "damaged" not in text and "internal error" not in text, text
+        if code == 2:
+            assert "disk is full" in text and "intact" in text
+    filler.unlink()
+    assert main(["report", str(copy)]) == 0  # and it was intact all along
+
+
+def write_small_run(make_suite, tmp_path):
+    suite = make_suite(name="fullread", formulations=["softmax"])
+    assert main(["run", str(suite), "--out", str(tmp_path / "small"), "--quiet", "--only", "fold=0"]) == 0
+    return tmp_path / "small"

@@ -55,6 +55,14 @@ class Dataset:
             raise BenchError(f"{source}: class(es) {empty} have no image. Every MES grade 0–3 needs images.")
 
 
+def _size(n: float) -> str:
+    """Bytes as a person reads them: 412 kB, 3.1 MB, 2.40 GB (a small dataset is not '0.00 GB')."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.2f} {unit}" if unit == "GB" else f"{n / scale:.1f} {unit}"
+    return f"{n:.0f} bytes"
+
+
 def cache_dir() -> Path:
     path = Path(os.environ.get("MESBENCH_CACHE") or Path.home() / ".cache" / "mesbench")
     try:
@@ -117,9 +125,11 @@ def cached(key: dict, build: Callable[[], Dataset], mmap: bool) -> Dataset:
         # numpy's short write carries no errno; the free space says whether the disk was the cause
         full = shutil.disk_usage(directory).free < ds.images.nbytes + (1 << 20)
         if full or exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES):
+            why = exc.strerror or ("no space left on the device" if full else str(exc) or type(exc).__name__)
+            free = shutil.disk_usage(directory).free
             raise BenchError(
-                f"cannot write the decoded-image cache in {directory} ({exc.strerror}): "
-                f"{ds.images.nbytes / 1e9:.2f} GB are needed there. Free space, or point MESBENCH_CACHE "
+                f"cannot write the decoded-image cache in {directory} ({why}): it needs "
+                f"{_size(ds.images.nbytes)} and {_size(free)} are free there. Free space, or point MESBENCH_CACHE "
                 "at a folder with room."
             ) from None
         raise

@@ -232,6 +232,17 @@ class Store:
                     raise BenchError(f"Store {self.where}: cannot create its tables ({exc.orig}).") from None
         retrying(self._check_schema, create)
 
+    def _disk_full(self) -> bool:
+        """Whether the store's folder has no room left: a full disk makes SQLite fail in ways that read like damage."""
+        import shutil
+
+        if "://" in self.where:
+            return False
+        try:
+            return shutil.disk_usage(Path(self.where).parent).free < (256 << 10)
+        except OSError:
+            return False
+
     def _refuse_foreign_database(self) -> None:
         """Never create tables in (or read results from) a database that is not a mesbench store: one whose tables
         are another program's, without our `meta` table, is left untouched and named."""
@@ -264,10 +275,11 @@ class Store:
                 "directory writable, or copy it and run on the copy (`report`, `check` and `explain` "
                 "only read)."
             )
-        if "full" in text or getattr(exc, "errno", None) == errno.ENOSPC:
+        if "full" in text or getattr(exc, "errno", None) == errno.ENOSPC or self._disk_full():
             return BenchError(
-                f"Store {self.where}: the disk is full ({exc}). Free space there, or choose another "
-                "run directory with --out; finished cells are kept, the interrupted one resumes."
+                f"Store {self.where}: the disk is full ({exc}). The store itself is intact: free space there (SQLite "
+                "needs a little room even to read), or train into another run directory with --out; finished cells "
+                "are kept, the interrupted one resumes."
             )
         return BenchError(
             f"Store {self.where} cannot be read as a results database ({type(exc).__name__}: {exc}). "
