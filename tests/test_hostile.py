@@ -433,3 +433,25 @@ def test_a_view_naming_what_does_not_exist_is_refused(finished_run, tmp_path, ca
         capsys, main(["report", str(finished_run), "--view", str(view), "--html", "-o", str(tmp_path / "r.html")])
     )
     assert needle in err
+
+
+def test_a_decompression_bomb_image_is_named_not_an_internal_error(tmp_path, monkeypatch, capsys):
+    """A 210-megapixel PNG raised PIL's DecompressionBombError through `bench run`; PIL's limit is scaled down here
+    so that a small image trips the same check."""
+    import numpy as np
+    from PIL import Image
+
+    from benchmark.data.catalogue import load_dataset
+    from benchmark.errors import BenchError
+    from benchmark.suite.schema import DatasetConfig
+
+    monkeypatch.setenv("MESBENCH_CACHE", str(tmp_path / "cache"))
+    root = tmp_path / "bomb"
+    for k in range(4):
+        (root / f"Mayo {k}").mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(root / f"Mayo {k}" / f"UC_patient_{i}_{k}.png")
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(root / "Mayo 1" / "UC_patient_7_1.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 64 × 64 is then more than twice the limit: a "bomb"
+    with pytest.raises(BenchError, match="UC_patient_7_1.png"):
+        load_dataset(DatasetConfig(name="folder", root=str(root)))

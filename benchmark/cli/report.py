@@ -93,8 +93,14 @@ def cmd_report(args):
     return 0
 
 
-def writable_or_refuse(folder: Path, what: str) -> None:
-    """A folder the report can write into (made if missing), or one paragraph saying where to write instead."""
+REPORT_HINT = (
+    "Give -o PATH elsewhere (figure files go beside it, or into it with --figures-only); Markdown, LaTeX and CSV "
+    "without figures only read the run."
+)
+
+
+def writable_or_refuse(folder: Path, what: str, hint: str = REPORT_HINT) -> None:
+    """A folder a command can write into (made if missing), or one paragraph saying where to write instead."""
     import os
 
     probe = folder
@@ -103,8 +109,7 @@ def writable_or_refuse(folder: Path, what: str) -> None:
     if not os.access(probe, os.W_OK):
         raise BenchError(
             f"{folder} is not writable (a read-only or archived run directory?), so the {what} cannot be written "
-            "there. Give -o PATH elsewhere (figure files go beside it, or into it with --figures-only); Markdown, "
-            "LaTeX and CSV without figures only read the run."
+            f"there. {hint}"
         )
 
 

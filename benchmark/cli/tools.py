@@ -15,6 +15,10 @@ def cmd_explain(args):
         raise BenchError(f"--per-class {args.per_class}: between 1 and 50 images per grade.")
     if args.output and Path(args.output).exists() and not Path(args.output).is_dir():
         raise BenchError(f"-o {args.output}: a file of that name exists; -o names the folder the Grad-CAM grids go to.")
+    from .report import writable_or_refuse
+
+    folder = Path(args.output) if args.output else Path(args.run_dir) / "explain"
+    writable_or_refuse(folder, "Grad-CAM grids", "Give -o FOLDER elsewhere for them.")
     written, _, flat = explain(
         args.run_dir,
         args.backbone,

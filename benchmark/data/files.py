@@ -30,8 +30,8 @@ def decode_files(paths: list[Path], resize: tuple[int, int] | None, source: str)
                 if resize is not None:
                     im = im.resize((resize[1], resize[0]), Image.Resampling.BILINEAR)
                 return np.asarray(im, dtype=np.uint8)
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-            return exc
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+            return exc  # a decompression bomb (an image of hundreds of megapixels) is named like any bad file
 
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
         arrays = list(pool.map(read, paths))
