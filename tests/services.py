@@ -71,6 +71,16 @@ def postgres():
         )
         return f"postgresql://postgres@127.0.0.1:{port}/{name}"
 
+    def pg_ctl(action, *extra):
+        subprocess.run(
+            as_pg + [str(PG_BIN / "pg_ctl"), "-D", str(data / "db"), "-l", str(data / "log"), "-w", *extra, action],
+            check=True,
+            capture_output=True,
+        )
+
+    database.stop = lambda: pg_ctl("stop", "-m", "immediate")  # as a crash or a pulled plug would
+    database.start = lambda: pg_ctl("start", "-o", options)
+
     try:
         yield database
     finally:

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+from test_run import metrics_of
 
 from benchmark.cli import main
 from benchmark.result import CellResult
@@ -80,6 +81,7 @@ def test_an_sqlite_run_copies_into_postgresql(pg_server, make_suite, tmp_path, c
 SET_META = """
 import sys, time
 from benchmark.run.store import Store
+from test_run import metrics_of
 store = Store(sys.argv[1], create=False)
 while time.time() < float(sys.argv[2]):
     time.sleep(0.001)
@@ -107,3 +109,52 @@ def test_workers_preparing_one_run_at_once_never_collide_on_its_metadata(pg_serv
         assert all(p.returncode == 0 for p in procs), "\n".join(e for e in errors if e)[-2000:]
         store = Store(url, create=False)
         assert store.get_meta("protocol_hash") == "abc" and store.get_meta("key29") == {"n": 29}
+
+
+def test_two_copies_into_one_store_at_once_leave_exactly_one(pg_server, make_suite, tmp_path):
+    import subprocess
+    import sys
+
+    url = pg_server("twocopies")
+    lite = tmp_path / "lite"
+    assert (
+        main(["run", str(make_suite(name="c2", formulations=["softmax", "coral"])), "--out", str(lite), "--quiet"]) == 0
+    )
+    cmd = [sys.executable, "-m", "benchmark.cli", "store", "copy", str(lite), url]
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [(p.wait(timeout=120), p.stderr.read()) for p in procs]
+    assert sorted(code for code, _ in outs) == [0, 2], outs
+    err = " ".join(next(e for c, e in outs if c == 2).split())
+    assert "internal error" not in err and ("already holds cells" in err or "finished first" in err)
+    a = Store(lite, create=False).predictions_frame().sort_values(["key", "split", "image_id"]).reset_index(drop=True)
+    b = Store(url, create=False).predictions_frame().sort_values(["key", "split", "image_id"]).reset_index(drop=True)
+    pd.testing.assert_frame_equal(a, b)  # one copy, whole, nothing twice
+
+
+def test_a_postgresql_restart_mid_run_loses_nothing_and_the_run_resumes(pg_server, make_suite, tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    url = pg_server("restarted")
+    slow = {"params": {"n_images": 800, "n_patients": 40, "size": [32, 32], "seed": 1}}
+    suite = make_suite(name="pgrestart", formulations=["softmax"], training={"epochs": 12}, dataset=slow)
+    local, remote = tmp_path / "local", tmp_path / "remote"
+    assert main(["run", str(suite), "--out", str(local), "--quiet"]) == 0
+    cmd = [sys.executable, "-m", "benchmark.cli", "run", str(suite), "--out", str(remote), "--store", url, "--quiet"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 180
+    while not list((remote / "cells").glob("*/last.pt")):  # part-way through a cell
+        assert time.time() < deadline and proc.poll() is None
+        time.sleep(0.2)
+    pg_server.stop()
+    try:
+        code = proc.wait(timeout=180)
+    finally:
+        pg_server.start()
+    err = " ".join(proc.stderr.read().split())
+    assert code == 2 and "internal error" not in err and "run the same command again" in err, err
+    assert subprocess.run(cmd, capture_output=True, text=True).returncode == 0  # resumed once the server is back
+    rows = Store(url, create=False).cell_rows()
+    assert len(rows) == 2 and all(r["status"] == "done" for r in rows)
+    pd.testing.assert_frame_equal(metrics_of(local), metrics_of(url))

@@ -311,16 +311,24 @@ class Store:
         of cells. Returns rows copied per table."""
         if other.cell_rows():
             raise BenchError(f"Store {other.where} already holds cells: copy into an empty store (one run per store).")
+        from sqlalchemy.exc import IntegrityError
+
         counts = {}
-        with self.engine.connect() as src, other.engine.begin() as dst:
-            dst.execute(delete(meta_table))
-            for table in (meta_table, cells, metrics, predictions):
-                n = 0
-                result = src.execute(select(table)).mappings()
-                while chunk := result.fetchmany(batch):
-                    dst.execute(insert(table), [dict(r) for r in chunk])
-                    n += len(chunk)
-                counts[table.name] = n
+        try:
+            with self.engine.connect() as src, other.engine.begin() as dst:
+                dst.execute(delete(meta_table))
+                for table in (meta_table, cells, metrics, predictions):
+                    n = 0
+                    result = src.execute(select(table)).mappings()
+                    while chunk := result.fetchmany(batch):
+                        dst.execute(insert(table), [dict(r) for r in chunk])
+                        n += len(chunk)
+                    counts[table.name] = n
+        except IntegrityError:  # the one transaction was rolled back: the target holds the other copy, whole
+            raise BenchError(
+                f"Store {other.where}: another copy into it finished first (its cells are already there), so this "
+                "one was rolled back and wrote nothing. Use that copy, or copy into a new, empty store."
+            ) from None
         return counts
 
     def close(self) -> None:
