@@ -158,3 +158,30 @@ def test_a_postgresql_restart_mid_run_loses_nothing_and_the_run_resumes(pg_serve
     rows = Store(url, create=False).cell_rows()
     assert len(rows) == 2 and all(r["status"] == "done" for r in rows)
     pd.testing.assert_frame_equal(metrics_of(local), metrics_of(url))
+
+
+def test_a_store_copy_killed_part_way_leaves_the_target_empty_and_a_second_copy_completes(pg_server, tmp_path):
+    import os
+    import signal
+    import time
+
+    from fake_run import write_fake_run
+
+    url = pg_server("killedcopy")
+    lite = write_fake_run(
+        tmp_path / "lite", backbones=("resnet18", "resnet50"), formulations=("softmax", "coral", "corn"), folds=10
+    )
+    cmd = [sys.executable, "-m", "benchmark.cli", "store", "copy", str(lite), url]
+    t0 = time.time()
+    assert subprocess.run(cmd + ["--help"], capture_output=True).returncode == 0
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(4.0)  # start-up, then part-way through the rows
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert time.time() - t0 > 4.0
+    target = Store(url, create=True)
+    assert target.cell_rows() == []  # one transaction: nothing half-copied
+    assert subprocess.run(cmd, capture_output=True).returncode == 0
+    a = Store(lite, create=False).predictions_frame().sort_values(["key", "split", "image_id"]).reset_index(drop=True)
+    b = Store(url, create=False).predictions_frame().sort_values(["key", "split", "image_id"]).reset_index(drop=True)
+    pd.testing.assert_frame_equal(a, b)
