@@ -448,6 +448,8 @@ def _md_cell(text, bold):
 
 
 def to_markdown(rep: Report, figure_links: list[tuple[str, str]] | None = None) -> str:
+    from urllib.parse import quote
+
     out = [f"# {_md(rep.title)}", ""]
     for w in rep.warnings:
         out += [f"> **⚠ {_md(w)}**", ""]
@@ -468,7 +470,7 @@ def to_markdown(rep: Report, figure_links: list[tuple[str, str]] | None = None) 
         out += ["## Figures", ""]
         for name, path in figure_links:
             label = _md(name).replace("[", "\\[").replace("]", "\\]")
-            out += [f"![{label}](<{path}>)", ""]
+            out += [f"![{label}]({quote(path)})", ""]  # a space or ")" in a path would end the link
     return "\n".join(out)
 
 
