@@ -185,3 +185,12 @@ def test_a_store_copy_killed_part_way_leaves_the_target_empty_and_a_second_copy_
     a = Store(lite, create=False).predictions_frame().sort_values(["key", "split", "image_id"]).reset_index(drop=True)
     b = Store(url, create=False).predictions_frame().sort_values(["key", "split", "image_id"]).reset_index(drop=True)
     pd.testing.assert_frame_equal(a, b)
+
+
+def test_a_missing_database_or_a_refused_tls_request_is_one_paragraph(pg_server, tmp_path, capsys):
+    url = pg_server("present")
+    base = url.rsplit("/", 1)[0]
+    for bad in (f"{base}/nosuchdb", f"{url}?sslmode=require", url.replace("postgres@", "nobody@")):
+        assert main(["report", str(tmp_path), "--store", bad]) == 2, bad
+        err = " ".join(capsys.readouterr().err.split())
+        assert "internal error" not in err and "could not be reached" in err, err
