@@ -81,7 +81,6 @@ def test_an_sqlite_run_copies_into_postgresql(pg_server, make_suite, tmp_path, c
 SET_META = """
 import sys, time
 from benchmark.run.store import Store
-from test_run import metrics_of
 store = Store(sys.argv[1], create=False)
 while time.time() < float(sys.argv[2]):
     time.sleep(0.001)
