@@ -12,6 +12,7 @@ import difflib
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from benchmark.errors import BenchError
 from benchmark.registry import Registry
@@ -123,6 +124,7 @@ def check_weights_file(name: str, source: str, path: Path) -> None:
     import torch
 
     try:
+        state: Any
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
 

@@ -176,7 +176,7 @@ class Runner:
         from ..errors import CellFailed
         from ..train.loop import load_checkpoint
 
-        for key in sorted({c.depends for c in self.cells if c.depends}):
+        for key in sorted({c.depends for c in self.cells or [] if c.depends}):
             if self.store.status(key) != "done":
                 continue
             best = self.out_dir / "cells" / key / "best.pt"
