@@ -504,17 +504,22 @@ def test_only_that_matches_nothing_is_refused(capsys, tmp_path, value):
     assert not (tmp_path / "o" / "results.db").exists() or not Store(tmp_path / "o", create=False).cell_rows()
 
 
+def uniform_limuc_tree(root, values, dtype, mode=None, suffix=".png", shape=(8, 8), per_grade=4):
+    """A LIMUC-shaped tree ("Mayo k" folders, UC_patient_i_k files) whose images of grade k are all `values[k]`."""
+    for k, v in values.items():
+        (root / f"Mayo {k}").mkdir(parents=True)
+        for i in range(per_grade):
+            Image.fromarray(np.full(shape, v, dtype), mode).save(root / f"Mayo {k}" / f"UC_patient_{i}_{k}{suffix}")
+    return root
+
+
 def test_sixteen_bit_images_are_scaled_not_clipped(tmp_path, monkeypatch, capsys):
     from benchmark.data.catalogue import load_dataset
     from benchmark.suite.schema import DatasetConfig
 
     monkeypatch.setenv("MESBENCH_CACHE", str(tmp_path / "cache"))
-    root = tmp_path / "d16"
     values = {0: 1000, 1: 20000, 2: 40000, 3: 65535}
-    for k, v in values.items():
-        (root / f"Mayo {k}").mkdir(parents=True)
-        for i in range(4):
-            Image.fromarray(np.full((8, 8), v, np.uint16)).save(root / f"Mayo {k}" / f"UC_patient_{i}_{k}.png")
+    root = uniform_limuc_tree(tmp_path / "d16", values, np.uint16)
     assert Image.open(root / "Mayo 1" / "UC_patient_0_1.png").mode.startswith("I;16")
     ds = load_dataset(DatasetConfig(name="folder", root=str(root)))
     for k, v in values.items():

@@ -8,6 +8,7 @@ import re
 import markdown
 import pytest
 from fake_run import write_fake_run
+from test_bad_input import uniform_limuc_tree
 
 from benchmark.cli import main
 
@@ -106,12 +107,8 @@ def test_float_images_in_0_1_are_scaled_and_others_refused_naming_the_file(tmp_p
     from benchmark.suite.schema import DatasetConfig
 
     monkeypatch.setenv("MESBENCH_CACHE", str(tmp_path / "cache"))
-    root = tmp_path / "float"
     values = {0: 0.1, 1: 0.3, 2: 0.5, 3: 0.7}
-    for k, v in values.items():
-        (root / f"Mayo {k}").mkdir(parents=True)
-        for i in range(4):
-            Image.fromarray(np.full((8, 8), v, np.float32), "F").save(root / f"Mayo {k}" / f"UC_patient_{i}_{k}.tiff")
+    root = uniform_limuc_tree(tmp_path / "float", values, np.float32, "F", ".tiff")
     assert Image.open(root / "Mayo 0" / "UC_patient_0_0.tiff").mode == "F"
     ds = load_dataset(DatasetConfig(name="folder", root=str(root)))
     for k, v in values.items():
@@ -446,11 +443,7 @@ def test_a_decompression_bomb_image_is_named_not_an_internal_error(tmp_path, mon
     from benchmark.suite.schema import DatasetConfig
 
     monkeypatch.setenv("MESBENCH_CACHE", str(tmp_path / "cache"))
-    root = tmp_path / "bomb"
-    for k in range(4):
-        (root / f"Mayo {k}").mkdir(parents=True)
-        for i in range(3):
-            Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(root / f"Mayo {k}" / f"UC_patient_{i}_{k}.png")
+    root = uniform_limuc_tree(tmp_path / "bomb", dict.fromkeys(range(4), 0), np.uint8, shape=(8, 8, 3), per_grade=3)
     Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(root / "Mayo 1" / "UC_patient_7_1.png")
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 64 × 64 is then more than twice the limit: a "bomb"
     with pytest.raises(BenchError, match="UC_patient_7_1.png"):
