@@ -38,6 +38,13 @@ register_backbone("resnet50", batch_size=32)
 register_backbone("densenet121", batch_size=16)
 register_backbone("inception_v3", input_size=(299, 299), batch_size=32)
 register_backbone("mobilenetv3_large_100", batch_size=16)
+# What the field compares with the study's CNNs (CLoE 2025, EndoDINO 2025, the 2026 multi-centre benchmark).
+# Transformers are built at the images' own size (timm's img_size) unless `input_size:` says otherwise.
+register_backbone("convnext_tiny", batch_size=32)
+register_backbone("efficientnet_b0", batch_size=32)
+register_backbone("vit_small_patch16_224", batch_size=64)
+register_backbone("swin_tiny_patch4_window7_224", batch_size=32)
+register_backbone("vit_small_patch14_dinov2", batch_size=32)
 # A few hundred thousand parameters: smoke suites and tests on a 2-core CPU.
 register_backbone("tiny", timm_name="test_resnet", batch_size=32)
 
@@ -216,18 +223,61 @@ def ensure_weights(name: str, weights: str | None = None) -> Path:
     return cached
 
 
-def create_backbone(name: str, pretrained: bool = False, weights: str | None = None):
-    """(module, feature size, input size). The module maps images to a pooled (B, d) feature vector."""
+def pretrained_cfg(name: str) -> dict:
+    """timm's pretrained_cfg of a backbone (input size, mean/std, whether the input size is fixed); {} if none."""
+    import timm
+
+    cfg = timm.models.get_pretrained_cfg(resolve(name).timm_name)
+    return cfg.to_dict() if cfg is not None else {}
+
+
+def fixed_input_size(name: str) -> bool:
+    """Models built for one input size (ViT, DeiT, Swin, MaxViT, CoAtNet, EVA, DINOv2 …): timm rebuilds them for
+    another through `img_size`, resampling pretrained position embeddings as it loads them."""
+    return bool(pretrained_cfg(name).get("fixed_input_size", False))
+
+
+def model_input_size(name: str) -> tuple[int, int]:
+    size = pretrained_cfg(name).get("input_size")
+    if not size:
+        raise BenchError(
+            f"Backbone {name!r}: timm records no input size for it, so `input_size: model` has nothing to resize "
+            "to. Give `input_size: [H, W]`, or `native`."
+        )
+    return int(size[-2]), int(size[-1])
+
+
+def resize_target(name: str, input_size) -> tuple[int, int] | None:
+    """The size images are resized to for this backbone, None for the images' own size: the suite's
+    `input_size` ([H, W], `model`, `native`), else the registry's default."""
+    if input_size == "native":
+        return None
+    if input_size == "model":
+        return model_input_size(name)
+    if input_size is not None:
+        return int(input_size[0]), int(input_size[1])
+    spec = resolve(name)
+    return tuple(spec.input_size) if spec.input_size else None  # type: ignore[return-value]
+
+
+def _size_kwargs(name: str, size) -> dict:
+    return {"img_size": (int(size[0]), int(size[1]))} if size is not None and fixed_input_size(name) else {}
+
+
+def create_backbone(name: str, pretrained: bool = False, weights: str | None = None, size=None):
+    """(module, feature size, registered input size). The module maps images to a pooled (B, d) feature vector;
+    `size` (H, W) is the size it will see, which fixed-size models are built for."""
     import timm
 
     spec = resolve(name)
+    kwargs = _size_kwargs(name, size)
     if not pretrained:
-        model = timm.create_model(spec.timm_name, pretrained=False, num_classes=0)
+        model = timm.create_model(spec.timm_name, pretrained=False, num_classes=0, **kwargs)
         return model, model.num_features, spec.input_size
     path = ensure_weights(name, weights)
     try:
         model = timm.create_model(
-            spec.timm_name, pretrained=True, num_classes=0, pretrained_cfg_overlay={"file": str(path)}
+            spec.timm_name, pretrained=True, num_classes=0, pretrained_cfg_overlay={"file": str(path)}, **kwargs
         )
     except Exception as exc:
         raise BenchError(
@@ -240,3 +290,161 @@ def create_backbone(name: str, pretrained: bool = False, weights: str | None = N
 
 def list_backbones() -> list[BackboneSpec]:
     return BACKBONES.values()
+
+
+def _meta_forward(name: str, size) -> str | None:
+    """Build the backbone on the meta device (no memory, no weights) and pass one image of this size through
+    it: timm's own size assertions and every shape check run, in well under a second. None if it works."""
+    import timm
+    import torch
+
+    try:
+        with torch.device("meta"):
+            kwargs = _size_kwargs(name, size)
+            model = timm.create_model(resolve(name).timm_name, pretrained=False, num_classes=0, **kwargs)
+            model.eval()(torch.zeros(1, 3, int(size[0]), int(size[1])))  # eval: batch norm takes one image
+    except Exception as exc:
+        text = str(exc).splitlines()[0][:200] if str(exc) else ""
+        return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return None
+
+
+def check_input_size(name: str, size, resized: bool) -> None:
+    """Refuse, before anything is trained, a backbone that cannot take images of this size, with a size it
+    can take."""
+    problem = _meta_forward(name, size)
+    if problem is None:
+        return
+    h, w = int(size[0]), int(size[1])
+    suggestion = None
+    for multiple in (32, 64, 112, 224):
+        candidate = (-(-h // multiple) * multiple, -(-w // multiple) * multiple)
+        if candidate != (h, w) and _meta_forward(name, candidate) is None:
+            suggestion = candidate
+            break
+    where = "resized to" if resized else "of the dataset's own size"
+    fixes = []
+    if suggestion:
+        fixes.append(f"`input_size: [{suggestion[0]}, {suggestion[1]}]` (a size it takes)")
+    try:
+        mh, mw = model_input_size(name)
+        if (mh, mw) != (h, w) and _meta_forward(name, (mh, mw)) is None:
+            fixes.append(f"`input_size: model` ({mh}×{mw}, its weights' own size)")
+    except BenchError:
+        pass
+    fix = " or ".join(fixes) if fixes else "another `input_size: [H, W]`, or another backbone"
+    raise BenchError(
+        f"Backbone {name!r} cannot take images {where} {h}×{w} (timm: {problem}). Nothing was trained. Set {fix} "
+        "under this backbone in the suite's `backbones:`."
+    )
+
+
+def check_lr_decay(name: str) -> None:
+    """Layer-wise decay needs timm's layer grouping of the model (its `group_matcher`)."""
+    import timm
+    import torch
+
+    with torch.device("meta"):
+        model = timm.create_model(resolve(name).timm_name, pretrained=False, num_classes=0)
+    if not hasattr(model, "group_matcher"):
+        raise BenchError(
+            f"Backbone {name!r}: `lr_decay` needs timm's layer grouping (`group_matcher`), which this model does "
+            "not define. Remove `lr_decay` for it."
+        )
+
+
+def pretrained_stats(name: str) -> tuple[list[float], list[float]]:
+    """The weights' own normalisation (`normalise: pretrained`), in [0, 1] units like the fold statistics."""
+    cfg = pretrained_cfg(name)
+    if not cfg.get("mean") or not cfg.get("std"):
+        raise BenchError(
+            f"Backbone {name!r}: timm records no mean/std for its weights, so `normalise: pretrained` has nothing "
+            "to use. Use `normalise: fold`."
+        )
+    return [float(v) for v in cfg["mean"]], [float(v) for v in cfg["std"]]
+
+
+def optimizer_groups(backbone, head, lr: float, weight_decay: float, lr_decay: float | None) -> list[dict]:
+    """Trainable parameters in Adam's groups. Without decay: one group (exactly `Adam(model.parameters())`).
+    With decay: timm's layer-wise groups (`param_groups_layer_decay`: each layer's lr scaled by decay^depth,
+    no weight decay on norms and biases) with their lr set, the head at the full lr."""
+    trainable = [p for p in list(backbone.parameters()) + list(head.parameters()) if p.requires_grad]
+    if lr_decay is None:
+        return [{"params": trainable}]
+    from timm.optim import param_groups_layer_decay
+
+    groups = []
+    for g in param_groups_layer_decay(backbone, weight_decay=weight_decay, layer_decay=lr_decay):
+        params = [p for p in g["params"] if p.requires_grad]
+        if params:
+            groups.append({**g, "params": params, "lr": lr * g["lr_scale"]})
+    groups.append({"params": [p for p in head.parameters() if p.requires_grad], "lr": lr, "weight_decay": weight_decay})
+    return groups
+
+
+def gradcam_target(backbone, layer: str | None = None):
+    """(module, reshape_transform) for pytorch-grad-cam. CNNs: the last feature map of timm's `feature_info`
+    (so MobileNet-v3, whose head pools before its last conv, is explained at its last block). ViT-style models:
+    the last block's `norm1`, as pytorch-grad-cam documents: with class-token pooling only the class token
+    reaches the head after the last block, so gradients on the patch tokens vanish there. Tokens are put back
+    on the patch grid (prefix tokens dropped); NHWC outputs (Swin) are permuted to NCHW. `layer` overrides."""
+    from torch import nn
+
+    tokens = hasattr(backbone, "blocks") and hasattr(backbone, "num_prefix_tokens") and hasattr(backbone, "patch_embed")
+    nhwc = getattr(backbone, "output_fmt", None) == "NHWC" or str(getattr(backbone, "output_fmt", "")) == "Format.NHWC"
+    if layer:
+        try:
+            module = backbone.get_submodule(layer)
+        except AttributeError:
+            names = [n for n, _ in backbone.named_modules() if n]
+            raise BenchError(
+                f"gradcam_layer {layer!r} is not a module of this backbone; its last modules are "
+                f'{", ".join(names[-5:])} (`python -c "import timm; print(timm.create_model(NAME))"` lists all).'
+            ) from None
+    elif tokens:
+        module = backbone.blocks[-1].norm1
+    else:
+        info = getattr(backbone, "feature_info", None)
+        if info:
+            last = info[-1]
+            module = backbone.get_submodule(last["module"] if isinstance(last, dict) else info.module_name()[-1])
+        else:
+            convs = [m for m in backbone.modules() if isinstance(m, nn.Conv2d)]
+            if not convs:
+                raise BenchError("this backbone has no convolutional layer for Grad-CAM; set `gradcam_layer:`")
+            module = convs[-1]
+
+    def to_nchw(t):
+        if t.ndim == 3 and tokens:
+            t = t[:, backbone.num_prefix_tokens :, :]
+            gh, gw = backbone.patch_embed.grid_size
+            if gh * gw != t.shape[1]:
+                raise BenchError(
+                    f"Grad-CAM: {t.shape[1]} patch tokens do not fill the {gh}×{gw} patch grid of this model"
+                )
+            return t.reshape(t.shape[0], gh, gw, t.shape[2]).permute(0, 3, 1, 2)
+        if t.ndim == 4 and nhwc:
+            return t.permute(0, 3, 1, 2)
+        return t
+
+    return module, (to_nchw if tokens or nhwc else None)
+
+
+def model_cost(model, size) -> dict:
+    """Parameters and forward FLOPs per image (torch's FlopCounterMode; a multiply-add counts 2), counted on a
+    meta-device copy so that nothing is computed or allocated."""
+    import copy
+
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    params = sum(p.numel() for p in model.parameters())
+    try:
+        meta = copy.deepcopy(model).to("meta").eval()  # eval: inference FLOPs, and batch norm takes one image
+        counter = FlopCounterMode(display=False)
+        with counter, torch.no_grad():
+            meta(torch.zeros(1, 3, int(size[0]), int(size[1]), device="meta"))
+        flops = int(counter.get_total_flops())
+    except Exception:
+        flops = None  # a layer without a FLOP formula: the column says "—" rather than guess
+    return {"params": int(params), "flops_per_image": flops}

@@ -12,7 +12,15 @@ from pathlib import Path
 
 import numpy as np
 
-from backbones import BACKBONES, ensure_weights, resolve
+from backbones import (
+    BACKBONES,
+    check_input_size,
+    check_lr_decay,
+    ensure_weights,
+    pretrained_stats,
+    resize_target,
+    resolve,
+)
 from formulations import create_formulation
 
 from ..data.catalogue import load_dataset
@@ -63,9 +71,20 @@ def batch_size_for(suite: Suite, backbone) -> int:
 
 
 def input_size_for(backbone):
-    if backbone.input_size:
-        return tuple(backbone.input_size)
-    return resolve(backbone.name).input_size
+    """The size this backbone's images are resized to; None: the images' own size."""
+    return resize_target(backbone.name, backbone.input_size)
+
+
+def check_backbones_fit(suite: Suite, native: tuple[int, int]) -> None:
+    """Every backbone takes the images at the size it will see them (a meta-device pass, no weights), and its
+    options fit it: refused here, naming the backbone and the fix, rather than discovered cell by cell."""
+    for b in suite.backbones:
+        size = input_size_for(b)
+        check_input_size(b.name, size or native, resized=size is not None)
+        if b.lr_decay is not None:
+            check_lr_decay(b.name)
+        if b.normalise == "pretrained":
+            pretrained_stats(b.name)
 
 
 class Runner:
@@ -100,6 +119,7 @@ class Runner:
         preflight(self.suite)
         self.dataset: Dataset = load_dataset(self.suite.dataset)
         splits = make_splits(self.dataset, self.suite.protocol)  # errors before anything is written
+        check_backbones_fit(self.suite, tuple(self.dataset.images.shape[1:3]))
         location = store_location(self.out_dir, self.store_url)
         self.store = Store(location)
         if location != str(self.out_dir):  # a server holds the results; checkpoints and splits stay in the run dir

@@ -34,7 +34,7 @@ from ..suite.schema import FormulationConfig, Suite, stable_hash
 from ..train.cell import CellSpec, run_cell
 from ..train.device import pick_device
 from ..train.loop import CellData
-from .runner import batch_size_for, input_size_for, preflight
+from .runner import batch_size_for, check_backbones_fit, input_size_for, preflight
 from .store import HEARTBEAT_SECONDS, STALE_SECONDS, sqlite_url
 
 
@@ -128,6 +128,7 @@ class Tuner:
         self.metric = parse_metric(metric, known_metrics(self.tasks))
         preflight(suite)
         self.dataset = load_dataset(suite.dataset)
+        check_backbones_fit(suite, tuple(self.dataset.images.shape[1:3]))
         self.out.mkdir(parents=True, exist_ok=True)
         self.splits = record_splits(self.out / "splits.json", make_splits(self.dataset, suite.protocol), self.dataset)
         n = len(self.splits.folds)

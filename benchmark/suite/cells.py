@@ -46,13 +46,23 @@ def _key(suite, backbone, formulation, fold, seed):
         {
             "protocol": protocol_hash(suite),
             "training": training,
-            "backbone": backbone.model_dump(mode="json"),
+            "backbone": _backbone_key(backbone),
             "formulation": _formulation_key(formulation, fold),
             "fold": fold,
             "seed": seed,
         },
         16,
     )
+
+
+def _backbone_key(b: BackboneConfig) -> dict:
+    """What of a backbone changes a cell: newer fields count only when set, so that old cells keep their keys;
+    which layer Grad-CAM explains changes no result."""
+    doc = b.model_dump(mode="json", exclude={"gradcam_layer"})
+    for name in BackboneConfig.KEYED_IF_SET:
+        if doc[name] == BackboneConfig.model_fields[name].default:
+            del doc[name]
+    return doc
 
 
 def _formulation_key(f: FormulationConfig, fold: int) -> dict:

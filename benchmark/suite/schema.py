@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
@@ -69,7 +69,22 @@ class BackboneConfig(Strict):
     batch_size: int | None = Field(None, ge=2)
     pretrained: bool = False
     weights: str | None = None
-    input_size: tuple[Annotated[int, Field(ge=8, le=4096)], Annotated[int, Field(ge=8, le=4096)]] | None = None
+    # native: the images' own size (fixed-size models such as ViT/Swin are built for it through timm's img_size);
+    # model: resized to the weights' own input size (timm's pretrained_cfg); [H, W]: resized to that; None: the
+    # registry's default for the backbone, else native.
+    input_size: (
+        Literal["native", "model"]
+        | tuple[Annotated[int, Field(ge=8, le=4096)], Annotated[int, Field(ge=8, le=4096)]]
+        | None
+    ) = None
+    normalise: Literal["fold", "pretrained"] = "fold"  # fold: the fold's own training statistics (the study's)
+    freeze: Literal["none", "all"] = "none"  # all: a linear probe on frozen features
+    lr_decay: float | None = Field(None, gt=0, le=1, allow_inf_nan=False)  # layer-wise lr decay, as timm's
+    gradcam_layer: str | None = None  # a module of the backbone, e.g. blocks.11.norm1; None: chosen per family
+
+    # Fields added after runs were stored: left out of a cell's key while at their default, so old cells keep
+    # their keys (see cells._key).
+    KEYED_IF_SET: ClassVar[tuple[str, ...]] = ("normalise", "freeze", "lr_decay")
 
     @field_validator("name")
     @classmethod

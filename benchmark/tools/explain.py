@@ -1,8 +1,8 @@
 """`bench explain`: Grad-CAM (pytorch_grad_cam) of stored best checkpoints, for every formulation and head.
 
-The target layer is the last spatial feature map, taken from timm's `feature_info` (so MobileNet-v3,
-whose timm head pools before its last conv, is explained at its last block). Multi-head models are
-wrapped so Grad-CAM sees one tensor: `grade` explains the predicted MES grade — its logit for
+The target layer is chosen per backbone family (`backbones.gradcam_target`: the last feature map of a CNN, the
+last block of a ViT with its tokens put back on the patch grid) or named by the suite's `gradcam_layer`.
+Multi-head models are wrapped so Grad-CAM sees one tensor: `grade` explains the predicted MES grade — its logit for
 softmax, its log-probability for the hierarchical model, regression's score, and for CORAL/CORN
 the decision evidence for grade k over the ordinal logits — each formulation says which scores
 (`gradcam_scores`) and which column (`gradcam_class`); `primary` the active logit; the sub-heads their
@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from backbones import gradcam_target
 from formulations import create_formulation
 
 from ..data.catalogue import load_dataset
@@ -30,16 +31,8 @@ from ..train.augment import BatchMaker
 GRADE_HEAD = "grade"  # the 4-class grade every formulation predicts; other heads are a formulation's tasks
 
 
-def target_layer(backbone: nn.Module) -> nn.Module:
-    info = getattr(backbone, "feature_info", None)
-    if info:
-        last = info[-1]
-        name = last["module"] if isinstance(last, dict) else info.module_name()[-1]
-        return backbone.get_submodule(name)
-    convs = [m for m in backbone.modules() if isinstance(m, nn.Conv2d)]
-    if not convs:
-        raise BenchError("this backbone has no convolutional layer for Grad-CAM")
-    return convs[-1]
+def target_layer(backbone: nn.Module, layer: str | None = None) -> nn.Module:
+    return gradcam_target(backbone, layer)[0]
 
 
 class HeadView(nn.Module):
@@ -56,7 +49,7 @@ class HeadView(nn.Module):
         return self.formulation.gradcam_scores(out)
 
 
-def load_cell_model(run_dir: Path, cell, suite: Suite):
+def load_cell_model(run_dir: Path, cell, suite: Suite, size=None):
     from ..train.cell import build_model
 
     ckpt = Path(run_dir) / "cells" / cell["key"] / "best.pt"
@@ -68,7 +61,7 @@ def load_cell_model(run_dir: Path, cell, suite: Suite):
     fcfg = next(f for f in suite.formulations if f.display == cell["formulation"])
     bcfg = next(b for b in suite.backbones if b.name == cell["backbone"])
     formulation = create_formulation(fcfg.name, {**fcfg.options, **fcfg.options_by_fold.get(int(cell["fold"]), {})})
-    model, _ = build_model(bcfg.model_copy(update={"pretrained": False}), formulation, cell["seed"])
+    model, _ = build_model(bcfg.model_copy(update={"pretrained": False}), formulation, cell["seed"], size=size)
     from ..train.loop import load_checkpoint
 
     try:
@@ -91,10 +84,11 @@ def pick_images(labels, idx, per_class, seed=0):
     return chosen
 
 
-def cams(model, formulation, head, batch, device):
+def cams(model, formulation, head, batch, device, layer: str | None = None):
     from pytorch_grad_cam import GradCAM
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
+    model.requires_grad_(True)  # a frozen (linear-probe) backbone too: Grad-CAM needs gradients at its layers
     view = HeadView(model, formulation, head).to(device)
     with torch.no_grad():
         out = model(batch)
@@ -103,7 +97,8 @@ def cams(model, formulation, head, batch, device):
         category = formulation.gradcam_class(pred)
     else:  # a task head: its last class (the more severe one), e.g. 'active' for remission-vs-active
         category = [len(formulation.tasks[head].classes) - 1] * len(pred)
-    with GradCAM(model=view, target_layers=[target_layer(model.backbone)]) as cam:
+    module, reshape = gradcam_target(model.backbone, layer)
+    with GradCAM(model=view, target_layers=[module], reshape_transform=reshape) as cam:
         maps = cam(input_tensor=batch, targets=[ClassifierOutputTarget(c) for c in category])
     return maps, pred
 
@@ -161,13 +156,15 @@ def explain(
                 "`bench run` or pick another --fold."
             )
         cell = cell.iloc[0].to_dict()
-        model, formulation = load_cell_model(run.path, cell, suite)
+        res = run.result(cell["key"])
+        seen = tuple(res.input_size) if res.input_size else tuple(ds.images.shape[1:3])
+        model, formulation = load_cell_model(run.path, cell, suite, size=seen)
         if head != GRADE_HEAD and head not in formulation.tasks:
             continue
-        res = run.result(cell["key"])
         maker = BatchMaker(ds.images, np.asarray(res.norm_mean), np.asarray(res.norm_std), plan.device, res.input_size)
         model.to(plan.device)
-        maps, pred = cams(model, formulation, head, maker.eval_batch(flat), plan.device)
+        layer = next(b.gradcam_layer for b in suite.backbones if b.name == backbone)
+        maps, pred = cams(model, formulation, head, maker.eval_batch(flat), plan.device, layer)
         h, w = ds.images.shape[1:3]
         maps = np.stack([cv2.resize(m, (w, h)) for m in maps])
         results[f] = (maps, pred)

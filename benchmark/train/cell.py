@@ -7,14 +7,14 @@ typed `CellResult` (metrics, predictions, history, decoding state, timings, vers
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from backbones import create_backbone
+from backbones import create_backbone, model_cost, optimizer_groups, pretrained_stats
 from formulations import Formulation, create_formulation
 
 from ..metrics import all_rows
@@ -25,23 +25,42 @@ from .loop import CellData, Schedule, load_checkpoint, train_cell
 
 
 class Net(nn.Module):
-    def __init__(self, backbone, head):
+    """Backbone + formulation head. `frozen`: a linear probe — the backbone's parameters take no gradient (so
+    autograd builds no graph through it and the backward pass skips it) and it stays in eval mode (its batch
+    norm statistics and dropout as pretrained)."""
+
+    def __init__(self, backbone, head, frozen: bool = False, lr_decay: float | None = None):
         super().__init__()
         self.backbone = backbone
         self.head = head
+        self.frozen = frozen
+        self.lr_decay = lr_decay
+        if frozen:
+            backbone.requires_grad_(False)
 
     def forward(self, x):
         return self.head(self.backbone(x))
 
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.frozen:
+            self.backbone.eval()
+        return self
 
-def build_model(backbone_cfg: BackboneConfig, formulation: Formulation, seed: int):
+    def optimizer_groups(self, lr: float, weight_decay: float) -> list[dict]:
+        return optimizer_groups(self.backbone, self.head, lr, weight_decay, self.lr_decay)
+
+
+def build_model(backbone_cfg: BackboneConfig, formulation: Formulation, seed: int, size=None):
     """The backbone is initialised under the seed before the head, so every formulation of a seed starts from
-    the same backbone weights."""
+    the same backbone weights. `size`: the (H, W) the model will see (fixed-size models are built for it)."""
     torch.manual_seed(seed)
-    backbone, d, input_size = create_backbone(backbone_cfg.name, backbone_cfg.pretrained, backbone_cfg.weights)
+    backbone, d, input_size = create_backbone(
+        backbone_cfg.name, backbone_cfg.pretrained, backbone_cfg.weights, size=size
+    )
     torch.manual_seed(seed + 7919)
     head = formulation.head(d)
-    return Net(backbone, head), input_size
+    return Net(backbone, head, backbone_cfg.freeze == "all", backbone_cfg.lr_decay), input_size
 
 
 @dataclass
@@ -73,8 +92,14 @@ class CellSpec:
 def run_cell(spec: CellSpec, plan: DevicePlan) -> CellResult:
     cfg = spec.training
     formulation = create_formulation(spec.formulation, spec.options)
-    model, native_size = build_model(spec.backbone, formulation, spec.seed)
-    input_size = spec.input_size or native_size
+    input_size = spec.input_size  # None: the images' own size
+    seen_size = tuple(input_size) if input_size else tuple(spec.data.images.shape[1:3])
+    model, _ = build_model(spec.backbone, formulation, spec.seed, size=seen_size)
+    data = spec.data
+    if spec.backbone.normalise == "pretrained":
+        mean, std = pretrained_stats(spec.backbone.name)
+        data = replace(data, mean=np.asarray(mean, np.float32), std=np.asarray(std, np.float32))
+    cost = model_cost(model, seen_size)
     init_state = load_checkpoint(spec.init_checkpoint, "cpu", "stage-1 checkpoint") if spec.init_checkpoint else None
     weights = (
         None
@@ -91,7 +116,8 @@ def run_cell(spec: CellSpec, plan: DevicePlan) -> CellResult:
         spec.should_stop,
         spec.objective,
     )
-    outcome = train_cell(model, formulation, spec.data, cfg, sched, plan, spec.seed, spec.workdir, input_size)
+    outcome = train_cell(model, formulation, data, cfg, sched, plan, spec.seed, spec.workdir, input_size)
+    outcome.timings.update(cost)
     result = CellResult(
         history=outcome.history,
         best_epoch=outcome.best_epoch,
@@ -109,8 +135,8 @@ def run_cell(spec: CellSpec, plan: DevicePlan) -> CellResult:
         n_test=int(len(spec.data.test)),
         batch_size=spec.batch_size,
         input_size=list(input_size) if input_size else None,
-        norm_mean=np.asarray(spec.data.mean).tolist(),
-        norm_std=np.asarray(spec.data.std).tolist(),
+        norm_mean=np.asarray(data.mean).tolist(),
+        norm_std=np.asarray(data.std).tolist(),
         formulation_options=formulation.options,
         output_names=list(formulation.output_names),
         cross_fitted=formulation.fits_decoding,

@@ -250,7 +250,8 @@ def train_cell(
     if sched.init_state is not None:
         model.load_state_dict(sched.init_state)
     step_model = torch.compile(model) if cfg.compile else model
-    opt = torch.optim.Adam(model.parameters(), lr=sched.lr, weight_decay=cfg.weight_decay)
+    groups = model.optimizer_groups(sched.lr, cfg.weight_decay) if hasattr(model, "optimizer_groups") else None
+    opt = torch.optim.Adam(groups or model.parameters(), lr=sched.lr, weight_decay=cfg.weight_decay)
     mode: Literal["min", "max"] = "min" if cfg.monitor == "val_loss" else "max"
     plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
         opt, mode=mode, factor=cfg.plateau_factor, patience=cfg.plateau_patience
@@ -311,7 +312,7 @@ def train_cell(
             "train_loss": train_loss,
             "val_loss": val_loss,
             **monitor_values(y_val, pred),
-            "lr": opt.param_groups[0]["lr"],
+            "lr": opt.param_groups[-1]["lr"],  # the head's (the last group under layer-wise decay)
             "train_images_per_s": seen / max(train_time, 1e-9),
         }
         if sched.objective is not None:
