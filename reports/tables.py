@@ -798,10 +798,14 @@ def throughput(run: Run, opts: Options) -> Table | None:
             peaks = [int(r.timings["peak_memory_bytes"]) for r in results if r.timings.get("peak_memory_bytes")]
             fits = [r.timings["fit_seconds"] for r in results if r.timings.get("fit_seconds") is not None]
             first = results[0]
+            params = first.timings.get("params")
+            flops = first.timings.get("flops_per_image")
             rows.append(
                 [
                     b,
                     f,
+                    f"{params / 1e6:,.2f}" if params else "—",
+                    f"{flops / 1e9:,.3f}" if flops else "—",
                     first.device_name or first.device or "—",
                     first.amp,
                     "yes" if first.compiled else "no",
@@ -819,6 +823,8 @@ def throughput(run: Run, opts: Options) -> Table | None:
         [
             "backbone",
             "formulation",
+            "parameters (M)",
+            "GFLOPs / image",
             "device",
             "AMP",
             "compiled",
@@ -830,6 +836,9 @@ def throughput(run: Run, opts: Options) -> Table | None:
         ],
         rows,
         notes=[
+            "Parameters: backbone and head; GFLOPs: one forward pass of one image at the size the model saw, "
+            "counted by torch's FlopCounterMode (a multiply-add counts 2; — where an operation has no FLOP formula "
+            "or for runs recorded before it was counted). "
             "Median over the cells of each row; training rate over each epoch's training pass; evaluation rate "
             "over the model's inference on the validation and test images of the best epoch alone (loading the "
             "checkpoint and fitting the decoding are not in it); decoding fit: seconds spent fitting decoding "

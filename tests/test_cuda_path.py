@@ -145,5 +145,8 @@ def test_every_cell_records_throughput_device_and_the_report_shows_it(make_suite
     md = to_markdown(build(load_run(out), Options()))
     table7 = md.split("## Table 7")[1]
     row = next(line for line in table7.splitlines() if line.startswith("| tiny | softmax"))
-    cells = [c.strip() for c in row.split("|")[1:-1]]
-    assert float(cells[6].replace(",", "")) == pytest.approx(res.timings["train_images_per_s"], rel=0.01)
+    header = next(line for line in table7.splitlines() if line.startswith("| backbone"))
+    cells = dict(zip([c.strip() for c in header.split("|")[1:-1]], [c.strip() for c in row.split("|")[1:-1]]))
+    assert float(cells["train images/s"].replace(",", "")) == pytest.approx(res.timings["train_images_per_s"], rel=0.01)
+    assert float(cells["parameters (M)"]) == pytest.approx(res.timings["params"] / 1e6, abs=0.005)
+    assert float(cells["GFLOPs / image"]) == pytest.approx(res.timings["flops_per_image"] / 1e9, abs=0.0005)
