@@ -17,7 +17,14 @@ def tiny_suite(tmp_path: Path, name="tiny", formulations=("softmax",), **overrid
         "name": name,
         "dataset": {"name": "synthetic", "params": {"n_images": 160, "n_patients": 24, "size": [32, 32], "seed": 1}},
         "protocol": {"kind": "grouped", "folds": 2, "seed": 0, "test_fraction": 0.25},
-        "training": {"epochs": 2, "lr": 0.003, "batch_size": 32, "finetune_epochs": 1, "finetune_lr": 0.001},
+        "training": {
+            "epochs": 2,
+            "lr": 0.003,
+            "batch_size": 32,
+            "finetune_epochs": 1,
+            "finetune_lr": 0.001,
+            "checkpoint_every": 0,  # every epoch: kill and resume tests catch cells part-way
+        },
         "backbones": ["tiny"],
         "formulations": list(formulations),
     }

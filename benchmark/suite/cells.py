@@ -40,7 +40,7 @@ def protocol_hash(suite: Suite) -> str:
 
 
 def _key(suite, backbone, formulation, fold, seed):
-    training = suite.training.model_dump(mode="json")
+    training = suite.training.model_dump(mode="json", exclude={"checkpoint_every"})  # durability, not results
     training.pop("seeds")
     return stable_hash(
         {
@@ -135,3 +135,11 @@ def select(cells: list[Cell], only: list[str]) -> list[Cell]:
     needed = {c.depends for c in chosen if c.depends}
     deps = [c for c in cells if c.key in needed and c not in chosen]
     return deps + chosen
+
+
+def longest_first(cells: list[Cell], cost) -> list[Cell]:
+    """Pending cells ordered by their estimated cost, largest first (stage-1 cells still before the fine-tuned
+    cells that need them), so a grid does not end with one long cell running while every other worker idles.
+    `cost(cell)` is any number proportional to a cell's training time; ties keep the suite's order."""
+    order = {id(c): i for i, c in enumerate(cells)}
+    return sorted(cells, key=lambda c: (c.depends is not None, -cost(c), order[id(c)]))

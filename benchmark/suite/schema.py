@@ -62,6 +62,9 @@ class TrainingConfig(Strict):
     keep: Literal["best", "last"] = "best"  # checkpoints kept once a cell is finished (last: also last.pt)
     finetune_lr: float = Field(2e-5, ge=0, allow_inf_nan=False)
     finetune_epochs: int | None = Field(None, ge=1)  # None: same as epochs
+    # Seconds of training between resume checkpoints (last.pt), written in the background; 0: every epoch. An
+    # epoch longer than this saves every epoch. Changes what a kill can lose, never a result (not in cell keys).
+    checkpoint_every: float = Field(60.0, ge=0, le=86_400, allow_inf_nan=False)
 
 
 class BackboneConfig(Strict):

@@ -4,7 +4,9 @@ The protocol is the study's: Adam, ReduceLROnPlateau on the monitored value, ear
 checkpoint of the best monitored epoch is the one evaluated. Data order and augmentation draws come
 from a generator seeded by (seed, epoch) only, so every formulation sees the same batches; the
 backbone is initialised under the seed before the head, so it starts from the same weights too.
-Every epoch is checkpointed atomically, so a killed cell resumes from its last finished epoch.
+Checkpoints are written atomically by a background thread (`CheckpointWriter`) every `training.checkpoint_every`
+seconds of training (and at the last epoch, on early stopping and on Ctrl-C), so a killed cell resumes from its last
+completed save and replays the epochs after it exactly (same batches, same augmentation draws, same RNG state).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -92,6 +95,87 @@ def atomic_save(obj, path: Path):
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def snapshot(obj, device: torch.device):
+    """A copy of a (nested) checkpoint whose tensors no later training step can change: CPU tensors cloned; CUDA
+    tensors copied without blocking into pinned host memory (torch caches pinned blocks, so repeated snapshots do
+    not re-pin). Containers are copied too, since the loop keeps appending to its history."""
+    if isinstance(obj, torch.Tensor):
+        t = obj.detach()
+        if t.device.type == "cuda":
+            host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+            return host.copy_(t, non_blocking=True)
+        return t.clone()
+    if isinstance(obj, dict):
+        return type(obj)((k, snapshot(v, device)) for k, v in obj.items())
+    if isinstance(obj, tuple) and hasattr(obj, "_fields"):  # a named tuple takes its fields as arguments
+        return type(obj)(*(snapshot(v, device) for v in obj))
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(snapshot(v, device) for v in obj)
+    return obj
+
+
+class CheckpointWriter:
+    """Checkpoints written by one background thread, so the training loop never waits for the disk: `save`
+    takes a snapshot (a device-to-host copy) and returns; the write (atomic, as `atomic_save`) runs while training
+    goes on. A new save waits only for the previous write; a failed write (a full disk) is raised by the next
+    `save` or by `wait`. `stall` is the time the loop spent in here: snapshots plus any wait."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.stall = 0.0
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def save(self, jobs: list[tuple[Any, Path]], copied: bool = False) -> None:
+        """`copied`: the objects are snapshots already (nothing else holds them)."""
+        t0 = time.perf_counter()
+        try:
+            self._join()
+        finally:
+            self.stall += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        snaps = jobs if copied else [(snapshot(obj, self.device), path) for obj, path in jobs]
+        event = None
+        if self.device.type == "cuda":
+            event = torch.cuda.Event()
+            event.record()
+        self._thread = threading.Thread(target=self._write, args=(snaps, event), daemon=True, name="checkpoint")
+        self._thread.start()
+        self.stall += time.perf_counter() - t0
+
+    def _write(self, snaps, event) -> None:
+        try:
+            if event is not None:
+                event.synchronize()  # the non-blocking copies have landed in host memory
+            for obj, path in snaps:  # in order: best.pt before the last.pt that refers to it
+                atomic_save(obj, path)
+        except BaseException as exc:  # handed to the training thread, never lost in this one
+            self._error = exc
+
+    def wait(self) -> None:
+        t0 = time.perf_counter()
+        try:
+            self._join()
+        finally:
+            self.stall += time.perf_counter() - t0
+
+    def abandon(self) -> None:
+        """After an error in the training thread: let an in-flight write finish (it is atomic either way) and
+        drop its error, so the training error is the one reported."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        self._error = None
+
+    def _join(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
 
 
 def remove_stale_temp_files(workdir: Path) -> int:
@@ -240,6 +324,7 @@ def train_cell(
     workdir: Path,
     input_size=None,
 ) -> CellOutcome:
+    t_setup = time.perf_counter()
     workdir.mkdir(parents=True, exist_ok=True)
     remove_stale_temp_files(workdir)
     last_path, best_path = workdir / "last.pt", workdir / "best.pt"
@@ -288,67 +373,113 @@ def train_cell(
     bs = sched.batch_size
     stopped_early = False
     initial = formulation.initial_state()
-    while state["epoch"] < sched.epochs:
-        epoch = state["epoch"]
-        t0 = time.perf_counter()
-        model.train()
-        order, angles, flips = _epoch_order(len(train_idx), y_train, seed, epoch, cfg.sampler)
-        total, seen = train_epoch(
-            step_model, formulation, maker, data.labels, train_idx, order, angles, flips, bs, opt, scaler, weights, plan
-        )
-        train_loss = float(total.cpu()) / max(seen, 1)
-        if not math.isfinite(train_loss):
-            raise CellFailed(f"training loss became {train_loss} in epoch {epoch + 1}")
-        train_time = time.perf_counter() - t0
-        # Model selection monitors the unweighted validation loss, in stage 2 as in stage 1.
-        val_out, val_loss = predict(model, formulation, maker, data.val, data.labels, plan, cfg.eval_batch_size)
-        if not math.isfinite(val_loss):
-            raise CellFailed(f"validation loss became {val_loss} in epoch {epoch + 1}")
-        y_val = data.labels[data.val]
-        decoded = formulation.decode(val_out, initial)
-        pred = decoded.pred
-        row = {
-            "epoch": epoch + 1,
-            "train_loss": train_loss,
-            "val_loss": val_loss,
-            **monitor_values(y_val, pred),
-            "lr": opt.param_groups[-1]["lr"],  # the head's (the last group under layer-wise decay)
-            "train_images_per_s": seen / max(train_time, 1e-9),
-        }
-        if sched.objective is not None:
-            row["objective"] = float(sched.objective(y_val, pred, decoded.task_preds))
-        value = row[cfg.monitor]
-        plateau.step(value)
-        improved = state["best"] is None or (value < state["best"] if mode == "min" else value > state["best"])
-        if improved:
-            state.update(best=value, best_epoch=epoch + 1, bad_epochs=0)
-            atomic_save(model.state_dict(), best_path)
-        else:
-            state["bad_epochs"] += 1
-        row["seconds"] = time.perf_counter() - t0
-        state["train_seconds"] += row["seconds"]
-        state["history"].append(row)
-        state["epoch"] = epoch + 1
-        stop = state["bad_epochs"] >= cfg.early_stopping
-        atomic_save(
-            {
-                "model": model.state_dict(),
-                "optimizer": opt.state_dict(),
-                "scheduler": plateau.state_dict(),
-                "rng_cpu": torch.get_rng_state(),
-                "scaler": scaler.state_dict() if scaler else None,
-                "state": state,
-            },
-            last_path,
-        )
-        if sched.on_epoch:
-            sched.on_epoch(row)
-        if stop:
-            stopped_early = True
-            break
-        if sched.should_stop():
-            raise Interrupted(f"stopped after epoch {epoch + 1}")
+    writer = CheckpointWriter(device)
+    best_snap = None  # the best epoch's weights (host copy) not yet written to best.pt
+    since_save = 0.0
+    every = cfg.checkpoint_every
+    # where each epoch's time goes (this process's epochs), for `bench perf --cell`
+    parts = dict.fromkeys(("train", "validate", "decode", "checkpoint", "callbacks"), 0.0)
+    epochs_timed = 0
+    setup_seconds = time.perf_counter() - t_setup
 
+    def resume_point():
+        return {
+            "model": model.state_dict(),
+            "optimizer": opt.state_dict(),
+            "scheduler": plateau.state_dict(),
+            "rng_cpu": torch.get_rng_state(),
+            "scaler": scaler.state_dict() if scaler else None,
+            "state": state,
+        }
+
+    def checkpoint():
+        """best.pt (if a newer best is in memory) then last.pt, in the background: a kill before both land
+        resumes from the previous pair, which still agree."""
+        nonlocal best_snap, since_save
+        jobs = []
+        if best_snap is not None:
+            jobs.append((best_snap, best_path))
+            best_snap = None
+        jobs.append((snapshot(resume_point(), device), last_path))
+        writer.save(jobs, copied=True)
+        since_save = 0.0
+
+    try:
+        while state["epoch"] < sched.epochs:
+            epoch = state["epoch"]
+            t0 = time.perf_counter()
+            model.train()
+            order, angles, flips = _epoch_order(len(train_idx), y_train, seed, epoch, cfg.sampler)
+            total, seen = train_epoch(
+                step_model, formulation, maker, data.labels, train_idx, order, angles, flips, bs, opt, scaler,
+                weights, plan,
+            )  # fmt: skip
+            train_loss = float(total.cpu()) / max(seen, 1)
+            if not math.isfinite(train_loss):
+                raise CellFailed(f"training loss became {train_loss} in epoch {epoch + 1}")
+            train_time = time.perf_counter() - t0
+            # Model selection monitors the unweighted validation loss, in stage 2 as in stage 1.
+            val_out, val_loss = predict(model, formulation, maker, data.val, data.labels, plan, cfg.eval_batch_size)
+            if not math.isfinite(val_loss):
+                raise CellFailed(f"validation loss became {val_loss} in epoch {epoch + 1}")
+            t1 = time.perf_counter()
+            y_val = data.labels[data.val]
+            decoded = formulation.decode(val_out, initial)
+            pred = decoded.pred
+            row = {
+                "epoch": epoch + 1,
+                "train_loss": train_loss,
+                "val_loss": val_loss,
+                **monitor_values(y_val, pred),
+                "lr": opt.param_groups[-1]["lr"],  # the head's (the last group under layer-wise decay)
+                "train_images_per_s": seen / max(train_time, 1e-9),
+            }
+            if sched.objective is not None:
+                row["objective"] = float(sched.objective(y_val, pred, decoded.task_preds))
+            value = row[cfg.monitor]
+            plateau.step(value)
+            improved = state["best"] is None or (value < state["best"] if mode == "min" else value > state["best"])
+            t2 = time.perf_counter()
+            if improved:
+                state.update(best=value, best_epoch=epoch + 1, bad_epochs=0)
+                best_snap = snapshot(model.state_dict(), device)  # written with the next last.pt
+            else:
+                state["bad_epochs"] += 1
+            row["seconds"] = time.perf_counter() - t0
+            state["train_seconds"] += row["seconds"]
+            state["history"].append(row)
+            state["epoch"] = epoch + 1
+            stop = state["bad_epochs"] >= cfg.early_stopping
+            since_save += row["seconds"]
+            interrupted = sched.should_stop()
+            if since_save >= every or stop or interrupted or state["epoch"] == sched.epochs:
+                checkpoint()
+            t3 = time.perf_counter()
+            if sched.on_epoch:
+                sched.on_epoch(row)
+            t4 = time.perf_counter()
+            parts["train"] += train_time
+            parts["validate"] += t1 - t0 - train_time
+            parts["decode"] += t2 - t1
+            parts["checkpoint"] += t3 - t2
+            parts["callbacks"] += t4 - t3
+            epochs_timed += 1
+            if stop:
+                stopped_early = True
+                break
+            if interrupted or sched.should_stop():
+                if not interrupted:
+                    checkpoint()
+                writer.wait()  # the epoch is on disk before the process stops
+                raise Interrupted(f"stopped after epoch {epoch + 1}")
+        t_final = time.perf_counter()
+        if best_snap is not None:  # never after a last epoch (it saves), kept so that no best epoch is dropped
+            checkpoint()
+        writer.wait()  # best.pt is read back below; a failed write (a full disk) is raised here
+    except BaseException:
+        writer.abandon()
+        raise
+    checkpoint_stall = writer.stall
     # Evaluate the best epoch's weights. Fitted decoding: fitted on the whole validation fold for the test
     # set; the validation metrics are cross-fitted so that no number is scored on the data it was fitted on.
     # Inference and fitting are timed apart: the evaluation rate is images through the model, and fitting (cut
@@ -387,6 +518,11 @@ def train_cell(
         "train_images_per_s": float(np.median([h.get("train_images_per_s", 0.0) for h in history])) if history else 0.0,
         "eval_images_per_s": n_eval / max(infer_seconds, 1e-9),
         "peak_memory_bytes": plan.peak_memory(),
+        "setup_seconds": setup_seconds,
+        "final_seconds": time.perf_counter() - t_final,
+        "epoch_parts": parts,
+        "epochs_timed": epochs_timed,
+        "checkpoint_stall_seconds": checkpoint_stall,
     }
     return CellOutcome(history, state["best_epoch"], predictions, counters, dec_state, timings, stopped_early)
 
