@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,13 +25,28 @@ class BackboneSpec:
     timm_name: str
     input_size: tuple[int, int] | None = None  # (H, W) the network expects; None: native resolution
     batch_size: int | None = None  # default batch size (Polat et al.'s per-backbone sizes)
+    builder: Callable[[], Any] | None = None  # a module not from timm (the `null` backbone)
 
 
 BACKBONES: Registry[BackboneSpec] = Registry("backbone")
 
 
-def register_backbone(name, timm_name=None, input_size=None, batch_size=None) -> BackboneSpec:
-    return BACKBONES.register(name, BackboneSpec(name, timm_name or name, input_size, batch_size))
+def register_backbone(name, timm_name=None, input_size=None, batch_size=None, builder=None) -> BackboneSpec:
+    return BACKBONES.register(name, BackboneSpec(name, timm_name or name, input_size, batch_size, builder))
+
+
+def _null_backbone():
+    """The global average of each input channel: a 3-feature backbone that costs (almost) nothing, so that a CPU
+    measures the harness's own per-batch, per-epoch and per-cell costs, which a fast GPU would expose."""
+    from torch import nn
+
+    class NullBackbone(nn.Module):
+        num_features = 3
+
+        def forward(self, x):
+            return x.mean(dim=(2, 3))
+
+    return NullBackbone()
 
 
 register_backbone("resnet18", batch_size=64)
@@ -47,6 +63,8 @@ register_backbone("swin_tiny_patch4_window7_224", batch_size=32)
 register_backbone("vit_small_patch14_dinov2", batch_size=32)
 # A few hundred thousand parameters: smoke suites and tests on a 2-core CPU.
 register_backbone("tiny", timm_name="test_resnet", batch_size=32)
+# No model at all: `bench perf --cell --backbone null` measures everything a cell costs besides the model.
+register_backbone("null", timm_name="null", batch_size=64, builder=_null_backbone)
 
 
 def unknown_backbone(name: str) -> BenchError:
@@ -158,6 +176,8 @@ def ensure_weights(name: str, weights: str | None = None) -> Path:
     import torch
 
     spec = resolve(name)
+    if spec.builder is not None:
+        raise BenchError(f"Backbone {name!r} has no weights to load; set `pretrained: false` for it.")
     if weights and not _is_url(weights):
         path = Path(weights).expanduser()
         if not path.is_file():
@@ -227,7 +247,10 @@ def pretrained_cfg(name: str) -> dict:
     """timm's pretrained_cfg of a backbone (input size, mean/std, whether the input size is fixed); {} if none."""
     import timm
 
-    cfg = timm.models.get_pretrained_cfg(resolve(name).timm_name)
+    spec = resolve(name)
+    if spec.builder is not None:
+        return {}
+    cfg = timm.models.get_pretrained_cfg(spec.timm_name)
     return cfg.to_dict() if cfg is not None else {}
 
 
@@ -270,6 +293,11 @@ def create_backbone(name: str, pretrained: bool = False, weights: str | None = N
     import timm
 
     spec = resolve(name)
+    if spec.builder is not None:
+        if pretrained:
+            raise BenchError(f"Backbone {name!r} has no weights to load; set `pretrained: false` for it.")
+        model = spec.builder()
+        return model, model.num_features, spec.input_size
     kwargs = _size_kwargs(name, size)
     if not pretrained:
         model = timm.create_model(spec.timm_name, pretrained=False, num_classes=0, **kwargs)
@@ -295,13 +323,11 @@ def list_backbones() -> list[BackboneSpec]:
 def _meta_forward(name: str, size) -> str | None:
     """Build the backbone on the meta device (no memory, no weights) and pass one image of this size through
     it: timm's own size assertions and every shape check run, in well under a second. None if it works."""
-    import timm
     import torch
 
     try:
         with torch.device("meta"):
-            kwargs = _size_kwargs(name, size)
-            model = timm.create_model(resolve(name).timm_name, pretrained=False, num_classes=0, **kwargs)
+            model, _, _ = create_backbone(name, size=size)
             model.eval()(torch.zeros(1, 3, int(size[0]), int(size[1])))  # eval: batch norm takes one image
     except Exception as exc:
         text = str(exc).splitlines()[0][:200] if str(exc) else ""
@@ -341,11 +367,10 @@ def check_input_size(name: str, size, resized: bool) -> None:
 
 def check_lr_decay(name: str) -> None:
     """Layer-wise decay needs timm's layer grouping of the model (its `group_matcher`)."""
-    import timm
     import torch
 
     with torch.device("meta"):
-        model = timm.create_model(resolve(name).timm_name, pretrained=False, num_classes=0)
+        model, _, _ = create_backbone(name)
     if not hasattr(model, "group_matcher"):
         raise BenchError(
             f"Backbone {name!r}: `lr_decay` needs timm's layer grouping (`group_matcher`), which this model does "
@@ -448,3 +473,20 @@ def model_cost(model, size) -> dict:
     except Exception:
         flops = None  # a layer without a FLOP formula: the column says "—" rather than guess
     return {"params": int(params), "flops_per_image": flops}
+
+
+def flops_per_image(name: str, size) -> int | None:
+    """Forward FLOPs of one image of this size, counted on the meta device (no weights, no memory): what the
+    runner orders cells by, longest first."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    try:
+        with torch.device("meta"):
+            model, _, _ = create_backbone(name, size=size)
+            counter = FlopCounterMode(display=False)
+            with counter, torch.no_grad():
+                model.eval()(torch.zeros(1, 3, int(size[0]), int(size[1])))
+        return int(counter.get_total_flops())
+    except Exception:
+        return None

@@ -59,13 +59,73 @@ def _add_explain(sub):
     r.set_defaults(fn=cmd_explain)
 
 
+def cmd_perf_cell(args):
+    from rich.table import Table
+
+    from ..tools.perf import cell_perf
+    from .console import err_console
+    from .progress import RunProgress
+
+    h, w = _hw(args.size)
+    batch = args.batch or 32
+    with RunProgress(0, err_console, enabled=not args.quiet) as progress:  # progress is part of what is timed
+        r = cell_perf(
+            args.backbone, (h, w), batch, args.images, args.epochs, args.device, args.checkpoint_every, progress
+        )
+    every = "every epoch" if args.checkpoint_every == 0 else f"every {args.checkpoint_every:g} s of training"
+    t = Table(
+        title=f"bench perf --cell — {r.backbone} · {w}×{h} · {r.n_train} training / {r.n_val} validation / "
+        f"{r.n_test} test images · batch {r.batch} · {r.device} · mean of {r.epochs} epochs, a checkpoint {every}"
+    )
+    t.add_column("part of an epoch")
+    t.add_column("seconds", justify="right")
+    t.add_column("share", justify="right")
+    names = {
+        "train": "training pass (data path + model)",
+        "validate": "validation pass",
+        "decode": "decoding + metrics + scheduler",
+        "checkpoint": "checkpoint (time the loop waits)",
+        "callbacks": "progress + trackers",
+    }
+    for k, label in names.items():
+        t.add_row(label, f"{r.parts[k]:.3f}", f"{100 * r.parts[k] / r.epoch:.1f}%")
+    t.add_row("epoch", f"{r.epoch:.3f}", "100%")
+    console.print(t)
+    console.print(
+        f"bare model step over the same {r.n_train} images: {r.bare:.3f} s; training pass / bare step = "
+        f"{r.parts['train'] / r.bare:.2f}×"
+    )
+    console.print(
+        f"checkpoint stall: {100 * r.stall_share:.1f}% of the epoch ({r.parts['checkpoint'] * 1000:.0f} ms; one "
+        f"synchronous save of the same model + Adam state, {r.sync_save_bytes / 1e6:,.0f} MB, takes "
+        f"{r.sync_save:.2f} s = {100 * r.sync_save / r.epoch:.0f}% of the epoch)"
+    )
+    console.print(
+        f"per-epoch fixed cost (decoding, metrics, checkpoint stall, progress): {r.fixed_per_epoch * 1000:.0f} ms"
+    )
+    before = sum(r.before_first_batch.values())
+    after = sum(r.after_last_epoch.values())
+    console.print(
+        f"per-cell fixed cost: before the first batch {before:.2f} s ("
+        + ", ".join(f"{k} {v:.2f}" for k, v in r.before_first_batch.items())
+        + f"); after the last epoch {after:.2f} s ("
+        + ", ".join(f"{k} {v:.2f}" for k, v in r.after_last_epoch.items())
+        + ")"
+    )
+    return 0
+
+
 def cmd_perf(args):
     from rich.table import Table
+
+    if args.cell:
+        return cmd_perf_cell(args)
 
     from ..tools.perf import run_perf
     from .console import err_console
 
     h, w = _hw(args.size)
+    args.batch = args.batch or 64
     stages = 2 if args.no_model else 4
     done = [0]
 
@@ -114,11 +174,22 @@ def _add_perf(sub):
     r = sub.add_parser("perf", help="measure the data path and training epoch against the usual PyTorch recipe")
     r.add_argument("--backbone", default="resnet18", help="timm backbone whose training step is measured")
     r.add_argument("--size", default="352x288", help="WIDTHxHEIGHT (LIMUC native: 352x288)")
-    r.add_argument("--batch", type=int, default=64, help="batch size")
+    r.add_argument("--batch", type=int, default=None, help="batch size (default 64; --cell: 32)")
     r.add_argument("--images", type=int, default=256, help="synthetic images per measurement")
     r.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda when present")
     r.add_argument("--compile", action="store_true", help="torch.compile the model")
     r.add_argument("--no-model", action="store_true", help="only the data paths (1) and (2)")
+    r.add_argument(
+        "--cell",
+        action="store_true",
+        help="one whole cell as `bench run` trains it: where each epoch's time goes, the checkpoint stall, and the "
+        "per-cell fixed costs (`--backbone null`: everything but the model)",
+    )
+    r.add_argument("--epochs", type=int, default=3, help="--cell: epochs timed")
+    r.add_argument(
+        "--checkpoint-every", type=float, default=0.0, help="--cell: seconds between checkpoints (0: every epoch)"
+    )
+    r.add_argument("--quiet", action="store_true", help="--cell: no progress display")
     r.set_defaults(fn=cmd_perf)
 
 

@@ -229,3 +229,144 @@ def run_perf(
         say(f"(4) harness epoch: {rate:,.1f} images/s")
         results["harness"] = PerfResult(f"(4) harness training epoch ({backbone}, training.train_epoch)", rate, secs, n)
     return plan, path, results, peak_memory(plan)
+
+
+@dataclass
+class CellPerf:
+    """One cell as the runner runs it, split into where its time goes (seconds)."""
+
+    backbone: str
+    device: str
+    n_train: int
+    n_val: int
+    n_test: int
+    batch: int
+    epochs: int
+    parts: dict  # per epoch (mean): train, validate, decode, checkpoint, callbacks
+    epoch: float  # mean epoch, all parts
+    bare: float  # the bare model step over the same number of training images
+    before_first_batch: dict  # seconds: claim + spec, model build, loop set-up
+    after_last_epoch: dict  # seconds: final evaluation (flush included), metrics, store write
+    sync_save: float  # one synchronous save of the same model + Adam state, as every epoch cost before
+    sync_save_bytes: int
+
+    @property
+    def stall_share(self) -> float:
+        return self.parts["checkpoint"] / self.epoch
+
+    @property
+    def fixed_per_epoch(self) -> float:
+        """Everything of an epoch but the data path and the model: decoding and metrics, the checkpoint stall,
+        the store write and progress."""
+        return self.parts["decode"] + self.parts["checkpoint"] + self.parts["callbacks"]
+
+
+def cell_perf(
+    backbone="resnet18",
+    size=(288, 352),
+    batch=32,
+    n_images=256,
+    epochs=3,
+    device=None,
+    checkpoint_every=0.0,
+    progress=None,
+    workdir: Path | None = None,
+) -> CellPerf:
+    """Train one real cell through `Runner` (claim, fold data, model build, epochs with validation, decoding,
+    metrics, background checkpoints, store writes, progress, final evaluation) on synthetic images, and time each
+    part; then the bare model step on the same number of training images, and one synchronous save of the same
+    state for comparison. `checkpoint_every=0`: a checkpoint every epoch, the most the writer is asked to do."""
+    import yaml
+
+    from formulations import reference_formulation
+
+    from ..run.runner import Runner
+    from ..run.store import Store
+    from ..suite.loading import load_suite
+    from ..train.loop import atomic_save
+
+    h, w = size
+    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+        doc = {
+            "name": "perf-cell",
+            "dataset": {
+                "name": "synthetic",
+                "params": {"n_images": n_images, "n_patients": max(40, n_images // 6), "size": [h, w], "seed": 0},
+            },
+            "protocol": {"kind": "study", "folds": 5, "test_fraction": 0.2, "seed": 0},
+            "training": {
+                "epochs": epochs,
+                "lr": 2e-4,
+                "batch_size": batch,
+                "early_stopping": epochs + 1,
+                "checkpoint_every": checkpoint_every,
+            },
+            "backbones": [backbone],
+            "formulations": [reference_formulation()],
+        }
+        path = Path(tmp) / "perf-cell.yaml"
+        path.write_text(yaml.safe_dump(doc))
+        suite = load_suite(path)
+        runner = Runner(suite, Path(tmp) / "run", device=device)
+        runner.progress = progress
+        cells = runner.prepare(["fold=0"])
+        if progress is not None:
+            progress.set_total(len(cells))
+        t0 = time.perf_counter()
+        report = runner.run(["fold=0"])
+        wall = time.perf_counter() - t0
+        if report.failed or not report.trained:
+            from ..errors import BenchError
+
+            error = Store(Path(tmp) / "run", create=False).cell_rows()[0].get("error", "")
+            raise BenchError(f"bench perf --cell: the cell did not train ({str(error).splitlines()[0][:300]}).")
+        store = Store(Path(tmp) / "run", create=False)
+        key = cells[0].key
+        overhead = runner.overhead[key]
+        res = store.result(key)
+        store.close()
+        assert res is not None  # the cell was trained and stored just above
+        t = res.timings
+        n = max(t["epochs_timed"], 1)
+        parts = {k: v / n for k, v in t["epoch_parts"].items()}
+        epoch = sum(parts.values())
+        # the same model + Adam state (two moments per weight) written synchronously, as each epoch did before
+        state = torch.load(Path(tmp) / "run" / "cells" / key / "best.pt", weights_only=True)
+        resume = {"model": state, "optimizer": {k: (v.clone(), v.clone()) for k, v in state.items()}}
+        target = Path(tmp) / "sync.pt"
+        t1 = time.perf_counter()
+        atomic_save(resume, target)
+        sync = time.perf_counter() - t1
+        sync_bytes = target.stat().st_size
+    plan = pick_device(device)
+    model, formulation, opt = model_parts(backbone, plan, (h, w))
+    fn, n_bare = bare_step(model, formulation, opt, plan, batch, (h, w), res.n_train)
+    bare_secs, _ = _timed(fn, n_bare, plan.device, repeat=1)
+    # what the runner spends around run_cell besides claim, fold data and the store write: progress, heartbeat
+    rest = wall - t["cell_seconds"] - sum(overhead.values())
+    return CellPerf(
+        backbone=backbone,
+        device=plan.description,
+        n_train=res.n_train,
+        n_val=res.n_val,
+        n_test=res.n_test,
+        batch=batch,
+        epochs=t["epochs_timed"],
+        parts=parts,
+        epoch=epoch,
+        bare=bare_secs * res.n_train / max(n_bare, 1),
+        before_first_batch={
+            "claim": overhead["claim"],
+            "fold data": overhead["fold data"],
+            "model build": t["build_seconds"],
+            "loop set-up": t["setup_seconds"],
+        },
+        after_last_epoch={
+            "final evaluation": t["final_seconds"],
+            "metrics": t["metrics_seconds"],
+            "store write": overhead["store write"],
+            "progress, heartbeat": rest,
+        },
+        sync_save=sync,
+        sync_save_bytes=sync_bytes,
+    )

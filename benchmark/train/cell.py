@@ -6,6 +6,7 @@ typed `CellResult` (metrics, predictions, history, decoding state, timings, vers
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -90,6 +91,7 @@ class CellSpec:
 
 
 def run_cell(spec: CellSpec, plan: DevicePlan) -> CellResult:
+    t_cell = time.perf_counter()
     cfg = spec.training
     formulation = create_formulation(spec.formulation, spec.options)
     input_size = spec.input_size  # None: the images' own size
@@ -116,8 +118,9 @@ def run_cell(spec: CellSpec, plan: DevicePlan) -> CellResult:
         spec.should_stop,
         spec.objective,
     )
+    build_seconds = time.perf_counter() - t_cell
     outcome = train_cell(model, formulation, data, cfg, sched, plan, spec.seed, spec.workdir, input_size)
-    outcome.timings.update(cost)
+    outcome.timings.update(cost, build_seconds=build_seconds)
     result = CellResult(
         history=outcome.history,
         best_epoch=outcome.best_epoch,
@@ -149,6 +152,7 @@ def run_cell(spec: CellSpec, plan: DevicePlan) -> CellResult:
         if spec.class_weights is None
         else {k: np.asarray(v).tolist() for k, v in spec.class_weights.items()},
     )
+    t_metrics = time.perf_counter()
     for split, pred in outcome.predictions.items():
         rows, cm = all_rows(pred["y"], pred["pred"], pred["task_preds"], formulation.tasks, pred["proba"])
         n = max(len(pred["y"]), 1)
@@ -158,4 +162,6 @@ def run_cell(spec: CellSpec, plan: DevicePlan) -> CellResult:
         result.predictions[split] = SplitPredictions(
             pred["ids"], pred["y"], pred["pred"], pred["outputs"], pred["proba"], pred["score"], pred["task_preds"]
         )
+    result.timings["metrics_seconds"] = time.perf_counter() - t_metrics
+    result.timings["cell_seconds"] = time.perf_counter() - t_cell
     return result
