@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 from rich.markup import escape
@@ -105,6 +106,12 @@ def device_ids(devices: str | None, visible: str | None) -> list[str]:
 WORKERS_PER_DEVICE = 4  # several cells may share a GPU the model leaves idle; more is a typo
 
 
+def assign_devices(workers: int, wanted: list[str]) -> list[str]:
+    """Worker i runs on wanted[i mod len(wanted)]: a device named twice (`--devices 0,0,1,1`) takes two workers,
+    so small models that leave a GPU idle share it."""
+    return [wanted[i % len(wanted)] for i in range(workers)] if wanted else []
+
+
 def check_workers(workers: int, devices: str | None) -> None:
     """--workers and --devices as the machine can hold them, refused at the edge with the valid values."""
     import os
@@ -127,10 +134,12 @@ def check_workers(workers: int, devices: str | None) -> None:
                 + (f" (indices 0 to {visible - 1})" if visible else "")
                 + f", so {', '.join(missing)} do(es) not exist. Drop --devices to run on the CPU."
             )
-        cap = WORKERS_PER_DEVICE * len(wanted)
-        if workers > cap:
+        per_gpu = Counter(assign_devices(workers, wanted))
+        crowded = sorted(d for d, n in per_gpu.items() if n > WORKERS_PER_DEVICE)
+        if crowded:
             raise BenchError(
-                f"--workers {workers} on {len(wanted)} GPU(s): at most {WORKERS_PER_DEVICE} workers per GPU ({cap})."
+                f"--workers {workers} --devices {devices} puts {per_gpu[crowded[0]]} workers on GPU {crowded[0]}: at "
+                f"most {WORKERS_PER_DEVICE} workers per GPU."
             )
     elif workers > cores:
         raise BenchError(
@@ -161,10 +170,11 @@ def start_workers(argv: list[str], workers: int, devices: str | None, capture: b
     threads = max(1, (os.cpu_count() or 2) // workers)
     first = worker_index() * workers  # inside a Slurm array task: indices distinct across tasks too
     procs = []
+    devices_of = assign_devices(workers, wanted)
     for i in range(workers):
         env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MESBENCH_WORKER": str(first + i)}
-        if wanted:
-            env["CUDA_VISIBLE_DEVICES"] = wanted[i % len(wanted)]
+        if devices_of:
+            env["CUDA_VISIBLE_DEVICES"] = devices_of[i]
         if capture:  # their lines go to one WorkerBoard: plain, every epoch
             env.update(MESBENCH_PROGRESS_EPOCHS="1", COLUMNS="250")  # one line per event, never wrapped
         out = subprocess.PIPE if capture else None
@@ -179,7 +189,8 @@ def start_workers(argv: list[str], workers: int, devices: str | None, capture: b
                 preexec_fn=_die_with_parent,
             )
         )
-    return procs, (", ".join(f"GPU {d}" for d in wanted) or f"{threads} CPU threads each")
+    shown = ", ".join(f"GPU {d}" + (f" ×{n}" if n > 1 else "") for d, n in Counter(devices_of).items())
+    return procs, (shown or f"{threads} CPU threads each")
 
 
 def worker_index() -> int:

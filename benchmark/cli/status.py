@@ -39,6 +39,9 @@ def cmd_status(args):
         f"{escape(str(run.path))}: {len(run.cells)} cells — {counts['done']} done, {counts['running']} running, "
         f"{counts['failed']} failed, {counts['pending']} pending · {disk_size(run.path)} on disk"
     )
+    left = time_left(run.cells, rows, now)
+    if left is not None:
+        console.print(left)
     if running:
         t = Table(title="running")
         for col in ("cell", "worker", "since", "last heartbeat"):
@@ -60,6 +63,51 @@ def cmd_status(args):
             t.add_row(escape(owner), str(w["cells"]), f"{rate:,.1f}")
         console.print(t)
     return 0
+
+
+def _hours(seconds: float) -> str:
+    return f"{seconds / 3600:.1f} h" if seconds >= 5400 else f"{seconds / 60:.0f} min"
+
+
+def time_left(cells, rows: dict[str, dict[str, Any]], now: float) -> str | None:
+    """Time left from what finished cells took: each unfinished cell is estimated by the mean duration of the
+    finished cells of its backbone and formulation (else of its backbone); a running cell by that minus the time it
+    has run. Cells with nothing finished to go by are counted apart, never guessed."""
+    import numpy as np
+
+    took: dict[tuple[str, str], list[float]] = {}
+    for c in cells.itertuples():
+        r = rows.get(c.key)
+        if r is not None and r["status"] == "done" and r.get("started") is not None and r.get("finished") is not None:
+            took.setdefault((c.backbone, c.formulation), []).append(r["finished"] - r["started"])
+    if not took:
+        return None
+    by_backbone: dict[str, list[float]] = {}
+    for (b, _), v in took.items():
+        by_backbone.setdefault(b, []).extend(v)
+    seconds, unknown, active = 0.0, 0, 0
+    for c in cells.itertuples():
+        r = rows.get(c.key)
+        status = "pending" if r is None or (r["status"] == "running" and not r["owner"]) else r["status"]
+        if status in ("done", "failed"):
+            continue
+        past = took.get((c.backbone, c.formulation)) or by_backbone.get(c.backbone)
+        if not past:
+            unknown += 1
+            continue
+        estimate = float(np.mean(past))
+        if status == "running":
+            active += 1
+            started = r["started"] if r is not None else None
+            estimate = max(estimate - (now - (started or now)), 0.0)
+        seconds += estimate
+    text = f"time left: ≈ {_hours(seconds)} of cell time"
+    if active > 1:
+        text += f" (≈ {_hours(seconds / active)} with the {active} cells running now in parallel)"
+    text += ", from the mean duration of finished cells of the same backbone and formulation"
+    if unknown:
+        text += f"; {unknown} cell(s) of backbones with no finished cell yet are not counted"
+    return text
 
 
 def add_commands(sub):

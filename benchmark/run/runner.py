@@ -17,6 +17,7 @@ from backbones import (
     check_input_size,
     check_lr_decay,
     ensure_weights,
+    flops_per_image,
     pretrained_stats,
     resize_target,
     resolve,
@@ -28,7 +29,7 @@ from ..data.dataset import Dataset
 from ..data.splits import Splits, make_splits, record_splits
 from ..errors import BenchError, CellFailed, Interrupted
 from ..labels import NUM_CLASSES
-from ..suite.cells import Cell, expand_cells, protocol_hash, select
+from ..suite.cells import Cell, expand_cells, longest_first, protocol_hash, select
 from ..suite.loading import dump_suite
 from ..suite.schema import Suite
 from ..train.augment import channel_stats
@@ -109,6 +110,7 @@ class Runner:
         self.trackers: list = []
         self._last_metrics: dict[str, dict[str, float]] = {}
         self._only: list[str] = []
+        self.overhead: dict[str, dict[str, float]] = {}  # per cell: seconds of claim, fold data, store write
 
     # ------------------------------------------------------------------ set-up
     def prepare(self, only=None):
@@ -139,7 +141,7 @@ class Runner:
             )
         self.splits: Splits = record_splits(self.out_dir / "splits.json", splits, self.dataset)
         every_cell = expand_cells(self.suite, len(splits.folds))
-        self.cells = select(every_cell, only or [])
+        self.cells = longest_first(select(every_cell, only or []), self.cost_estimate(self.dataset.images.shape[1:3]))
         for cell in self.cells:
             f = cell.formulation
             if f.options_by_fold and cell.fold not in f.options_by_fold:
@@ -184,6 +186,24 @@ class Runner:
             )
         (self.out_dir / "suite.yaml").write_text(dump_suite(self.suite))
         return self.cells
+
+    def cost_estimate(self, native):
+        """A cell's relative cost: forward FLOPs per image of its backbone at the size it sees × its epochs. FLOPs
+        are counted (on the meta device) only when the suite has more than one backbone to order."""
+        cfg = self.suite.training
+        names = {b.name for b in self.suite.backbones}
+        flops: dict[str, float] = {}
+        if len(names) > 1:
+            for b in self.suite.backbones:
+                size = input_size_for(b) or tuple(native)
+                flops[b.name] = float(flops_per_image(b.name, size) or 0.0)
+
+        def cost(cell: Cell) -> float:
+            ft = cell.formulation.finetune_options
+            epochs = (ft.epochs or cfg.finetune_epochs or cfg.epochs) if cell.depends else cfg.epochs
+            return flops.get(cell.backbone.name, 1.0) * epochs
+
+        return cost
 
     def fold_stats(self, fold):
         if fold not in self._stats:
@@ -269,9 +289,11 @@ class Runner:
                 return state
             if dep != "done":
                 return "busy"
+        t_claim = time.perf_counter()
         state = retrying(self.store.claim, cell.key, self._cell_info(cell), self.retry_failed)
         if state != "claimed":
             return state
+        overhead = self.overhead[cell.key] = {"claim": time.perf_counter() - t_claim}
         workdir = self.out_dir / "cells" / cell.key
         if self.retry_failed:
             for path in discard_unloadable_checkpoints(workdir):
@@ -283,7 +305,9 @@ class Runner:
         beat = Heartbeat(self.store, cell.key)
         try:
             with beat:
+                t_spec = time.perf_counter()
                 spec = self.cell_spec(cell, workdir, beat.lost.is_set)
+                overhead["fold data"] = time.perf_counter() - t_spec
                 self._track_start(cell, spec)
                 result = run_cell(spec, self.plan)
         except Interrupted as exc:
@@ -327,7 +351,10 @@ class Runner:
             for r in result.metrics
             if r["split"] == "val" and r["task"] == "mes" and r["metric"] in shown and r["cls"] in ("", "macro")
         }
-        if not retrying(self.store.finish, cell.key, result):
+        t_store = time.perf_counter()
+        stored = retrying(self.store.finish, cell.key, result)
+        overhead["store write"] = time.perf_counter() - t_store
+        if not stored:
             if self.progress:
                 self.progress.note(
                     f"[yellow]note[/]: {cell.label} was taken over by another worker while this one "
