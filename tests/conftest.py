@@ -6,7 +6,9 @@ import yaml
 
 os.environ.setdefault("MESBENCH_CACHE", str(Path(__file__).resolve().parent.parent / ".cache" / "test-data"))
 os.environ["MESBENCH_DEVICE"] = "cpu"
-os.environ.setdefault("OMP_NUM_THREADS", "2")
+# Under pytest-xdist the cores are shared between the test processes.
+_workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+os.environ.setdefault("OMP_NUM_THREADS", str(max(1, min(2, (os.cpu_count() or 2) // _workers))))
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import pytest
 from test_run import metrics_of
 
 from benchmark.cli import main
@@ -15,6 +16,10 @@ from benchmark.result import CellResult
 from benchmark.run.store import Store
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# One pytest-xdist worker runs every test of the real services, so one PostgreSQL server and one Slurm cluster
+# serve the whole session (`--dist loadgroup` in pyproject.toml).
+pytestmark = pytest.mark.xdist_group("services")
 
 
 def claim_storm(*args):

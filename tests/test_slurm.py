@@ -18,6 +18,10 @@ from benchmark.run.store import Store
 
 SLURM = "partition=test,cpus_per_task=1,time=10"
 
+# One pytest-xdist worker runs every test of the real services, so one PostgreSQL server and one Slurm cluster
+# serve the whole session (`--dist loadgroup` in pyproject.toml).
+pytestmark = pytest.mark.xdist_group("services")
+
 
 def test_slurm_options_are_sbatch_names_and_slurm_times():
     got = parse_slurm_options("partition=gpu,gpus_per_node=4,time=24:00:00,exclude=n1,n2,mem=64G")
