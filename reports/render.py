@@ -25,6 +25,7 @@ from .tables import (
     finetune_effect,
     friedman_table,
     mtl_tasks,
+    patient_level,
     resolve,
     test_ensemble,
     throughput,
@@ -247,6 +248,14 @@ def _test(run, opts, section, tables, figures, ctx):
             tables.append(t)
 
 
+def _patient(run, opts, section, tables, figures, ctx):
+    if ctx["with_test"]:
+        preds = run.store.predictions_frame("test", ["key", "image_id", "y_true", "outputs"])
+        t = patient_level(run, opts, preds)
+        if t is not None:
+            tables.append(t)
+
+
 def _friedman(run, opts, section, tables, figures, ctx):
     fr, fres = friedman_table(run, opts)
     ctx["friedman"] = fres
@@ -371,6 +380,7 @@ SECTIONS = {
     "tasks": _tasks,
     "finetune": _finetune,
     "test": _test,
+    "patient": _patient,
     "friedman": _friedman,
     "throughput": _throughput,
     "failed": _failed,

@@ -360,3 +360,72 @@ def bootstrap_metrics(y, pred, n_resamples=1000, seed=0, confidence=0.95):
         random_state=np.random.default_rng(seed),
     )
     return point, res.confidence_interval.low, res.confidence_interval.high
+
+
+PATIENT_METRICS = ["accuracy", "QWK", "recall MES 0", "recall MES 1", "recall MES 2", "recall MES 3",
+                   "remission vs active accuracy"]  # fmt: skip
+
+
+def patient_grades(patients, grades, quantile: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """(patient ids, one grade per patient): a colonoscopy's MES is its worst segment's, so by default the
+    maximum of the image grades; `quantile` < 1 takes that quantile instead (an actual grade: the next one up),
+    which one outlying image cannot move."""
+    patients = np.asarray(patients)
+    grades = np.asarray(grades)
+    ids, inverse = np.unique(patients, return_inverse=True)
+    out = np.empty(len(ids), dtype=np.int64)
+    for i in range(len(ids)):
+        out[i] = int(np.quantile(grades[inverse == i], quantile, method="higher"))
+    return ids, out
+
+
+def patient_metrics(cm, binary_cut: int = 2):
+    """PATIENT_METRICS from confusion matrices (..., k, k) of patient grades: a grade no patient has leaves its
+    recall NaN (absent, never 0); remission vs active splits the grades at `binary_cut` (MES 0–1 vs 2–3)."""
+    total = cm.sum((-1, -2))
+    diag = np.diagonal(cm, axis1=-2, axis2=-1)
+    true_n = cm.sum(-1)
+    acc, _, qwk, _ = confusion_metrics(cm)
+    nan = np.full(np.shape(total), np.nan, dtype=float)
+    recalls = [
+        np.divide(diag[..., k], true_n[..., k], out=nan.copy(), where=true_n[..., k] > 0) for k in range(cm.shape[-1])
+    ]
+    low = cm[..., :binary_cut, :binary_cut].sum((-1, -2))
+    high = cm[..., binary_cut:, binary_cut:].sum((-1, -2))
+    return np.stack([acc, qwk, *recalls, (low + high) / total])
+
+
+def patient_bootstrap(y, pred, n_resamples=1000, seed=0, confidence=0.95) -> BootstrapResult:
+    """Point estimates and percentile CIs of PATIENT_METRICS, resampling patients (one unit each)."""
+    import warnings
+
+    y, pred = np.asarray(y), np.asarray(pred)
+    n = len(y)
+
+    def statistic(idx, axis=-1):
+        single = np.ndim(idx) == 1
+        idx = np.atleast_2d(idx).astype(np.int64)
+        w = np.stack([np.bincount(row, minlength=n) for row in idx]).astype(float)
+        values = patient_metrics(_weighted_confusion(y, pred, w))
+        return values[..., 0] if single else values
+
+    point = statistic(np.arange(n))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = stats.bootstrap(
+            (np.arange(n),),
+            statistic,
+            vectorized=True,
+            n_resamples=n_resamples,
+            method="percentile",
+            confidence_level=confidence,
+            random_state=np.random.default_rng(seed),
+            batch=200,
+        )
+    dist = res.bootstrap_distribution
+    tail = (1 - confidence) / 2 * 100
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        low = np.nanpercentile(dist, tail, axis=-1)
+        high = np.nanpercentile(dist, 100 - tail, axis=-1)
+    return BootstrapResult(point, low, high, np.isnan(dist).sum(-1), n_resamples)

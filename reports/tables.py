@@ -18,12 +18,15 @@ from .load import Run
 from .stats import (
     CORRECTIONS,
     ENSEMBLE_METRICS,
+    PATIENT_METRICS,
     TESTS,
     adjust,
     cluster_bootstrap,
     friedman,
     mcnemar_exact,
     paired_test,
+    patient_bootstrap,
+    patient_grades,
     significance_possible,
     smallest_p,
 )
@@ -55,6 +58,7 @@ class Options:
     view: str = "default"  # a view name in reports/views/ or the path of a view YAML
     compare: str = "formulations"  # the axis of comparison sections: formulations or backbones
     pairs: str = "reference"  # compare each with the reference, or all pairs
+    patient_quantile: float = 1.0  # a patient's predicted grade: this quantile of their image grades (1 = maximum)
     explicit: frozenset[str] = frozenset()  # statistics fields given on the command line: a view never overrides them
 
 
@@ -684,6 +688,76 @@ def test_ensemble(run: Run, opts: Options, preds: pd.DataFrame) -> Table | None:
     if not clustered:
         columns.append(f"McNemar vs {opts.reference} (b/c, exact p)")
     return Table("Table 5 — held-out test set, fold-ensemble", columns, rows, notes=notes, key="test")
+
+
+def patient_level(run: Run, opts: Options, preds: pd.DataFrame) -> Table | None:
+    """Clinically a patient's (a colonoscopy's) MES is its worst segment's: each test patient's predicted grade is
+    the maximum (or `opts.patient_quantile`) of the fold-ensemble's image grades, against the maximum of the true
+    image grades; metrics with a bootstrap over patients. Absent, with a note, where the data has no patients."""
+    title = "Table 5b — patient-level scores (held-out test set, fold-ensemble)"
+    if preds.empty:
+        return None
+    groups = run.meta.get("test_groups") or {}
+    if not groups:
+        return Table(
+            title,
+            ["note"],
+            [["this dataset has no patient ids (a folder tree without them): no patient-level scores"]],
+            key="patient",
+        )
+    if preds.outputs.isna().any():
+        return None  # said by Table 5: no ensemble can be decoded from this run's stored predictions
+    tp = FoldPredictions.from_frame(preds)
+    rule = "maximum" if opts.patient_quantile >= 1 else f"{opts.patient_quantile:g} quantile (next grade up)"
+    rows = []
+    n_patients = 0
+    per_grade: np.ndarray | None = None
+    absent: set[str] = set()
+    for b in run.backbones:
+        for f in run.formulations:
+            ens = ensemble(run, tp, b, f)
+            if ens is None:
+                rows.append([b, f, "—"] + ["—"] * len(PATIENT_METRICS))
+                continue
+            codes, y, pred, _ = ens
+            patients = [groups.get(i, i) for i in tp.image_ids[codes]]
+            ids, true_grade = patient_grades(patients, y, 1.0)
+            _, pred_grade = patient_grades(patients, pred, opts.patient_quantile)
+            n_patients = len(ids)
+            per_grade = np.bincount(true_grade, minlength=len(CLASSES))
+            boot = patient_bootstrap(true_grade, pred_grade, opts.n_resamples)
+            cells = []
+            for i, name in enumerate(PATIENT_METRICS):
+                if np.isnan(boot.point[i]):
+                    cells.append("absent")
+                    absent.add(name)
+                else:
+                    cells.append(f"{boot.point[i]:.3f} [{boot.low[i]:.3f}, {boot.high[i]:.3f}]")
+            rows.append([b, f + (" †" if _incomplete(run, b, f) else ""), str(n_patients)] + cells)
+    notes = [
+        f"Patient level: each test patient's predicted MES is the {rule} of the fold-ensemble's grades of their "
+        "images (each formulation decoded by its own rule, as in Table 5), its true MES the maximum of the true "
+        "image grades. Remission vs active: MES 0–1 against MES 2–3 at patient level.",
+        f"95% percentile CIs from a bootstrap over the {n_patients} test patients ({opts.n_resamples} resamples, "
+        "scipy.stats.bootstrap); every patient counts once, whatever their number of images.",
+    ]
+    if per_grade is not None:
+        notes.append(
+            "Test patients per true patient grade: "
+            + ", ".join(f"{c}: {int(n)}" for c, n in zip(CLASSES, per_grade))
+            + (
+                f" — a grade with fewer than {MIN_PATIENTS_PER_GRADE} patients has a recall resting on that few."
+                if any(0 < n < MIN_PATIENTS_PER_GRADE for n in per_grade)
+                else "."
+            )
+        )
+    if absent:
+        notes.append(
+            f"absent: no test patient has that true grade ({', '.join(sorted(absent))}), so its recall is undefined "
+            "(not 0)."
+        )
+    notes += protocol_notes(run, "test")
+    return Table(title, ["backbone", "formulation", "patients"] + PATIENT_METRICS, rows, notes=notes, key="patient")
 
 
 MIN_PATIENTS_PER_GRADE = 5

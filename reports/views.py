@@ -19,6 +19,7 @@ SectionKind = Literal[
     "tasks",
     "finetune",
     "test",
+    "patient",
     "friedman",
     "throughput",
     "failed",

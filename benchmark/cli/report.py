@@ -29,6 +29,11 @@ def cmd_report(args):
         require_in_run("--backbone", args.backbone, run.backbones)
     if args.alpha is not None and not 0 < args.alpha < 1:
         raise BenchError(f"--alpha {args.alpha}: a significance level between 0 and 1, e.g. 0.05 or 0.1.")
+    if not 0 < args.patient_quantile <= 1:
+        raise BenchError(
+            f"--patient-quantile {args.patient_quantile}: a quantile in (0, 1]; 1 (the default) takes each patient's "
+            "worst image grade, as clinicians score a colonoscopy."
+        )
     given = {name: getattr(args, name) for name in ("split", "test", "correction", "alpha")}
     opts = Options(
         split=args.split or "val",
@@ -43,6 +48,7 @@ def cmd_report(args):
         view=args.view,
         compare=args.compare,
         pairs=args.pairs,
+        patient_quantile=args.patient_quantile,
     )
     from reports.render import figure_links, render_figures, write_figure_files
 
@@ -154,6 +160,13 @@ def _add_report(sub):
         help="multiple-comparison correction (statsmodels multipletests; default holm; overrides a view's)",
     )
     r.add_argument("--alpha", type=float, help="significance level of the stars (default 0.05; overrides a view's)")
+    r.add_argument(
+        "--patient-quantile",
+        type=float,
+        default=1.0,
+        help="patient-level table: a patient's predicted grade is this quantile of their images' grades "
+        "(default 1: the worst image, as a colonoscopy is scored)",
+    )
     r.add_argument(
         "--metric",
         default="f1",
