@@ -346,7 +346,7 @@ def test_evaluation_rate_excludes_decoding_fit_which_has_its_own_column(make_sui
     from formulations.regression import Regression
 
     real = Regression.fit_decoding
-    delay = 0.4
+    delay = 1.5  # well above the inference of 120 tiny images even on a loaded CI machine
 
     def slow_fit(self, outputs, y):
         time.sleep(delay)
