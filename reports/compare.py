@@ -17,7 +17,7 @@ from benchmark.errors import BenchError
 from benchmark.labels import CLASS_NAMES, GRADES
 
 from .load import Run
-from .stats import CORRECTIONS, TESTS, adjust, smallest_p, stars
+from .stats import BAYES_SAMPLES, BAYES_SEED, CORRECTIONS, TESTS, BayesResult, adjust, smallest_p, stars
 from .tables import (
     IN_SAMPLE_MARK,
     Design,
@@ -229,3 +229,168 @@ def per_class_f1(run: Run, opts: Options) -> Table:
     if opts.reference not in run.formulations:
         table.notes.insert(1, f"No stars: the reference formulation {opts.reference!r} is not in this run.")
     return table
+
+
+# ---------------------------------------------------------------------------- Bayesian comparison (--test bayes)
+
+
+@dataclass
+class BayesComparison:
+    """Every pair's posterior within each block (the correlated t-test over that block's resamples) and across the
+    blocks (the signed-rank test over the per-block means): what Table 2b and its figures both read."""
+
+    axis: str
+    metric: str
+    rope: float
+    blocks: list[str]
+    pairs: list[tuple[str, str]]  # (x, y): P(left) = x better, P(right) = y better
+    within: dict[tuple[str, str, str], BayesResult] = field(default_factory=dict)  # (block, x, y) -> BayesResult
+    means: dict[tuple[str, str], float] = field(default_factory=dict)  # (block, item) -> mean over resamples
+    n_units: dict[str, int] = field(default_factory=dict)  # block -> resamples used
+    corrected: set[str] = field(default_factory=set)  # blocks whose posterior used the run's own size ratio
+    across: dict[tuple[str, str], BayesResult] = field(default_factory=dict)  # (x, y) -> BayesResult over blocks
+
+
+MIN_BAYES_BLOCKS = 3
+BAYES_SAMPLES_TEXT = f"{BAYES_SAMPLES} posterior samples, seed {BAYES_SEED}"
+
+
+def bayes_compare(
+    run: Run, opts: Options, axis: str, items: list[str] | None = None, reference: str | None = None, pairs="reference"
+) -> BayesComparison:
+    """Bayesian comparison of the macro average of `opts.metric` on the validation folds (cross-validation
+    resamples: the held-out test set is one dataset scored by every fold's model, which no correlated t-test over
+    resamples describes)."""
+    from dataclasses import replace
+
+    from .stats import bayes_correlated, bayes_signed_rank
+
+    if opts.split != "val":
+        raise BenchError(
+            "--test bayes with --split test: the Bayesian correlated t-test models the scores of cross-validation "
+            "resamples (overlapping training sets, disjoint validation parts); the fold models' scores on the one "
+            "held-out test set are not such resamples. Use --split val (the default) with --test bayes, and Table 5's "
+            "bootstrap CIs for the test set."
+        )
+    universe = run.formulations if axis == "formulations" else run.backbones
+    items = [i for i in (items or universe) if i in universe]
+    blocks = run.backbones if axis == "formulations" else run.formulations
+    if pairs == "all":
+        pair_list = list(combinations(items, 2))
+    else:
+        reference = reference or (run.reference if axis == "formulations" else items[0])
+        pair_list = [(reference, i) for i in items if i != reference]
+    design = Design.of(run, replace(opts, test="corrected-t"))
+    out = BayesComparison(axis, opts.metric, opts.rope, list(blocks), pair_list)
+    block_means: dict[tuple[str, str], float] = {}
+    for block in blocks:
+        for x, y in pair_list:
+            sx = series(run, axis, block, x, "val", opts.metric, "macro")
+            sy = series(run, axis, block, y, "val", opts.metric, "macro")
+            a, b, ratio = design.units(sx, sy)
+            if len(a) < 2:
+                continue
+            out.means[block, x], out.means[block, y] = float(a.mean()), float(b.mean())
+            complete = not design.monte_carlo and len(a) == design.k * design.repeats
+            if complete:  # baycomp's own correction, 1/(k − 1)
+                res = bayes_correlated(a, b, opts.rope, runs=design.repeats)
+            else:
+                if ratio is None:
+                    raise BenchError(
+                        "the Bayesian correlated t-test of an incomplete or Monte-Carlo design needs each fold's "
+                        "training and validation sizes, which this run does not record; finish the run, or rerun it "
+                        "with this mesbench to record them."
+                    )
+                res = bayes_correlated(a, b, opts.rope, ratio=ratio)
+                out.corrected.add(block)
+            out.within[block, x, y] = res
+            out.n_units[block] = len(a)
+            block_means[block, x], block_means[block, y] = out.means[block, x], out.means[block, y]
+    if len(blocks) >= MIN_BAYES_BLOCKS:
+        for x, y in pair_list:
+            have = [bl for bl in blocks if (bl, x) in block_means and (bl, y) in block_means]
+            if len(have) >= MIN_BAYES_BLOCKS:
+                out.across[x, y] = bayes_signed_rank(
+                    [block_means[bl, x] for bl in have], [block_means[bl, y] for bl in have], opts.rope
+                )
+    return out
+
+
+def bayes_table(cmp: BayesComparison, run: Run) -> Table:
+    """Table 2b: P(x better), P(practically equivalent), P(y better) per block and across blocks."""
+    from .stats import BAYES_TESTS
+
+    rope = f"{cmp.rope:g}"
+    label = "F1" if cmp.metric == "f1" else cmp.metric
+    block_kind = "backbone" if cmp.axis == "formulations" else "formulation"
+    rows = []
+
+    def name(item: str) -> str:
+        return mark_in_sample(run, "val", item) if cmp.axis == "formulations" else item
+
+    for block in cmp.blocks:
+        for x, y in cmp.pairs:
+            res = cmp.within.get((block, x, y))
+            label_xy = f"{name(x)} vs {name(y)}"
+            if res is None:
+                rows.append(
+                    [mark_in_sample(run, "val", block) if cmp.axis == "backbones" else block, label_xy] + ["—"] * 6
+                )
+                continue
+            mx, my = cmp.means[block, x], cmp.means[block, y]
+            rows.append(
+                [mark_in_sample(run, "val", block) if cmp.axis == "backbones" else block, label_xy]
+                + [f"{mx:.3f} vs {my:.3f}", f"{my - mx:+.3f}"]
+                + [f"{p:.3f}" for p in (res.left, res.rope, res.right)]
+                + [res.decision(x, y)]
+            )
+    for (x, y), res in cmp.across.items():
+        rows.append(
+            [f"all {len(cmp.blocks)} {block_kind}s (signed-rank)", f"{name(x)} vs {name(y)}", "—", "—"]
+            + [f"{p:.3f}" for p in (res.left, res.rope, res.right)]
+            + [res.decision(x, y)]
+        )
+    n = sorted(set(cmp.n_units.values()))
+    notes = [
+        f"Bayesian comparison of macro {label} on the validation folds (each fold's model on its own validation "
+        f"part). ROPE (region of practical equivalence): |Δ| < {rope} — a difference smaller than {rope} in macro "
+        f"{label} counts as practically equivalent (--rope). P(x better) = P(Δ < −{rope}), P(equivalent) = "
+        f"P(|Δ| < {rope}), P(y better) = P(Δ > {rope}), with Δ = y − x.",
+        f"Within each {block_kind}: {BAYES_TESTS['correlated']}, over n = {', '.join(map(str, n)) or '—'} resamples "
+        "(each the mean over seeds), the correlation of overlapping training sets taken as the test-to-train size "
+        "ratio"
+        + (
+            f" (the run's own ratio for {', '.join(sorted(cmp.corrected))}: incomplete or Monte-Carlo)."
+            if cmp.corrected
+            else " 1/(k − 1) of k-fold."
+        ),
+        "Decision: a probability ≥ 0.95 decides (practically equivalent, or one better); else undecided. "
+        "Posterior probabilities are not p-values: no multiple-comparison correction applies, and each reads alone.",
+    ]
+    if cmp.across:
+        notes.append(
+            f"Across {block_kind}s: {BAYES_TESTS['signed-rank']}, each {block_kind}'s mean over resamples one "
+            f"observation ({len(cmp.blocks)} {block_kind}s); {BAYES_SAMPLES_TEXT}."
+        )
+    else:
+        notes.append(
+            f"No comparison across {block_kind}s: the signed-rank test over blocks needs at least "
+            f"{MIN_BAYES_BLOCKS} {block_kind}s; this run has {len(cmp.blocks)}."
+        )
+    notes += [n for n in protocol_notes(run, "val") if n.startswith("‡")]
+    return Table(
+        f"Table 2b — Bayesian comparison of macro {label} (ROPE ±{rope})",
+        [
+            block_kind,
+            "x vs y",
+            f"mean macro {label}",
+            "Δ = y − x",
+            "P(x better)",
+            f"P(equivalent, |Δ| < {rope})",
+            "P(y better)",
+            "decision (≥ 0.95)",
+        ],
+        rows,
+        notes=notes,
+        key="bayes",
+    )

@@ -300,3 +300,91 @@ def score_distributions(run: Run, opts: Options) -> bytes | None:
         ax.set_title(f"{f} (dashed: mean thresholds)", fontsize=9)
     fig.suptitle("Scores by true grade, all backbones and folds")
     return _png(fig)
+
+
+def bayes_densities(cmp, block: str) -> bytes:
+    """The posterior of Δ = y − x of every pair within one block, as baycomp draws one (the Student posterior of
+    the correlated t-test, the ROPE as two lines), one panel per pair so a block is one figure."""
+    from scipy import stats
+
+    plt = _plt()
+    pairs = [(x, y) for x, y in cmp.pairs if (block, x, y) in cmp.within]
+    fig, grid, cols = _grid(plt, len(pairs), 4.2, 3.0)
+    axes = [grid[k // cols, k % cols] for k in range(len(pairs))]
+    for ax, (x, y) in zip(axes, pairs):
+        res = cmp.within[block, x, y]
+        post = res.posterior
+        targs = (post.df, post.mean, np.sqrt(post.var))
+        if post.var > 0:
+            lo = min(stats.t.ppf(0.005, *targs), -1.05 * cmp.rope)
+            hi = max(stats.t.ppf(0.995, *targs), 1.05 * cmp.rope)
+            xs = np.linspace(lo, hi, 200)
+            ys = stats.t.pdf(xs, *targs)
+            ax.plot(xs, ys, color="#2f56e0", linewidth=1.5)
+            ax.fill_between(xs, ys, 0, color="#34ccff", alpha=0.6)
+        else:
+            ax.axvline(post.mean, color="#2f56e0", linewidth=1.5)
+        ax.axvline(-cmp.rope, color="#ffad2f", linewidth=1.5, label=f"ROPE ±{cmp.rope:g}")
+        ax.axvline(cmp.rope, color="#ffad2f", linewidth=1.5)
+        ax.set_yticks([])
+        ax.set_xlabel(f"Δ macro {cmp.metric} = {y} − {x}", fontsize=7)
+        ax.set_title(
+            f"P({x}) = {res.left:.3f}, P(ROPE) = {res.rope:.3f}, P({y}) = {res.right:.3f}", fontsize=7, wrap=True
+        )
+        ax.legend(fontsize=6, loc="upper right")
+    fig.suptitle(
+        f"Bayesian correlated t-test posteriors within {block} (validation folds, ROPE ±{cmp.rope:g})", fontsize=9
+    )
+    return _png(fig)
+
+
+def bayes_simplex(cmp, x: str, y: str) -> bytes:
+    """baycomp's own simplex of the signed-rank posterior across blocks: each sample a point in the triangle
+    (x better, practically equivalent, y better)."""
+    _plt()
+    res = cmp.across[x, y]
+    fig = res.posterior.plot_simplex((x, y))
+    blocks = "backbones" if cmp.axis == "formulations" else "formulations"
+    fig.suptitle(
+        f"Bayesian signed-rank posterior across {len(cmp.blocks)} {blocks}: {x} vs {y} (ROPE ±{cmp.rope:g})",
+        fontsize=9,
+    )
+    return _png(fig)
+
+
+def reliability_diagrams(run: Run, backbone: str, data) -> bytes | None:
+    """Reliability diagrams (equal-mass bins of the top-class confidence), one panel per formulation with class
+    probabilities: validation folds pooled, the same after cross-fitted temperature scaling, and the held-out test
+    fold-ensemble."""
+    from .calibration import N_BINS, adaptive_ece, reliability_curve
+
+    forms = [f for f in run.formulations if data.cells(run, backbone, f)]
+    if not forms:
+        return None
+    plt = _plt()
+    fig, grid, cols = _grid(plt, len(forms), 3.4, 3.4)
+    for k, f in enumerate(forms):
+        ax = grid[k // cols, k % cols]
+        keys = data.cells(run, backbone, f)
+        ax.plot([0, 1], [0, 1], color="0.6", linewidth=1, linestyle=":")
+        parts = []
+        curves = [("validation", data.pooled_val(keys), "o-", "#1f77b4")]
+        curves.append(("validation, T-scaled", data.pooled_val(keys, temperature=True), "s--", "#2ca02c"))
+        ens = data.test_ensemble(keys)
+        if ens is not None:
+            curves.append(("test ensemble", ens, "^-", "#d62728"))
+        for label, (y, p), style, color in curves:
+            conf, acc, _ = reliability_curve(y, p)
+            ax.plot(conf, acc, style, color=color, markersize=3, linewidth=1, label=label)
+            parts.append(f"{label}: aECE {adaptive_ece(y, p):.3f}")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_xlabel("confidence (top class)", fontsize=7)
+        ax.set_ylabel("accuracy", fontsize=7)
+        ax.set_title(mark_in_sample(run, "val", f), fontsize=8)
+        ax.text(0.02, 0.98, "\n".join(parts), fontsize=5.5, va="top", transform=ax.transAxes)
+        ax.legend(fontsize=5.5, loc="lower right")
+    fig.suptitle(
+        f"Reliability diagrams — {backbone} ({N_BINS} equal-mass bins; the diagonal is perfect calibration)", fontsize=9
+    )
+    return _png(fig)

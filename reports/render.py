@@ -90,7 +90,13 @@ def _build(run: Run, opts: Options, with_test=True) -> Report:
         f"{ds.get('class_counts')}, {ds.get('n_test')} held-out test images)",
         f"Protocol: {suite.protocol.kind} — {meta.get('split_kind')} splits, {meta.get('n_folds')} folds, "
         f"seeds {suite.training.seeds}, monitor {suite.training.monitor}, at most {suite.training.epochs} epochs",
-        f"Statistics: {TESTS[design.test]}{' (auto)' if opts.test == 'auto' else ''}; pairing unit: "
+        f"Statistics: {TESTS[design.test]}{' (auto)' if opts.test == 'auto' else ''}"
+        + (
+            f" for the stars; --test bayes: Table 2b, Bayesian tests (baycomp) with ROPE ±{opts.rope:g}"
+            if opts.test == "bayes"
+            else ""
+        )
+        + "; pairing unit: "
         f"{design.unit_text()}; correction {CORRECTIONS[opts.correction]}; α = {opts.alpha}; split shown: "
         f"{design.split_text()}",
         f"Cells: {counts['done']} finished, {counts['failed']} failed, {counts['missing']} missing of {len(run.cells)}",
@@ -201,6 +207,23 @@ def _per_class(run, opts, section, tables, figures, ctx):
             section.items, run.formulations if axis == "formulations" else run.backbones, f"{axis}"
         )
         tables.extend(out)
+    if opts.test == "bayes":
+        _bayes(run, opts, section, axis, tables, figures)
+
+
+def _bayes(run, opts, section, axis, tables, figures):
+    """Table 2b and the posterior figures baycomp draws: a density per block, a simplex per pair across blocks."""
+    from .compare import bayes_compare, bayes_table
+    from .figures import bayes_densities, bayes_simplex
+
+    reference = _section_reference(run, section, axis) or _axis_reference(run, opts, axis)
+    cmp = bayes_compare(run, opts, axis, section.items, reference, section.pairs or opts.pairs)
+    tables.append(bayes_table(cmp, run))
+    for block in cmp.blocks:
+        if any(b == block for b, _, _ in cmp.within):
+            figures.append((f"bayes posterior densities — {block}", lambda block=block: bayes_densities(cmp, block)))
+    for x, y in cmp.across:
+        figures.append((f"bayes posterior simplex — {x} vs {y}", lambda x=x, y=y: bayes_simplex(cmp, x, y)))
 
 
 def _section_reference(run: Run, section: Section, axis: str) -> str | None:
@@ -254,6 +277,49 @@ def _patient(run, opts, section, tables, figures, ctx):
         t = patient_level(run, opts, preds)
         if t is not None:
             tables.append(t)
+
+
+def _calibration_data(run, ctx, with_test: bool):
+    from .tables import CalibrationData
+
+    key = "calibration_test" if with_test else "calibration_val"
+    if key not in ctx:
+        ctx[key] = CalibrationData.load(run, with_test)
+    return ctx[key]
+
+
+def _calibration(run, opts, section, tables, figures, ctx):
+    from .tables import calibration_table
+
+    t = calibration_table(run, opts, _calibration_data(run, ctx, ctx["with_test"]))
+    if t is not None:
+        if section.title:
+            t.title = section.title
+        tables.append(t)
+
+
+def _operating_point(run, opts, section, tables, figures, ctx):
+    from .tables import operating_points
+
+    if ctx["with_test"]:
+        t = operating_points(run, opts, _calibration_data(run, ctx, True))
+        if t is not None:
+            if section.title:
+                t.title = section.title
+            tables.append(t)
+
+
+def _reliability(run, opts, section, tables, figures, ctx):
+    """One figure per backbone, drawn only when shown; it reads the test predictions too (figure files included)."""
+    from .figures import reliability_diagrams
+
+    for b in run.backbones:
+        figures.append(
+            (
+                f"{section.title or 'reliability diagrams'} — {b}",
+                lambda b=b: reliability_diagrams(run, b, _calibration_data(run, ctx, True)),
+            )
+        )
 
 
 def _friedman(run, opts, section, tables, figures, ctx):
@@ -381,6 +447,8 @@ SECTIONS = {
     "finetune": _finetune,
     "test": _test,
     "patient": _patient,
+    "calibration": _calibration,
+    "operating_point": _operating_point,
     "friedman": _friedman,
     "throughput": _throughput,
     "failed": _failed,
@@ -390,6 +458,7 @@ SECTIONS = {
     "figure_finetune": _figure("change after fine-tuning", _fig_finetune),
     "figure_cd": _cd,
     "figure_scores": _figure("score distributions", _fig_scores),
+    "figure_reliability": _reliability,
     "figure_gradcam": _gradcam,
 }
 

@@ -59,6 +59,8 @@ class Options:
     compare: str = "formulations"  # the axis of comparison sections: formulations or backbones
     pairs: str = "reference"  # compare each with the reference, or all pairs
     patient_quantile: float = 1.0  # a patient's predicted grade: this quantile of their image grades (1 = maximum)
+    specificity: float = 0.9  # Table 8b: the specificity at which each grade's sensitivity is read
+    rope: float = 0.01  # --test bayes: the region of practical equivalence, in units of the compared metric
     explicit: frozenset[str] = frozenset()  # statistics fields given on the command line: a view never overrides them
 
 
@@ -119,7 +121,7 @@ class Design:
         repeats = 1 if monte_carlo else proto.repeats
         k = n_folds if monte_carlo else max(n_folds // max(repeats, 1), 1)
         test = opts.test
-        if test == "auto":
+        if test in ("auto", "bayes"):  # bayes adds posterior tables; the stars stay frequentist (auto)
             test = "corrected-t" if monte_carlo else "wilcoxon"
         if monte_carlo and test in ("wilcoxon", "permutation", "ranksum"):
             raise BenchError(
@@ -921,4 +923,178 @@ def throughput(run: Run, opts: Options) -> Table | None:
             "cell started (— on the CPU)."
         ],
         key="throughput",
+    )
+
+
+# ---------------------------------------------------------------------------- calibration
+
+
+@dataclass
+class CalibrationData:
+    """Per cell: validation (y, class probabilities) and test (image ids, class probabilities); cells of
+    formulations without class probabilities are absent."""
+
+    val: dict
+    test: dict
+
+    @classmethod
+    def load(cls, run: Run, with_test: bool = True) -> CalibrationData:
+        from benchmark.labels import PROBA_COLUMNS
+
+        cols = ["key", "image_id", "y_true", *PROBA_COLUMNS]
+        out = cls({}, {})
+        for split, target in (("val", out.val), ("test", out.test)):
+            if split == "test" and not with_test:
+                continue
+            frame = run.store.predictions_frame(split, cols)
+            for key, g in frame.groupby("key", sort=False):
+                proba = g[list(PROBA_COLUMNS)].to_numpy(float)
+                if np.isnan(proba).any():
+                    continue
+                target[key] = (g.image_id.to_numpy(), g.y_true.to_numpy(np.int64), proba)
+        return out
+
+    def cells(self, run: Run, b: str, f: str) -> list[str]:
+        c = run.cells
+        keys = c[(c.backbone == b) & (c.formulation == f) & (c.status == "done")].key
+        return [k for k in keys if k in self.val]
+
+    def pooled_val(self, keys, temperature: bool = False):
+        """Every validation image of these cells (out-of-fold: each fold's model on its own validation part); with
+        `temperature`, each cell's probabilities cross-fitted-scaled on its own validation images."""
+        from .calibration import cross_fitted_temperature
+
+        ys, ps = [], []
+        for k in keys:
+            _, y, p = self.val[k]
+            ys.append(y)
+            ps.append(cross_fitted_temperature(y, p)[0] if temperature else p)
+        return np.concatenate(ys), np.concatenate(ps)
+
+    def test_ensemble(self, keys, temperatures: dict | None = None):
+        """Fold-ensemble class probabilities on the test images every cell predicted: the mean of the fold models'
+        probabilities (each scaled by its own validation temperature when given)."""
+        from .calibration import with_temperature
+
+        keys = [k for k in keys if k in self.test]
+        if not keys:
+            return None
+        frames = []
+        for k in keys:
+            ids, y, p = self.test[k]
+            if temperatures is not None:
+                p = with_temperature(p, temperatures[k])
+            frames.append(pd.DataFrame(p, index=ids).assign(_y=y))
+        common = frames[0].index
+        for fr in frames[1:]:
+            common = common.intersection(fr.index)
+        y = frames[0].loc[common, "_y"].to_numpy(np.int64)
+        mean = np.mean([fr.loc[common].drop(columns="_y").to_numpy() for fr in frames], axis=0)
+        return y, mean
+
+
+def calibration_table(run: Run, opts: Options, data: CalibrationData) -> Table | None:
+    """ECE, adaptive ECE and Brier before → after temperature scaling, on validation (cross-fitted) and on the
+    held-out test set (T of each fold model fitted on its whole validation fold, never on test)."""
+    from .calibration import N_BINS, calibration_scores, fit_temperature
+
+    if not data.val:
+        return None
+    names = ["ECE", "adaptive ECE", "Brier"]
+    rows = []
+    without = []
+    for b in run.backbones:
+        for f in run.formulations:
+            keys = data.cells(run, b, f)
+            if not keys:
+                if f not in without:
+                    without.append(f)
+                continue
+            temps = {k: fit_temperature(data.val[k][1], data.val[k][2]) for k in keys}
+            before = calibration_scores(*data.pooled_val(keys))
+            after = calibration_scores(*data.pooled_val(keys, temperature=True))
+            row = [b, mark_in_sample(run, "val", f), f"{np.median(list(temps.values())):.2f}"]
+            row += [f"{before[n]:.3f} → {after[n]:.3f}" for n in names]
+            ens, ens_t = data.test_ensemble(keys), data.test_ensemble(keys, temps)
+            if ens is None or ens_t is None:
+                row += ["—"] * len(names)
+            else:
+                tb, ta = calibration_scores(*ens), calibration_scores(*ens_t)
+                row += [f"{tb[n]:.3f} → {ta[n]:.3f}" for n in names]
+            rows.append(row)
+    if not rows:
+        return None
+    notes = [
+        f"Calibration of the top-class confidence: ECE with {N_BINS} equal-width bins, adaptive ECE with {N_BINS} "
+        "equal-mass bins, multi-class Brier score (Σ over grades of the squared error of each probability; 0 best); "
+        "each before → after temperature scaling (Guo et al. 2017: p ∝ p^(1/T), T minimising the validation NLL; the "
+        "predicted grade of the mode is unchanged).",
+        "Validation: every fold model's validation images pooled (out-of-fold). After-scaling numbers are "
+        "cross-fitted: each fold's validation images are split into two grade-stratified halves, each scaled with "
+        "the T fitted on the other. T (median over fold models) is fitted on a model's whole validation fold.",
+        "Test: the fold-ensemble's class probabilities (the mean of the fold models' probabilities) on the held-out "
+        "test set; after scaling, each fold model's probabilities are scaled with its own validation T before the "
+        "mean. The test set never fits anything.",
+    ]
+    if without:
+        notes.append(f"Not shown (no class probabilities): {', '.join(without)}.")
+    notes += [n for n in protocol_notes(run, "val") if n.startswith("‡")]
+    return Table(
+        "Table 8 — calibration before → after temperature scaling",
+        ["backbone", "formulation", "T"] + [f"val {n}" for n in names] + [f"test {n}" for n in names],
+        rows,
+        notes=notes,
+        key="calibration",
+    )
+
+
+def operating_points(run: Run, opts: Options, data: CalibrationData) -> Table | None:
+    """Sensitivity of each grade (one vs the rest, score = its class probability) at a fixed specificity: the
+    threshold is read off the pooled validation ROC (the highest sensitivity whose validation specificity reaches
+    the target), then the held-out test fold-ensemble is scored at it — its realised specificity printed beside,
+    since a threshold chosen elsewhere need not hold it exactly."""
+    from sklearn.metrics import roc_curve
+
+    if not data.val or not data.test:
+        return None
+    target = opts.specificity
+    rows = []
+    for b in run.backbones:
+        for f in run.formulations:
+            keys = data.cells(run, b, f)
+            ens = data.test_ensemble(keys) if keys else None
+            if ens is None:
+                continue
+            yv, pv = data.pooled_val(keys)
+            yt, pt = ens
+            row = [b, mark_in_sample(run, "val", f)]
+            for k in range(len(CLASSES)):
+                if not (yv == k).any() or (yv == k).all() or not (yt == k).any() or (yt == k).all():
+                    row.append("—")
+                    continue
+                fpr, tpr, thr = roc_curve(yv == k, pv[:, k])
+                ok = np.flatnonzero(fpr <= 1 - target + 1e-12)
+                t = thr[ok[np.argmax(tpr[ok])]]
+                hit = pt[:, k] >= t
+                sens = hit[yt == k].mean()
+                spec = 1 - hit[yt != k].mean()
+                row.append(f"{sens:.3f} (spec {spec:.3f}, t = {min(t, 1.0):.3f})")
+            rows.append(row)
+    if not rows:
+        return None
+    return Table(
+        f"Table 8b — sensitivity per grade at specificity {target:g} (held-out test set, fold-ensemble)",
+        ["backbone", "formulation"] + [f"{c} sensitivity" for c in CLASSES],
+        rows,
+        notes=[
+            f"One grade against the rest, scored by its class probability. Operating point: the threshold t with the "
+            f"highest validation sensitivity among those whose validation specificity is at least {target:g} (every "
+            "validation image of the fold models pooled; --specificity). At t, the fold-ensemble's probabilities (the "
+            "mean of the fold models') on the held-out test set give the sensitivity shown, with the test "
+            "specificity realised beside it: the test set chooses nothing.",
+            "For MES 3 a false negative (a severe case graded lower) is the costly error: its column is the "
+            "sensitivity a screening use would get at this specificity.",
+        ]
+        + [n for n in protocol_notes(run, "val") if n.startswith("‡")],
+        key="operating_point",
     )

@@ -20,6 +20,8 @@ SectionKind = Literal[
     "finetune",
     "test",
     "patient",
+    "calibration",
+    "operating_point",
     "friedman",
     "throughput",
     "failed",
@@ -29,6 +31,7 @@ SectionKind = Literal[
     "figure_finetune",
     "figure_cd",
     "figure_scores",
+    "figure_reliability",
     "figure_gradcam",
 ]
 SECTION_KINDS = get_args(SectionKind)
@@ -42,7 +45,7 @@ class Statistics(BaseModel):
     line (`--test`, `--correction`, `--split`, `--alpha`) still wins, so every option changes what it says."""
 
     model_config = ConfigDict(extra="forbid")
-    test: Literal["auto", "wilcoxon", "permutation", "corrected-t", "ranksum"] | None = None
+    test: Literal["auto", "wilcoxon", "permutation", "corrected-t", "ranksum", "bayes"] | None = None
     correction: Literal["holm", "fdr_bh", "bonferroni", "none"] | None = None
     split: Literal["val", "test"] | None = None
     alpha: float | None = Field(None, gt=0, lt=1, allow_inf_nan=False)

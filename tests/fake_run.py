@@ -29,6 +29,7 @@ def write_fake_run(
     seed=0,
     skill=None,
     n_patients=86,
+    val_predictions=False,
 ) -> Path:
     """`skill` maps formulation -> probability of a correct prediction (default: rising with list position)."""
     path = Path(path)
@@ -102,9 +103,10 @@ def write_fake_run(
             rows, cm = all_rows(y, dec.pred, dec.task_preds, form.tasks, dec.proba)
             result.metrics += [{"split": split, "task": t, "metric": m, "cls": c, "value": v} for t, m, c, v in rows]
             result.confusion[split] = cm.tolist()
-            if split == "test":
+            if split == "test" or val_predictions:
+                ids = test_ids if split == "test" else np.array([f"val/{cell.fold}/{i}" for i in range(n_val)])
                 result.predictions[split] = SplitPredictions(
-                    test_ids, y, dec.pred, outputs, dec.proba, dec.score, dec.task_preds
+                    ids, y, dec.pred, outputs, dec.proba, dec.score, dec.task_preds
                 )
         store.finish(cell.key, result)
     return path

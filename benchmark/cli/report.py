@@ -34,6 +34,21 @@ def cmd_report(args):
             f"--patient-quantile {args.patient_quantile}: a quantile in (0, 1]; 1 (the default) takes each patient's "
             "worst image grade, as clinicians score a colonoscopy."
         )
+    if not 0 < args.specificity < 1:
+        raise BenchError(
+            f"--specificity {args.specificity}: the specificity at which Table 8b reads each grade's sensitivity, "
+            "strictly between 0 and 1, e.g. 0.9 or 0.95."
+        )
+    if not 0 <= args.rope < 1:
+        raise BenchError(
+            f"--rope {args.rope}: a difference of the compared proportion below which two models count as "
+            "practically equivalent, in [0, 1); 0.01 (the default) is one percentage point of macro F1."
+        )
+    if args.rope != 0.01 and args.test != "bayes" and not view_uses_bayes(args.view):
+        raise BenchError(
+            f"--rope {args.rope} changes only the Bayesian comparison, which this report does not hold: add --test "
+            "bayes."
+        )
     given = {name: getattr(args, name) for name in ("split", "test", "correction", "alpha")}
     opts = Options(
         split=args.split or "val",
@@ -49,6 +64,8 @@ def cmd_report(args):
         compare=args.compare,
         pairs=args.pairs,
         patient_quantile=args.patient_quantile,
+        rope=args.rope,
+        specificity=args.specificity,
     )
     from reports.render import figure_links, render_figures, write_figure_files
 
@@ -97,6 +114,14 @@ def cmd_report(args):
     else:
         sys.stdout.write(text)
     return 0
+
+
+def view_uses_bayes(name: str) -> bool:
+    from reports.views import load_view
+
+    view = load_view(name)
+    settings = [view.statistics] + [s.statistics for s in view.sections]
+    return any(st is not None and st.test == "bayes" for st in settings)
 
 
 REPORT_HINT = (
@@ -150,9 +175,23 @@ def _add_report(sub):
     )
     r.add_argument(
         "--test",
-        choices=["auto", "wilcoxon", "permutation", "corrected-t", "ranksum"],
+        choices=["auto", "wilcoxon", "permutation", "corrected-t", "ranksum", "bayes"],
         help="test across folds (auto, the default: Wilcoxon signed-rank for k-fold designs, corrected t for "
-        "Monte-Carlo splits; overrides a view's test)",
+        "Monte-Carlo splits; overrides a view's test). bayes: Table 2b, the Bayesian correlated t-test per block "
+        "and signed-rank test across blocks (baycomp) with a ROPE (--rope), and their posterior figures; stars "
+        "elsewhere stay those of auto",
+    )
+    r.add_argument(
+        "--specificity",
+        type=float,
+        default=0.9,
+        help="Table 8b: each grade's sensitivity at this specificity (threshold chosen on validation; default 0.9)",
+    )
+    r.add_argument(
+        "--rope",
+        type=float,
+        default=0.01,
+        help="--test bayes: region of practical equivalence, |difference| below this (default 0.01 of macro F1)",
     )
     r.add_argument(
         "--correction",
