@@ -131,6 +131,33 @@ def ece(y_true, proba, n_bins: int = 10) -> float:
     return float(total)
 
 
+T_BOUNDS = (0.05, 20.0)
+
+
+def with_temperature(proba, t: float) -> np.ndarray:
+    logp = np.log(np.clip(np.asarray(proba, float), 1e-12, 1.0)) / t
+    logp -= logp.max(1, keepdims=True)
+    p = np.exp(logp)
+    out: np.ndarray = p / p.sum(1, keepdims=True)
+    return out
+
+
+def nll(y, proba, t: float) -> float:
+    p = with_temperature(proba, t)
+    return float(-np.log(np.clip(p[np.arange(len(p)), np.asarray(y)], 1e-12, None)).mean())
+
+
+def fit_temperature(y, proba) -> float:
+    """The temperature minimising the validation NLL (a bounded 1-D search over log T: NLL is smooth in it)."""
+    from scipy.optimize import minimize_scalar
+
+    res = minimize_scalar(
+        lambda log_t: nll(y, proba, float(np.exp(log_t))), bounds=np.log(T_BOUNDS), method="bounded",
+        options={"xatol": 1e-6},
+    )  # fmt: skip
+    return float(np.exp(res.x))
+
+
 def probability_rows(y_true, proba):
     """Metrics of the class probabilities themselves: RPS, ECE, one-vs-rest ROC AUC per grade (where the grade
     and its complement both occur) and their mean, and remission-vs-active AUC with P(active) = P(2) + P(3)."""

@@ -284,6 +284,9 @@ def decode_probabilities(proba: np.ndarray, rule: str) -> np.ndarray:
 class ProbabilityOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
     decoding: Literal["argmax", "median", "expectation"] = "argmax"
+    # temperature: a decoding step fitted on the validation fold (cross-fitted there, like cut points), which
+    # changes the stored probabilities and the median/expectation decodings; the argmax never moves.
+    calibration: Literal["none", "temperature"] = "none"
 
 
 class ProbabilityFormulation(Formulation):
@@ -295,7 +298,32 @@ class ProbabilityFormulation(Formulation):
 
     @property
     def ensemble_rule(self) -> str:
+        if self.scaled:
+            return f"mean of each fold model's temperature-scaled class probabilities, {self.options['decoding']}"
         return f"mean class probabilities, {self.options['decoding']}"
+
+    @property
+    def scaled(self) -> bool:
+        return self.options.get("calibration") == "temperature"
+
+    @property
+    def fits_decoding(self) -> bool:
+        return self.scaled
+
+    def fit_decoding(self, outputs: np.ndarray, y: np.ndarray) -> State:
+        from benchmark.metrics import fit_temperature
+
+        if not self.scaled:
+            return self.initial_state()
+        return {"temperature": fit_temperature(np.asarray(y), outputs)}
+
+    def ensemble_predict(self, stacked: np.ndarray, states: list[State]) -> np.ndarray:
+        if not self.scaled:
+            return super().ensemble_predict(stacked, states)
+        from benchmark.metrics import with_temperature
+
+        scaled = [with_temperature(o, float((s or {}).get("temperature", 1.0))) for o, s in zip(stacked, states)]
+        return decode_probabilities(np.mean(scaled, axis=0), self.options["decoding"])
 
     def head(self, d: int) -> torch.nn.Module:
         """Linear(d, 4) logits, the input the default `probabilities` expects."""
@@ -311,9 +339,15 @@ class ProbabilityFormulation(Formulation):
         return self.probabilities(out)
 
     def predict(self, outputs: np.ndarray, state: State) -> np.ndarray:
-        return decode_probabilities(outputs, self.options["decoding"])
+        proba = self.proba(outputs, state)
+        assert proba is not None
+        return decode_probabilities(proba, self.options["decoding"])
 
     def proba(self, outputs: np.ndarray, state: State) -> np.ndarray | None:
+        if self.scaled and state.get("temperature", 1.0) != 1.0:
+            from benchmark.metrics import with_temperature
+
+            return with_temperature(outputs, float(state["temperature"]))
         return outputs
 
     def example_outputs(self, grades: np.ndarray, confidence: float = 0.8) -> np.ndarray:

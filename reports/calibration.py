@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from benchmark.metrics import ece
+# the temperature itself is benchmark.metrics': the `calibration: temperature` decoding step fits it too
+from benchmark.metrics import ece, fit_temperature, with_temperature
 
 N_BINS = 10
-T_BOUNDS = (0.05, 20.0)
 
 
 def top_label(proba, y):
@@ -49,30 +49,6 @@ def reliability_curve(y, proba, n_bins: int = N_BINS) -> tuple[np.ndarray, np.nd
         np.array([correct[i].mean() for i in bins]),
         np.array([len(i) for i in bins]),
     )
-
-
-def with_temperature(proba, t: float) -> np.ndarray:
-    logp = np.log(np.clip(np.asarray(proba, float), 1e-12, 1.0)) / t
-    logp -= logp.max(1, keepdims=True)
-    p = np.exp(logp)
-    out: np.ndarray = p / p.sum(1, keepdims=True)
-    return out
-
-
-def nll(y, proba, t: float) -> float:
-    p = with_temperature(proba, t)
-    return float(-np.log(np.clip(p[np.arange(len(p)), np.asarray(y)], 1e-12, None)).mean())
-
-
-def fit_temperature(y, proba) -> float:
-    """The temperature minimising the validation NLL (a bounded 1-D search over log T: NLL is smooth in it)."""
-    from scipy.optimize import minimize_scalar
-
-    res = minimize_scalar(
-        lambda log_t: nll(y, proba, float(np.exp(log_t))), bounds=np.log(T_BOUNDS), method="bounded",
-        options={"xatol": 1e-6},
-    )  # fmt: skip
-    return float(np.exp(res.x))
 
 
 def cross_fitted_temperature(y, proba, seed: int = 0) -> tuple[np.ndarray, list[float]]:

@@ -1038,6 +1038,13 @@ def calibration_table(run: Run, opts: Options, data: CalibrationData) -> Table |
     ]
     if without:
         notes.append(f"Not shown (no class probabilities): {', '.join(without)}.")
+    own = [f for f in run.formulations if run.formulation(f).options.get("calibration") == "temperature"]
+    if own:
+        notes.append(
+            f"{', '.join(own)}: `calibration: temperature` — their stored probabilities are already temperature-scaled "
+            "by their own decoding step (cross-fitted on validation), so 'before' is after that step and 'after' "
+            "scales them once more."
+        )
     notes += [n for n in protocol_notes(run, "val") if n.startswith("‡")]
     return Table(
         "Table 8 — calibration before → after temperature scaling",

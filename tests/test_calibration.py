@@ -194,3 +194,56 @@ def test_sensitivity_at_fixed_specificity_threshold_comes_from_validation(run):
     moved = operating_points(run, Options(specificity=0.9), data)
     thresholds = [[c.split("t = ")[1] for c in r[2:] if "t = " in c] for r in t90.rows]
     assert thresholds == [[c.split("t = ")[1] for c in r[2:] if "t = " in c] for r in moved.rows]
+
+
+# ---------------------------------------------------------------------------- calibration: temperature (a suite option)
+
+
+def test_temperature_as_a_decoding_step_of_the_formulation():
+    from formulations import create_formulation
+
+    y, logits = overconfident(n=600, scale=3.0)
+    proba = softmax(logits, axis=1)
+    plain = create_formulation("softmax", {"decoding": "expectation"})
+    scaled = create_formulation("softmax", {"decoding": "expectation", "calibration": "temperature"})
+    assert not plain.fits_decoding and scaled.fits_decoding
+    state = scaled.fit_decoding(proba, y)
+    assert state["temperature"] == pytest.approx(fit_temperature(y, proba))
+    np.testing.assert_allclose(scaled.proba(proba, state), with_temperature(proba, state["temperature"]))
+    # the expected grade moves with the temperature (the argmax could not), so the option changes a decoding
+    assert (scaled.predict(proba, state) != plain.predict(proba, {})).any()
+    argmax = create_formulation("softmax", {"calibration": "temperature"})
+    assert (argmax.predict(proba, state) == proba.argmax(1)).all()
+    # a fold-ensemble scales each fold model's probabilities by its own temperature before the mean
+    stacked = np.stack([proba, proba[::-1]])
+    states = [{"temperature": 2.0}, {"temperature": 0.5}]
+    mean = (with_temperature(proba, 2.0) + with_temperature(proba[::-1], 0.5)) / 2
+    from formulations.base import decode_probabilities
+
+    np.testing.assert_array_equal(scaled.ensemble_predict(stacked, states), decode_probabilities(mean, "expectation"))
+
+
+def test_a_run_with_calibration_temperature_stores_cross_fitted_validation_probabilities(make_suite, tmp_path):
+    scaled = {"name": "softmax", "label": "softmax[T]", "options": {"calibration": "temperature"}}
+    suite = make_suite(name="temp", formulations=["softmax", scaled])
+    assert main(["run", str(suite), "--out", str(tmp_path / "temp"), "--quiet"]) == 0
+    run = load_run(tmp_path / "temp")
+    frame = run.store.predictions_frame(None, ["key", "split", "outputs", *PROBA_COLUMNS])
+    for key in run.cells[run.cells.formulation == "softmax[T]"].key:
+        state = run.result(key).state
+        whole, halves = state["temperature"], [h["temperature"] for h in state["cross_fit"]["halves"]]
+        rows = frame[frame.key == key]
+        for split, allowed in (("val", halves), ("test", [whole])):
+            part = rows[rows.split == split]
+            raw = np.stack([np.frombuffer(b, dtype=np.float64) for b in part.outputs])
+            stored = part[list(PROBA_COLUMNS)].to_numpy()
+            # every image scaled by one of the temperatures it may see: on validation a half's, fitted on the
+            # other half; never the whole-fold fit (which saw the image's own label) unless equal to one of them
+            err = np.stack([np.abs(stored - with_temperature(raw, t)).max(1) for t in allowed]).min(0)
+            assert err.max() < 1e-9, split
+        if not any(np.isclose(whole, t) for t in halves):
+            val = rows[rows.split == "val"]
+            raw = np.stack([np.frombuffer(b, dtype=np.float64) for b in val.outputs])
+            assert np.abs(val[list(PROBA_COLUMNS)].to_numpy() - with_temperature(raw, whole)).max() > 1e-9
+    t = calibration_table(run, Options(), CalibrationData.load(run))
+    assert any("softmax[T]" in n and "already" in n for n in t.notes)

@@ -233,8 +233,9 @@ def predict(model, formulation: Formulation, maker: BatchMaker, idx, labels, pla
 def cross_fit(formulation: Formulation, outputs: np.ndarray, y: np.ndarray, groups, grouped: bool, seed: int):
     """Validation predictions of a fitted decoding without scoring it on the data it was fitted on: the
     fold's validation images are split in two halves (stratified; patients kept whole where the protocol
-    groups them), each half is decoded with the parameters fitted on the other. Returns (predictions,
-    the two half-fits, the split unit)."""
+    groups them), each half is decoded with the parameters fitted on the other. Returns (predictions, class
+    probabilities where the fitted decoding changes them (a temperature) else None, the two half-fits, the split
+    unit)."""
     import warnings
 
     from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
@@ -246,6 +247,7 @@ def cross_fit(formulation: Formulation, outputs: np.ndarray, y: np.ndarray, grou
         else StratifiedKFold(2, shuffle=True, random_state=seed)
     )
     pred = np.empty(len(y), dtype=np.int64)
+    proba: np.ndarray | None = None
     halves = []
     with warnings.catch_warnings():  # a rare class with one image per half is expected on small folds
         warnings.simplefilter("ignore", UserWarning)
@@ -253,8 +255,12 @@ def cross_fit(formulation: Formulation, outputs: np.ndarray, y: np.ndarray, grou
     for fit_idx, score_idx in splits:
         state = formulation.fit_decoding(outputs[fit_idx], y[fit_idx])
         pred[score_idx] = formulation.predict(outputs[score_idx], state)
+        p = formulation.proba(outputs[score_idx], state)
+        if p is not None:
+            proba = np.empty((len(y), p.shape[1])) if proba is None else proba
+            proba[score_idx] = p
         halves.append(state)
-    return pred, halves, unit
+    return pred, proba, halves, unit
 
 
 def _as_dict(dec, y, ids):
@@ -494,9 +500,11 @@ def train_cell(
     dec_state = formulation.fit_decoding(val_outputs, y_val)
     val_dec = formulation.decode_outputs(val_outputs, dec_state)
     if formulation.fits_decoding:
-        val_dec.pred, halves, unit = cross_fit(
+        val_dec.pred, proba, halves, unit = cross_fit(
             formulation, val_outputs, y_val, None if data.groups is None else data.groups[data.val], data.grouped, seed
         )
+        if proba is not None:  # probabilities a fitted step changed are cross-fitted too, never in-sample
+            val_dec.proba = proba
         dec_state = {**dec_state, "cross_fit": {"unit": unit, "halves": halves}}
     fit_seconds = time.perf_counter() - t0 if formulation.fits_decoding else 0.0
     predictions = {"val": _as_dict(val_dec, y_val, data.ids[data.val])}
