@@ -11,6 +11,8 @@ from . import (  # noqa: F401 - registry entries
     corn,
     ecoc,
     emd,
+    focal,
+    logit_adjusted,
     mtl,
     regression,
     soft_labels,

@@ -220,6 +220,11 @@ class Formulation(abc.ABC):
             counters=self.counters(o),
         )
 
+    def training_overrides(self, counts: dict[str, np.ndarray]) -> dict[str, Any]:
+        """Option values a formulation takes from its fold's training labels (class counts per task), set by the
+        harness before a cell trains (default: none; e.g. the class priors of a logit-adjusted loss)."""
+        return {}
+
     def finetune_overrides(self, per_task_f1: dict[str, np.ndarray], options: dict[str, Any]) -> dict[str, Any]:
         """Option changes for the inverse-F1 stage beyond per-class weights (default: none)."""
         return {}

@@ -9,7 +9,7 @@ from benchmark.registry import Registry
 from .base import Formulation
 
 FORMULATIONS: Registry[type[Formulation]] = Registry("formulation")
-FINETUNE_SUFFIXES = {"+f1": "inverse_f1", "+ft": "plain"}
+FINETUNE_SUFFIXES = {"+f1": "inverse_f1", "+ft": "plain", "+drw": "drw"}
 
 
 def register_formulation(cls: type[Formulation]) -> type[Formulation]:

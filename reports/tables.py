@@ -449,15 +449,26 @@ def finetune_comparisons(run: Run) -> list[tuple[str, str, str]]:
     both exist: the control separates re-weighting from extra epochs at a new learning rate."""
     out = []
     forms = run.suite.formulations
+    what = {
+        "inverse_f1": "re-weighting + extra training",
+        "drw": "effective-number re-weighting + extra training",
+        "plain": "extra training alone",
+    }
     for f in forms:
         if f.finetune:
-            what = "re-weighting + extra training" if f.finetune == "inverse_f1" else "extra training alone"
-            out.append((f.base().display, f.display, what))
+            out.append((f.base().display, f.display, what[f.finetune]))
+    alone = {"inverse_f1": "re-weighting alone", "drw": "effective-number re-weighting alone"}
     for f in forms:
-        if f.finetune == "inverse_f1":
+        if f.finetune in alone:
             for g in forms:
                 if g.finetune == "plain" and g.base().display == f.base().display:
-                    out.append((g.display, f.display, "re-weighting alone"))
+                    out.append((g.display, f.display, alone[f.finetune]))
+    # the two re-weightings from the same stage 1, same stage 2 schedule: only the weights differ
+    for f in forms:
+        if f.finetune == "drw":
+            for g in forms:
+                if g.finetune == "inverse_f1" and g.base().display == f.base().display:
+                    out.append((f.display, g.display, "inverse-F1 vs effective-number weights"))
     return out
 
 
@@ -498,6 +509,12 @@ def finetune_effect(run: Run, opts: Options) -> Table | None:
         "control `+ft` is identical (same start, epochs, learning rate) except the weights; model "
         "selection in stage 2 monitors the unweighted validation loss, as in stage 1."
     )
+    if any(f.finetune == "drw" for f in run.suite.formulations):
+        weights_note += (
+            " `+drw` (deferred re-weighting, Cao et al. 2019) is the same stage 2 with effective-number weights of "
+            "the fold's training class counts, w ∝ (1 − β)/(1 − β^n), normalised to mean 1 (β = finetune_options.beta, "
+            "0.999 unless set); they use no validation data, so `+drw` is never in-sample."
+        )
     notes = [
         "Before → after fine-tuning, mean over folds; Δ = after − before per fold, averaged.",
         weights_note,

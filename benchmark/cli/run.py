@@ -279,7 +279,10 @@ def cmd_list(args):
             str(b.batch_size or "suite"),
         )
     console.print(t)
-    t = Table(title=f"formulations (append {' or '.join(FINETUNE_SUFFIXES)} for inverse-F1 / plain fine-tuning)")
+    t = Table(
+        title=f"formulations (append {', '.join(FINETUNE_SUFFIXES)} for inverse-F1 / plain / deferred re-weighting "
+        "fine-tuning)"
+    )
     for col in ("name", "what", "reference"):
         t.add_column(col)
     for name, cls in FORMULATIONS.items():

@@ -33,7 +33,7 @@ from ..suite.cells import Cell, expand_cells, longest_first, protocol_hash, sele
 from ..suite.loading import dump_suite
 from ..suite.schema import Suite
 from ..train.augment import channel_stats
-from ..train.cell import CellSpec, run_cell
+from ..train.cell import CellSpec, fold_inputs, run_cell
 from ..train.device import DevicePlan, pick_device
 from ..train.loop import CellData, discard_unloadable_checkpoints, remove_stale_temp_files
 from .store import Heartbeat, Store, retrying, store_location
@@ -427,6 +427,10 @@ class Runner:
             input_size_for(cell.backbone),
             workdir,
         )
+        drw = cell.formulation.finetune_options if cell.depends and cell.formulation.finetune == "drw" else None
+        spec.options, weights = fold_inputs(cell.formulation.name, cell.options, self.dataset.labels[train], cfg, drw)
+        if not cell.depends or drw is not None:  # +f1 sets its own below; +ft is stage 2 without weights
+            spec.class_weights = weights
         if cell.depends:
             ft = cell.formulation.finetune_options
             spec.init_checkpoint = self.out_dir / "cells" / cell.depends / "best.pt"

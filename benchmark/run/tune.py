@@ -31,7 +31,7 @@ from ..errors import BenchError, CellFailed
 from ..metrics import LOWER_IS_BETTER, known_metrics, metric_value, parse_metric
 from ..suite.loading import dump_suite
 from ..suite.schema import FormulationConfig, Suite, stable_hash
-from ..train.cell import CellSpec, run_cell
+from ..train.cell import CellSpec, fold_inputs, run_cell
 from ..train.device import pick_device
 from ..train.loop import CellData
 from .runner import batch_size_for, check_backbones_fit, input_size_for, preflight
@@ -236,6 +236,7 @@ class Tuner:
             if trial.should_prune():
                 raise self.optuna.TrialPruned(f"pruned at epoch {row['epoch']}")
 
+        options, class_weights = fold_inputs(self.fcfg.name, options, self.dataset.labels[train], cfg)
         spec = CellSpec(
             self.backbone,
             self.fcfg.name,
@@ -248,6 +249,7 @@ class Tuner:
             self.trial_dir(fold, trial, weights),
             on_epoch=on_epoch,
             objective=lambda y, p, tp: metric_value(self.metric, y, p, tp, self.tasks),
+            class_weights=class_weights,
         )
         result = run_cell(spec, self.plan)
         pred = result.predictions["val"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .schema import BackboneConfig, FormulationConfig, Suite, stable_hash
+from .schema import BackboneConfig, FormulationConfig, Suite, TrainingConfig, stable_hash
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,9 @@ def protocol_hash(suite: Suite) -> str:
 def _key(suite, backbone, formulation, fold, seed):
     training = suite.training.model_dump(mode="json", exclude={"checkpoint_every"})  # durability, not results
     training.pop("seeds")
+    for name in TrainingConfig.KEYED_IF_SET:
+        if training[name] == TrainingConfig.model_fields[name].default:
+            del training[name]
     return stable_hash(
         {
             "protocol": protocol_hash(suite),

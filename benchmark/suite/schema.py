@@ -65,6 +65,23 @@ class TrainingConfig(Strict):
     # Seconds of training between resume checkpoints (last.pt), written in the background; 0: every epoch. An
     # epoch longer than this saves every epoch. Changes what a kill can lose, never a result (not in cell keys).
     checkpoint_every: float = Field(60.0, ge=0, le=86_400, allow_inf_nan=False)
+    # Stage-1 loss weights from the fold's training class counts (per task): none, 1/n_c, or the effective number
+    # of samples (Cui et al. 2019) with class_weights_beta. The fine-tuning stages set their own.
+    class_weights: Literal["none", "inverse_frequency", "effective_number"] = "none"
+    class_weights_beta: float = Field(0.999, gt=0, lt=1, allow_inf_nan=False)
+
+    # Fields added after runs were stored: left out of a cell's key while at their default (see cells._key).
+    KEYED_IF_SET: ClassVar[tuple[str, ...]] = ("class_weights", "class_weights_beta")
+
+    @model_validator(mode="after")
+    def _beta_only_with_effective_number(self) -> TrainingConfig:
+        default = type(self).model_fields["class_weights_beta"].default  # a stored suite sets every field
+        if self.class_weights != "effective_number" and self.class_weights_beta != default:
+            raise ValueError(
+                f"class_weights_beta: used only by class_weights: effective_number (this suite has "
+                f"{self.class_weights!r}), so it would change nothing; drop it or set class_weights: effective_number"
+            )
+        return self
 
 
 class BackboneConfig(Strict):
@@ -104,25 +121,27 @@ class BackboneConfig(Strict):
         return v
 
 
-FINETUNE_SUFFIX = {"inverse_f1": "+f1", "plain": "+ft"}
+FINETUNE_SUFFIX = {"inverse_f1": "+f1", "plain": "+ft", "drw": "+drw"}
 
 
 class FinetuneOptions(Strict):
     """The fine-tuning stage: `inverse_f1` re-weights the loss by 1/F1 per class, `plain` is its control
-    (the identical stage 2 without weights)."""
+    (the identical stage 2 without weights), `drw` is deferred re-weighting (Cao et al. 2019): the identical stage 2
+    with effective-number weights of the training class counts (`beta`)."""
 
     lr: float | None = Field(None, ge=0, allow_inf_nan=False)  # None: training.finetune_lr
     epochs: int | None = Field(None, ge=1)  # None: training.finetune_epochs
     eps: float = Field(1e-3, gt=0, allow_inf_nan=False)  # F1 floor before inverting
     max_weight: float = Field(10.0, ge=1, allow_inf_nan=False)  # cap, as a multiple of the smallest weight
     task_weights: bool = False  # MTL: also re-weight alpha/beta/gamma by 1/macro-F1 of each task
+    beta: float = Field(0.999, gt=0, lt=1, allow_inf_nan=False)  # drw: the effective-number β
 
 
 class FormulationConfig(Strict):
     name: str
     label: str | None = None
     options: dict[str, Any] = Field(default_factory=dict)
-    finetune: Literal["inverse_f1", "plain"] | None = None
+    finetune: Literal["inverse_f1", "plain", "drw"] | None = None
     finetune_options: FinetuneOptions = Field(default_factory=FinetuneOptions)
     # Per-fold options (written by `bench tune`, which tunes each outer fold on its own training part).
     options_by_fold: dict[int, dict[str, Any]] = Field(default_factory=dict)
@@ -146,6 +165,11 @@ class FormulationConfig(Strict):
                 cls.validate_options({**self.options, **extra})
         except BenchError as exc:
             raise ValueError(str(exc).removesuffix(".")) from None
+        if self.finetune_options.beta != FinetuneOptions.model_fields["beta"].default and self.finetune != "drw":
+            raise ValueError(
+                f"finetune_options.beta: the effective-number β of finetune: drw (+drw); with finetune: "
+                f"{self.finetune!r} it would change nothing"
+            )
         return self
 
     @property
@@ -228,7 +252,8 @@ def printable(what: str, v: str) -> str:
 
 
 def parse_formulation_entry(entry: Any) -> Any:
-    """'mtl+f1' is shorthand for {name: mtl, finetune: inverse_f1}; 'mtl+ft' for {name: mtl, finetune: plain}."""
+    """'mtl+f1' is shorthand for {name: mtl, finetune: inverse_f1}; 'mtl+ft' for {name: mtl, finetune: plain};
+    'mtl+drw' for {name: mtl, finetune: drw}."""
     if isinstance(entry, str):
         entry = {"name": entry}
     if isinstance(entry, dict) and isinstance(entry.get("name"), str):

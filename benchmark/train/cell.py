@@ -90,6 +90,23 @@ class CellSpec:
     objective: Callable | None = None
 
 
+def fold_inputs(name: str, options: dict, train_labels, training: TrainingConfig, finetune=None):
+    """What a cell takes from its fold's training labels alone: the formulation's option overrides (e.g. class
+    priors) and the loss's class weights per task — stage 1's `training.class_weights`, or `drw`'s effective-number
+    weights (`finetune` = the fine-tuning options of a `drw` stage). Returns (options, class weights or None)."""
+    from formulations.finetune import count_weights, task_counts
+
+    formulation = create_formulation(name, options)
+    counts = task_counts(formulation, train_labels)
+    options = {**options, **formulation.training_overrides(counts)}
+    if finetune is not None:
+        return options, {t: count_weights(n, "effective_number", finetune.beta) for t, n in counts.items()}
+    if training.class_weights != "none":
+        kind, beta = training.class_weights, training.class_weights_beta
+        return options, {t: count_weights(n, kind, beta) for t, n in counts.items()}
+    return options, None
+
+
 def run_cell(spec: CellSpec, plan: DevicePlan) -> CellResult:
     t_cell = time.perf_counter()
     cfg = spec.training
