@@ -11,7 +11,7 @@ import pandas as pd
 from benchmark.errors import BenchError
 from benchmark.result import CellResult
 from benchmark.run.store import Store, store_location
-from benchmark.suite.cells import expand_cells
+from benchmark.suite.cells import expand_cells, variant_display
 from benchmark.suite.schema import Suite
 
 _EMPTY = pd.Series([], dtype=float, index=pd.MultiIndex.from_tuples([], names=["seed", "fold"]))
@@ -23,8 +23,10 @@ class Run:
     path: Path
     suite: Suite
     meta: dict
-    # one row per expected cell: backbone, formulation, seed, fold, key, status, error, listed (False for a
-    # stage-1 cell that only a fine-tuned formulation asked for)
+    # one row per expected cell: backbone, formulation (with its variants where the suite has axes), one column per
+    # ablation axis, seed, fold, key, status, error, listed (False for a stage-1 cell that only a fine-tuned
+    # formulation asked for); variants that coincide share a key, and each has its row
+
     cells: pd.DataFrame
     long: pd.DataFrame  # LONG_COLUMNS, every finished expected cell
     stale: int  # finished cells of an earlier configuration, ignored
@@ -72,6 +74,7 @@ class Run:
         return names[0] if names else self.formulations[0]
 
     def __post_init__(self):
+        self.stored_suite = self.suite  # the suite as written (with its variant axes); `suite` has one row each
         self._results = {}
         self._index = None
         self._formulations = {}
@@ -159,7 +162,8 @@ def load_run(path=None, store_url: str | None = None) -> Run:
         [
             {
                 "backbone": c.backbone.name,
-                "formulation": c.formulation.display,
+                "formulation": c.display,
+                **dict(c.variant),
                 "seed": c.seed,
                 "fold": c.fold,
                 "key": c.key,
@@ -176,4 +180,20 @@ def load_run(path=None, store_url: str | None = None) -> Run:
     metrics = store.metrics_frame()
     done = cells[cells.status == "done"][["key", "backbone", "formulation", "seed", "fold"]]
     long = done.merge(metrics, on="key")[LONG_COLUMNS + ["key"]]
-    return Run(path, suite, meta, cells, long, stale, store)
+    run = Run(path, with_variant_rows(suite), meta, cells, long, stale, store)
+    run.stored_suite = suite
+    return run
+
+
+def with_variant_rows(suite: Suite) -> Suite:
+    """For the report, every formulation × variant combination is a formulation of its own ('softmax[lr=low]'), so
+    every table, figure and test treats it as one; `--compare AXIS` then compares the rows that differ only in
+    that axis. A suite without variants is returned as it is."""
+    if not suite.variants:
+        return suite
+    rows = [
+        f.model_copy(update={"label": variant_display(f, combo)})
+        for f in suite.formulations
+        for combo in suite.combos()
+    ]
+    return suite.model_copy(update={"formulations": rows})

@@ -176,8 +176,72 @@ def _summary(run, opts, section, tables, figures, ctx):
     tables.append(t)
 
 
+def variant_groups(run: Run, axis: str) -> list[tuple[str, list[str], list[str]]]:
+    """For `--compare AXIS` on an ablation axis: (what is held fixed, the rows that differ only in AXIS, the variant
+    names) — one group per formulation × variant of the other axes."""
+    from benchmark.suite.cells import variant_display
+    from benchmark.suite.schema import combo_text
+
+    suite = run.stored_suite
+    names = list(suite.variants[axis])
+    groups = []
+    seen = set()
+    for f in suite.formulations:
+        for combo in suite.combos():
+            rest = tuple((a, v) for a, v in combo if a != axis)
+            if (f.display, rest) in seen:
+                continue
+            seen.add((f.display, rest))
+            items = [variant_display(f, tuple((a, v if a != axis else name) for a, v in combo)) for name in names]
+            fixed = f.display + (f" with {combo_text(rest)}" if rest else "")
+            groups.append((fixed, items, names))
+    return groups
+
+
+def check_axis(run: Run, axis: str) -> None:
+    from benchmark.errors import BenchError, closest
+
+    if axis not in ("formulations", "backbones") and axis not in run.stored_suite.variants:
+        choices = ["formulations", "backbones", *run.stored_suite.variants]
+        raise BenchError(
+            f"--compare {axis!r}: not an axis of this run — {closest(axis, choices)} (formulations, backbones, or an "
+            "axis of the suite's `variants:`)."
+        )
+
+
+def _per_class_variants(run, opts, section, axis, tables, figures):
+    """One comparison per backbone and group: the variants of AXIS side by side, the first the reference unless
+    --reference names one of them."""
+    for backbone in _within(run, opts, section, "formulations"):
+        if backbone not in run.backbones:
+            continue
+        for fixed, items, names in variant_groups(run, axis):
+            reference = next((it for it, n in zip(items, names) if n == opts.reference), items[0])
+            cmp = compare(
+                run, opts, "formulations", backbone, section.metric or opts.metric, items, reference,
+                section.pairs or opts.pairs,
+            )  # fmt: skip
+            label = {"f1": "F1", "auc": "one-vs-rest AUC"}.get(cmp.metric, cmp.metric)
+            title = section.title or f"Table 2 — per-class {label}, {backbone}: {axis} ({', '.join(names)}) of {fixed}"
+            out = comparison_table(cmp, run, title)
+            out[0].notes.insert(
+                0,
+                f"Compared along the ablation axis {axis!r}: its variants {', '.join(names)} of {fixed}, every other "
+                "setting identical (same splits, normalisation, initial weights and data order).",
+            )
+            tables.extend(out)
+            if opts.test == "bayes":
+                from .compare import bayes_compare, bayes_table
+
+                tables.append(bayes_table(bayes_compare(run, opts, "formulations", items, reference), run))
+
+
 def _per_class(run, opts, section, tables, figures, ctx):
     axis = section.compare or opts.compare
+    check_axis(run, axis)
+    if axis not in ("formulations", "backbones"):
+        _per_class_variants(run, opts, section, axis, tables, figures)
+        return
     present = run.backbones if axis == "formulations" else run.formulations
     for within in _within(run, opts, section, axis):
         if within not in present:
@@ -356,6 +420,19 @@ def _classwise(run, opts, section, tables, figures, ctx):
     from .figures import comparison_boxplots
 
     axis = section.compare or opts.compare
+    check_axis(run, axis)
+    if axis not in ("formulations", "backbones"):
+        for backbone in [w for w in _within_figures(run, section, "formulations") if w in run.backbones]:
+            for fixed, items, _ in variant_groups(run, axis):
+
+                def draw_variants(backbone=backbone, items=items):
+                    return comparison_boxplots(
+                        run, opts, "formulations", backbone, tuple(section.metrics), items, items[0],
+                        section.pairs or opts.pairs,
+                    )[0]  # fmt: skip
+
+                figures.append((f"class-wise metrics — {backbone} — {axis} of {fixed}", draw_variants))
+        return
     present = run.backbones if axis == "formulations" else run.formulations
     withins = [w for w in _within_figures(run, section, axis) if w in present]
     for within in withins:

@@ -57,7 +57,8 @@ class Section(BaseModel):
     kind: SectionKind
     statistics: Statistics | None = None  # this section's own; else the view's
     title: str | None = None
-    compare: Literal["formulations", "backbones"] | None = None  # None: --compare (default formulations)
+    # None: --compare (default formulations); or an ablation axis of the suite's `variants:`
+    compare: str | None = None
     within: list[str] | None = None  # the fixed backbones / formulations; None: the default one
     items: list[str] | None = None  # which formulations / backbones to show; None: all
     reference: str | None = None

@@ -136,3 +136,18 @@ def test_a_run_stores_weights_and_priors_from_each_folds_training_labels(make_su
             np.testing.assert_allclose(res.class_weights[name], raw / raw[n > 0].mean(), rtol=1e-6)
     t4 = __import__("reports.tables", fromlist=["finetune_comparisons"]).finetune_comparisons(run)
     assert ("softmax+ft", "softmax+drw", "effective-number re-weighting alone") in t4
+
+
+def test_the_imbalance_smoke_suite_runs_and_table_4_separates_the_weights(tmp_path, capsys):
+    out = tmp_path / "imb-smoke"
+    args = ["--only", "fold=0", "--set", "training.epochs=1", "--set", "training.finetune_epochs=1"]
+    assert main(["run", "suites/imbalance-smoke.yaml", "--out", str(out), "--quiet", *args]) == 0
+    capsys.readouterr()
+    assert main(["report", str(out)]) == 0
+    md = capsys.readouterr().out
+    table4 = md.split("## Table 4")[1].split("\n## ")[0]
+    assert "| mtl → mtl+drw | effective-number re-weighting + extra training |" in table4.replace("| tiny ", "")
+    assert "| mtl+ft → mtl+drw | effective-number re-weighting alone |" in table4.replace("| tiny ", "")
+    assert "| mtl+drw → mtl+f1 ‡ | inverse-F1 vs effective-number weights |" in table4.replace("| tiny ", "")
+    table1 = md.split("## Table 1")[1].split("\n## ")[0]
+    assert "| tiny | focal †" in table1 and "| tiny | logit_adjusted †" in table1  # † : fold 0 of 2 only

@@ -157,9 +157,9 @@ def test_a_formulation_defined_in_one_place_trains_reports_ensembles_and_explain
 
 def test_smoke_suites_list_every_registered_formulation():
     suite = load_suite("suites/smoke.yaml")
-    names = {f.name for f in suite.formulations} | {
-        f.name for f in load_suite("suites/ordinal-smoke.yaml").formulations
-    }
+    names = {f.name for f in suite.formulations}
+    for other in ("suites/ordinal-smoke.yaml", "suites/imbalance-smoke.yaml"):
+        names |= {f.name for f in load_suite(other).formulations}
     assert names >= set(FORMULATIONS)
     finetuned = [f.display for f in suite.formulations if f.finetune]
     assert "mtl+f1" in finetuned and len(finetuned) >= 2

@@ -21,10 +21,15 @@ def cmd_report(args):
         f"report of {run.path}" + ("" if args.run_dir else " (the run under ./runs that finished last)"),
         file=sys.stderr,
     )
+    from reports.render import check_axis
+
+    check_axis(run, args.compare)
     if args.reference is not None:
-        require_in_run(
-            "--reference", args.reference, run.formulations if args.compare == "formulations" else run.backbones
-        )
+        universe = {
+            "formulations": run.formulations,
+            "backbones": run.backbones,
+        }.get(args.compare) or list(run.stored_suite.variants[args.compare])
+        require_in_run("--reference", args.reference, universe)
     if args.backbone:
         require_in_run("--backbone", args.backbone, run.backbones)
     if args.alpha is not None and not 0 < args.alpha < 1:
@@ -220,8 +225,8 @@ def _add_report(sub):
     r.add_argument(
         "--compare",
         default="formulations",
-        choices=["formulations", "backbones"],
-        help="comparison axis: formulations within each backbone, or backbones within each formulation",
+        help="comparison axis: formulations within each backbone, backbones within each formulation, or an "
+        "ablation axis of the suite's variants (its variants side by side within each backbone and formulation)",
     )
     r.add_argument(
         "--pairs",

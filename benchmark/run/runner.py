@@ -29,7 +29,7 @@ from ..data.dataset import Dataset
 from ..data.splits import Splits, make_splits, record_splits
 from ..errors import BenchError, CellFailed, Interrupted
 from ..labels import NUM_CLASSES
-from ..suite.cells import Cell, expand_cells, longest_first, protocol_hash, select
+from ..suite.cells import Cell, expand_cells, longest_first, protocol_hash, select, unique_cells
 from ..suite.loading import dump_suite
 from ..suite.schema import Suite
 from ..train.augment import channel_stats
@@ -62,13 +62,13 @@ def preflight(suite: Suite):
             print(f"weights of {b.name}: {path}", file=sys.stderr, flush=True)
 
 
-def batch_size_for(suite: Suite, backbone) -> int:
+def batch_size_for(suite: Suite, backbone, training=None) -> int:
     if backbone.batch_size:
         return backbone.batch_size
     spec = BACKBONES.get(backbone.name)
     if suite.protocol.kind == "polat" and spec and spec.batch_size:
         return spec.batch_size
-    return suite.training.batch_size
+    return (training or suite.training).batch_size
 
 
 def input_size_for(backbone):
@@ -141,7 +141,8 @@ class Runner:
             )
         self.splits: Splits = record_splits(self.out_dir / "splits.json", splits, self.dataset)
         every_cell = expand_cells(self.suite, len(splits.folds))
-        self.cells = longest_first(select(every_cell, only or []), self.cost_estimate(self.dataset.images.shape[1:3]))
+        chosen = unique_cells(select(every_cell, only or []))  # coinciding variants share their cells
+        self.cells = longest_first(chosen, self.cost_estimate(self.dataset.images.shape[1:3]))
         for cell in self.cells:
             f = cell.formulation
             if f.options_by_fold and cell.fold not in f.options_by_fold:
@@ -200,7 +201,8 @@ class Runner:
 
         def cost(cell: Cell) -> float:
             ft = cell.formulation.finetune_options
-            epochs = (ft.epochs or cfg.finetune_epochs or cfg.epochs) if cell.depends else cfg.epochs
+            tc = cell.training or cfg
+            epochs = (ft.epochs or tc.finetune_epochs or tc.epochs) if cell.depends else tc.epochs
             return flops.get(cell.backbone.name, 1.0) * epochs
 
         return cost
@@ -377,7 +379,8 @@ class Runner:
             "seed": cell.seed,
             "key": cell.key,
             "options": spec.options,
-            "epochs": spec.epochs or self.suite.training.epochs,
+            "epochs": spec.epochs or spec.training.epochs,
+            **dict(cell.variant),
             "batch_size": spec.batch_size,
             "finetune": spec.finetune,
         }
@@ -413,7 +416,7 @@ class Runner:
 
     def cell_spec(self, cell: Cell, workdir: Path, claim_lost=lambda: False) -> CellSpec:
         """The cell's data, schedule and, for a fine-tuned formulation, its stage-1 start and loss weights."""
-        cfg = self.suite.training
+        cfg = cell.training or self.suite.training  # a variant's own settings
         train, val = self.splits.folds[cell.fold]
         data = CellData.of(self.dataset, train, val, self.splits.test, self.splits.grouped, self.fold_stats(cell.fold))
         spec = CellSpec(
@@ -423,7 +426,7 @@ class Runner:
             cell.seed,
             data,
             cfg,
-            batch_size_for(self.suite, cell.backbone),
+            batch_size_for(self.suite, cell.backbone, cfg),
             input_size_for(cell.backbone),
             workdir,
         )

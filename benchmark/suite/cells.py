@@ -1,4 +1,5 @@
-"""A suite expanded into cells (backbone × formulation × fold × seed), each keyed by a config hash.
+"""A suite expanded into cells (backbone × formulation × one variant of every axis × fold × seed), each keyed by
+a config hash.
 
 The key hashes everything that changes a cell's result, so a changed configuration gets a new key
 and is recomputed rather than mixed with old results. Fine-tuned formulations (`X+f1`) depend on
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .schema import BackboneConfig, FormulationConfig, Suite, TrainingConfig, stable_hash
+from .schema import BackboneConfig, Combo, FormulationConfig, Suite, TrainingConfig, combo_text, stable_hash
 
 
 @dataclass(frozen=True)
@@ -21,6 +22,8 @@ class Cell:
     key: str
     depends: str | None = None  # key of the stage-1 cell for a fine-tuned formulation
     listed: bool = True  # False for a stage-1 cell added only as a dependency
+    variant: Combo = ()  # the variant of every ablation axis: ((axis, variant), ...)
+    training: TrainingConfig | None = None  # the variant's training settings; None: the suite's
 
     @property
     def options(self) -> dict:
@@ -30,7 +33,23 @@ class Cell:
 
     @property
     def label(self) -> str:
-        return f"{self.backbone.name} · {self.formulation.display} · fold {self.fold} · seed {self.seed}"
+        variant = f" · {combo_text(self.variant)}" if self.variant else ""
+        return f"{self.backbone.name} · {self.formulation.display}{variant} · fold {self.fold} · seed {self.seed}"
+
+    @property
+    def display(self) -> str:
+        """The formulation as a report row: its display name, with the variants where the suite has axes."""
+        return variant_display(self.formulation, self.variant)
+
+
+def variant_display(f: FormulationConfig, combo: Combo) -> str:
+    """'softmax[lr=low]', 'mtl[lr=low]+f1' (the fine-tuning suffix stays last, so a stage 1 is found by name)."""
+    if not combo:
+        return f.display
+    tag = f"[{combo_text(combo)}]"
+    ends = ("+f1", "+ft", "+drw") if f.finetune else ("[stage 1]",)  # base() of a labelled stage 2 adds [stage 1]
+    suffix = next((s for s in ends if f.display.endswith(s)), "")
+    return f.display[: len(f.display) - len(suffix)] + tag + suffix
 
 
 def protocol_hash(suite: Suite) -> str:
@@ -39,8 +58,9 @@ def protocol_hash(suite: Suite) -> str:
     )
 
 
-def _key(suite, backbone, formulation, fold, seed):
-    training = suite.training.model_dump(mode="json", exclude={"checkpoint_every"})  # durability, not results
+def _key(suite, backbone, formulation, fold, seed, training_config: TrainingConfig | None = None):
+    cfg = training_config or suite.training
+    training = cfg.model_dump(mode="json", exclude={"checkpoint_every"})  # durability, not results
     training.pop("seeds")
     for name in TrainingConfig.KEYED_IF_SET:
         if training[name] == TrainingConfig.model_fields[name].default:
@@ -82,19 +102,38 @@ def expand_cells(suite: Suite, n_folds: int) -> list[Cell]:
     stage1: list[Cell] = []
     stage2: list[Cell] = []
     listed_base = {f.display for f in suite.formulations if not f.finetune}
+    combos = suite.combos()
+    trainings = {combo: suite.training_for(combo) for combo in combos}
     for seed in suite.training.seeds:
         for backbone in suite.backbones:
             for fold in range(n_folds):
-                for f in suite.formulations:
-                    if f.finetune:
-                        base = f.base()
-                        base_key = _key(suite, backbone, base, fold, seed)
-                        if base.display not in listed_base and all(c.key != base_key for c in stage1):
-                            stage1.append(Cell(backbone, base, fold, seed, base_key, listed=False))
-                        stage2.append(Cell(backbone, f, fold, seed, _key(suite, backbone, f, fold, seed), base_key))
-                    else:
-                        stage1.append(Cell(backbone, f, fold, seed, _key(suite, backbone, f, fold, seed)))
+                for combo in combos:
+                    tc = trainings[combo]
+                    run_tc = tc if combo else None
+                    for f in suite.formulations:
+                        key = _key(suite, backbone, f, fold, seed, tc)
+                        if f.finetune:
+                            base = f.base()
+                            base_key = _key(suite, backbone, base, fold, seed, tc)
+                            if base.display not in listed_base and all(
+                                c.key != base_key or c.variant != combo for c in stage1
+                            ):
+                                stage1.append(Cell(backbone, base, fold, seed, base_key, None, False, combo, run_tc))
+                            stage2.append(Cell(backbone, f, fold, seed, key, base_key, True, combo, run_tc))
+                        else:
+                            stage1.append(Cell(backbone, f, fold, seed, key, None, True, combo, run_tc))
     return stage1 + stage2
+
+
+def unique_cells(cells: list[Cell]) -> list[Cell]:
+    """One cell per key: variants whose settings coincide (e.g. two axes' `{}` variants) share their cells."""
+    seen: set[str] = set()
+    out = []
+    for c in cells:
+        if c.key not in seen:
+            seen.add(c.key)
+            out.append(c)
+    return out
 
 
 def select(cells: list[Cell], only: list[str]) -> list[Cell]:
@@ -102,11 +141,13 @@ def select(cells: list[Cell], only: list[str]) -> list[Cell]:
     from ..errors import BenchError
 
     wanted: dict[str, set[str]] = {}
+    axes = list(dict.fromkeys(axis for c in cells for axis, _ in c.variant))
     for item in only or []:
         key, _, value = item.partition("=")
-        if key not in ("backbone", "formulation", "fold", "seed") or not value:
+        if key not in ("backbone", "formulation", "fold", "seed", *axes) or not value:
+            extra = "".join(f", {a}=VARIANT" for a in axes)
             raise BenchError(
-                f"--only {item!r}: use backbone=NAME, formulation=NAME, fold=K or seed=S "
+                f"--only {item!r}: use backbone=NAME, formulation=NAME, fold=K or seed=S{extra} "
                 "(comma-separated values allowed)."
             )
         wanted.setdefault(key, set()).update(value.split(","))
@@ -117,6 +158,7 @@ def select(cells: list[Cell], only: list[str]) -> list[Cell]:
             "formulation": c.formulation.display,
             "fold": str(c.fold),
             "seed": str(c.seed),
+            **dict(c.variant),
         }
 
     def keep(c: Cell):

@@ -204,7 +204,7 @@ MAX_CELLS = 20_000  # a paper suite is 5 × 6 × 10 = 300; beyond this, ask (--y
 def cell_count(suite: Suite) -> int:
     """How many cells the suite expands to, computed without expanding it (nor making its splits)."""
     folds = suite.protocol.folds * (1 if suite.protocol.kind == "polat" else max(suite.protocol.repeats, 1))
-    return len(suite.backbones) * len(suite.formulations) * folds * len(suite.training.seeds)
+    return len(suite.backbones) * len(suite.formulations) * len(suite.combos()) * folds * len(suite.training.seeds)
 
 
 def check_size(suite: Suite, yes: bool) -> None:
@@ -213,7 +213,8 @@ def check_size(suite: Suite, yes: bool) -> None:
         p = suite.protocol
         raise BenchError(
             f"Suite {suite.name!r} expands to {n:,} cells ({len(suite.backbones)} backbones × "
-            f"{len(suite.formulations)} formulations × {p.folds} folds × {p.repeats} repeats × "
+            f"{len(suite.formulations)} formulations × {len(suite.combos())} variant combinations × {p.folds} folds × "
+            f"{p.repeats} repeats × "
             f"{len(suite.training.seeds)} seeds), more than {MAX_CELLS:,}. Check protocol.repeats and folds; if you "
             "mean it, add --yes."
         )

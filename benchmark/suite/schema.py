@@ -6,7 +6,7 @@ import hashlib
 import json
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from ..labels import GRADES
 
@@ -189,6 +189,18 @@ class FormulationConfig(Strict):
         )
 
 
+RESERVED_AXES = ("backbone", "formulation", "fold", "seed")
+# Training fields that are the run's, not a cell's: the seeds are an axis of their own, the numerics and what is
+# kept are decided once per worker.
+RUN_WIDE_TRAINING = ("seeds", "amp", "deterministic", "keep", "checkpoint_every")
+
+Combo = tuple[tuple[str, str], ...]  # one variant per axis: ((axis, variant), ...) in the suite's axis order
+
+
+def combo_text(combo: Combo) -> str:
+    return ",".join(f"{axis}={variant}" for axis, variant in combo)
+
+
 class Suite(Strict):
     name: str = Field(min_length=1)
     description: str = ""
@@ -197,6 +209,61 @@ class Suite(Strict):
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     backbones: list[BackboneConfig]
     formulations: list[FormulationConfig]
+    # Ablation axes: axis -> variant -> dotted overrides of the suite, as `--set` takes them (training.* for now).
+    # Cells are backbone × formulation × one variant of every axis × fold × seed; a variant's overrides enter its
+    # cells' keys only through the settings they change, so a variant of no overrides shares the suite's cells.
+    variants: dict[str, dict[str, dict[str, Any]]] = Field(default_factory=dict)
+
+    @field_validator("variants")
+    @classmethod
+    def _variants(cls, v: dict[str, dict[str, dict[str, Any]]]) -> dict[str, dict[str, dict[str, Any]]]:
+        import re
+
+        for axis, variants in v.items():
+            if axis in RESERVED_AXES or not re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]*", axis):
+                raise ValueError(
+                    f"axis {axis!r}: an axis is a plain name (letters, digits, - and _) other than "
+                    f"{', '.join(RESERVED_AXES)}, which are the grid's own axes; e.g. augment, weighting, lr"
+                )
+            if not variants:
+                raise ValueError(f"axis {axis!r} has no variants; give at least one, e.g. {{study: {{}}}}")
+            for name, overrides in variants.items():
+                if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.+-]*", str(name)):
+                    raise ValueError(
+                        f"axis {axis!r}, variant {name!r}: a variant is a plain name (letters, digits, . _ + -), "
+                        "since `--only AXIS=VARIANT` and the report's labels carry it"
+                    )
+                for key in overrides or {}:
+                    section, _, field = str(key).partition(".")
+                    if section != "training" or not field or "." in field:
+                        raise ValueError(
+                            f"axis {axis!r}, variant {name!r}: override {key!r} — a variant changes training "
+                            "settings (training.FIELD, e.g. training.lr or training.class_weights); the data, "
+                            "the splits and the grid's own lists are shared by every variant (identical protocol)"
+                        )
+                    if field in RUN_WIDE_TRAINING:
+                        raise ValueError(
+                            f"axis {axis!r}, variant {name!r}: {key} is the run's, not a cell's "
+                            f"({', '.join('training.' + f for f in RUN_WIDE_TRAINING)} are set once per suite)"
+                        )
+        return v
+
+    def combos(self) -> list[Combo]:
+        """Every combination of one variant per axis (one empty combination without variants)."""
+        from itertools import product
+
+        axes = list(self.variants)
+        return [tuple(zip(axes, names)) for names in product(*(list(self.variants[a]) for a in axes))]
+
+    def training_for(self, combo: Combo) -> TrainingConfig:
+        """The training settings of one combination: the suite's, with each chosen variant's overrides."""
+        if not combo:
+            return self.training
+        doc = self.training.model_dump(mode="json")
+        for axis, name in combo:
+            for key, value in (self.variants[axis][name] or {}).items():
+                doc[key.partition(".")[2]] = value
+        return TrainingConfig.model_validate(doc)
 
     @field_validator("name")
     @classmethod
@@ -234,7 +301,37 @@ class Suite(Strict):
         dup = {x for x in labels if labels.count(x) > 1}
         if dup:
             raise ValueError(f"formulations: {sorted(dup)} listed twice; give one a distinct 'label'")
+        self._check_combos()
         return self
+
+    def _check_combos(self) -> None:
+        """Every combination must be a valid suite, and two axes must not set the same field (which would make
+        the result depend on the axes' order)."""
+        fields: dict[str, list[str]] = {}
+        for axis, variants in self.variants.items():
+            for overrides in variants.values():
+                for key in overrides or {}:
+                    if axis not in fields.setdefault(key, []):
+                        fields[key].append(axis)
+        for key, axes in fields.items():
+            if len(axes) > 1:
+                raise ValueError(
+                    f"variants: axes {' and '.join(repr(a) for a in axes)} both set {key}; one setting belongs to one "
+                    "axis, or the result would depend on which axis is applied last"
+                )
+        for axis, variants in self.variants.items():
+            for name, overrides in variants.items():
+                doc = self.training.model_dump(mode="json")
+                doc.update({k.partition(".")[2]: v for k, v in (overrides or {}).items()})
+                try:
+                    TrainingConfig.model_validate(doc)
+                except ValidationError as exc:
+                    err = exc.errors()[0]
+                    where = ".".join(str(p) for p in err["loc"]) or "training"
+                    msg = str(err["msg"]).removeprefix("Value error, ")
+                    raise ValueError(
+                        f"axis {axis!r}, variant {name!r}: training.{where}: {msg} (got {err.get('input')!r})"
+                    ) from None
 
 
 def printable(what: str, v: str) -> str:
