@@ -198,3 +198,34 @@ def test_a_missing_database_or_a_refused_tls_request_is_one_paragraph(pg_server,
         assert main(["report", str(tmp_path), "--store", bad]) == 2, bad
         err = " ".join(capsys.readouterr().err.split())
         assert "internal error" not in err and "could not be reached" in err, err
+
+
+def test_a_store_created_by_another_process_between_look_and_insert_still_opens(pg_server, monkeypatch):
+    """Workers (or two `store copy` commands) starting together on one empty database each find no schema row and
+    insert it. The race is made certain here: just before this process inserts the row, "another process" (a
+    second connection) commits the same row. The loser must open the store the winner made, not fail with a
+    duplicate key reported as an unreachable database."""
+    import sqlalchemy as sa
+
+    import benchmark.run.store as store_module
+
+    url = pg_server("race")
+    Store(url, create=True).engine.dispose()  # the tables exist ...
+    other = sa.create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
+    with other.begin() as conn:  # ... but the schema row is not there yet
+        conn.execute(sa.text("DELETE FROM meta WHERE key = 'schema_version'"))
+    real_insert = store_module.insert
+
+    def insert_after_the_other_process(table):
+        if table is store_module.meta_table:
+            with other.begin() as conn:
+                conn.execute(
+                    sa.text("INSERT INTO meta (key, value) VALUES ('schema_version', :v)"),
+                    {"v": str(store_module.SCHEMA_VERSION)},
+                )
+        return real_insert(table)
+
+    monkeypatch.setattr(store_module, "insert", insert_after_the_other_process)
+    store = Store(url, create=True)
+    assert store.get_meta("schema_version") is not None
+    other.dispose()

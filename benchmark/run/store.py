@@ -292,12 +292,20 @@ class Store:
             row = conn.execute(select(meta_table.c.value).where(meta_table.c.key == "schema_version")).first()
         if row is None:
             if create:
-                with self.engine.begin() as conn:
-                    if (
-                        conn.execute(select(meta_table.c.value).where(meta_table.c.key == "schema_version")).first()
-                        is None
-                    ):
-                        conn.execute(insert(meta_table).values(key="schema_version", value=str(SCHEMA_VERSION)))
+                from sqlalchemy.exc import IntegrityError
+
+                try:
+                    with self.engine.begin() as conn:
+                        if (
+                            conn.execute(select(meta_table.c.value).where(meta_table.c.key == "schema_version")).first()
+                            is None
+                        ):
+                            conn.execute(insert(meta_table).values(key="schema_version", value=str(SCHEMA_VERSION)))
+                except IntegrityError:
+                    # Another process created the same new store between our look and our insert (two workers,
+                    # or two `store copy` commands, starting at once on one PostgreSQL database): it wrote the
+                    # very row we meant to; check its version like any existing store's.
+                    self._check_schema(create=False)
             return
         if int(row[0]) != SCHEMA_VERSION:
             raise BenchError(
