@@ -327,18 +327,23 @@ def _finetune(run, opts, section, tables, figures, ctx):
         tables.append(t)
 
 
+def _test_outputs(run, ctx):
+    """The test predictions with the formulations' outputs, read once for Tables 5 and 5b."""
+    if "test_outputs" not in ctx:
+        ctx["test_outputs"] = run.store.predictions_frame("test", ["key", "image_id", "y_true", "outputs"])
+    return ctx["test_outputs"]
+
+
 def _test(run, opts, section, tables, figures, ctx):
     if ctx["with_test"]:
-        preds = run.store.predictions_frame("test", ["key", "image_id", "y_true", "outputs"])
-        t = test_ensemble(run, opts, preds)
+        t = test_ensemble(run, opts, _test_outputs(run, ctx))
         if t is not None:
             tables.append(t)
 
 
 def _patient(run, opts, section, tables, figures, ctx):
     if ctx["with_test"]:
-        preds = run.store.predictions_frame("test", ["key", "image_id", "y_true", "outputs"])
-        t = patient_level(run, opts, preds)
+        t = patient_level(run, opts, _test_outputs(run, ctx))
         if t is not None:
             tables.append(t)
 

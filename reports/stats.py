@@ -306,7 +306,6 @@ def cluster_bootstrap(y, preds: list, clusters, n_resamples=1000, seed=0, confid
     patients, not images, because images of one patient are correlated. With every image its own
     cluster this is the ordinary paired image bootstrap. A resample on which a statistic is undefined (no
     MES 3 image for MES 3 recall) is left out of that statistic's CI and counted, never scored as 0."""
-    import warnings
 
     y = np.asarray(y)
     codes, clusters = np.unique(np.asarray(clusters), return_inverse=True)
@@ -323,10 +322,18 @@ def cluster_bootstrap(y, preds: list, clusters, n_resamples=1000, seed=0, confid
         return out[..., 0] if single else out
 
     point = statistic(np.arange(n_clusters))
+    return BootstrapResult(point, *_percentile_intervals(statistic, n_clusters, n_resamples, seed, confidence))
+
+
+def _percentile_intervals(statistic, n_units, n_resamples, seed, confidence):
+    """(low, high, undefined, n_resamples) of a vectorised statistic of resampled unit indices: percentile
+    intervals over the resamples on which it is defined, and how many it was not (a grade absent)."""
+    import warnings
+
     with warnings.catch_warnings():  # scipy's own interval is NaN where a resample is undefined; recomputed below
         warnings.simplefilter("ignore")
         res = stats.bootstrap(
-            (np.arange(n_clusters),),
+            (np.arange(n_units),),
             statistic,
             vectorized=True,
             n_resamples=n_resamples,
@@ -336,13 +343,12 @@ def cluster_bootstrap(y, preds: list, clusters, n_resamples=1000, seed=0, confid
             batch=200,
         )
     dist = res.bootstrap_distribution
-    undefined = np.isnan(dist).sum(-1)
     tail = (1 - confidence) / 2 * 100
     with warnings.catch_warnings():  # an all-NaN slice (a grade absent everywhere) stays NaN, said by `undefined`
         warnings.simplefilter("ignore", RuntimeWarning)
         low = np.nanpercentile(dist, tail, axis=-1)
         high = np.nanpercentile(dist, 100 - tail, axis=-1)
-    return BootstrapResult(point, low, high, undefined, n_resamples)
+    return low, high, np.isnan(dist).sum(-1), n_resamples
 
 
 def bootstrap_metrics(y, pred, n_resamples=1000, seed=0, confidence=0.95):
@@ -397,7 +403,6 @@ def patient_metrics(cm, binary_cut: int = 2):
 
 def patient_bootstrap(y, pred, n_resamples=1000, seed=0, confidence=0.95) -> BootstrapResult:
     """Point estimates and percentile CIs of PATIENT_METRICS, resampling patients (one unit each)."""
-    import warnings
 
     y, pred = np.asarray(y), np.asarray(pred)
     n = len(y)
@@ -410,25 +415,7 @@ def patient_bootstrap(y, pred, n_resamples=1000, seed=0, confidence=0.95) -> Boo
         return values[..., 0] if single else values
 
     point = statistic(np.arange(n))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        res = stats.bootstrap(
-            (np.arange(n),),
-            statistic,
-            vectorized=True,
-            n_resamples=n_resamples,
-            method="percentile",
-            confidence_level=confidence,
-            random_state=np.random.default_rng(seed),
-            batch=200,
-        )
-    dist = res.bootstrap_distribution
-    tail = (1 - confidence) / 2 * 100
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        low = np.nanpercentile(dist, tail, axis=-1)
-        high = np.nanpercentile(dist, 100 - tail, axis=-1)
-    return BootstrapResult(point, low, high, np.isnan(dist).sum(-1), n_resamples)
+    return BootstrapResult(point, *_percentile_intervals(statistic, n, n_resamples, seed, confidence))
 
 
 # ---------------------------------------------------------------------------- Bayesian comparisons (baycomp)
