@@ -209,6 +209,11 @@ def check_axis(run: Run, axis: str) -> None:
         )
 
 
+def _variant_reference(items: list[str], names: list[str], opts: Options) -> str:
+    """The row the other variants are compared with: the one `--reference` names, else the axis's first."""
+    return next((it for it, n in zip(items, names) if n == opts.reference), items[0])
+
+
 def _per_class_variants(run, opts, section, axis, tables, figures):
     """One comparison per backbone and group: the variants of AXIS side by side, the first the reference unless
     --reference names one of them."""
@@ -216,7 +221,7 @@ def _per_class_variants(run, opts, section, axis, tables, figures):
         if backbone not in run.backbones:
             continue
         for fixed, items, names in variant_groups(run, axis):
-            reference = next((it for it, n in zip(items, names) if n == opts.reference), items[0])
+            reference = _variant_reference(items, names, opts)
             cmp = compare(
                 run, opts, "formulations", backbone, section.metric or opts.metric, items, reference,
                 section.pairs or opts.pairs,
@@ -348,19 +353,19 @@ def _patient(run, opts, section, tables, figures, ctx):
             tables.append(t)
 
 
-def _calibration_data(run, ctx, with_test: bool):
+def _calibration_data(run, ctx):
+    """Validation and (on first use) test probabilities, read once for Tables 8, 8b and the reliability figures."""
     from .tables import CalibrationData
 
-    key = "calibration_test" if with_test else "calibration_val"
-    if key not in ctx:
-        ctx[key] = CalibrationData.load(run, with_test)
-    return ctx[key]
+    if "calibration" not in ctx:
+        ctx["calibration"] = CalibrationData.load(run)
+    return ctx["calibration"]
 
 
 def _calibration(run, opts, section, tables, figures, ctx):
     from .tables import calibration_table
 
-    t = calibration_table(run, opts, _calibration_data(run, ctx, ctx["with_test"]))
+    t = calibration_table(run, opts, _calibration_data(run, ctx), ctx["with_test"])
     if t is not None:
         if section.title:
             t.title = section.title
@@ -371,7 +376,7 @@ def _operating_point(run, opts, section, tables, figures, ctx):
     from .tables import operating_points
 
     if ctx["with_test"]:
-        t = operating_points(run, opts, _calibration_data(run, ctx, True))
+        t = operating_points(run, opts, _calibration_data(run, ctx))
         if t is not None:
             if section.title:
                 t.title = section.title
@@ -386,7 +391,7 @@ def _reliability(run, opts, section, tables, figures, ctx):
         figures.append(
             (
                 f"{section.title or 'reliability diagrams'} — {b}",
-                lambda b=b: reliability_diagrams(run, b, _calibration_data(run, ctx, True)),
+                lambda b=b: reliability_diagrams(run, b, _calibration_data(run, ctx)),
             )
         )
 
@@ -428,11 +433,11 @@ def _classwise(run, opts, section, tables, figures, ctx):
     check_axis(run, axis)
     if axis not in ("formulations", "backbones"):
         for backbone in [w for w in _within_figures(run, section, "formulations") if w in run.backbones]:
-            for fixed, items, _ in variant_groups(run, axis):
+            for fixed, items, names in variant_groups(run, axis):
 
-                def draw_variants(backbone=backbone, items=items):
+                def draw_variants(backbone=backbone, items=items, reference=_variant_reference(items, names, opts)):
                     return comparison_boxplots(
-                        run, opts, "formulations", backbone, tuple(section.metrics), items, items[0],
+                        run, opts, "formulations", backbone, tuple(section.metrics), items, reference,
                         section.pairs or opts.pairs,
                     )[0]  # fmt: skip
 

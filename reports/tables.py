@@ -948,28 +948,37 @@ def throughput(run: Run, opts: Options) -> Table | None:
 
 @dataclass
 class CalibrationData:
-    """Per cell: validation (y, class probabilities) and test (image ids, class probabilities); cells of
-    formulations without class probabilities are absent."""
+    """Per cell: validation and test (image ids, grades, class probabilities), each split read from the store once
+    (the test split only when a table or figure asks for it); cells of formulations without class probabilities are
+    absent. The cross-fitted temperature scaling of a cell's validation images is computed once, for the table and
+    the figures alike."""
 
+    run: Run
     val: dict
-    test: dict
+    _test: dict | None = None
+    _scaled: dict = field(default_factory=dict)
 
     @classmethod
-    def load(cls, run: Run, with_test: bool = True) -> CalibrationData:
+    def load(cls, run: Run) -> CalibrationData:
+        return cls(run, cls._read(run, "val"))
+
+    @staticmethod
+    def _read(run: Run, split: str) -> dict:
         from benchmark.labels import PROBA_COLUMNS
 
-        cols = ["key", "image_id", "y_true", *PROBA_COLUMNS]
-        out = cls({}, {})
-        for split, target in (("val", out.val), ("test", out.test)):
-            if split == "test" and not with_test:
-                continue
-            frame = run.store.predictions_frame(split, cols)
-            for key, g in frame.groupby("key", sort=False):
-                proba = g[list(PROBA_COLUMNS)].to_numpy(float)
-                if np.isnan(proba).any():
-                    continue
-                target[key] = (g.image_id.to_numpy(), g.y_true.to_numpy(np.int64), proba)
+        out = {}
+        frame = run.store.predictions_frame(split, ["key", "image_id", "y_true", *PROBA_COLUMNS])
+        for key, g in frame.groupby("key", sort=False):
+            proba = g[list(PROBA_COLUMNS)].to_numpy(float)
+            if not np.isnan(proba).any():
+                out[key] = (g.image_id.to_numpy(), g.y_true.to_numpy(np.int64), proba)
         return out
+
+    @property
+    def test(self) -> dict:
+        if self._test is None:
+            self._test = self._read(self.run, "test")
+        return self._test
 
     def cells(self, run: Run, b: str, f: str) -> list[str]:
         c = run.cells
@@ -984,8 +993,12 @@ class CalibrationData:
         ys, ps = [], []
         for k in keys:
             _, y, p = self.val[k]
+            if temperature:
+                if k not in self._scaled:
+                    self._scaled[k] = cross_fitted_temperature(y, p)[0]
+                p = self._scaled[k]
             ys.append(y)
-            ps.append(cross_fitted_temperature(y, p)[0] if temperature else p)
+            ps.append(p)
         return np.concatenate(ys), np.concatenate(ps)
 
     def test_ensemble(self, keys, temperatures: dict | None = None):
@@ -1010,9 +1023,10 @@ class CalibrationData:
         return y, mean
 
 
-def calibration_table(run: Run, opts: Options, data: CalibrationData) -> Table | None:
+def calibration_table(run: Run, opts: Options, data: CalibrationData, with_test: bool = True) -> Table | None:
     """ECE, adaptive ECE and Brier before → after temperature scaling, on validation (cross-fitted) and on the
-    held-out test set (T of each fold model fitted on its whole validation fold, never on test)."""
+    held-out test set (T of each fold model fitted on its whole validation fold, never on test); `with_test`
+    False leaves the test columns empty without reading the test predictions."""
     from .calibration import N_BINS, calibration_scores, fit_temperature
 
     if not data.val:
@@ -1032,7 +1046,8 @@ def calibration_table(run: Run, opts: Options, data: CalibrationData) -> Table |
             after = calibration_scores(*data.pooled_val(keys, temperature=True))
             row = [b, mark_in_sample(run, "val", f), f"{np.median(list(temps.values())):.2f}"]
             row += [f"{before[n]:.3f} → {after[n]:.3f}" for n in names]
-            ens, ens_t = data.test_ensemble(keys), data.test_ensemble(keys, temps)
+            ens = data.test_ensemble(keys) if with_test else None
+            ens_t = data.test_ensemble(keys, temps) if with_test else None
             if ens is None or ens_t is None:
                 row += ["—"] * len(names)
             else:

@@ -259,10 +259,12 @@ class Suite(Strict):
         """The training settings of one combination: the suite's, with each chosen variant's overrides."""
         if not combo:
             return self.training
+        return self._training_with([self.variants[axis][name] for axis, name in combo])
+
+    def _training_with(self, overrides: list[dict[str, Any]]) -> TrainingConfig:
         doc = self.training.model_dump(mode="json")
-        for axis, name in combo:
-            for key, value in (self.variants[axis][name] or {}).items():
-                doc[key.partition(".")[2]] = value
+        for one in overrides:
+            doc.update({key.partition(".")[2]: value for key, value in (one or {}).items()})
         return TrainingConfig.model_validate(doc)
 
     @field_validator("name")
@@ -321,10 +323,8 @@ class Suite(Strict):
                 )
         for axis, variants in self.variants.items():
             for name, overrides in variants.items():
-                doc = self.training.model_dump(mode="json")
-                doc.update({k.partition(".")[2]: v for k, v in (overrides or {}).items()})
                 try:
-                    TrainingConfig.model_validate(doc)
+                    self._training_with([overrides])
                 except ValidationError as exc:
                     err = exc.errors()[0]
                     where = ".".join(str(p) for p in err["loc"]) or "training"
