@@ -165,6 +165,10 @@ def test_a_postgresql_restart_mid_run_loses_nothing_and_the_run_resumes(pg_serve
 
 
 def test_a_store_copy_killed_part_way_leaves_the_target_empty_and_a_second_copy_completes(pg_server, tmp_path):
+    """The kill lands at a known point, whatever the machine's speed: the child (the real `bench store copy`)
+    signals once the run's metadata, cells and metrics are inside the target's open transaction and it is about
+    to insert the predictions, then waits to be killed. A kill after a fixed delay was a race a fast machine
+    lost (the copy had finished)."""
     import os
     import signal
     import time
@@ -175,16 +179,32 @@ def test_a_store_copy_killed_part_way_leaves_the_target_empty_and_a_second_copy_
     lite = write_fake_run(
         tmp_path / "lite", backbones=("resnet18", "resnet50"), formulations=("softmax", "coral", "corn"), folds=10
     )
-    cmd = [sys.executable, "-m", "benchmark.cli", "store", "copy", str(lite), url]
-    t0 = time.time()
-    assert subprocess.run(cmd + ["--help"], capture_output=True).returncode == 0
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(4.0)  # start-up, then part-way through the rows
+    flag = tmp_path / "part-way"
+    child = f"""
+import sys, time
+from pathlib import Path
+import benchmark.run.store as store
+real_insert = store.insert
+def insert_then_wait(table):
+    if table is store.predictions:
+        Path({str(flag)!r}).touch()
+        time.sleep(600)
+    return real_insert(table)
+store.insert = insert_then_wait
+from benchmark.cli import main
+sys.exit(main(["store", "copy", {str(lite)!r}, {url!r}]))
+"""
+    proc = subprocess.Popen([sys.executable, "-c", child], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while not flag.exists():
+        assert proc.poll() is None, proc.stderr.read().decode()
+        assert time.time() < deadline, "the copy never reached the predictions"
+        time.sleep(0.05)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert time.time() - t0 > 4.0
     target = Store(url, create=True)
     assert target.cell_rows() == []  # one transaction: nothing half-copied
+    cmd = [sys.executable, "-m", "benchmark.cli", "store", "copy", str(lite), url]
     assert subprocess.run(cmd, capture_output=True).returncode == 0
     a = Store(lite, create=False).predictions_frame().sort_values(["key", "split", "image_id"]).reset_index(drop=True)
     b = Store(url, create=False).predictions_frame().sort_values(["key", "split", "image_id"]).reset_index(drop=True)
