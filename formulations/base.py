@@ -115,6 +115,10 @@ class Formulation(abc.ABC):
     tunable_weights: ClassVar[tuple[str, ...]] = ()
     # Which rule the fold-ensemble uses, in words, for the report's table note.
     ensemble_text: ClassVar[str] = "mean of the fold models' outputs, decoded by the formulation's own rule"
+    # Why batch mixing (augment.mix) cannot train this formulation; empty: it can. Mixed batches train on
+    # λ·L(y) + (1 − λ)·L(y′), the loss of the mixed soft target when L is a mean of per-image losses linear in
+    # the target (cross-entropy, the binary cross-entropies of CORAL/CORN, squared errors up to a constant).
+    mixing_refused: ClassVar[str] = ""
 
     @property
     def ensemble_rule(self) -> str:

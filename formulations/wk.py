@@ -18,6 +18,10 @@ class WeightedKappa(ProbabilityFormulation):
     description = "Linear(d, 4), weighted-kappa (QWK) loss on the batch (dlordinal WKLoss)"
     reference_text = "de la Torre, Puig & Valls, Pattern Recognit. Lett. 2018 (weighted kappa loss)"
     Options = WKOptions
+    mixing_refused = (
+        "its loss is 1 − QWK of the whole batch's soft confusion matrix, not a mean of per-image losses, so "
+        "weighting two label sets' losses by λ is not the loss of the mixed targets"
+    )
 
     def loss(self, out, y, weights=None):
         from dlordinal.losses import WKLoss

@@ -11,7 +11,14 @@ from scipy import stats
 
 from benchmark.cli import main
 from benchmark.run.store import Store
-from benchmark.train.augment import BatchMaker, channel_stats, draw_params, rotate_flip_bilinear, rotate_flip_cv2
+from benchmark.train.augment import (
+    BatchMaker,
+    Draws,
+    channel_stats,
+    draw_params,
+    rotate_flip_bilinear,
+    rotate_flip_cv2,
+)
 from benchmark.train.device import pick_device
 from reports.load import load_run
 from reports.render import build, to_markdown
@@ -40,7 +47,7 @@ def test_the_resident_path_runs_on_cpu_tensors_and_is_the_identity_at_angle_zero
     maker = _maker(images, resident=True)
     assert isinstance(maker.images, torch.Tensor) and maker.path.startswith("resident-bilinear-grid_sample")
     idx = np.arange(len(images))
-    out = maker.train_batch(idx, torch.zeros(len(idx)), torch.zeros(len(idx), dtype=torch.bool))
+    out = maker.train_batch(idx, Draws(torch.zeros(len(idx)), torch.zeros(len(idx), dtype=torch.bool)))
     ref = maker.eval_batch(idx)  # no augmentation at all
     assert out.shape == ref.shape and out.is_contiguous(memory_format=torch.channels_last)
     assert torch.allclose(out, ref, atol=1e-5)
@@ -61,7 +68,8 @@ def test_half_turn_twice_and_flip_twice_are_the_identity():
 
 def test_angles_are_uniform_on_the_full_circle_and_half_the_images_flip():
     g = torch.Generator().manual_seed(0)
-    angles, flips = draw_params(20000, g)
+    d = draw_params(20000, g)
+    angles, flips = d.angles, d.flips
     assert stats.kstest(angles.numpy(), stats.uniform(loc=-math.pi, scale=2 * math.pi).cdf).pvalue > 0.01
     assert angles.min() >= -math.pi and angles.max() <= math.pi
     assert abs(flips.float().mean().item() - 0.5) < 0.015
@@ -72,7 +80,8 @@ def test_resident_and_cpu_paths_agree_inside_the_inscribed_circle():
     agree within 1 grey level of 255 on smooth images, for random angles and flips."""
     images = _images(n=8, h=40, w=40)
     g = torch.Generator().manual_seed(3)
-    angles, flips = draw_params(len(images), g)
+    d = draw_params(len(images), g)
+    angles, flips = d.angles, d.flips
     cpu = rotate_flip_cv2(images, angles.numpy(), flips.numpy()).astype(float)
     res = rotate_flip_bilinear(torch.from_numpy(images).permute(0, 3, 1, 2).float(), angles, flips)
     res = res.permute(0, 2, 3, 1).numpy()

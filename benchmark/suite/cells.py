@@ -62,8 +62,9 @@ def _key(suite, backbone, formulation, fold, seed, training_config: TrainingConf
     cfg = training_config or suite.training
     training = cfg.model_dump(mode="json", exclude={"checkpoint_every"})  # durability, not results
     training.pop("seeds")
+    defaults = TrainingConfig().model_dump(mode="json")
     for name in TrainingConfig.KEYED_IF_SET:
-        if training[name] == TrainingConfig.model_fields[name].default:
+        if training[name] == defaults[name]:
             del training[name]
     return stable_hash(
         {

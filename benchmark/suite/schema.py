@@ -44,6 +44,75 @@ class ProtocolConfig(Strict):
         return v
 
 
+class CropConfig(Strict):
+    """torchvision's RandomResizedCrop: an area fraction in `scale` and an aspect ratio (log-uniform) in `ratio`,
+    resized back to the image's size."""
+
+    scale: tuple[Annotated[float, Field(gt=0, le=1)], Annotated[float, Field(gt=0, le=1)]] = (0.08, 1.0)
+    ratio: tuple[Annotated[float, Field(gt=0)], Annotated[float, Field(gt=0)]] = (3 / 4, 4 / 3)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> CropConfig:
+        for name in ("scale", "ratio"):
+            lo, hi = getattr(self, name)
+            if lo > hi:
+                raise ValueError(f"{name}: [low, high] with low ≤ high (got [{lo}, {hi}])")
+        return self
+
+
+class BlurConfig(Strict):
+    """torchvision's GaussianBlur, applied with probability `p`: a sigma uniform in `sigma`, an odd kernel size."""
+
+    kernel: int = Field(5, ge=3, le=31)
+    sigma: tuple[Annotated[float, Field(gt=0)], Annotated[float, Field(gt=0)]] = (0.1, 2.0)
+    p: float = Field(0.5, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _odd(self) -> BlurConfig:
+        if self.kernel % 2 == 0:
+            raise ValueError(f"kernel: an odd size, as torchvision's GaussianBlur takes (got {self.kernel})")
+        if self.sigma[0] > self.sigma[1]:
+            raise ValueError(f"sigma: [low, high] with low ≤ high (got {list(self.sigma)})")
+        return self
+
+
+class AugmentConfig(Strict):
+    """The training augmentation (the suite's top-level `augment:`); the defaults are the study's recipe:
+    horizontal flip with probability 0.5, rotation uniform in ±180°, nothing else."""
+
+    hflip: float = Field(0.5, ge=0, le=1)  # probability
+    vflip: float = Field(0.0, ge=0, le=1)  # probability
+    rotation: float = Field(180.0, ge=0, le=180)  # degrees: uniform in ±rotation
+    resized_crop: CropConfig | None = None
+    # brightness, contrast, saturation (factors uniform in [max(0, 1 − v), 1 + v]) and hue (shift in ±v, ≤ 0.5)
+    color_jitter: (
+        tuple[
+            Annotated[float, Field(ge=0)],
+            Annotated[float, Field(ge=0)],
+            Annotated[float, Field(ge=0)],
+            Annotated[float, Field(ge=0, le=0.5)],
+        ]
+        | None
+    ) = None
+    blur: BlurConfig | None = None
+    # Batch mixing (torchvision's MixUp / CutMix pairing, λ ~ Beta(mix_alpha, mix_alpha)); the loss is
+    # λ·L(y) + (1 − λ)·L(y of the paired image), the loss of the mixed soft target wherever the loss is a mean of
+    # per-image losses linear in the target (a formulation whose loss is not says so, and is refused).
+    mix: Literal["none", "mixup", "cutmix"] = "none"
+    mix_alpha: float = Field(1.0, gt=0, allow_inf_nan=False)
+
+    @property
+    def beyond_study(self) -> bool:
+        """Whether anything but the study's two transforms is on (which draws more random numbers)."""
+        return bool(self.vflip or self.resized_crop or self.color_jitter or self.blur or self.mix != "none")
+
+    @model_validator(mode="after")
+    def _alpha_only_with_mixing(self) -> AugmentConfig:
+        if self.mix == "none" and self.mix_alpha != 1.0:
+            raise ValueError("mix_alpha: used only with mix: mixup or cutmix, so it would change nothing")
+        return self
+
+
 class TrainingConfig(Strict):
     epochs: int = Field(200, ge=1)
     lr: float = Field(2e-4, gt=0, allow_inf_nan=False)
@@ -69,9 +138,12 @@ class TrainingConfig(Strict):
     # of samples (Cui et al. 2019) with class_weights_beta. The fine-tuning stages set their own.
     class_weights: Literal["none", "inverse_frequency", "effective_number"] = "none"
     class_weights_beta: float = Field(0.999, gt=0, lt=1, allow_inf_nan=False)
+    # The suite's top-level `augment:` lives here, so that variants, cell keys and the cell's settings carry it
+    # like every other training setting; a suite writes it at the top level.
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
 
     # Fields added after runs were stored: left out of a cell's key while at their default (see cells._key).
-    KEYED_IF_SET: ClassVar[tuple[str, ...]] = ("class_weights", "class_weights_beta")
+    KEYED_IF_SET: ClassVar[tuple[str, ...]] = ("class_weights", "class_weights_beta", "augment")
 
     @model_validator(mode="after")
     def _beta_only_with_effective_number(self) -> TrainingConfig:
@@ -207,6 +279,7 @@ class Suite(Strict):
     dataset: DatasetConfig = Field(default_factory=DatasetConfig)
     protocol: ProtocolConfig = Field(default_factory=ProtocolConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)  # the training augmentation (study's recipe)
     backbones: list[BackboneConfig]
     formulations: list[FormulationConfig]
     # Ablation axes: axis -> variant -> dotted overrides of the suite, as `--set` takes them (training.* for now).
@@ -235,11 +308,17 @@ class Suite(Strict):
                     )
                 for key in overrides or {}:
                     section, _, field = str(key).partition(".")
-                    if section != "training" or not field or "." in field:
+                    if section not in ("training", "augment") or not field or "." in field:
                         raise ValueError(
                             f"axis {axis!r}, variant {name!r}: override {key!r} — a variant changes training "
-                            "settings (training.FIELD, e.g. training.lr or training.class_weights); the data, "
-                            "the splits and the grid's own lists are shared by every variant (identical protocol)"
+                            "settings (training.FIELD, e.g. training.lr or training.class_weights) or the "
+                            "augmentation (augment.FIELD, e.g. augment.rotation); the data, the splits and the "
+                            "grid's own lists are shared by every variant (identical protocol)"
+                        )
+                    if section == "training" and field == "augment":
+                        raise ValueError(
+                            f"axis {axis!r}, variant {name!r}: override {key!r} — name the augmentation's fields "
+                            "one by one, e.g. augment.rotation: 0 or augment.mix: mixup"
                         )
                     if field in RUN_WIDE_TRAINING:
                         raise ValueError(
@@ -264,7 +343,9 @@ class Suite(Strict):
     def _training_with(self, overrides: list[dict[str, Any]]) -> TrainingConfig:
         doc = self.training.model_dump(mode="json")
         for one in overrides:
-            doc.update({key.partition(".")[2]: value for key, value in (one or {}).items()})
+            for key, value in (one or {}).items():
+                section, _, field = key.partition(".")
+                (doc["augment"] if section == "augment" else doc)[field] = value
         return TrainingConfig.model_validate(doc)
 
     @field_validator("name")
@@ -303,8 +384,44 @@ class Suite(Strict):
         dup = {x for x in labels if labels.count(x) > 1}
         if dup:
             raise ValueError(f"formulations: {sorted(dup)} listed twice; give one a distinct 'label'")
+        self._augment_into_training()
         self._check_combos()
+        self._check_mixing()
         return self
+
+    def _check_mixing(self) -> None:
+        """Batch mixing trains on λ·L(y) + (1 − λ)·L(y′): only a formulation whose loss is a mean of per-image
+        losses linear in the target learns the mixed soft target that way."""
+        from formulations import formulation_class
+
+        for combo in self.combos():
+            mix = self.training_for(combo).augment.mix
+            if mix == "none":
+                continue
+            for f in self.formulations:
+                reason = formulation_class(f.name).mixing_refused
+                if reason:
+                    where = f"variant {combo_text(combo)} sets augment.mix: {mix}" if any(
+                        "augment.mix" in (self.variants[a][v] or {}) for a, v in combo
+                    ) else f"augment.mix: {mix}"  # fmt: skip
+                    raise ValueError(
+                        f"{where}, but formulation {f.display!r} cannot train on mixed batches: {reason}. Drop the "
+                        "formulation from this suite, or leave augment.mix at none (a variant mixes every formulation)"
+                    )
+
+    def _augment_into_training(self) -> None:
+        """The top-level `augment:` is written where the cells read it, training.augment (a suite stored by a run
+        holds both, equal)."""
+        default = AugmentConfig()
+        top, inner = self.augment, self.training.augment
+        if top != default and inner != default and top != inner:
+            raise ValueError(
+                "training.augment and augment: both set, differently; write the augmentation once, at the top level"
+            )
+        if top != default:
+            self.training = self.training.model_copy(update={"augment": top})
+        else:
+            self.augment = inner
 
     def _check_combos(self) -> None:
         """Every combination must be a valid suite, and two axes must not set the same field (which would make
@@ -329,8 +446,9 @@ class Suite(Strict):
                     err = exc.errors()[0]
                     where = ".".join(str(p) for p in err["loc"]) or "training"
                     msg = str(err["msg"]).removeprefix("Value error, ")
+                    where = where if where.startswith("augment") else f"training.{where}"
                     raise ValueError(
-                        f"axis {axis!r}, variant {name!r}: training.{where}: {msg} (got {err.get('input')!r})"
+                        f"axis {axis!r}, variant {name!r}: {where}: {msg} (got {err.get('input')!r})"
                     ) from None
 
 

@@ -65,9 +65,9 @@ def data_path(images, batch, plan, mean, std):
 
     def epoch():
         order = torch.randperm(n, generator=g).numpy()
-        angles, flips = draw_params(n, g)
+        draws = draw_params(n, g)
         for s in range(0, n, batch):
-            x = maker.train_batch(order[s : s + batch], angles[s : s + batch], flips[s : s + batch])
+            x = maker.train_batch(order[s : s + batch], draws[s : s + batch])
         return x
 
     return epoch, maker.path
@@ -166,10 +166,8 @@ def harness_epoch(model, formulation, opt, plan, images, labels, batch, mean, st
     def epoch():
         model.train()
         order = torch.randperm(len(idx), generator=g).numpy()[: steps * batch]
-        angles, flips = draw_params(len(order), g)
-        total, _ = train_epoch(
-            model, formulation, maker, labels, idx, order, angles, flips, batch, opt, None, None, plan
-        )
+        draws = draw_params(len(order), g)
+        total, _ = train_epoch(model, formulation, maker, labels, idx, order, draws, batch, opt, None, None, plan)
         return float(total.cpu())
 
     return epoch, steps * batch

@@ -31,7 +31,7 @@ from ..errors import CellFailed, Interrupted
 from ..labels import NUM_CLASSES
 from ..metrics import monitor_values
 from ..suite.schema import TrainingConfig
-from .augment import BatchMaker, draw_params
+from .augment import BatchMaker, Draws
 from .device import DevicePlan
 
 
@@ -198,7 +198,7 @@ def load_checkpoint(path: Path, device, what: str):
         ) from None
 
 
-def _epoch_order(n, labels, seed, epoch, sampler):
+def _epoch_order(n, labels, seed, epoch, sampler, maker: BatchMaker):
     g = torch.Generator().manual_seed(seed * 100_003 + epoch)
     if sampler == "weighted":
         counts = np.bincount(labels, minlength=NUM_CLASSES).astype(float)
@@ -206,8 +206,7 @@ def _epoch_order(n, labels, seed, epoch, sampler):
         order = torch.multinomial(w, n, replacement=True, generator=g)
     else:
         order = torch.randperm(n, generator=g)
-    angles, flips = draw_params(n, g)
-    return order.numpy(), angles, flips
+    return order.numpy(), maker.draw(n, g)
 
 
 @torch.inference_mode()
@@ -282,8 +281,7 @@ def train_epoch(
     labels,
     train_idx,
     order,
-    angles,
-    flips,
+    draws: Draws,
     bs,
     opt,
     scaler,
@@ -300,12 +298,18 @@ def train_epoch(
         if len(pos) < 2:  # batch norm cannot train on a single image
             continue
         bidx = train_idx[pos]
-        x = maker.train_batch(bidx, angles[start : start + bs], flips[start : start + bs])
+        part = draws[start : start + bs]
+        x = maker.train_batch(bidx, part)
         y = torch.as_tensor(labels[bidx]).to(device, non_blocking=True)
+        mixed = maker.mix(x, part)
+        if mixed is not None:
+            x, lam = mixed
         with plan.autocast():
             out = model(x)
         out = {k: v.float() for k, v in out.items()} if isinstance(out, dict) else out.float()
         loss = formulation.loss(out, y, weights)
+        if mixed is not None:  # the paired image is the previous one of the batch (torchvision's roll by one)
+            loss = lam * loss + (1.0 - lam) * formulation.loss(out, y.roll(1, 0), weights)
         opt.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()
@@ -336,7 +340,7 @@ def train_cell(
     last_path, best_path = workdir / "last.pt", workdir / "best.pt"
     device = plan.device
     plan.reset_peak_memory()
-    maker = BatchMaker(data.images, data.mean, data.std, device, input_size)
+    maker = BatchMaker(data.images, data.mean, data.std, device, input_size, recipe=cfg.augment)
     model.to(device, memory_format=torch.channels_last)  # fastest conv layout on CPU (oneDNN) and GPU
     if sched.init_state is not None:
         model.load_state_dict(sched.init_state)
@@ -415,9 +419,9 @@ def train_cell(
             epoch = state["epoch"]
             t0 = time.perf_counter()
             model.train()
-            order, angles, flips = _epoch_order(len(train_idx), y_train, seed, epoch, cfg.sampler)
+            order, draws = _epoch_order(len(train_idx), y_train, seed, epoch, cfg.sampler, maker)
             total, seen = train_epoch(
-                step_model, formulation, maker, data.labels, train_idx, order, angles, flips, bs, opt, scaler,
+                step_model, formulation, maker, data.labels, train_idx, order, draws, bs, opt, scaler,
                 weights, plan,
             )  # fmt: skip
             train_loss = float(total.cpu()) / max(seen, 1)
