@@ -216,14 +216,15 @@ def confusion_matrices(run: Run, opts: Options, backbone: str) -> bytes:
 def cd_diagram(friedman_result) -> bytes:
     """scikit-posthocs' critical-difference diagram: mean ranks, with formulations that the Nemenyi post-hoc
     test cannot tell apart joined by a bar (a clique)."""
-    res, scores, leaky = friedman_result
+    res, scores, leaky, *words = friedman_result
+    blocks, what = words or ("backbones", "formulations")  # along an ablation axis: its variants within settings
     plt = _plt()
     names = list(res.mean_ranks)
     fig, ax = plt.subplots(figsize=(8, 1.2 + 0.25 * len(names)), layout="constrained")
     draw_cd(ax, res, scores)
     title = (
-        f"Critical difference diagram: mean rank over {res.n_blocks} backbones (1 = best); bars join "
-        f"formulations the Nemenyi test cannot tell apart (α = {res.alpha:g}, CD = {res.critical_difference:.2f})"
+        f"Critical difference diagram: mean rank over {res.n_blocks} {blocks} (1 = best); bars join "
+        f"{what} the Nemenyi test cannot tell apart (α = {res.alpha:g}, CD = {res.critical_difference:.2f})"
     )
     if leaky:
         title += f"\n‡ in-sample validation numbers: {', '.join(leaky)} (inverse-F1 weights from the same fold)"

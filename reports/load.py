@@ -197,3 +197,25 @@ def with_variant_rows(suite: Suite) -> Suite:
         for combo in suite.combos()
     ]
     return suite.model_copy(update={"formulations": rows})
+
+
+def variant_groups(run: Run, axis: str) -> list[tuple[str, list[str], list[str]]]:
+    """For `--compare AXIS` on an ablation axis: (what is held fixed, the rows that differ only in AXIS, the variant
+    names) — one group per formulation × variant of the other axes."""
+    from benchmark.suite.cells import variant_display
+    from benchmark.suite.schema import combo_text
+
+    suite = run.stored_suite
+    names = list(suite.variants[axis])
+    groups = []
+    seen = set()
+    for f in suite.formulations:
+        for combo in suite.combos():
+            rest = tuple((a, v) for a, v in combo if a != axis)
+            if (f.display, rest) in seen:
+                continue
+            seen.add((f.display, rest))
+            items = [variant_display(f, tuple((a, v if a != axis else name) for a, v in combo)) for name in names]
+            fixed = f.display + (f" with {combo_text(rest)}" if rest else "")
+            groups.append((fixed, items, names))
+    return groups

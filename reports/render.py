@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from .compare import compare, comparison_table
-from .load import LONG_COLUMNS, Run
+from .load import LONG_COLUMNS, Run, variant_groups
 from .stats import CORRECTIONS, TESTS
 from .tables import (
     Design,
@@ -174,28 +174,6 @@ def _summary(run, opts, section, tables, figures, ctx):
     t = cv_summary(run, opts, section.columns, section.items, section.title)
     t.notes += _missing(section.items, run.formulations, "formulations")
     tables.append(t)
-
-
-def variant_groups(run: Run, axis: str) -> list[tuple[str, list[str], list[str]]]:
-    """For `--compare AXIS` on an ablation axis: (what is held fixed, the rows that differ only in AXIS, the variant
-    names) — one group per formulation × variant of the other axes."""
-    from benchmark.suite.cells import variant_display
-    from benchmark.suite.schema import combo_text
-
-    suite = run.stored_suite
-    names = list(suite.variants[axis])
-    groups = []
-    seen = set()
-    for f in suite.formulations:
-        for combo in suite.combos():
-            rest = tuple((a, v) for a, v in combo if a != axis)
-            if (f.display, rest) in seen:
-                continue
-            seen.add((f.display, rest))
-            items = [variant_display(f, tuple((a, v if a != axis else name) for a, v in combo)) for name in names]
-            fixed = f.display + (f" with {combo_text(rest)}" if rest else "")
-            groups.append((fixed, items, names))
-    return groups
 
 
 def check_axis(run: Run, axis: str) -> None:
@@ -396,8 +374,16 @@ def _reliability(run, opts, section, tables, figures, ctx):
         )
 
 
+def _ranking_axis(run: Run, opts, section) -> str | None:
+    """The ablation axis a ranking is along (`--compare AXIS`), or None: formulations within backbones."""
+    axis = section.compare or opts.compare
+    if axis is not None:
+        check_axis(run, axis)  # a misspelt axis is refused, never ranked as formulations under its name
+    return axis if axis in run.stored_suite.variants else None
+
+
 def _friedman(run, opts, section, tables, figures, ctx):
-    fr, fres = friedman_table(run, opts)
+    fr, fres = friedman_table(run, opts, _ranking_axis(run, opts, section))
     ctx["friedman"] = fres
     if fr is not None:
         tables.append(fr)
@@ -498,7 +484,7 @@ def _cd(run, opts, section, tables, figures, ctx):
     from .figures import cd_diagram
 
     if "friedman" not in ctx:
-        ctx["friedman"] = friedman_table(run, opts)[1]
+        ctx["friedman"] = friedman_table(run, opts, _ranking_axis(run, opts, section))[1]
     if ctx["friedman"] is not None:
         figures.append((section.title or "critical difference diagram", lambda: cd_diagram(ctx["friedman"])))
 

@@ -815,7 +815,9 @@ def few_patient_notes(tp: FoldPredictions, groups: dict) -> list[str]:
 MIN_FRIEDMAN_BLOCKS = 3
 
 
-def friedman_table(run: Run, opts: Options) -> tuple[Table | None, object]:
+def friedman_table(run: Run, opts: Options, axis: str | None = None) -> tuple[Table | None, object]:
+    if axis is not None:
+        return axis_friedman_table(run, opts, axis)
     forms, bbs = run.formulations, run.backbones
     if len(forms) < 3 or len(bbs) < 2:
         return None, None
@@ -871,6 +873,59 @@ def friedman_table(run: Run, opts: Options) -> tuple[Table | None, object]:
         notes=notes,
         key="friedman",
     ), (res, scores, sorted(in_sample(run, opts.split) & set(forms)))
+
+
+def axis_friedman_table(run: Run, opts: Options, axis: str) -> tuple[Table | None, object]:
+    """Table 6 along an ablation axis (`--compare AXIS`): the axis's variants ranked within every setting held fixed
+    (backbone × formulation × the other axes' variants)."""
+    from .load import variant_groups
+
+    groups = [(b, fixed, items) for b in run.backbones for fixed, items, _ in variant_groups(run, axis)]
+    names = list(run.stored_suite.variants[axis])
+    if len(names) < 3 or len(groups) < 2:
+        return None, None
+    title = f"Table 6 — Friedman / Nemenyi ranking of the {axis} variants"
+    if len(groups) < MIN_FRIEDMAN_BLOCKS:
+        note = (
+            f"not shown: the Friedman test ranks the {axis} variants within blocks (here backbone × the settings "
+            f"held fixed) and needs at least {MIN_FRIEDMAN_BLOCKS}; this run has {len(groups)}."
+        )
+        return Table(title, ["note"], [[note]], key="friedman"), None
+    scores = np.array(
+        [[run.series(b, it, opts.split, "mes", opts.metric, "macro").mean() for it in items] for b, _, items in groups]
+    )
+    if np.isnan(scores).any():
+        note = f"incomplete run: every backbone × setting × {axis} variant needs results to rank"
+        return Table(title, ["note"], [[note]], key="friedman"), None
+    res = friedman(scores, names, opts.alpha)
+    from scipy.stats import rankdata
+
+    ranks = np.vstack([rankdata(-row) for row in scores])
+    blocks = [f"{b} · {fixed}" for b, fixed, _ in groups]
+    rows = [
+        [n, f"{res.mean_ranks[n]:.2f}"] + [f"{r:g}" for r in ranks[:, names.index(n)]]
+        for n in sorted(names, key=lambda n: res.mean_ranks[n])
+    ]
+    id_text = (
+        "Iman–Davenport F undefined"
+        if np.isnan(res.iman_davenport_f)
+        else f"Iman–Davenport F = {res.iman_davenport_f:.3f} (p = {res.iman_davenport_p:.3g})"
+    )
+    notes = [
+        f"Blocks: the {len(groups)} settings the {axis} variants share (backbone × formulation"
+        + (" × the other axes' variants" if len(run.stored_suite.variants) > 1 else "")
+        + f"; macro {opts.metric} on the {Design.of(run, opts).split_text()}, averaged over folds); rank 1 = best. "
+        f"Friedman χ² = {res.statistic:.3f} (p = {res.p_value:.3g}{', exact' if res.exact else ', χ² approximation'}); "
+        f"{id_text}; Nemenyi critical difference CD = {res.critical_difference:.3f} at α = {opts.alpha} — variants "
+        "whose mean ranks differ by less than CD are not distinguishable. These blocks share one dataset and its "
+        "folds, so they are not the independent data sets the test assumes: read the ranking as a summary of "
+        "consistency across settings, not as evidence about new data." + (f" {res.note}" if res.note else "")
+    ]
+    table = Table(title, [axis, "mean rank"] + blocks, rows, notes=notes, key="friedman")
+    leak = in_sample(run, opts.split)
+    leaky = [n for i, n in enumerate(names) if any(items[i] in leak for _, _, items in groups)]
+    others = " × other axes" if len(run.stored_suite.variants) > 1 else ""
+    return table, (res, scores, leaky, f"settings (backbone × formulation{others})", f"{axis} variants")
 
 
 def throughput(run: Run, opts: Options) -> Table | None:

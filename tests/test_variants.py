@@ -94,3 +94,88 @@ def test_only_names_the_axes_it_knows(make_suite, tmp_path, capsys):
     path = make_suite(name="lr2", formulations=["softmax"], variants=LR)
     assert main(["run", str(path), "--out", str(tmp_path / "c"), "--quiet", "--only", "lr=medium"]) == 2
     assert "lr=medium" in capsys.readouterr().err
+
+
+def test_backbone_settings_are_variant_fields_and_reach_the_cells(make_suite, tmp_path):
+    """`backbone.input_size` / `backbone.freeze` in a variant: every backbone of its cells is built so, the keys
+    differ only for those cells, and a variant cannot swap the model itself."""
+    from benchmark.run.store import Store
+
+    axis = {"native": {}, "small": {"backbone.input_size": [24, 24]}, "probe": {"backbone.freeze": "all"}}
+    path = make_suite(name="bbvar", variants={"build": axis})
+    suite = load_suite(path)
+    cells = [c for c in expand_cells(suite, 2) if c.fold == 0]
+    by = {dict(c.variant)["build"]: c for c in cells}
+    assert by["small"].backbone.input_size == (24, 24) and by["probe"].backbone.freeze == "all"
+    assert by["native"].backbone == suite.backbones[0] and len({c.key for c in cells}) == 3
+    out = tmp_path / "run"
+    assert main(["run", str(path), "--out", str(out), "--quiet", "--only", "fold=0"]) == 0
+    store = Store(out, create=False)
+    sizes = {r["key"]: store.result(r["key"]).input_size for r in store.cell_rows()}
+    assert list(sizes[by["small"].key]) == [24, 24] and sizes[by["native"].key] in (None, [32, 32], (32, 32))
+    with pytest.raises(BenchError) as exc:
+        load_suite(make_suite(name="bbname", variants={"b": {"x": {"backbone.name": "resnet50"}}}))
+    assert "backbone.name" in str(exc.value) and "grid's own axis" in str(exc.value)
+    with pytest.raises(BenchError) as exc:
+        load_suite(make_suite(name="bbsize", variants={"b": {"x": {"backbone.input_size": [4, 4]}}}))
+    assert "backbone.input_size" in str(exc.value) and "'x'" in str(exc.value)
+
+
+def test_the_shipped_synthetic_ablation_suite_runs_and_compares_along_both_axes(tmp_path, capsys):
+    """suites/ablations-smoke.yaml end to end (one fold): every recipe × weighting trains, `--only augment=none`
+    selects that recipe's cells, and `--compare augment` / `--compare weighting` name the axis's reference."""
+    out = tmp_path / "abl"
+    assert main(["run", "suites/ablations-smoke.yaml", "--out", str(out), "--quiet", "--only", "fold=0"]) == 0
+    assert first_summary_line(capsys.readouterr().err).startswith("20 trained")  # 2 formulations × 5 × 2
+    none = tmp_path / "none"
+    assert main(["run", "suites/ablations-smoke.yaml", "--out", str(none), "--quiet", "--only", "augment=none",
+                 "--only", "fold=0"]) == 0  # fmt: skip
+    assert first_summary_line(capsys.readouterr().err).startswith("4 trained")
+    for axis in ("augment", "weighting"):
+        for fmt in ("--markdown", "--latex", "--html"):
+            path = tmp_path / f"{axis}{fmt}"
+            assert main(["report", str(out), "--compare", axis, fmt, "-o", str(path)]) == 0
+            text = path.read_text()
+            assert "mtl[augment=study,weighting=none]" in text, (axis, fmt)
+            assert re.search(rf"ablation axis (&#x27;|&#39;|'){axis}", text), (axis, fmt)
+    md = (tmp_path / "augment--markdown").read_text()
+    assert "paired comparison with softmax[augment=study,weighting=none]" in md
+    assert "softmax[augment=cutmix,weighting=none]" in md
+    # Table 6 along the axis: the recipes ranked within every setting held fixed, checked against scipy's Friedman
+    # test on the stored macro-F1 values arranged by hand (blocks = formulation × weighting, columns = recipes)
+    from scipy.stats import friedmanchisquare
+
+    from benchmark.run.store import Store
+
+    store = Store(out, create=False)
+    m = store.metrics_frame()
+    f1 = m[(m.split == "val") & (m.task == "mes") & (m.metric == "f1") & (m.cls == "macro")].set_index("key").value
+    recipes = ["study", "none", "no-rotation", "colour", "cutmix"]
+    blocks = []
+    every = expand_cells(load_suite("suites/ablations-smoke.yaml"), 2)
+    for form in ("softmax", "mtl"):
+        for weighting in ("none", "effective-number"):
+            row = []
+            for recipe in recipes:
+                keys = [
+                    c.key
+                    for c in every
+                    if c.fold == 0 and c.formulation.display == form and dict(c.variant) == {
+                        "augment": recipe, "weighting": weighting}
+                ]  # fmt: skip
+                row.append(f1[keys[0]])
+            blocks.append(row)
+    chi2 = friedmanchisquare(*zip(*blocks)).statistic
+    assert "Table 6 — Friedman / Nemenyi ranking of the augment variants" in md
+    assert f"Friedman χ² = {chi2:.3f}" in md and "the 4 settings the augment variants share" in md
+    # a view names the axis: its Friedman section ranks the recipes, its comparison compares them
+    view = tmp_path / "recipes.yaml"
+    view.write_text(
+        "name: recipes\nsections:\n  - {kind: friedman, compare: augment}\n  - {kind: friedman, compare: weighting}\n"
+    )
+    assert main(["report", str(out), "--view", str(view), "--markdown", "-o", str(tmp_path / "view.md")]) == 0
+    text = (tmp_path / "view.md").read_text()
+    assert "ranking of the augment variants" in text and "ranking of the formulations" not in text
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: bad\nsections:\n  - {kind: friedman, compare: augmnet}\n")
+    assert main(["report", str(out), "--view", str(bad), "--markdown", "-o", str(tmp_path / "bad.md")]) == 2

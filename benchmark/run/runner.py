@@ -54,7 +54,7 @@ def preflight(suite: Suite):
         create_formulation(f.name, f.options)
         for extra in f.options_by_fold.values():
             create_formulation(f.name, {**f.options, **extra})
-    for b in suite.backbones:
+    for b in suite.every_backbone():
         resolve(b.name)
         if b.pretrained:
             # found, or downloaded now, or one clear error before anything runs; and said, since the cache decides
@@ -79,7 +79,7 @@ def input_size_for(backbone):
 def check_backbones_fit(suite: Suite, native: tuple[int, int]) -> None:
     """Every backbone takes the images at the size it will see them (a meta-device pass, no weights), and its
     options fit it: refused here, naming the backbone and the fix, rather than discovered cell by cell."""
-    for b in suite.backbones:
+    for b in suite.every_backbone():
         size = input_size_for(b)
         check_input_size(b.name, size or native, resized=size is not None)
         if b.lr_decay is not None:

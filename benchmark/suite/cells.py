@@ -105,10 +105,12 @@ def expand_cells(suite: Suite, n_folds: int) -> list[Cell]:
     listed_base = {f.display for f in suite.formulations if not f.finetune}
     combos = suite.combos()
     trainings = {combo: suite.training_for(combo) for combo in combos}
+    backbones = {combo: suite.backbones_for(combo) for combo in combos}
     for seed in suite.training.seeds:
-        for backbone in suite.backbones:
+        for b_index in range(len(suite.backbones)):
             for fold in range(n_folds):
                 for combo in combos:
+                    backbone = backbones[combo][b_index]
                     tc = trainings[combo]
                     run_tc = tc if combo else None
                     for f in suite.formulations:

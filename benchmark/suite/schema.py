@@ -264,6 +264,8 @@ class FormulationConfig(Strict):
 RESERVED_AXES = ("backbone", "formulation", "fold", "seed")
 # Training fields that are the run's, not a cell's: the seeds are an axis of their own, the numerics and what is
 # kept are decided once per worker.
+# What a variant may change of every backbone: how it is built and trained, never which model it is.
+VARIANT_BACKBONE_FIELDS = ("input_size", "pretrained", "weights", "freeze", "lr_decay", "normalise", "batch_size")
 RUN_WIDE_TRAINING = ("seeds", "amp", "deterministic", "keep", "checkpoint_every")
 
 Combo = tuple[tuple[str, str], ...]  # one variant per axis: ((axis, variant), ...) in the suite's axis order
@@ -308,12 +310,19 @@ class Suite(Strict):
                     )
                 for key in overrides or {}:
                     section, _, field = str(key).partition(".")
-                    if section not in ("training", "augment") or not field or "." in field:
+                    if section not in ("training", "augment", "backbone") or not field or "." in field:
                         raise ValueError(
                             f"axis {axis!r}, variant {name!r}: override {key!r} — a variant changes training "
-                            "settings (training.FIELD, e.g. training.lr or training.class_weights) or the "
-                            "augmentation (augment.FIELD, e.g. augment.rotation); the data, the splits and the "
-                            "grid's own lists are shared by every variant (identical protocol)"
+                            "settings (training.FIELD, e.g. training.lr or training.class_weights), the "
+                            "augmentation (augment.FIELD, e.g. augment.rotation) or every backbone's settings "
+                            f"({', '.join('backbone.' + f for f in VARIANT_BACKBONE_FIELDS)}); the data, the "
+                            "splits and the grid's own lists are shared by every variant (identical protocol)"
+                        )
+                    if section == "backbone" and field not in VARIANT_BACKBONE_FIELDS:
+                        raise ValueError(
+                            f"axis {axis!r}, variant {name!r}: override {key!r} — a variant may set "
+                            f"{', '.join('backbone.' + f for f in VARIANT_BACKBONE_FIELDS)} (for every backbone of "
+                            "the suite); the backbones themselves are the grid's own axis"
                         )
                     if section == "training" and field == "augment":
                         raise ValueError(
@@ -345,8 +354,33 @@ class Suite(Strict):
         for one in overrides:
             for key, value in (one or {}).items():
                 section, _, field = key.partition(".")
-                (doc["augment"] if section == "augment" else doc)[field] = value
+                if section != "backbone":
+                    (doc["augment"] if section == "augment" else doc)[field] = value
         return TrainingConfig.model_validate(doc)
+
+    def backbones_for(self, combo: Combo) -> list[BackboneConfig]:
+        """The suite's backbones with one combination's `backbone.*` overrides (the same ones when it has none)."""
+        return self._backbones_with([self.variants[axis][name] for axis, name in combo])
+
+    def _backbones_with(self, overrides: list[dict[str, Any]]) -> list[BackboneConfig]:
+        update = {
+            key.partition(".")[2]: value
+            for one in overrides
+            for key, value in (one or {}).items()
+            if key.startswith("backbone.")
+        }
+        if not update:
+            return self.backbones
+        return [BackboneConfig.model_validate({**b.model_dump(mode="json"), **update}) for b in self.backbones]
+
+    def every_backbone(self) -> list[BackboneConfig]:
+        """Every distinct backbone configuration the cells train (the variants' included), for the checks that run
+        before anything trains."""
+        seen: dict[str, BackboneConfig] = {}
+        for combo in self.combos():
+            for b in self.backbones_for(combo):
+                seen.setdefault(b.model_dump_json(), b)
+        return list(seen.values())
 
     @field_validator("name")
     @classmethod
@@ -442,11 +476,17 @@ class Suite(Strict):
             for name, overrides in variants.items():
                 try:
                     self._training_with([overrides])
+                    self._backbones_with([overrides])
                 except ValidationError as exc:
-                    err = exc.errors()[0]
-                    where = ".".join(str(p) for p in err["loc"]) or "training"
+                    # the most specific error (a union type reports one per member; the deepest names the part)
+                    err = max(exc.errors(), key=lambda e: len(e["loc"]))
+                    loc = [p for p in err["loc"] if not (isinstance(p, str) and ("[" in p or "function-" in p))]
+                    where = ".".join(str(p) for p in loc) or "training"
                     msg = str(err["msg"]).removeprefix("Value error, ")
-                    where = where if where.startswith("augment") else f"training.{where}"
+                    if any(k.startswith("backbone.") for k in overrides or {}) and exc.title == "BackboneConfig":
+                        where = f"backbone.{where}"
+                    elif not where.startswith("augment"):
+                        where = f"training.{where}"
                     raise ValueError(
                         f"axis {axis!r}, variant {name!r}: {where}: {msg} (got {err.get('input')!r})"
                     ) from None

@@ -49,7 +49,7 @@ class HeadView(nn.Module):
         return self.formulation.gradcam_scores(out)
 
 
-def load_cell_model(run_dir: Path, cell, suite: Suite, size=None):
+def load_cell_model(run_dir: Path, cell, suite: Suite, size=None, stored: Suite | None = None):
     from ..train.cell import build_model
 
     ckpt = Path(run_dir) / "cells" / cell["key"] / "best.pt"
@@ -59,7 +59,9 @@ def load_cell_model(run_dir: Path, cell, suite: Suite, size=None):
             f"{ckpt}; run `bench run` on the suite again to produce it (or explain another cell)."
         )
     fcfg = next(f for f in suite.formulations if f.display == cell["formulation"])
-    bcfg = next(b for b in suite.backbones if b.name == cell["backbone"])
+    stored = stored or suite  # the suite as written, with its variant axes
+    combo = tuple((axis, str(cell[axis])) for axis in stored.variants)  # the cell's variant of every axis
+    bcfg = next(b for b in stored.backbones_for(combo) if b.name == cell["backbone"])
     formulation = create_formulation(fcfg.name, {**fcfg.options, **fcfg.options_by_fold.get(int(cell["fold"]), {})})
     model, _ = build_model(bcfg.model_copy(update={"pretrained": False}), formulation, cell["seed"], size=size)
     from ..train.loop import load_checkpoint
@@ -158,7 +160,7 @@ def explain(
         cell = cell.iloc[0].to_dict()
         res = run.result(cell["key"])
         seen = tuple(res.input_size) if res.input_size else tuple(ds.images.shape[1:3])
-        model, formulation = load_cell_model(run.path, cell, suite, size=seen)
+        model, formulation = load_cell_model(run.path, cell, suite, size=seen, stored=run.stored_suite)
         if head != GRADE_HEAD and head not in formulation.tasks:
             continue
         maker = BatchMaker(ds.images, np.asarray(res.norm_mean), np.asarray(res.norm_std), plan.device, res.input_size)
