@@ -31,7 +31,7 @@ from ..errors import CellFailed, Interrupted
 from ..labels import NUM_CLASSES
 from ..metrics import monitor_values
 from ..suite.schema import TrainingConfig
-from .augment import BatchMaker, Draws
+from .augment import BatchMaker, Draws, draw_params
 from .device import DevicePlan
 
 
@@ -198,7 +198,7 @@ def load_checkpoint(path: Path, device, what: str):
         ) from None
 
 
-def _epoch_order(n, labels, seed, epoch, sampler, maker: BatchMaker):
+def _epoch_order(n, labels, seed, epoch, sampler, maker: BatchMaker | None = None):
     g = torch.Generator().manual_seed(seed * 100_003 + epoch)
     if sampler == "weighted":
         counts = np.bincount(labels, minlength=NUM_CLASSES).astype(float)
@@ -206,7 +206,7 @@ def _epoch_order(n, labels, seed, epoch, sampler, maker: BatchMaker):
         order = torch.multinomial(w, n, replacement=True, generator=g)
     else:
         order = torch.randperm(n, generator=g)
-    return order.numpy(), maker.draw(n, g)
+    return order.numpy(), maker.draw(n, g) if maker is not None else draw_params(n, g)
 
 
 @torch.inference_mode()
