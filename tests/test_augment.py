@@ -274,3 +274,24 @@ def test_an_augment_axis_trains_each_recipe_and_changes_only_its_cells(make_suit
     assert study_keys < {r["key"] for r in rows}  # the study variant shares the plain suite's cells
     heavy = [Store(out, create=False).result(r["key"]) for r in rows if r["key"] not in study_keys]
     assert len(heavy) == 2 and all(h.history[0]["train_loss"] > 0 for h in heavy)
+
+
+def test_resizemix_pastes_the_whole_paired_image_shrunk_and_weighs_labels_by_its_area():
+    """ResizeMix by its definition (Qin et al. 2020; torchvision has none): the previous image of the batch, resized
+    whole to the scale's fraction of each side, replaces exactly that patch; λ = 1 − patch area / image area."""
+    x = torch.from_numpy(smooth(4)).permute(0, 3, 1, 2).float()
+    h, w = x.shape[-2:]
+    out, lam = mix_batch(x, "resizemix", 0.5, 0.999, 0.0)  # the patch at the right edge, top
+    ph, pw = round(0.5 * h), round(0.5 * w)
+    x0 = w - pw
+    patch = torch.nn.functional.interpolate(x.roll(1, 0), size=(ph, pw), mode="bilinear", antialias=True)
+    assert torch.equal(out[..., :ph, x0:], patch)
+    outside = torch.ones(h, w, dtype=torch.bool)
+    outside[:ph, x0:] = False
+    assert torch.equal(out[..., outside], x[..., outside])
+    assert lam == pytest.approx(1 - ph * pw / (h * w))
+    recipe = AugmentConfig(mix="resizemix", mix_scale=(0.2, 0.4))
+    d = draw_params(500, torch.Generator().manual_seed(3), recipe, (h, w))
+    assert d.mix_lam.min() >= 0.2 and d.mix_lam.max() <= 0.4
+    with pytest.raises(ValueError, match="mix_scale: used only with mix: resizemix"):
+        AugmentConfig(mix="cutmix", mix_scale=(0.2, 0.4))

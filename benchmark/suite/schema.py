@@ -98,8 +98,10 @@ class AugmentConfig(Strict):
     # Batch mixing (torchvision's MixUp / CutMix pairing, λ ~ Beta(mix_alpha, mix_alpha)); the loss is
     # λ·L(y) + (1 − λ)·L(y of the paired image), the loss of the mixed soft target wherever the loss is a mean of
     # per-image losses linear in the target (a formulation whose loss is not says so, and is refused).
-    mix: Literal["none", "mixup", "cutmix"] = "none"
-    mix_alpha: float = Field(1.0, gt=0, allow_inf_nan=False)
+    mix: Literal["none", "mixup", "cutmix", "resizemix"] = "none"
+    mix_alpha: float = Field(1.0, gt=0, allow_inf_nan=False)  # mixup, cutmix
+    # resizemix: the pasted image's side, as a fraction of the image's, uniform in this range (Qin et al. 2020)
+    mix_scale: tuple[Annotated[float, Field(gt=0, le=1)], Annotated[float, Field(gt=0, le=1)]] = (0.1, 0.8)
 
     @property
     def beyond_study(self) -> bool:
@@ -108,8 +110,14 @@ class AugmentConfig(Strict):
 
     @model_validator(mode="after")
     def _alpha_only_with_mixing(self) -> AugmentConfig:
-        if self.mix == "none" and self.mix_alpha != 1.0:
-            raise ValueError("mix_alpha: used only with mix: mixup or cutmix, so it would change nothing")
+        if self.mix not in ("mixup", "cutmix") and self.mix_alpha != 1.0:
+            raise ValueError(
+                f"mix_alpha: used only with mix: mixup or cutmix (not {self.mix}), so it would change nothing"
+            )
+        if self.mix != "resizemix" and tuple(self.mix_scale) != (0.1, 0.8):
+            raise ValueError(f"mix_scale: used only with mix: resizemix (not {self.mix}), so it would change nothing")
+        if self.mix_scale[0] > self.mix_scale[1]:
+            raise ValueError(f"mix_scale: [low, high] with low ≤ high (got {list(self.mix_scale)})")
         return self
 
 

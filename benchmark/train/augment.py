@@ -3,8 +3,9 @@
 The study's recipe (the default `augment:`): random horizontal flip and rotation by a uniform angle in
 [−180°, 180°], then normalisation with the fold's training mean/std. Pixels rotated in from outside the frame
 are black, as torchvision's RandomRotation fills them. The suite's `augment:` adds a vertical flip, a random
-resized crop, colour jitter, Gaussian blur and batch mixing (MixUp, CutMix); each is checked against
-torchvision's own v2 transform in tests/test_augment.py. The geometric parts (crop, rotation, flips) are one
+resized crop, colour jitter, Gaussian blur and batch mixing (MixUp, CutMix, ResizeMix); each is checked against
+torchvision's own v2 transform in tests/test_augment.py (ResizeMix, which torchvision lacks, against its
+definition). The geometric parts (crop, rotation, flips) are one
 affine warp per image; colour and blur act on the float batch; mixing pairs each image with the previous one of
 its batch, as torchvision's MixUp/CutMix do.
 
@@ -57,8 +58,8 @@ class Draws:
     crops: np.ndarray | None = None  # (n, 4) top, left, height, width of the random resized crop
     jitter: np.ndarray | None = None  # (n, 4) brightness, contrast, saturation factors and hue shift
     blur: np.ndarray | None = None  # (n,) Gaussian sigma, 0 where the image is not blurred
-    mix_lam: np.ndarray | None = None  # (n,) MixUp/CutMix λ ~ Beta(α, α)
-    mix_x: np.ndarray | None = None  # (n,) CutMix box centre as a fraction of the width / height
+    mix_lam: np.ndarray | None = None  # (n,) MixUp/CutMix λ ~ Beta(α, α); ResizeMix: the patch's side scale
+    mix_x: np.ndarray | None = None  # (n,) CutMix box centre / ResizeMix patch corner, as a fraction of W / H
     mix_y: np.ndarray | None = None
 
     def __getitem__(self, s: slice) -> Draws:
@@ -92,7 +93,10 @@ def draw_params(n: int, generator: torch.Generator, recipe=None, size: tuple[int
         lo, hi = recipe.blur.sigma
         sigma = rng.uniform(lo, hi, n)
         draws.blur = np.where(rng.random(n) < recipe.blur.p, sigma, 0.0)
-    if recipe.mix != "none":
+    if recipe.mix == "resizemix":
+        draws.mix_lam = rng.uniform(recipe.mix_scale[0], recipe.mix_scale[1], n)
+        draws.mix_x, draws.mix_y = rng.random(n), rng.random(n)
+    elif recipe.mix != "none":
         draws.mix_lam = rng.beta(recipe.mix_alpha, recipe.mix_alpha, n)
         draws.mix_x, draws.mix_y = rng.random(n), rng.random(n)
     return draws
@@ -230,12 +234,20 @@ def gaussian_blur(x: torch.Tensor, sigma: np.ndarray, kernel: int) -> torch.Tens
 
 
 def mix_batch(x: torch.Tensor, how: str, lam: float, cx: float, cy: float) -> tuple[torch.Tensor, float]:
-    """MixUp or CutMix of a batch with itself rolled by one (torchvision's pairing). Returns the mixed batch and
-    the weight λ of each image's own label (CutMix: the area actually kept, as torchvision adjusts it)."""
+    """MixUp, CutMix or ResizeMix of a batch with itself rolled by one (torchvision's pairing). Returns the mixed
+    batch and the weight λ of each image's own label (CutMix, ResizeMix: the area actually kept, as torchvision
+    adjusts CutMix's). ResizeMix (Qin et al. 2020): the paired image, shrunk whole by the side scale `lam`
+    (bilinear), pasted at a position given by (cx, cy), so its label's share is the patch's area."""
     rolled = x.roll(1, 0)
     if how == "mixup":
         return rolled.mul(1.0 - lam).add_(x.mul(lam)), lam
     h, w = x.shape[-2:]
+    if how == "resizemix":
+        ph, pw = max(1, round(lam * h)), max(1, round(lam * w))
+        y0, x0 = int(cy * (h - ph + 1)), int(cx * (w - pw + 1))
+        out = x.clone()
+        out[..., y0 : y0 + ph, x0 : x0 + pw] = F.interpolate(rolled, size=(ph, pw), mode="bilinear", antialias=True)
+        return out, 1.0 - ph * pw / (h * w)
     rx, ry = int(cx * w), int(cy * h)
     r = 0.5 * math.sqrt(1.0 - lam)
     rw, rh = int(r * w), int(r * h)
