@@ -87,6 +87,16 @@ class Task:
 MES_TASK = Task(CLASS_NAMES, GRADES)
 
 
+def grade_task(names: tuple[str, ...]) -> Task:
+    """The task of predicting the grade itself, on a scale of len(names) grades."""
+    return MES_TASK if names == CLASS_NAMES else Task(tuple(names), tuple(range(len(names))))
+
+
+def grade_names(k: int) -> tuple[str, ...]:
+    """Grade names when none are given: MES's on its four grades, else 'grade 0' … 'grade K−1'."""
+    return CLASS_NAMES if k == NUM_CLASSES else tuple(f"grade {g}" for g in range(k))
+
+
 @dataclass
 class Decoded:
     """A batch decoded by one formulation (numpy)."""
@@ -107,8 +117,11 @@ class Formulation(abc.ABC):
     description: ClassVar[str] = ""
     reference_text: ClassVar[str] = ""  # the paper it comes from, for `bench list`
     Options: ClassVar[type[BaseModel]] = NoOptions
-    tasks: ClassVar[dict[str, Task]] = {"mes": MES_TASK}
-    output_names: ClassVar[tuple[str, ...]] = ()
+    # The MES scale's, for code that asks the class; an instance has its own scale's (see __init__).
+    tasks: dict[str, Task] = {"mes": MES_TASK}
+    output_names: tuple[str, ...] = ()
+    num_classes: int = NUM_CLASSES
+    class_names: tuple[str, ...] = CLASS_NAMES
     # The formulation the report compares others with by default (the flat baseline).
     is_reference: ClassVar[bool] = False
     # Options `bench tune` may search: loss weights on the simplex.
@@ -124,8 +137,32 @@ class Formulation(abc.ABC):
     def ensemble_rule(self) -> str:
         return self.ensemble_text
 
-    def __init__(self, **options: Any) -> None:
+    def __init__(
+        self, num_classes: int = NUM_CLASSES, class_names: tuple[str, ...] | None = None, **options: Any
+    ) -> None:
+        """`num_classes` grades (K), named `class_names` (default: MES's for K = 4); head, loss, decoding and
+        tasks are sized by K."""
+        names = tuple(class_names) if class_names is not None else grade_names(num_classes)
+        if num_classes < 2 or len(names) != num_classes:
+            raise BenchError(
+                f"formulation {self.name!r}: a scale of {num_classes} grades named {list(names)}; give at least two "
+                "grades and one name per grade."
+            )
+        self.num_classes, self.class_names = num_classes, names
         self.options: dict[str, Any] = self.validate_options(options)
+        self.check_scale()
+        self.tasks = self.scale_tasks()
+        self.output_names = self.scale_output_names()
+
+    def check_scale(self) -> None:  # noqa: B027 (a hook: most formulations fit any scale)
+        """Refuse options that do not fit this scale (e.g. K − 1 cut points), with a BenchError (default: none)."""
+
+    def scale_tasks(self) -> dict[str, Task]:
+        """The tasks on this scale (default: the grade itself)."""
+        return {"mes": grade_task(self.class_names)}
+
+    def scale_output_names(self) -> tuple[str, ...]:
+        return type(self).output_names
 
     @classmethod
     def validate_options(cls, options: dict[str, Any]) -> dict[str, Any]:
@@ -303,7 +340,10 @@ class ProbabilityFormulation(Formulation):
     mean probabilities) by the `decoding` option — an ablation axis of its own."""
 
     Options: ClassVar[type[BaseModel]] = ProbabilityOptions
-    output_names: ClassVar[tuple[str, ...]] = tuple(f"P({c})" for c in CLASS_NAMES)
+    output_names = tuple(f"P({c})" for c in CLASS_NAMES)
+
+    def scale_output_names(self) -> tuple[str, ...]:
+        return tuple(f"P({c})" for c in self.class_names)
 
     @property
     def ensemble_rule(self) -> str:
@@ -335,10 +375,10 @@ class ProbabilityFormulation(Formulation):
         return decode_probabilities(np.mean(scaled, axis=0), self.options["decoding"])
 
     def head(self, d: int) -> torch.nn.Module:
-        """Linear(d, 4) logits, the input the default `probabilities` expects."""
+        """Linear(d, K) logits, the input the default `probabilities` expects."""
         from torch import nn
 
-        return nn.Linear(d, NUM_CLASSES)
+        return nn.Linear(d, self.num_classes)
 
     def probabilities(self, out: RawOutput) -> torch.Tensor:
         """Class probabilities from the head's output (default: softmax of logits)."""
@@ -360,7 +400,7 @@ class ProbabilityFormulation(Formulation):
         return outputs
 
     def example_outputs(self, grades: np.ndarray, confidence: float = 0.8) -> np.ndarray:
-        out = np.full((len(grades), NUM_CLASSES), (1 - confidence) / (NUM_CLASSES - 1))
+        out = np.full((len(grades), self.num_classes), (1 - confidence) / (self.num_classes - 1))
         out[np.arange(len(grades)), grades] = confidence
         return out
 
@@ -386,6 +426,13 @@ def class_weighted(loss_fn: Any, out: torch.Tensor, y: torch.Tensor, weights: to
 # ---------------------------------------------------------------------------- formulations with P(y > k) outputs
 
 
+def threshold_names(names: tuple[str, ...]) -> tuple[str, ...]:
+    """'P(MES > 0)' … on MES; 'P(y > grade 0)' … on another scale."""
+    if names == CLASS_NAMES:
+        return tuple(f"P(MES > {k})" for k in range(NUM_CLASSES - 1))
+    return tuple(f"P(y > {n})" for n in names[:-1])
+
+
 class ThresholdOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
     # threshold: the package's rule (count of P(y > k) > 0.5); or a rule on the differenced class probabilities
@@ -398,7 +445,10 @@ class CumulativeFormulation(Formulation):
     them before applying the same rule."""
 
     Options: ClassVar[type[BaseModel]] = ThresholdOptions
-    output_names: ClassVar[tuple[str, ...]] = tuple(f"P(MES > {k})" for k in range(NUM_CLASSES - 1))
+    output_names = tuple(f"P(MES > {k})" for k in range(NUM_CLASSES - 1))
+
+    def scale_output_names(self) -> tuple[str, ...]:
+        return threshold_names(self.class_names)
 
     def predict(self, outputs: np.ndarray, state: State) -> np.ndarray:
         if self.options["decoding"] == "threshold":
@@ -413,5 +463,5 @@ class CumulativeFormulation(Formulation):
         return ordinal_evidence(out)
 
     def example_outputs(self, grades: np.ndarray, confidence: float = 0.8) -> np.ndarray:
-        above = np.asarray(grades)[:, None] > np.arange(NUM_CLASSES - 1)[None, :]
+        above = np.asarray(grades)[:, None] > np.arange(self.num_classes - 1)[None, :]
         return np.where(above, confidence, 1 - confidence).astype(float)

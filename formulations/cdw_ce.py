@@ -3,7 +3,7 @@ L = −Σ_{i≠c} log(1 − p_i)·|i − c|^α, optionally with a margin. Linear
 
 from pydantic import Field
 
-from .base import NUM_CLASSES, ProbabilityFormulation, ProbabilityOptions, class_weighted
+from .base import ProbabilityFormulation, ProbabilityOptions, class_weighted
 from .registry import register_formulation
 
 
@@ -22,5 +22,5 @@ class CDWCE(ProbabilityFormulation):
     def loss(self, out, y, weights=None):
         from dlordinal.losses import CDWCELoss
 
-        fn = CDWCELoss(NUM_CLASSES, alpha=self.options["alpha"], margin=self.options["margin"])
+        fn = CDWCELoss(self.num_classes, alpha=self.options["alpha"], margin=self.options["margin"])
         return class_weighted(fn, out.float(), y, None if weights is None else weights["mes"])

@@ -4,7 +4,7 @@ log-likelihood."""
 
 from typing import Literal
 
-from .base import NUM_CLASSES, ProbabilityFormulation, ProbabilityOptions, class_weighted
+from .base import ProbabilityFormulation, ProbabilityOptions, class_weighted
 from .registry import register_formulation
 
 
@@ -12,11 +12,11 @@ class CLMOptions(ProbabilityOptions):
     link: Literal["logit", "probit", "cloglog"] = "logit"
 
 
-def clm_head(d, link):
+def clm_head(d, link, num_classes):
     from dlordinal.output_layers import CLM
     from torch import nn
 
-    return nn.Sequential(nn.Linear(d, 1), nn.BatchNorm1d(1), CLM(NUM_CLASSES, link))
+    return nn.Sequential(nn.Linear(d, 1), nn.BatchNorm1d(1), CLM(num_classes, link))
 
 
 @register_formulation
@@ -27,7 +27,7 @@ class CumulativeLink(ProbabilityFormulation):
     Options = CLMOptions
 
     def head(self, d):
-        return clm_head(d, self.options["link"])
+        return clm_head(d, self.options["link"], self.num_classes)
 
     def probabilities(self, out):
         return out.float().clamp_min(0)

@@ -8,7 +8,7 @@ renormalised. CORAL does not guarantee monotone cumulative probabilities, so vio
 inconsistencies) are counted and stored.
 """
 
-from .base import NUM_CLASSES, CumulativeFormulation, weighted_mean
+from .base import CumulativeFormulation, weighted_mean
 from .registry import register_formulation
 
 
@@ -22,14 +22,14 @@ class Coral(CumulativeFormulation):
     def head(self, d):
         from coral_pytorch.layers import CoralLayer
 
-        return CoralLayer(d, NUM_CLASSES)
+        return CoralLayer(d, self.num_classes)
 
     def loss(self, out, y, weights=None):
         from coral_pytorch.dataset import levels_from_labelbatch
         from coral_pytorch.losses import coral_loss
 
         # levels_from_labelbatch builds on the CPU; move to the logits' device.
-        levels = levels_from_labelbatch(y.cpu(), NUM_CLASSES).to(out.device, out.dtype)
+        levels = levels_from_labelbatch(y.cpu(), self.num_classes).to(out.device, out.dtype)
         per = coral_loss(out, levels, reduction=None)
         return weighted_mean(per, y, None if weights is None else weights["mes"])
 

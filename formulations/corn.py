@@ -5,7 +5,7 @@ label is the count of them above 0.5, exactly `corn_label_from_logits`. A fold-e
 cumulative probabilities and applies the same rule.
 """
 
-from .base import NUM_CLASSES, CumulativeFormulation
+from .base import CumulativeFormulation
 from .registry import register_formulation
 
 
@@ -35,13 +35,13 @@ class Corn(CumulativeFormulation):
     def head(self, d):
         from torch import nn
 
-        return nn.Linear(d, NUM_CLASSES - 1)
+        return nn.Linear(d, self.num_classes - 1)
 
     def loss(self, out, y, weights=None):
         if weights is None:
             from coral_pytorch.losses import corn_loss
 
-            return corn_loss(out, y, NUM_CLASSES)
+            return corn_loss(out, y, self.num_classes)
         # Per-sample weights by class, normalised like corn_loss (by the weighted count of binary
         # decisions), so unit weights give corn_loss itself.
         loss, count = corn_per_sample(out, y)

@@ -1,7 +1,7 @@
 """Squared earth mover's distance between the predicted and the true grade distributions (Hou et al. 2016),
 via dlordinal EMDLoss: Σ_k (CDF_pred(k) − CDF_true(k))². Linear(d, 4)."""
 
-from .base import NUM_CLASSES, ProbabilityFormulation, class_weighted
+from .base import ProbabilityFormulation, class_weighted
 from .registry import register_formulation
 
 
@@ -14,4 +14,4 @@ class EMD(ProbabilityFormulation):
     def loss(self, out, y, weights=None):
         from dlordinal.losses import EMDLoss
 
-        return class_weighted(EMDLoss(NUM_CLASSES), out.float(), y, None if weights is None else weights["mes"])
+        return class_weighted(EMDLoss(self.num_classes), out.float(), y, None if weights is None else weights["mes"])

@@ -8,14 +8,14 @@ from pydantic import Field
 
 from benchmark.errors import BenchError
 
-from .base import NUM_CLASSES, ProbabilityFormulation, ProbabilityOptions
+from .base import ProbabilityFormulation, ProbabilityOptions
 from .registry import register_formulation
 
 
 class LogitAdjustedOptions(ProbabilityOptions):
     tau: float = Field(1.0, ge=0, allow_inf_nan=False)  # τ = 1 is Fisher-consistent for the balanced error
     # set by the harness from each fold's training labels; given in a suite, it fixes the priors instead
-    priors: list[float] | None = Field(None, min_length=NUM_CLASSES, max_length=NUM_CLASSES)
+    priors: list[float] | None = Field(None, min_length=2)  # one per grade (checked against the scale)
 
 
 @register_formulation
@@ -24,6 +24,14 @@ class LogitAdjusted(ProbabilityFormulation):
     description = "Linear(d, 4), cross-entropy on logits + τ·log(training class priors); plain logits at inference"
     reference_text = "Menon et al., ICLR 2021 (logit adjustment)"
     Options = LogitAdjustedOptions
+
+    def check_scale(self):
+        priors = self.options["priors"]
+        if priors is not None and len(priors) != self.num_classes:
+            raise BenchError(
+                f"formulation 'logit_adjusted': option 'priors' has {len(priors)} values for a scale of "
+                f"{self.num_classes} grades; give one per grade, or leave it out to take the fold's training priors."
+            )
 
     def training_overrides(self, counts):
         if self.options["priors"] is not None:

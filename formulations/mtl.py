@@ -13,6 +13,8 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from benchmark.errors import BenchError
+
 from .base import Formulation, Task, decode_probabilities
 from .registry import register_formulation
 
@@ -91,9 +93,22 @@ class HierarchicalMTL(Formulation):
         "P(MES 3 | active)",
     )
 
-    def __init__(self, **options):
-        super().__init__(**options)
+    def __init__(self, num_classes=4, class_names=None, **options):
+        super().__init__(num_classes, class_names, **options)
         self.loss_weights = [float(self.options[k]) for k in self.tunable_weights]
+
+    def check_scale(self):
+        if self.num_classes != 4:
+            raise BenchError(
+                f"formulation 'mtl': its hierarchy (remission 0–1 / active 2–3) is MES's four grades, and this "
+                f"scale has {self.num_classes}; a hierarchy for other scales (option groups:) is not built yet."
+            )
+
+    def scale_tasks(self):
+        return TASKS
+
+    def scale_output_names(self):
+        return type(self).output_names
 
     @property
     def ensemble_rule(self) -> str:

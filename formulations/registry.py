@@ -6,7 +6,7 @@ from typing import Any
 
 from benchmark.registry import Registry
 
-from .base import Formulation
+from .base import NUM_CLASSES, Formulation
 
 FORMULATIONS: Registry[type[Formulation]] = Registry("formulation")
 FINETUNE_SUFFIXES = {"+f1": "inverse_f1", "+ft": "plain", "+drw": "drw"}
@@ -21,8 +21,14 @@ def formulation_class(name: str) -> type[Formulation]:
     return FORMULATIONS.lookup(name, [f"{n}{s}" for n in FORMULATIONS for s in FINETUNE_SUFFIXES])
 
 
-def create_formulation(name: str, options: dict[str, Any] | None = None) -> Formulation:
-    return formulation_class(name)(**(options or {}))
+def create_formulation(
+    name: str,
+    options: dict[str, Any] | None = None,
+    num_classes: int = NUM_CLASSES,
+    class_names: tuple[str, ...] | None = None,
+) -> Formulation:
+    """A formulation on a scale of `num_classes` grades (MES's four unless given), with its options."""
+    return formulation_class(name)(num_classes, class_names, **(options or {}))
 
 
 def reference_formulation() -> str:

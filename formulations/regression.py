@@ -12,27 +12,32 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, field_validator
 
+from benchmark.errors import BenchError
 from benchmark.metrics import SCALARS
 
-from .base import GRADES, Formulation, weighted_mean
+from .base import Formulation, weighted_mean
 from .registry import register_formulation
 
-DEFAULT_CUTPOINTS = (0.5, 1.5, 2.5)
+DEFAULT_CUTPOINTS = (0.5, 1.5, 2.5)  # MES's four grades; on K grades: 0.5, 1.5, …, K − 1.5
+
+
+def default_cutpoints(k: int) -> list[float]:
+    return [g + 0.5 for g in range(k - 1)]
 
 
 class RegressionOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
     tune_cutpoints: bool = False
     cutpoint_metric: Literal["qwk", "macro_f1", "accuracy"] = "qwk"
-    cutpoints: list[float] = list(DEFAULT_CUTPOINTS)
+    cutpoints: list[float] | None = None  # None: halfway between grades, 0.5 … K − 1.5
 
     @field_validator("cutpoints")
     @classmethod
     def _increasing(cls, v):
-        if len(v) != len(GRADES) - 1 or sorted(v) != v or not all(np.isfinite(v)):
+        if v is not None and (sorted(v) != v or not all(np.isfinite(v))):
             raise ValueError(
-                f"cutpoints must be {len(GRADES) - 1} increasing finite numbers (got {v!r}); the "
-                f"default is {list(DEFAULT_CUTPOINTS)}"
+                f"cutpoints must be increasing finite numbers, one fewer than the grades (got {v!r}); the "
+                f"default is halfway between grades, {list(DEFAULT_CUTPOINTS)} on MES"
             )
         return v
 
@@ -42,11 +47,11 @@ def decode_scores(scores, cutpoints):
     return np.searchsorted(np.asarray(cutpoints, float), np.asarray(scores, float), side="right")
 
 
-def fit_cutpoints(scores, y, metric="qwk", passes=3):
+def fit_cutpoints(scores, y, metric="qwk", passes=3, num_classes=len(DEFAULT_CUTPOINTS) + 1):
     """Coordinate search over candidate cut points (score quantiles), keeping them increasing."""
     score_fn = SCALARS[metric]
     scores, y = np.asarray(scores, float), np.asarray(y)
-    cuts = np.array(DEFAULT_CUTPOINTS, float)
+    cuts = np.array(default_cutpoints(num_classes), float)
     grid = np.unique(np.quantile(scores, np.linspace(0, 1, 101)))
     best = score_fn(y, decode_scores(scores, cuts))
     for _ in range(passes):
@@ -73,6 +78,16 @@ class Regression(Formulation):
     Options = RegressionOptions
     output_names = ("score",)
     ensemble_text = "mean score, decoded with the mean of the fold models' cut points"
+
+    def check_scale(self):
+        cuts = self.options["cutpoints"]
+        if cuts is None:
+            self.options["cutpoints"] = default_cutpoints(self.num_classes)
+        elif len(cuts) != self.num_classes - 1:
+            raise BenchError(
+                f"formulation 'regression': option 'cutpoints' has {len(cuts)} cut points, but a scale of "
+                f"{self.num_classes} grades needs {self.num_classes - 1} (e.g. {default_cutpoints(self.num_classes)})."
+            )
 
     def head(self, d):
         from torch import nn
@@ -107,7 +122,7 @@ class Regression(Formulation):
     def fit_decoding(self, outputs, y):
         if not self.fits_decoding:
             return self.initial_state()
-        cuts, value = fit_cutpoints(outputs[:, 0], y, self.options["cutpoint_metric"])
+        cuts, value = fit_cutpoints(outputs[:, 0], y, self.options["cutpoint_metric"], num_classes=self.num_classes)
         return {"cutpoints": cuts, "cutpoint_fit": {"metric": self.options["cutpoint_metric"], "value": value}}
 
     def combine_states(self, states):

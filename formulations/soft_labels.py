@@ -12,6 +12,8 @@ from typing import Literal
 import numpy as np
 from pydantic import Field, model_validator
 
+from benchmark.errors import BenchError
+
 from .base import NUM_CLASSES, ProbabilityFormulation, ProbabilityOptions, class_weighted
 from .registry import register_formulation
 
@@ -81,10 +83,21 @@ class SoftLabels(ProbabilityFormulation):
     reference_text = "Vargas, Gutiérrez, Hervás-Martínez et al. (dlordinal BetaLoss, TriangularLoss, ...)"
     Options = SoftLabelOptions
 
+    def check_scale(self):
+        # the options were checked on MES's four grades; the targets' shape depends on the number of grades
+        targets = soft_targets(self.options["distribution"], self.options["eta"], self.num_classes)
+        c = not_unimodal(targets)
+        if c is not None:
+            raise BenchError(
+                f"formulation 'soft_labels': distribution {self.options['distribution']!r} with eta "
+                f"{self.options['eta']:g} gives targets that are not unimodal at grade {c} on a scale of "
+                f"{self.num_classes} grades; use a smaller eta or another distribution."
+            )
+
     def loss(self, out, y, weights=None):
         import dlordinal.losses
         from torch import nn
 
         cls = getattr(dlordinal.losses, LOSSES[self.options["distribution"]])
-        fn = cls(base_loss=nn.CrossEntropyLoss(), num_classes=NUM_CLASSES, eta=self.options["eta"])
+        fn = cls(base_loss=nn.CrossEntropyLoss(), num_classes=self.num_classes, eta=self.options["eta"])
         return class_weighted(fn.to(out.device), out.float(), y, None if weights is None else weights["mes"])

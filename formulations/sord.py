@@ -50,7 +50,7 @@ class SORD(ProbabilityFormulation):
 
         alpha = self.options["alpha"]
         if self.options["metric"] == "abs":
-            fn = SORDLoss(alpha, NUM_CLASSES, torch.arange(NUM_CLASSES), prox=False)
+            fn = SORDLoss(alpha, self.num_classes, torch.arange(self.num_classes), prox=False)
         else:
             fn = _squared_sord(alpha)
         return class_weighted(fn, out.float(), y, None if weights is None else weights["mes"])

@@ -4,7 +4,7 @@ batch (not per image); fine-tuning weights go through the package's own `weight`
 
 from typing import Literal
 
-from .base import NUM_CLASSES, ProbabilityFormulation, ProbabilityOptions
+from .base import ProbabilityFormulation, ProbabilityOptions
 from .registry import register_formulation
 
 
@@ -27,5 +27,5 @@ class WeightedKappa(ProbabilityFormulation):
         from dlordinal.losses import WKLoss
 
         w = None if weights is None else weights["mes"].to(out.device, out.dtype)
-        fn = WKLoss(NUM_CLASSES, penalization_type=self.options["penalization"], weight=w, use_logits=True)
+        fn = WKLoss(self.num_classes, penalization_type=self.options["penalization"], weight=w, use_logits=True)
         return fn.to(out.device)(out.float(), y)

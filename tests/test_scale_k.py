@@ -1,0 +1,109 @@
+"""Every formulation on a scale other than MES's four grades (K = 5, as retinopathy or KL grades): head, loss and
+decoding sized by K, each loss equal to the package's own (or the formula) called at K = 5. The hierarchical MTL
+refuses a scale its hierarchy does not fit until `groups:` exists."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from benchmark.errors import BenchError
+from formulations import FORMULATIONS, create_formulation
+from formulations.finetune import task_counts
+
+K = 5
+SCALE_FREE = sorted(n for n in FORMULATIONS if n != "mtl")
+
+
+def on_five(name, y=None, **options):
+    f = create_formulation(name, options, num_classes=K)
+    if y is not None:  # what the harness sets from a fold's training labels (e.g. class priors)
+        f = create_formulation(name, {**options, **f.training_overrides(task_counts(f, y.numpy()))}, num_classes=K)
+    return f
+
+
+@pytest.mark.parametrize("name", SCALE_FREE)
+def test_each_formulation_trains_and_decodes_five_grades(name):
+    torch.manual_seed(0)
+    x = torch.randn(20, 24)  # more dimensions than points: a linear head can fit every grade
+    y = torch.arange(20) % K
+    f = on_five(name, y)
+    assert f.num_classes == K and f.tasks["mes"].classes == tuple(f"grade {g}" for g in range(K))
+    head = f.head(24)
+    opt = torch.optim.Adam(head.parameters(), lr=0.05)
+    first = float(f.loss(head(x), y).detach())
+    for _ in range(400):
+        opt.zero_grad()
+        loss = f.loss(head(x), y)
+        loss.backward()
+        opt.step()
+    assert float(loss.detach()) <= 0.8 * first, name
+    dec = f.decode(head(x))
+    assert (dec.pred == y.numpy()).mean() >= 0.7 and dec.pred.max() <= K - 1
+    if dec.proba is not None:
+        assert dec.proba.shape == (20, K) and np.allclose(dec.proba.sum(1), 1, atol=1e-5)
+    grades = np.arange(50) % K
+    assert np.array_equal(f.predict(f.example_outputs(grades), f.initial_state()), grades)
+    assert len(f.output_names) == dec.outputs.shape[1]
+
+
+def _package_loss(name, out, y):
+    """Each loss as its package (or its formula) computes it on five grades, written independently of the
+    formulation modules."""
+    from coral_pytorch.dataset import levels_from_labelbatch
+    from coral_pytorch.losses import coral_loss, corn_loss
+    from dlordinal import losses as dl
+    from dlordinal.soft_labelling import get_beta_soft_labels
+
+    beta_rows = torch.as_tensor(np.asarray(get_beta_soft_labels(K), float), dtype=torch.float32)
+    return {
+        "softmax": lambda: F.cross_entropy(out, y),
+        "coral": lambda: coral_loss(out, levels_from_labelbatch(y, K)),
+        "corn": lambda: corn_loss(out, y, K),
+        "cdw_ce": lambda: dl.CDWCELoss(K, alpha=5.0, margin=0.0)(out, y),
+        "emd": lambda: dl.EMDLoss(K)(out, y),
+        "wk": lambda: dl.WKLoss(K, penalization_type="quadratic", use_logits=True)(out, y),
+        "ecoc": lambda: dl.OrdinalECOCDistanceLoss(K)(torch.sigmoid(out), y) / len(y),
+        "soft_labels": lambda: -(beta_rows[y] * F.log_softmax(out, 1)).sum(1).mean(),
+        "regression": lambda: F.mse_loss(out.squeeze(1), y.float()),
+    }[name]()
+
+
+@pytest.mark.parametrize(
+    "name", ["softmax", "coral", "corn", "cdw_ce", "emd", "wk", "ecoc", "soft_labels", "regression"]
+)
+def test_each_loss_is_the_packages_own_at_five_grades(name):
+    torch.manual_seed(1)
+    f = on_five(name)
+    out = f.head(7)(torch.randn(30, 7))
+    y = torch.arange(30) % K
+    if name == "cdw_ce":
+        f = on_five(name, alpha=5.0)
+    assert torch.allclose(f.loss(out, y), _package_loss(name, out, y), atol=1e-6), name
+
+
+def test_focal_and_logit_adjusted_follow_their_formulas_at_five_grades():
+    torch.manual_seed(2)
+    z = torch.randn(25, K)
+    y = torch.arange(25) % K
+    gamma = 2.0
+    logp = F.log_softmax(z, 1)[torch.arange(25), y]
+    focal = -(((1 - logp.exp()) ** gamma) * logp).mean()
+    assert torch.allclose(on_five("focal", gamma=gamma).loss(z, y), focal, atol=1e-6)
+    priors = [0.4, 0.3, 0.15, 0.1, 0.05]
+    shifted = F.cross_entropy(z + 1.0 * torch.log(torch.tensor(priors)), y)
+    assert torch.allclose(on_five("logit_adjusted", priors=priors, tau=1.0).loss(z, y), shifted, atol=1e-6)
+
+
+def test_options_that_do_not_fit_the_scale_are_refused_naming_it():
+    with pytest.raises(BenchError, match="needs 4"):
+        on_five("regression", cutpoints=[0.5, 1.5, 2.5])
+    assert on_five("regression").options["cutpoints"] == [0.5, 1.5, 2.5, 3.5]
+    with pytest.raises(BenchError, match="one per grade"):
+        on_five("logit_adjusted", priors=[0.25, 0.25, 0.25, 0.25])
+    with pytest.raises(BenchError, match="groups"):
+        on_five("mtl")
+    # MES's own scale is the default: the same names and sizes as always
+    f = create_formulation("coral")
+    assert f.num_classes == 4 and f.output_names == ("P(MES > 0)", "P(MES > 1)", "P(MES > 2)")
+    assert create_formulation("softmax").tasks["mes"].classes == ("MES 0", "MES 1", "MES 2", "MES 3")
