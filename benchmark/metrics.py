@@ -1,8 +1,9 @@
 """The one metrics catalogue: per-epoch monitoring, cut-point fitting, tuning and final evaluation all
 compute through these functions (scikit-learn, with the label set fixed).
 
-A row is (task, metric, cls, value): task `mes` (4-class grade), `ra` (remission MES 0–1 vs active
-MES 2–3, active positive) and, for multi-task formulations, each head's task on its valid samples.
+A row is (task, metric, cls, value): task `mes` (the grade on the run's scale, K classes), `ra` (the scale's
+binary split: on MES remission 0–1 vs active 2–3, active positive; absent on a scale without one) and, for
+multi-task formulations, each head's task on its valid samples. Every function takes the scale (MES by default).
 `cls` is '' for whole-task values, 'macro' for macro averages, or a class index.
 A metric is named `[task.]metric[@cls]`, e.g. `accuracy`, `f1@3`, `f1@macro`, `ra.f1`, `primary.accuracy`.
 """
@@ -14,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from .errors import BenchError, closest
-from .labels import GRADES
+from .labels import GRADES, MES, Scale
 
 ALIASES = {
     "macro_f1": "f1@macro",
@@ -39,7 +40,7 @@ def _two_labels(y_true, y_pred) -> bool:
     return len(set(np.asarray(y_true).tolist()) | set(np.asarray(y_pred).tolist())) > 1
 
 
-def accuracy(y_true, y_pred) -> float:
+def accuracy(y_true, y_pred, labels=None) -> float:  # labels: accepted so that every SCALARS entry takes them
     return float(_sk().accuracy_score(y_true, y_pred)) if len(y_true) else 0.0
 
 
@@ -58,9 +59,9 @@ def qwk(y_true, y_pred, labels=GRADES) -> float:
 SCALARS = {"accuracy": accuracy, "macro_f1": macro_f1, "qwk": qwk}
 
 
-def monitor_values(y_true, y_pred) -> dict[str, float]:
+def monitor_values(y_true, y_pred, scale: Scale = MES) -> dict[str, float]:
     """The per-epoch validation values of the training history (and of `training.monitor`)."""
-    return {f"val_{name}": fn(y_true, y_pred) for name, fn in SCALARS.items()}
+    return {f"val_{name}": fn(y_true, y_pred, labels=scale.grades) for name, fn in SCALARS.items()}
 
 
 def per_class_rows(y_true, y_pred, labels, task):
@@ -158,37 +159,42 @@ def fit_temperature(y, proba) -> float:
     return float(np.exp(res.x))
 
 
-def probability_rows(y_true, proba):
+def probability_rows(y_true, proba, scale: Scale = MES):
     """Metrics of the class probabilities themselves: RPS, ECE, one-vs-rest ROC AUC per grade (where the grade
-    and its complement both occur) and their mean, and remission-vs-active AUC with P(active) = P(2) + P(3)."""
+    and its complement both occur) and their mean, and the binary split's AUC with P(positive) = Σ P(k ≥ cut)
+    (MES: P(active) = P(2) + P(3))."""
     from sklearn.metrics import roc_auc_score
 
     y_true, proba = np.asarray(y_true), np.asarray(proba, float)
     rows = [("mes", "rps", "", rps(y_true, proba)), ("mes", "ece", "", ece(y_true, proba))]
     aucs = []
-    for k in GRADES:
+    for k in scale.grades:
         positive = y_true == k
         if positive.any() and not positive.all():
             aucs.append(float(roc_auc_score(positive, proba[:, k])))
             rows.append(("mes", "auc", str(k), aucs[-1]))
     if aucs:
         rows.append(("mes", "auc", "macro", float(np.mean(aucs))))
-    active = y_true >= 2
+    if scale.binary_cut is None:
+        return rows
+    active = y_true >= scale.binary_cut
     if active.any() and not active.all():
-        rows.append(("ra", "auc", "", float(roc_auc_score(active, proba[:, 2:].sum(1)))))
+        rows.append(("ra", "auc", "", float(roc_auc_score(active, proba[:, scale.binary_cut :].sum(1)))))
     return rows
 
 
-def grade_metrics(y_true, y_pred):
-    """All MES metrics and the remission-vs-active ones; returns (rows, confusion matrix)."""
-    labels = list(GRADES)
+def grade_metrics(y_true, y_pred, scale: Scale = MES):
+    """All grade metrics and those of the scale's binary split; returns (rows, confusion matrix)."""
+    labels = list(scale.grades)
     rows, cm = per_class_rows(y_true, y_pred, labels, "mes")
-    rows.append(("mes", "qwk", "", qwk(y_true, y_pred)))
+    rows.append(("mes", "qwk", "", qwk(y_true, y_pred, labels)))
     rows.append(("mes", "mae", "", float(_sk().mean_absolute_error(y_true, y_pred))))
-    maes = per_class_mae(y_true, y_pred)
+    maes = per_class_mae(y_true, y_pred, labels)
     rows.append(("mes", "amae", "", float(np.mean(maes)) if maes else 0.0))
     rows.append(("mes", "mmae", "", float(np.max(maes)) if maes else 0.0))
-    rows += binary_rows(np.asarray(y_true) >= 2, np.asarray(y_pred) >= 2, "ra")
+    if scale.binary_cut is not None:
+        cut = scale.binary_cut
+        rows += binary_rows(np.asarray(y_true) >= cut, np.asarray(y_pred) >= cut, "ra")
     return rows, cm
 
 
@@ -200,27 +206,28 @@ def task_metrics(task, y_task, pred_task, n_classes):
     return rows
 
 
-def all_rows(y, pred, task_preds: dict, tasks: dict, proba=None):
-    """Every metric row of one prediction set: the grade, remission-vs-active, each extra task, and the
+def all_rows(y, pred, task_preds: dict, tasks: dict, proba=None, scale: Scale = MES):
+    """Every metric row of one prediction set: the grade, the scale's binary split, each extra task, and the
     probability metrics where the formulation has class probabilities."""
-    rows, cm = grade_metrics(y, pred)
+    rows, cm = grade_metrics(y, pred, scale)
     if proba is not None:
-        rows += probability_rows(y, proba)
+        rows += probability_rows(y, proba, scale)
     for name, task in tasks.items():
         if name != "mes" and name in task_preds:
             rows += task_metrics(name, task.target(np.asarray(y)), task_preds[name], len(task.classes))
     return rows, cm
 
 
-def known_metrics(tasks: dict) -> set[tuple[str, str, str]]:
+def known_metrics(tasks: dict, scale: Scale = MES) -> set[tuple[str, str, str]]:
     """Every (task, metric, cls) a formulation with these tasks produces."""
-    y = np.array(GRADES)
-    rows, _ = all_rows(y, y, {name: np.array([0, 1] * 2) for name in tasks}, tasks, np.eye(len(GRADES)))
+    y = np.array(scale.grades)
+    heads = {name: np.arange(scale.k) % 2 for name in tasks}
+    rows, _ = all_rows(y, y, heads, tasks, np.eye(scale.k), scale)
     return {(t, m, c) for t, m, c, _ in rows}
 
 
-def metric_value(key, y, pred, task_preds, tasks) -> float:
-    rows, _ = all_rows(y, pred, task_preds, tasks)
+def metric_value(key, y, pred, task_preds, tasks, scale: Scale = MES) -> float:
+    rows, _ = all_rows(y, pred, task_preds, tasks, scale=scale)
     for t, m, c, v in rows:
         if (t, m, c) == key:
             return float(v)

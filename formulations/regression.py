@@ -49,7 +49,11 @@ def decode_scores(scores, cutpoints):
 
 def fit_cutpoints(scores, y, metric="qwk", passes=3, num_classes=len(DEFAULT_CUTPOINTS) + 1):
     """Coordinate search over candidate cut points (score quantiles), keeping them increasing."""
-    score_fn = SCALARS[metric]
+    labels = tuple(range(num_classes))
+
+    def score_fn(y_true, y_pred):
+        return SCALARS[metric](y_true, y_pred, labels=labels)
+
     scores, y = np.asarray(scores, float), np.asarray(y)
     cuts = np.array(default_cutpoints(num_classes), float)
     grid = np.unique(np.quantile(scores, np.linspace(0, 1, 101)))

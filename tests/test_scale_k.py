@@ -107,3 +107,42 @@ def test_options_that_do_not_fit_the_scale_are_refused_naming_it():
     f = create_formulation("coral")
     assert f.num_classes == 4 and f.output_names == ("P(MES > 0)", "P(MES > 1)", "P(MES > 2)")
     assert create_formulation("softmax").tasks["mes"].classes == ("MES 0", "MES 1", "MES 2", "MES 3")
+
+
+def test_metrics_at_five_grades_are_scikit_learns_and_the_binary_split_follows_the_scale():
+    from sklearn.metrics import cohen_kappa_score, f1_score, recall_score, roc_auc_score
+
+    from benchmark.labels import Scale
+    from benchmark.metrics import all_rows, known_metrics
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, K, 300)
+    pred = np.clip(y + rng.integers(-1, 2, 300), 0, K - 1)
+    proba = rng.dirichlet(np.ones(K), 300)
+    names = tuple(f"KL {g}" for g in range(K))
+    scale = Scale("KL", names, binary_cut=2, binary_names=("no OA", "OA"))
+    rows = {(t, m, c): v for t, m, c, v in all_rows(y, pred, {}, {}, proba, scale)[0]}
+    labels = list(range(K))
+    assert rows[("mes", "f1", "macro")] == pytest.approx(f1_score(y, pred, average="macro", labels=labels))
+    assert rows[("mes", "recall", "4")] == pytest.approx(recall_score(y, pred, labels=[4], average=None)[0])
+    assert rows[("mes", "qwk", "")] == pytest.approx(cohen_kappa_score(y, pred, weights="quadratic", labels=labels))
+    assert rows[("ra", "recall", "")] == pytest.approx(recall_score(y >= 2, pred >= 2))
+    assert rows[("ra", "auc", "")] == pytest.approx(roc_auc_score(y >= 2, proba[:, 2:].sum(1)))
+    assert rows[("mes", "auc", "4")] == pytest.approx(roc_auc_score(y == 4, proba[:, 4]))
+    # a scale without a binary split has no binary rows at all (absent, never 0)
+    plain = Scale("grade", names, binary_cut=None)
+    keys = known_metrics({}, plain)
+    assert not any(t == "ra" for t, _, _ in keys) and ("mes", "f1", "4") in keys
+    with pytest.raises(ValueError, match="binary_cut"):
+        Scale("bad", names, binary_cut=5)
+
+
+def test_tuned_cut_points_at_five_grades_score_all_five():
+    """The cut-point search scores macro-F1 over all K grades, not MES's four."""
+    from formulations.regression import fit_cutpoints
+
+    rng = np.random.default_rng(1)
+    y = np.repeat(np.arange(K), 40)
+    scores = y + rng.normal(0, 0.3, len(y)) + 0.4  # shifted: the default cut points are off by 0.4
+    cuts, best = fit_cutpoints(scores, y, "macro_f1", num_classes=K)
+    assert len(cuts) == K - 1 and best > 0.8
