@@ -162,9 +162,9 @@ def test_new_backbone_fields_leave_old_cell_keys_unchanged(tmp_path):
     suite = load_suite(tiny_suite(tmp_path))
     cell = expand_cells(suite, 2)[0]
     old_backbone = {"name": "tiny", "batch_size": None, "pretrained": False, "weights": None, "input_size": None}
-    # the training fields these keys were made with: checkpoint_every, class_weights(_beta) are newer
+    # the training fields these keys were made with: checkpoint_every, class_weights(_beta), augment are newer
     training = suite.training.model_dump(
-        mode="json", exclude={"checkpoint_every", "class_weights", "class_weights_beta"}
+        mode="json", exclude={"checkpoint_every", "class_weights", "class_weights_beta", "augment"}
     )
     training.pop("seeds")
     from benchmark.suite.cells import _formulation_key, protocol_hash
