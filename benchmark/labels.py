@@ -23,7 +23,7 @@ class Scale:
     name: str = "MES"
     classes: tuple[str, ...] = CLASS_NAMES
     binary_cut: int | None = 2
-    binary_names: tuple[str, str] = ("remission", "active")
+    binary_names: tuple[str, str] = ("remission (MES 0–1)", "active (MES 2–3)")
 
     def __post_init__(self) -> None:
         if len(self.classes) < 2:
