@@ -164,6 +164,10 @@ class Formulation(abc.ABC):
     def scale_output_names(self) -> tuple[str, ...]:
         return type(self).output_names
 
+    def loss_weight_names(self) -> tuple[str, ...]:
+        """The loss-weight options this instance has (on its scale): what `bench tune` searches."""
+        return type(self).tunable_weights
+
     @classmethod
     def validate_options(cls, options: dict[str, Any]) -> dict[str, Any]:
         try:

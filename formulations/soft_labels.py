@@ -85,7 +85,14 @@ class SoftLabels(ProbabilityFormulation):
 
     def check_scale(self):
         # the options were checked on MES's four grades; the targets' shape depends on the number of grades
-        targets = soft_targets(self.options["distribution"], self.options["eta"], self.num_classes)
+        try:
+            targets = soft_targets(self.options["distribution"], self.options["eta"], self.num_classes)
+        except ValueError as exc:  # dlordinal tabulates some distributions for certain K only (beta: not K = 2)
+            raise BenchError(
+                f"formulation 'soft_labels': dlordinal's {self.options['distribution']!r} soft labels are not "
+                f"defined on a scale of {self.num_classes} grades ({exc}); choose another distribution (e.g. "
+                "triangular or binomial) or drop soft_labels from this suite."
+            ) from None
         c = not_unimodal(targets)
         if c is not None:
             raise BenchError(

@@ -1,6 +1,6 @@
 """Every formulation on a scale other than MES's four grades (K = 5, as retinopathy or KL grades): head, loss and
 decoding sized by K, each loss equal to the package's own (or the formula) called at K = 5. The hierarchical MTL
-refuses a scale its hierarchy does not fit until `groups:` exists."""
+takes its hierarchy as `groups:` and refuses a scale other than MES's without one."""
 
 import numpy as np
 import pytest
@@ -12,10 +12,13 @@ from formulations import FORMULATIONS, create_formulation
 from formulations.finetune import task_counts
 
 K = 5
-SCALE_FREE = sorted(n for n in FORMULATIONS if n != "mtl")
+SCALE_FREE = sorted(FORMULATIONS)
+GROUPS = [[0, 1], [2, 3, 4]]  # the MTL's hierarchy on five grades
 
 
 def on_five(name, y=None, **options):
+    if name == "mtl":
+        options = {"groups": GROUPS, **options}
     f = create_formulation(name, options, num_classes=K)
     if y is not None:  # what the harness sets from a fold's training labels (e.g. class priors)
         f = create_formulation(name, {**options, **f.training_overrides(task_counts(f, y.numpy()))}, num_classes=K)
@@ -28,7 +31,8 @@ def test_each_formulation_trains_and_decodes_five_grades(name):
     x = torch.randn(20, 24)  # more dimensions than points: a linear head can fit every grade
     y = torch.arange(20) % K
     f = on_five(name, y)
-    assert f.num_classes == K and f.tasks["mes"].classes == tuple(f"grade {g}" for g in range(K))
+    assert f.num_classes == K and f.class_names == tuple(f"grade {g}" for g in range(K))
+    assert "mes" not in f.tasks or f.tasks["mes"].classes == f.class_names
     head = f.head(24)
     opt = torch.optim.Adam(head.parameters(), lr=0.05)
     first = float(f.loss(head(x), y).detach())
@@ -102,7 +106,11 @@ def test_options_that_do_not_fit_the_scale_are_refused_naming_it():
     with pytest.raises(BenchError, match="one per grade"):
         on_five("logit_adjusted", priors=[0.25, 0.25, 0.25, 0.25])
     with pytest.raises(BenchError, match="groups"):
-        on_five("mtl")
+        create_formulation("mtl", {}, num_classes=K)
+    with pytest.raises(BenchError, match="cover 4 grades"):
+        on_five("mtl", groups=[[0, 1], [2, 3]])
+    with pytest.raises(BenchError, match="gamma"):  # one sub-head: gamma would weigh nothing
+        create_formulation("mtl", {"groups": [[0], [1, 2]], "gamma": 0.5}, num_classes=3)
     # MES's own scale is the default: the same names and sizes as always
     f = create_formulation("coral")
     assert f.num_classes == 4 and f.output_names == ("P(MES > 0)", "P(MES > 1)", "P(MES > 2)")
@@ -146,3 +154,47 @@ def test_tuned_cut_points_at_five_grades_score_all_five():
     scores = y + rng.normal(0, 0.3, len(y)) + 0.4  # shifted: the default cut points are off by 0.4
     cuts, best = fit_cutpoints(scores, y, "macro_f1", num_classes=K)
     assert len(cuts) == K - 1 and best > 0.8
+
+
+def test_mtl_on_five_grades_is_the_masked_joint_loss_and_the_product_rule():
+    """L = α·CE(primary over the groups) + β·CE(first sub-head on its grades) + γ·CE(the next), each sub-head's CE
+    on its own images only; soft decoding P(k) = P(group) · P(k | group); hard routes by the primary head."""
+    torch.manual_seed(0)
+    f = on_five("mtl", alpha=0.5, beta=0.3, gamma=0.2)
+    assert list(f.tasks) == ["primary", "g0-1", "g2-4"]
+    head = f.head(8)
+    x, y = torch.randn(30, 8), torch.arange(30) % K
+    out = head(x)
+    group = (y >= 2).long()
+    low, high = y < 2, y >= 2
+    expected = (
+        0.5 * F.cross_entropy(out["primary"], group)
+        + 0.3 * F.cross_entropy(out["g0-1"][low], y[low])
+        + 0.2 * F.cross_entropy(out["g2-4"][high], y[high] - 2)
+    )
+    assert torch.allclose(f.loss(out, y), expected, atol=1e-6)
+    o = f.outputs(out).detach().numpy().astype(np.float64)
+    p1, p_low, p_high = o[:, :2], o[:, 2:4], o[:, 4:7]
+    product = np.concatenate([p1[:, :1] * p_low, p1[:, 1:] * p_high], axis=1)
+    assert np.allclose(f.proba(o, None), product)
+    soft = create_formulation("mtl", {"groups": GROUPS, "decoding": "soft"}, num_classes=K)
+    assert np.array_equal(soft.predict(o, None), product.argmax(1))
+    hard = np.where(p1.argmax(1) == 1, 2 + p_high.argmax(1), p_low.argmax(1))
+    assert np.array_equal(f.predict(o, None), hard)
+
+
+def test_two_grades_train_where_it_makes_sense_and_are_refused_where_not():
+    """K = 2: every formulation with a loss defined on two grades builds and decodes; dlordinal's beta soft labels
+    (tabulated from K = 3) and a hierarchy (which needs a group of two grades and another group) are refused."""
+    y = torch.tensor([0, 1, 0, 1])
+    for name in sorted(FORMULATIONS):
+        if name in ("mtl", "soft_labels", "logit_adjusted"):
+            continue
+        f = create_formulation(name, {}, num_classes=2)
+        out = f.head(8)(torch.randn(4, 8))
+        assert torch.isfinite(f.loss(out, y)) and set(f.decode(out).pred) <= {0, 1}, name
+    assert create_formulation("soft_labels", {"distribution": "triangular"}, num_classes=2).num_classes == 2
+    with pytest.raises(BenchError, match="not defined on a scale of 2 grades"):
+        create_formulation("soft_labels", {}, num_classes=2)
+    with pytest.raises(BenchError, match="at least two groups"):
+        create_formulation("mtl", {"groups": [[0], [1]]}, num_classes=2)
