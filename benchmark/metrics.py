@@ -64,7 +64,10 @@ def monitor_values(y_true, y_pred, scale: Scale = MES) -> dict[str, float]:
     return {f"val_{name}": fn(y_true, y_pred, labels=scale.grades) for name, fn in SCALARS.items()}
 
 
-def per_class_rows(y_true, y_pred, labels, task):
+def per_class_rows(y_true, y_pred, labels, task, absent_undefined: bool = False):
+    """Per-class precision, recall, F1, specificity and support with their macro means, accuracy and kappa.
+    `absent_undefined`: a class with no true image has no recall or F1 (no row; macro over the classes present),
+    as on an external test set that lacks a grade — never a 0."""
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
     p, r, f, s = _sk().precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
     cm = _sk().confusion_matrix(y_true, y_pred, labels=labels)
@@ -73,10 +76,12 @@ def per_class_rows(y_true, y_pred, labels, task):
     spec = np.divide(tn, negatives, out=np.zeros(len(labels)), where=negatives > 0)
     rows = [(task, "accuracy", "", accuracy(y_true, y_pred))]
     for name, vals in (("precision", p), ("recall", r), ("f1", f), ("specificity", spec), ("support", s)):
+        keep = s > 0 if absent_undefined and name in ("recall", "f1") else np.ones(len(vals), bool)
         for k, v in enumerate(vals):
-            rows.append((task, name, str(k), float(v)))
-        if name != "support":
-            rows.append((task, name, "macro", float(np.mean(vals))))
+            if keep[k]:
+                rows.append((task, name, str(k), float(v)))
+        if name != "support" and keep.any():
+            rows.append((task, name, "macro", float(np.mean(vals[keep]))))
     # undefined with one label only: no agreement beyond chance to report
     kappa = (
         _sk().cohen_kappa_score(y_true, y_pred, labels=labels) if len(y_true) and _two_labels(y_true, y_pred) else 0.0
@@ -183,10 +188,10 @@ def probability_rows(y_true, proba, scale: Scale = MES):
     return rows
 
 
-def grade_metrics(y_true, y_pred, scale: Scale = MES):
+def grade_metrics(y_true, y_pred, scale: Scale = MES, absent_undefined: bool = False):
     """All grade metrics and those of the scale's binary split; returns (rows, confusion matrix)."""
     labels = list(scale.grades)
-    rows, cm = per_class_rows(y_true, y_pred, labels, "mes")
+    rows, cm = per_class_rows(y_true, y_pred, labels, "mes", absent_undefined)
     rows.append(("mes", "qwk", "", qwk(y_true, y_pred, labels)))
     rows.append(("mes", "mae", "", float(_sk().mean_absolute_error(y_true, y_pred))))
     maes = per_class_mae(y_true, y_pred, labels)
@@ -198,23 +203,24 @@ def grade_metrics(y_true, y_pred, scale: Scale = MES):
     return rows, cm
 
 
-def task_metrics(task, y_task, pred_task, n_classes):
+def task_metrics(task, y_task, pred_task, n_classes, absent_undefined: bool = False):
     """A head's own task on its valid samples (label ≥ 0)."""
     y_task, pred_task = np.asarray(y_task), np.asarray(pred_task)
     valid = y_task >= 0
-    rows, _ = per_class_rows(y_task[valid], pred_task[valid], list(range(n_classes)), task)
+    rows, _ = per_class_rows(y_task[valid], pred_task[valid], list(range(n_classes)), task, absent_undefined)
     return rows
 
 
-def all_rows(y, pred, task_preds: dict, tasks: dict, proba=None, scale: Scale = MES):
+def all_rows(y, pred, task_preds: dict, tasks: dict, proba=None, scale: Scale = MES, absent_undefined: bool = False):
     """Every metric row of one prediction set: the grade, the scale's binary split, each extra task, and the
-    probability metrics where the formulation has class probabilities."""
-    rows, cm = grade_metrics(y, pred, scale)
+    probability metrics where the formulation has class probabilities. `absent_undefined`: see per_class_rows."""
+    rows, cm = grade_metrics(y, pred, scale, absent_undefined)
     if proba is not None:
         rows += probability_rows(y, proba, scale)
     for name, task in tasks.items():
         if name != "mes" and name in task_preds:
-            rows += task_metrics(name, task.target(np.asarray(y)), task_preds[name], len(task.classes))
+            target = task.target(np.asarray(y))
+            rows += task_metrics(name, target, task_preds[name], len(task.classes), absent_undefined)
     return rows, cm
 
 

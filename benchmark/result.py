@@ -10,8 +10,6 @@ from typing import Any
 
 import numpy as np
 
-from .labels import PROBA_COLUMNS
-
 
 @dataclass
 class SplitPredictions:
@@ -37,9 +35,8 @@ class SplitPredictions:
                 "score": None if self.score is None else float(self.score[i]),
                 "aux": json.dumps({k: int(v[i]) for k, v in self.task_preds.items()}) if self.task_preds else None,
                 "outputs": np.ascontiguousarray(self.outputs[i], dtype=np.float64).tobytes(),
+                "proba": None if self.proba is None else np.ascontiguousarray(self.proba[i], np.float64).tobytes(),
             }
-            for k, col in enumerate(PROBA_COLUMNS):
-                row[col] = None if self.proba is None else float(self.proba[i, k])
             rows.append(row)
         return rows
 
@@ -67,7 +64,7 @@ class CellResult:
     formulation_options: dict[str, Any] = field(default_factory=dict)
     output_names: list[str] = field(default_factory=list)
     cross_fitted: bool = False
-    confusion: dict[str, list[list[int]]] = field(default_factory=dict)  # split -> 4×4 counts
+    confusion: dict[str, list[list[int]]] = field(default_factory=dict)  # split -> K×K counts
     counters: dict[str, dict[str, int]] = field(default_factory=dict)  # split -> formulation diagnostics
     checkpoint: str = ""
     # fine-tuning stage

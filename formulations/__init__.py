@@ -28,6 +28,7 @@ from .registry import (
     formulation_class,
     reference_formulation,
     register_formulation,
+    scaled_formulation,
 )
 
 __all__ = [
@@ -38,6 +39,7 @@ __all__ = [
     "FINETUNE_SUFFIXES",
     "register_formulation",
     "create_formulation",
+    "scaled_formulation",
     "formulation_class",
     "reference_formulation",
 ]

@@ -31,6 +31,11 @@ def create_formulation(
     return formulation_class(name)(num_classes, class_names, **(options or {}))
 
 
+def scaled_formulation(name: str, options: dict[str, Any] | None, scale: Any) -> Formulation:
+    """A formulation on a `benchmark.labels.Scale`: its K grades and their names."""
+    return create_formulation(name, options, scale.k, tuple(scale.classes))
+
+
 def reference_formulation() -> str:
     """The registered baseline that reports compare with by default."""
     return next((n for n, cls in FORMULATIONS.items() if cls.is_reference), next(iter(FORMULATIONS)))

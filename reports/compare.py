@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from benchmark.errors import BenchError
-from benchmark.labels import CLASS_NAMES, GRADES
+from benchmark.labels import Scale
 
 from .load import Run
 from .stats import BAYES_SAMPLES, BAYES_SEED, CORRECTIONS, TESTS, BayesResult, adjust, smallest_p, stars
@@ -33,7 +33,11 @@ from .tables import (
 )
 
 AXES = ("formulations", "backbones")
-ROWS = [(name, str(k)) for k, name in zip(GRADES, CLASS_NAMES)] + [("macro", "macro")]
+
+
+def class_rows(scale: Scale) -> list[tuple[str, str]]:
+    """(row name, stored cls) of a per-class table: each grade of the run's scale, then the macro mean."""
+    return [(name, str(k)) for k, name in enumerate(scale.classes)] + [("macro", "macro")]
 
 
 @dataclass
@@ -97,11 +101,11 @@ def compare(
     design = Design.of(run, opts)
     cmp = Comparison(axis, within, items, metric, reference, pair_list, design=design, opts=opts)
     cmp.in_sample = sorted(in_sample(run, opts.split) & set(items if axis == "formulations" else [within]))
-    for _, cls in ROWS:
+    for _, cls in class_rows(run.scale):
         for item in items:
             cmp.values[cls, item] = series(run, axis, within, item, opts.split, metric, cls)
     keys, raw = [], []
-    for _, cls in ROWS:
+    for _, cls in class_rows(run.scale):
         for a, b in pair_list:
             p = design.p_value(cmp.values[cls, a], cmp.values[cls, b])
             if not np.isnan(p):
@@ -121,7 +125,7 @@ def comparison_table(cmp: Comparison, run: Run, title: str | None = None) -> lis
     assert cmp.opts is not None and cmp.design is not None
     label = {"f1": "F1", "auc": "one-vs-rest AUC"}.get(cmp.metric, cmp.metric)
     rows, bold = [], set()
-    for i, (name, cls) in enumerate(ROWS):
+    for i, (name, cls) in enumerate(class_rows(run.scale)):
         means = [cmp.values[cls, it].mean() if len(cmp.values[cls, it]) else -np.inf for it in cmp.items]
         best = np.nanmax(means) if means else np.nan
         row = [name]
@@ -158,7 +162,7 @@ def comparison_table(cmp: Comparison, run: Run, title: str | None = None) -> lis
     tables = [transposed(table, cmp.axis[:-1]) if len(cmp.items) > 8 else table]
     if cmp.reference is None and cmp.pairs:
         prow = []
-        for name, cls in ROWS:
+        for name, cls in class_rows(run.scale):
             for a, b in cmp.pairs:
                 if (cls, a, b) in cmp.p_adjusted:
                     d = (cmp.values[cls, a] - cmp.values[cls, b]).dropna()

@@ -7,10 +7,8 @@ import warnings
 
 import numpy as np
 
-from benchmark.labels import GRADES, NUM_CLASSES
-
 from .load import Run
-from .tables import CLASSES, Options, aligned, finetune_comparisons, mark_in_sample
+from .tables import Options, aligned, finetune_comparisons, mark_in_sample
 
 
 class Rendered(bytes):
@@ -74,7 +72,7 @@ def comparison_boxplots(
     for ax, (metric, cmp) in zip(axes[0], comparisons.items()):
         records = [
             {"class": name, "item": it, "value": v}
-            for (name, cls) in [(n, str(k)) for k, n in enumerate(CLASSES)]
+            for (name, cls) in [(n, str(k)) for k, n in enumerate(list(run.scale.classes))]
             for it in cmp.items
             for v in cmp.values[cls, it].to_numpy()
         ]
@@ -95,7 +93,7 @@ def comparison_boxplots(
                 legend=ax is axes[0][0],
             )
         marked = [
-            ((CLASSES[int(cls)], a), (CLASSES[int(cls)], b), star)
+            ((list(run.scale.classes)[int(cls)], a), (list(run.scale.classes)[int(cls)], b), star)
             for (cls, a, b), star in cmp.stars.items()
             if star and cls != "macro"
         ]
@@ -140,20 +138,20 @@ def finetune_change(run: Run, opts: Options) -> bytes | None:
         width = 0.8 / len(pairs)
         for j, (before, after) in enumerate(pairs):
             diffs = []
-            for k in GRADES:
+            for k in run.scale.grades:
                 x, y = aligned(
                     run.series(b, before, opts.split, "mes", "f1", str(k)),
                     run.series(b, after, opts.split, "mes", "f1", str(k)),
                 )
                 diffs.append((y - x).mean() if len(x) else np.nan)
             ax.bar(
-                np.arange(NUM_CLASSES) + (j - (len(pairs) - 1) / 2) * width,
+                np.arange(run.scale.k) + (j - (len(pairs) - 1) / 2) * width,
                 diffs,
                 width,
                 label=f"{before} → {mark_in_sample(run, opts.split, after)}",
             )
         ax.axhline(0, color="k", lw=0.8)
-        ax.set_xticks(GRADES, CLASSES)
+        ax.set_xticks(run.scale.grades, list(run.scale.classes))
         ax.set_title(f"ΔF1 after fine-tuning — {b}")
         ax.legend(fontsize=7)
     return _png(fig)
@@ -188,13 +186,13 @@ def confusion_matrices(run: Run, opts: Options, backbone: str) -> bytes:
         keys = run.cells[
             (run.cells.backbone == backbone) & (run.cells.formulation == f) & (run.cells.status == "done")
         ].key
-        cm = np.zeros((NUM_CLASSES, NUM_CLASSES))
+        cm = np.zeros((run.scale.k, run.scale.k))
         for k in keys:
             cm += np.asarray(run.result(k).confusion.get(opts.split, cm * 0))
         norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
         ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
-        for i in GRADES:
-            for j in GRADES:
+        for i in run.scale.grades:
+            for j in run.scale.grades:
                 ax.text(
                     j,
                     i,
@@ -204,8 +202,8 @@ def confusion_matrices(run: Run, opts: Options, backbone: str) -> bytes:
                     fontsize=9,
                     color="white" if norm[i, j] > 0.5 else "black",
                 )
-        ax.set_xticks(GRADES, GRADES)
-        ax.set_yticks(GRADES, GRADES)
+        ax.set_xticks(run.scale.grades, run.scale.grades)
+        ax.set_yticks(run.scale.grades, run.scale.grades)
         ax.set_xlabel("predicted MES")
         ax.set_ylabel("true MES")
         ax.set_title(f, fontsize=10)
@@ -288,15 +286,15 @@ def score_distributions(run: Run, opts: Options) -> bytes | None:
         keys = cells[cells.formulation == f].key
         sub = preds[preds.key.isin(keys)]
         ax.violinplot(
-            [sub[sub.y_true == k].score.to_numpy() if (sub.y_true == k).any() else [np.nan] for k in GRADES],
-            positions=GRADES,
+            [sub[sub.y_true == k].score.to_numpy() if (sub.y_true == k).any() else [np.nan] for k in run.scale.grades],
+            positions=run.scale.grades,
             showmedians=True,
         )
         formulation = run.formulation(f)
         cuts = formulation.score_thresholds(formulation.combine_states(run.states(keys))) or []
         for c in cuts:
             ax.axhline(c, color="red", lw=0.8, ls="--")
-        ax.set_xticks(GRADES, CLASSES)
+        ax.set_xticks(run.scale.grades, list(run.scale.classes))
         ax.set_ylabel("score")
         ax.set_title(f"{f} (dashed: mean thresholds)", fontsize=9)
     fig.suptitle("Scores by true grade, all backbones and folds")

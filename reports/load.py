@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from benchmark.errors import BenchError
+from benchmark.labels import Scale
 from benchmark.result import CellResult
 from benchmark.run.store import Store, store_location
 from benchmark.suite.cells import expand_cells, variant_display
@@ -31,6 +32,11 @@ class Run:
     long: pd.DataFrame  # LONG_COLUMNS, every finished expected cell
     stale: int  # finished cells of an earlier configuration, ignored
     store: Store
+
+    @property
+    def scale(self) -> Scale:
+        """The run's grades (stored by `bench run`; a run from before scales were stored is MES's)."""
+        return Scale.from_dict(self.meta.get("scale"))
 
     @property
     def backbones(self):
@@ -85,17 +91,17 @@ class Run:
     def formulation(self, display):
         """The formulation object behind a displayed name: its decoding and ensembling rules (torch-free)."""
         if display not in self._formulations:
-            from formulations import create_formulation
+            from formulations import scaled_formulation
 
             cfg = self.config(display)
-            self._formulations[display] = create_formulation(cfg.name, cfg.options)
+            self._formulations[display] = scaled_formulation(cfg.name, cfg.options, self.scale)
         return self._formulations[display]
 
     def fits_decoding(self, display) -> bool:
         return self.formulation(display).fits_decoding
 
     def extra_tasks(self) -> dict[str, tuple[str, ...]]:
-        """Tasks beyond the 4-class grade that some formulation of the run has (name -> class names)."""
+        """Tasks beyond the K-grade label that some formulation of the run has (name -> class names)."""
         tasks: dict[str, tuple[str, ...]] = {}
         for f in self.formulations:
             for name, task in self.formulation(f).tasks.items():
@@ -154,8 +160,20 @@ def load_run(path=None, store_url: str | None = None) -> Run:
     suite = Suite.model_validate(suite_doc, context={"stored": True})
     n_folds = store.get_meta("n_folds")
     meta = {
-        k: store.get_meta(k) for k in ("dataset", "split_kind", "n_folds", "protocol_hash", "test_groups", "fold_sizes")
+        k: store.get_meta(k)
+        for k in (
+            "dataset",
+            "split_kind",
+            "n_folds",
+            "protocol_hash",
+            "test_groups",
+            "fold_sizes",
+            "scale",
+            "test_sets",
+        )
     }
+    for name in meta.get("test_sets") or {}:
+        meta[f"external_groups:{name}"] = store.get_meta(f"external_groups:{name}")
     expected = expand_cells(suite, n_folds)
     rows = {r["key"]: r for r in store.cell_rows()}
     cells = pd.DataFrame(

@@ -22,6 +22,8 @@ from .tables import (
     Table,
     cv_summary,
     default_backbone,
+    external_drop,
+    external_sets,
     finetune_effect,
     friedman_table,
     mtl_tasks,
@@ -322,6 +324,14 @@ def _test(run, opts, section, tables, figures, ctx):
         t = test_ensemble(run, opts, _test_outputs(run, ctx))
         if t is not None:
             tables.append(t)
+        for name in external_sets(run):  # each external test set: its own Table 5, and the drop from the internal one
+            preds = run.store.predictions_frame(f"external:{name}", ["key", "image_id", "y_true", "outputs"])
+            for t in (
+                test_ensemble(run, opts, preds, external=name),
+                external_drop(run, opts, _test_outputs(run, ctx), preds, name),
+            ):
+                if t is not None:
+                    tables.append(t)
 
 
 def _patient(run, opts, section, tables, figures, ctx):
@@ -782,9 +792,17 @@ def csv_safe(value):
 
 
 def to_csv(run: Run) -> str:
+    """The long-format metric table; `class` names the grade (or a task's class) that `cls` numbers."""
     import pandas as pd
 
     long = run.long[LONG_COLUMNS].sort_values(LONG_COLUMNS[:-1])
+    names = {"mes": run.scale.classes, **run.extra_tasks()}
+
+    def class_name(task, cls):
+        classes = names.get(task, ())
+        return classes[int(cls)] if cls.isdigit() and int(cls) < len(classes) else cls
+
+    long.insert(len(LONG_COLUMNS) - 1, "class", [class_name(t, c) for t, c in zip(long.task, long.cls)])
     long = long.assign(value=np.round(long.value, 6))
     for col in long.columns:
         if not pd.api.types.is_numeric_dtype(long[col]):

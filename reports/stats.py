@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
+from benchmark.labels import MES, Scale
+
 TESTS = {
     "wilcoxon": "Wilcoxon signed-rank test (paired, two-sided, exact)",
     "permutation": "exact paired permutation test (sign flips of the paired differences, two-sided)",
@@ -241,11 +243,11 @@ def _confusion(y, p, k=4):
 
 
 def confusion_metrics(cm):
-    """accuracy, macro-F1, QWK, recall of MES 3 from confusion matrices (..., 4, 4).
+    """accuracy, macro-F1, QWK, recall of the highest grade (MES 3) from confusion matrices (..., K, K).
 
     A grade with no true image in a (resampled) set has no defined recall or F1: macro-F1 averages over the
-    grades present (as scikit-learn's f1_score with labels=np.unique(y)), and MES 3 recall is NaN where no
-    MES 3 image is present — never a 0 that would drag a confidence interval down."""
+    grades present (as scikit-learn's f1_score with labels=np.unique(y)), and the highest grade's recall is NaN
+    where no image of it is present — never a 0 that would drag a confidence interval down."""
     k = cm.shape[-1]
     total = cm.sum((-1, -2))
     diag = np.diagonal(cm, axis1=-2, axis2=-1)
@@ -266,13 +268,19 @@ def confusion_metrics(cm):
     num = (w * cm).sum((-1, -2))
     den = (w * expected).sum((-1, -2))
     qwk = 1 - np.divide(num, den, out=np.zeros_like(num, dtype=float), where=den > 0)
-    recall3 = np.divide(
-        diag[..., 3], true_n[..., 3], out=np.full(np.shape(total), np.nan, dtype=float), where=true_n[..., 3] > 0
+    top = k - 1
+    recall_top = np.divide(
+        diag[..., top], true_n[..., top], out=np.full(np.shape(total), np.nan, dtype=float), where=true_n[..., top] > 0
     )
-    return np.stack([acc, macro_f1, qwk, recall3])
+    return np.stack([acc, macro_f1, qwk, recall_top])
 
 
-ENSEMBLE_METRICS = ["accuracy", "macro-F1", "QWK", "MES 3 recall"]
+def ensemble_metrics(classes) -> list[str]:
+    """The names of confusion_metrics' values on a scale with these grades (MES: '… MES 3 recall')."""
+    return ["accuracy", "macro-F1", "QWK", f"{classes[-1]} recall"]
+
+
+ENSEMBLE_METRICS = ensemble_metrics(MES.classes)
 
 
 def _weighted_confusion(y, p, weights, k=4):
@@ -300,12 +308,15 @@ class BootstrapResult:
         return iter((self.point, self.low, self.high))
 
 
-def cluster_bootstrap(y, preds: list, clusters, n_resamples=1000, seed=0, confidence=0.95) -> BootstrapResult:
+def cluster_bootstrap(
+    y, preds: list, clusters, n_resamples=1000, seed=0, confidence=0.95, k: int = 4
+) -> BootstrapResult:
     """Point estimates and percentile CIs of ENSEMBLE_METRICS for each prediction vector in `preds`, and of
     the difference of each to preds[0], all on the same resamples of clusters (patients): resampling
     patients, not images, because images of one patient are correlated. With every image its own
     cluster this is the ordinary paired image bootstrap. A resample on which a statistic is undefined (no
-    MES 3 image for MES 3 recall) is left out of that statistic's CI and counted, never scored as 0."""
+    image of the highest grade for its recall) is left out of that statistic's CI and counted, never scored as 0.
+    `k`: the scale's number of grades."""
 
     y = np.asarray(y)
     codes, clusters = np.unique(np.asarray(clusters), return_inverse=True)
@@ -317,7 +328,7 @@ def cluster_bootstrap(y, preds: list, clusters, n_resamples=1000, seed=0, confid
         idx = np.atleast_2d(idx).astype(np.int64)
         counts = np.stack([np.bincount(row, minlength=n_clusters) for row in idx])
         w = counts[:, clusters].astype(float)
-        values = np.stack([confusion_metrics(_weighted_confusion(y, p, w)) for p in preds])  # (P, M, R)
+        values = np.stack([confusion_metrics(_weighted_confusion(y, p, w, k)) for p in preds])  # (P, M, R)
         out = np.stack([values, values - values[:1]], axis=1)  # (P, 2, M, R)
         return out[..., 0] if single else out
 
@@ -351,13 +362,13 @@ def _percentile_intervals(statistic, n_units, n_resamples, seed, confidence):
     return low, high, np.isnan(dist).sum(-1), n_resamples
 
 
-def bootstrap_metrics(y, pred, n_resamples=1000, seed=0, confidence=0.95):
+def bootstrap_metrics(y, pred, n_resamples=1000, seed=0, confidence=0.95, k: int = 4):
     """Point estimates and paired percentile bootstrap CIs for ENSEMBLE_METRICS, images independent."""
     y, pred = np.asarray(y), np.asarray(pred)
-    point = confusion_metrics(_confusion(y, pred))
+    point = confusion_metrics(_confusion(y, pred, k))
     res = stats.bootstrap(
         (y, pred),
-        lambda a, b, axis=-1: confusion_metrics(_confusion(a, b)),
+        lambda a, b, axis=-1: confusion_metrics(_confusion(a, b, k)),
         paired=True,
         vectorized=True,
         n_resamples=n_resamples,
@@ -368,8 +379,71 @@ def bootstrap_metrics(y, pred, n_resamples=1000, seed=0, confidence=0.95):
     return point, res.confidence_interval.low, res.confidence_interval.high
 
 
-PATIENT_METRICS = ["accuracy", "QWK", "recall MES 0", "recall MES 1", "recall MES 2", "recall MES 3",
-                   "remission vs active accuracy"]  # fmt: skip
+def patient_metric_names(scale: Scale) -> list[str]:
+    """The names of patient_metrics' values: accuracy, QWK, each grade's recall, and the binary split's accuracy
+    where the scale has one (MES: 'remission vs active accuracy')."""
+    names = ["accuracy", "QWK", *(f"recall {c}" for c in scale.classes)]
+    if scale.binary_cut is not None:
+        low, high = scale.binary_short
+        names.append(f"{low} vs {high} accuracy")
+    return names
+
+
+PATIENT_METRICS = patient_metric_names(MES)
+
+
+@dataclass
+class Difference:
+    """confusion_metrics of set B − of set A: point estimates and percentile CI bounds, each (n_metrics,)."""
+
+    point: np.ndarray
+    low: np.ndarray
+    high: np.ndarray
+
+
+def independent_difference(
+    y_a, pred_a, clusters_a, y_b, pred_b, clusters_b, k: int, n_resamples=1000, seed=0, confidence=0.95
+) -> Difference:
+    """confusion_metrics(B) − confusion_metrics(A) for two sets that share no unit (an internal and an external test
+    set), with a percentile CI from resampling each set's clusters (patients, or images) independently
+    (scipy.stats.bootstrap with paired=False). A resample on which a statistic is undefined is left out of its CI."""
+    y_a, pred_a, y_b, pred_b = map(np.asarray, (y_a, pred_a, y_b, pred_b))
+    _, inv_a = np.unique(np.asarray(clusters_a), return_inverse=True)
+    _, inv_b = np.unique(np.asarray(clusters_b), return_inverse=True)
+    n_a, n_b = int(inv_a.max()) + 1, int(inv_b.max()) + 1
+
+    def metrics(idx, inverse, n, y, pred):
+        idx = np.atleast_2d(idx).astype(np.int64)
+        w = np.stack([np.bincount(row, minlength=n) for row in idx])[:, inverse].astype(float)
+        return confusion_metrics(_weighted_confusion(y, pred, w, k))  # (M, R)
+
+    def statistic(ia, ib, axis=-1):
+        single = np.ndim(ia) == 1
+        out = metrics(ib, inv_b, n_b, y_b, pred_b) - metrics(ia, inv_a, n_a, y_a, pred_a)
+        return out[..., 0] if single else out
+
+    import warnings
+
+    with warnings.catch_warnings():  # scipy's own interval is NaN where a resample is undefined; recomputed below
+        warnings.simplefilter("ignore")
+        res = stats.bootstrap(
+            (np.arange(n_a), np.arange(n_b)),
+            statistic,
+            paired=False,
+            vectorized=True,
+            n_resamples=n_resamples,
+            method="percentile",
+            confidence_level=confidence,
+            random_state=np.random.default_rng(seed),
+            batch=200,
+        )
+    dist = res.bootstrap_distribution
+    tail = (1 - confidence) / 2 * 100
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        low, high = np.nanpercentile(dist, tail, axis=-1), np.nanpercentile(dist, 100 - tail, axis=-1)
+    point = confusion_metrics(_confusion(y_b, pred_b, k)) - confusion_metrics(_confusion(y_a, pred_a, k))
+    return Difference(point, low, high)
 
 
 def patient_grades(patients, grades, quantile: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
@@ -385,9 +459,10 @@ def patient_grades(patients, grades, quantile: float = 1.0) -> tuple[np.ndarray,
     return ids, out
 
 
-def patient_metrics(cm, binary_cut: int = 2):
-    """PATIENT_METRICS from confusion matrices (..., k, k) of patient grades: a grade no patient has leaves its
-    recall NaN (absent, never 0); remission vs active splits the grades at `binary_cut` (MES 0–1 vs 2–3)."""
+def patient_metrics(cm, binary_cut: int | None = 2):
+    """patient_metric_names' values from confusion matrices (..., k, k) of patient grades: a grade no patient has
+    leaves its recall NaN (absent, never 0); the binary accuracy splits the grades at `binary_cut` (MES: 0–1 vs
+    2–3; None: not computed)."""
     total = cm.sum((-1, -2))
     diag = np.diagonal(cm, axis1=-2, axis2=-1)
     true_n = cm.sum(-1)
@@ -396,12 +471,14 @@ def patient_metrics(cm, binary_cut: int = 2):
     recalls = [
         np.divide(diag[..., k], true_n[..., k], out=nan.copy(), where=true_n[..., k] > 0) for k in range(cm.shape[-1])
     ]
+    if binary_cut is None:
+        return np.stack([acc, qwk, *recalls])
     low = cm[..., :binary_cut, :binary_cut].sum((-1, -2))
     high = cm[..., binary_cut:, binary_cut:].sum((-1, -2))
     return np.stack([acc, qwk, *recalls, (low + high) / total])
 
 
-def patient_bootstrap(y, pred, n_resamples=1000, seed=0, confidence=0.95) -> BootstrapResult:
+def patient_bootstrap(y, pred, n_resamples=1000, seed=0, confidence=0.95, scale: Scale = MES) -> BootstrapResult:
     """Point estimates and percentile CIs of PATIENT_METRICS, resampling patients (one unit each)."""
 
     y, pred = np.asarray(y), np.asarray(pred)
@@ -411,7 +488,7 @@ def patient_bootstrap(y, pred, n_resamples=1000, seed=0, confidence=0.95) -> Boo
         single = np.ndim(idx) == 1
         idx = np.atleast_2d(idx).astype(np.int64)
         w = np.stack([np.bincount(row, minlength=n) for row in idx]).astype(float)
-        values = patient_metrics(_weighted_confusion(y, pred, w))
+        values = patient_metrics(_weighted_confusion(y, pred, w, scale.k), scale.binary_cut)
         return values[..., 0] if single else values
 
     point = statistic(np.arange(n))

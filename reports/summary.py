@@ -24,7 +24,7 @@ def print_summary(run_dir, console, store=None):
         ("val", "accuracy", ""),
         ("val", "f1", "macro"),
         ("val", "qwk", ""),
-        ("val", "f1", "3"),
+        ("val", "f1", str(run.scale.k - 1)),  # the highest grade (MES 3): the costly one to miss
         ("test", "accuracy", ""),
         ("test", "f1", "macro"),
     ]

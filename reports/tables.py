@@ -12,26 +12,24 @@ import numpy as np
 import pandas as pd
 
 from benchmark.errors import BenchError
-from benchmark.labels import CLASS_NAMES
+from benchmark.labels import Scale
 
 from .load import Run
 from .stats import (
     CORRECTIONS,
-    ENSEMBLE_METRICS,
-    PATIENT_METRICS,
     TESTS,
     adjust,
     cluster_bootstrap,
+    ensemble_metrics,
     friedman,
     mcnemar_exact,
     paired_test,
     patient_bootstrap,
     patient_grades,
+    patient_metric_names,
     significance_possible,
     smallest_p,
 )
-
-CLASSES = list(CLASS_NAMES)
 
 
 @dataclass
@@ -309,60 +307,82 @@ def protocol_notes(run: Run, split: str = "val") -> list[str]:
 # ---------------------------------------------------------------------------- tables
 
 
-SUMMARY_COLUMNS = [
-    ("accuracy", "mes", "accuracy", ""),
-    ("macro-F1", "mes", "f1", "macro"),
-    ("QWK", "mes", "qwk", ""),
-    ("MAE", "mes", "mae", ""),
-    ("F1 MES 2", "mes", "f1", "2"),
-    ("F1 MES 3", "mes", "f1", "3"),
-    ("recall MES 2", "mes", "recall", "2"),
-    ("recall MES 3", "mes", "recall", "3"),
-    ("remission-vs-active F1", "ra", "f1", ""),
-]
+def summary_columns(name: str, scale: Scale) -> list[tuple[str, str, str, str]]:
+    """(header, task, metric, cls) of each column of a summary view, on the run's scale: the two highest grades
+    where the default view singles out severe disease (MES 2 and 3), the binary split where the scale has one."""
+    c, top = scale.classes, scale.k - 1
+    binary = scale.binary_cut is not None
+    low, high = scale.binary_short if binary else ("", "")
+    if name == "default":
+        return [
+            ("accuracy", "mes", "accuracy", ""),
+            ("macro-F1", "mes", "f1", "macro"),
+            ("QWK", "mes", "qwk", ""),
+            ("MAE", "mes", "mae", ""),
+            (f"F1 {c[top - 1]}", "mes", "f1", str(top - 1)),
+            (f"F1 {c[top]}", "mes", "f1", str(top)),
+            (f"recall {c[top - 1]}", "mes", "recall", str(top - 1)),
+            (f"recall {c[top]}", "mes", "recall", str(top)),
+        ] + ([(f"{scale.binary_label} F1", "ra", "f1", "")] if binary else [])
+    if name == "ordinal":
+        return (
+            [
+                ("QWK", "mes", "qwk", ""),
+                ("MAE", "mes", "mae", ""),
+                ("AMAE", "mes", "amae", ""),
+                ("MMAE", "mes", "mmae", ""),
+                ("RPS", "mes", "rps", ""),
+                ("ECE", "mes", "ece", ""),
+                ("AUC (macro, one-vs-rest)", "mes", "auc", "macro"),
+            ]
+            + ([(f"{scale.binary_label} AUC", "ra", "auc", "")] if binary else [])
+            + [
+                ("accuracy", "mes", "accuracy", ""),
+                ("macro-F1", "mes", "f1", "macro"),
+            ]
+        )
+    if name == "polat":
+        return [
+            ("accuracy", "mes", "accuracy", ""),
+            ("macro precision", "mes", "precision", "macro"),
+            ("macro recall", "mes", "recall", "macro"),
+            ("macro F1", "mes", "f1", "macro"),
+            ("QWK", "mes", "qwk", ""),
+            ("κ", "mes", "kappa", ""),
+        ]
+    if not binary:
+        raise BenchError(
+            f"summary view {name!r}: the binary split's columns, but this run's scale ({scale.name}: "
+            f"{', '.join(c)}) has no binary split. Name one in the suite (`scale: {{binary_cut: …}}`), or pick the "
+            "default, ordinal or polat summary."
+        )
+    return [
+        ("accuracy", "ra", "accuracy", ""),
+        ("κ", "ra", "kappa", ""),
+        (f"precision ({high})", "ra", "precision", ""),
+        (f"recall ({high})", "ra", "recall", ""),
+        (f"F1 ({high})", "ra", "f1", ""),
+        ("specificity", "ra", "specificity", ""),
+    ]
 
 
-ORDINAL_COLUMNS = [
-    ("QWK", "mes", "qwk", ""),
-    ("MAE", "mes", "mae", ""),
-    ("AMAE", "mes", "amae", ""),
-    ("MMAE", "mes", "mmae", ""),
-    ("RPS", "mes", "rps", ""),
-    ("ECE", "mes", "ece", ""),
-    ("AUC (macro, one-vs-rest)", "mes", "auc", "macro"),
-    ("remission-vs-active AUC", "ra", "auc", ""),
-    ("accuracy", "mes", "accuracy", ""),
-    ("macro-F1", "mes", "f1", "macro"),
-]
-POLAT_COLUMNS = [
-    ("accuracy", "mes", "accuracy", ""),
-    ("macro precision", "mes", "precision", "macro"),
-    ("macro recall", "mes", "recall", "macro"),
-    ("macro F1", "mes", "f1", "macro"),
-    ("QWK", "mes", "qwk", ""),
-    ("κ", "mes", "kappa", ""),
-]
-REMISSION_COLUMNS = [
-    ("accuracy", "ra", "accuracy", ""),
-    ("κ", "ra", "kappa", ""),
-    ("precision (active)", "ra", "precision", ""),
-    ("recall (active)", "ra", "recall", ""),
-    ("F1 (active)", "ra", "f1", ""),
-    ("specificity", "ra", "specificity", ""),
-]
-SUMMARIES = {
-    "default": SUMMARY_COLUMNS,
-    "ordinal": ORDINAL_COLUMNS,
-    "polat": POLAT_COLUMNS,
-    "ra": REMISSION_COLUMNS,
-}
+SUMMARIES = ("default", "ordinal", "polat", "ra")
 PER_CLASS_METRICS = ("f1", "recall", "precision", "specificity", "auc")
 
 
 def cv_summary(
     run: Run, opts: Options, columns_name: str | None = None, items: list[str] | None = None, title: str | None = None
 ) -> Table:
-    columns = SUMMARIES[columns_name or opts.summary]
+    name = columns_name or opts.summary
+    if name == "ra" and run.scale.binary_cut is None and columns_name:  # a view's section, on a scale without one
+        return Table(
+            title or "Table 1 — binary split",
+            ["note"],
+            [[f"this run's scale ({run.scale.name}: {', '.join(run.scale.classes)}) has no binary split, so this "
+              "section has nothing to show; a suite names one with scale: {binary_cut: …}"]],
+            key="summary",
+        )  # fmt: skip
+    columns = summary_columns(name, run.scale)
     rows, marked = [], False
     for b in run.backbones:
         for f in [f for f in run.formulations if items is None or f in items]:
@@ -433,7 +453,9 @@ def mtl_tasks(run: Run, opts: Options, items: list[str] | None = None, title: st
             )
     return Table(
         title or "Table 3 — per-task accuracy of the multi-task formulations",
-        ["backbone", "formulation"] + [f"{t} ({' vs '.join(c)})" for t, c in tasks.items()] + ["4-class MES"],
+        ["backbone", "formulation"]
+        + [f"{t} ({' vs '.join(c)})" for t, c in tasks.items()]
+        + [f"{run.scale.k}-class {run.scale.name}"],
         rows,
         notes=[
             "Each task's accuracy on the images that belong to that task only (sub-task labels −1 "
@@ -481,7 +503,7 @@ def finetune_effect(run: Run, opts: Options) -> Table | None:
     rows, pvals = [], []
     for b in run.backbones:
         for before, after, what in pairs:
-            for k, cls in enumerate(CLASSES):
+            for k, cls in enumerate(run.scale.classes):
                 row = [b, f"{before} → {mark_in_sample(run, opts.split, after)}", what, cls]
                 for metric in ("f1", "recall", "precision"):
                     x, y = aligned(
@@ -608,13 +630,32 @@ def ensemble(run: Run, tp: FoldPredictions, b: str, f: str):
     return codes, tp.y_by_image[codes], np.asarray(pred), len(keys)
 
 
-def test_ensemble(run: Run, opts: Options, preds: pd.DataFrame) -> Table | None:
+def external_sets(run: Run) -> dict[str, dict]:
+    """The run's external test sets (`test_sets:`): name -> what `bench run` recorded of it."""
+    return run.meta.get("test_sets") or {}
+
+
+def _ci(point: float, low: float, high: float, signed: bool = False) -> str:
+    """'0.812 [0.790, 0.833]'; a statistic undefined on this set (a grade it lacks) is 'absent', never 0."""
+    if np.isnan(point):
+        return "absent"
+    f = "+.3f" if signed else ".3f"
+    return f"{point:{f}} [{low:{f}}, {high:{f}}]"
+
+
+def test_ensemble(run: Run, opts: Options, preds: pd.DataFrame, external: str | None = None) -> Table | None:
+    """Table 5: the fold-ensemble on the held-out test set, or (`external`) on that external test set."""
     opts = resolve(run, opts)
+    title = (
+        "Table 5 — held-out test set, fold-ensemble"
+        if external is None
+        else f"Table 5c — external test set {external!r}, fold-ensemble"
+    )
     if preds.empty:
         return None
     if preds.outputs.isna().any():
         return Table(
-            "Table 5 — held-out test set, fold-ensemble",
+            title,
             ["note"],
             [
                 [
@@ -626,16 +667,17 @@ def test_ensemble(run: Run, opts: Options, preds: pd.DataFrame) -> Table | None:
             key="test",
         )
     tp = FoldPredictions.from_frame(preds)
-    groups = run.meta.get("test_groups") or {}
+    groups = (run.meta.get("test_groups") if external is None else run.meta.get(f"external_groups:{external}")) or {}
     clustered = bool(groups)
     rows = []
     dropped: dict[str, int] = {}  # metric -> most resamples on which it was undefined (a grade absent)
     ref_name = opts.reference if opts.reference in run.formulations else None
+    metric_names = ensemble_metrics(run.scale.classes)
     for b in run.backbones:
         ref = ensemble(run, tp, b, ref_name) if ref_name else None
         for f in run.formulations:
             ens = ensemble(run, tp, b, f)
-            n_cols = len(ENSEMBLE_METRICS) + 3 + (0 if clustered else 1)
+            n_cols = len(metric_names) + 3 + (0 if clustered else 1)
             if ens is None:
                 rows.append([b, f] + ["—"] * n_cols)
                 continue
@@ -647,21 +689,19 @@ def test_ensemble(run: Run, opts: Options, preds: pd.DataFrame) -> Table | None:
             else:
                 common, yc, preds_list = codes, y, [pred]
             clusters = [groups.get(i, i) for i in tp.image_ids[common]] if clustered else np.arange(len(common))
-            boot = cluster_bootstrap(yc, preds_list, clusters, opts.n_resamples)
+            boot = cluster_bootstrap(yc, preds_list, clusters, opts.n_resamples, k=run.scale.k)
             point, lo, hi = boot
             me = len(preds_list) - 1
-            for i, name in enumerate(ENSEMBLE_METRICS):
+            for i, name in enumerate(metric_names):
                 if boot.undefined[me, 0, i]:
                     dropped[name] = max(dropped.get(name, 0), int(boot.undefined[me, 0, i]))
-            row += [
-                f"{point[me, 0, i]:.3f} [{lo[me, 0, i]:.3f}, {hi[me, 0, i]:.3f}]" for i in range(len(ENSEMBLE_METRICS))
-            ]
+            row += [_ci(point[me, 0, i], lo[me, 0, i], hi[me, 0, i]) for i in range(len(metric_names))]
             if f == ref_name:
                 row += ["reference", "reference"]
             elif me == 0:
                 row += ["—", "—"]
             else:
-                row += [f"{point[1, 1, i]:+.3f} [{lo[1, 1, i]:+.3f}, {hi[1, 1, i]:+.3f}]" for i in (0, 1)]
+                row += [_ci(point[1, 1, i], lo[1, 1, i], hi[1, 1, i], signed=True) for i in (0, 1)]
             if not clustered:
                 if f == ref_name:
                     row.append("reference")
@@ -691,22 +731,91 @@ def test_ensemble(run: Run, opts: Options, preds: pd.DataFrame) -> Table | None:
             "only this / only the reference gets right; exact, uncorrected."
         )
     notes = [
-        f"Held-out test set; ensemble = the fold models (column 'models') combined and decoded by each "
-        f"formulation's own rule — {rules}.",
+        f"{'Held-out test set' if external is None else external_text(run, external)}; ensemble = the fold models "
+        f"(column 'models') combined and decoded by each formulation's own rule — {rules}.",
         ci,
     ]
     notes += undefined_notes(dropped, opts.n_resamples, "patient" if clustered else "image")
     if clustered:
-        notes += few_patient_notes(tp, groups)
+        notes += few_patient_notes(tp, groups, run.scale)
     notes += protocol_notes(run, "test")
     columns = (
         ["backbone", "formulation", "models"]
-        + ENSEMBLE_METRICS
+        + metric_names
         + [f"Δ accuracy vs {opts.reference}", f"Δ macro-F1 vs {opts.reference}"]
     )
     if not clustered:
         columns.append(f"McNemar vs {opts.reference} (b/c, exact p)")
-    return Table("Table 5 — held-out test set, fold-ensemble", columns, rows, notes=notes, key="test")
+    return Table(title, columns, rows, notes=notes, key="test" if external is None else f"external:{external}")
+
+
+def external_text(run: Run, name: str) -> str:
+    """What an external set is, in words: its size, what label_map dropped, and the grades it lacks."""
+    info = external_sets(run).get(name, {})
+    scale = run.scale
+    mapping = info.get("mapping") or {}
+    mapped = ", ".join(f"{k} → {'dropped' if v is None else scale.classes[v]}" for k, v in mapping.items())
+    text = (
+        f"External test set {name!r} (another centre; never used for training, model selection or decoding): "
+        f"{info.get('images', '?')} images"
+        + (f" of {info['patients']} patients" if info.get("patients") else ", no patient ids")
+        + (f", {info['dropped']} more dropped by its label_map" if info.get("dropped") else "")
+        + (f"; its classes mapped {mapped}" if mapped else "")
+        + ", normalised with each fold's own training statistics as the internal test set"
+    )
+    absent = info.get("absent") or []
+    if absent:
+        text += (
+            f". Grades absent from it: {', '.join(absent)} — their recall is absent, not 0, and macro-F1 averages "
+            "over the grades present"
+        )
+    return text
+
+
+DROP_METRICS = ("accuracy", "macro-F1", "QWK")
+
+
+def external_drop(run: Run, opts: Options, internal: pd.DataFrame, external: pd.DataFrame, name: str) -> Table | None:
+    """The drop from the internal to an external test set: for each backbone × formulation, the fold-ensemble's
+    metric on the external set minus that on the internal one, with a CI from resampling the two sets independently
+    (each by its patients where it has them, else by image)."""
+    from .stats import independent_difference
+
+    opts = resolve(run, opts)
+    if internal.empty or external.empty or internal.outputs.isna().any() or external.outputs.isna().any():
+        return None
+    ti, te = FoldPredictions.from_frame(internal), FoldPredictions.from_frame(external)
+    gi = run.meta.get("test_groups") or {}
+    ge = run.meta.get(f"external_groups:{name}") or {}
+    rows = []
+    for b in run.backbones:
+        for f in run.formulations:
+            a, e = ensemble(run, ti, b, f), ensemble(run, te, b, f)
+            if a is None or e is None:
+                rows.append([b, f] + ["—"] * len(DROP_METRICS))
+                continue
+            ca = [gi.get(i, i) for i in ti.image_ids[a[0]]] if gi else np.arange(len(a[0]))
+            ce = [ge.get(i, i) for i in te.image_ids[e[0]]] if ge else np.arange(len(e[0]))
+            res = independent_difference(a[1], a[2], ca, e[1], e[2], ce, run.scale.k, opts.n_resamples)
+            rows.append(
+                [b, f + (" †" if _incomplete(run, b, f) else "")]
+                + [_ci(res.point[i], res.low[i], res.high[i], signed=True) for i in range(len(DROP_METRICS))]
+            )
+    units = ("patients" if gi else "images", "patients" if ge else "images")
+    notes = [
+        f"Δ = the fold-ensemble's metric on the external test set {name!r} − on the held-out (internal) test set, each "
+        "decoded by the formulation's own rule; negative: worse at the other centre.",
+        f"95% percentile CIs from {opts.n_resamples} bootstrap resamples drawn independently from the two sets "
+        f"(internal by {units[0]}, external by {units[1]}; scipy.stats.bootstrap, paired=False): the sets share no "
+        "image or patient.",
+    ]
+    return Table(
+        f"Table 5d — from the internal to the external test set {name!r}",
+        ["backbone", "formulation"] + [f"Δ {m}" for m in DROP_METRICS],
+        rows,
+        notes=notes,
+        key=f"external_drop:{name}",
+    )
 
 
 def patient_level(run: Run, opts: Options, preds: pd.DataFrame) -> Table | None:
@@ -732,38 +841,45 @@ def patient_level(run: Run, opts: Options, preds: pd.DataFrame) -> Table | None:
     n_patients = 0
     per_grade: np.ndarray | None = None
     absent: set[str] = set()
+    scale = run.scale
+    metric_names = patient_metric_names(scale)
     for b in run.backbones:
         for f in run.formulations:
             ens = ensemble(run, tp, b, f)
             if ens is None:
-                rows.append([b, f, "—"] + ["—"] * len(PATIENT_METRICS))
+                rows.append([b, f, "—"] + ["—"] * len(metric_names))
                 continue
             codes, y, pred, _ = ens
             patients = [groups.get(i, i) for i in tp.image_ids[codes]]
             ids, true_grade = patient_grades(patients, y, 1.0)
             _, pred_grade = patient_grades(patients, pred, opts.patient_quantile)
             n_patients = len(ids)
-            per_grade = np.bincount(true_grade, minlength=len(CLASSES))
-            boot = patient_bootstrap(true_grade, pred_grade, opts.n_resamples)
+            per_grade = np.bincount(true_grade, minlength=scale.k)
+            boot = patient_bootstrap(true_grade, pred_grade, opts.n_resamples, scale=scale)
             cells = []
-            for i, name in enumerate(PATIENT_METRICS):
+            for i, name in enumerate(metric_names):
                 if np.isnan(boot.point[i]):
                     cells.append("absent")
                     absent.add(name)
                 else:
                     cells.append(f"{boot.point[i]:.3f} [{boot.low[i]:.3f}, {boot.high[i]:.3f}]")
             rows.append([b, f + (" †" if _incomplete(run, b, f) else ""), str(n_patients)] + cells)
+    if scale.binary_cut is not None:
+        low, high = scale.binary_names
+        binary = f" {' vs '.join(scale.binary_short).capitalize()}: {low} against {high} at patient level."
+    else:
+        binary = ""
     notes = [
-        f"Patient level: each test patient's predicted MES is the {rule} of the fold-ensemble's grades of their "
-        "images (each formulation decoded by its own rule, as in Table 5), its true MES the maximum of the true "
-        "image grades. Remission vs active: MES 0–1 against MES 2–3 at patient level.",
+        f"Patient level: each test patient's predicted {scale.name} is the {rule} of the fold-ensemble's grades of "
+        f"their images (each formulation decoded by its own rule, as in Table 5), its true {scale.name} the maximum "
+        f"of the true image grades.{binary}",
         f"95% percentile CIs from a bootstrap over the {n_patients} test patients ({opts.n_resamples} resamples, "
         "scipy.stats.bootstrap); every patient counts once, whatever their number of images.",
     ]
     if per_grade is not None:
         notes.append(
             "Test patients per true patient grade: "
-            + ", ".join(f"{c}: {int(n)}" for c, n in zip(CLASSES, per_grade))
+            + ", ".join(f"{c}: {int(n)}" for c, n in zip(scale.classes, per_grade))
             + (
                 f" — a grade with fewer than {MIN_PATIENTS_PER_GRADE} patients has a recall resting on that few."
                 if any(0 < n < MIN_PATIENTS_PER_GRADE for n in per_grade)
@@ -776,7 +892,7 @@ def patient_level(run: Run, opts: Options, preds: pd.DataFrame) -> Table | None:
             "(not 0)."
         )
     notes += protocol_notes(run, "test")
-    return Table(title, ["backbone", "formulation", "patients"] + PATIENT_METRICS, rows, notes=notes, key="patient")
+    return Table(title, ["backbone", "formulation", "patients"] + metric_names, rows, notes=notes, key="patient")
 
 
 MIN_PATIENTS_PER_GRADE = 5
@@ -794,10 +910,10 @@ def undefined_notes(dropped: dict[str, int], n_resamples: int, unit: str) -> lis
     ]
 
 
-def few_patient_notes(tp: FoldPredictions, groups: dict) -> list[str]:
+def few_patient_notes(tp: FoldPredictions, groups: dict, scale: Scale) -> list[str]:
     """Warn where a grade's test images come from so few patients that a patient-level CI is fragile."""
     notes = []
-    for k, cls in enumerate(CLASSES):
+    for k, cls in enumerate(scale.classes):
         ids = tp.image_ids[tp.y_by_image == k]
         n = len({groups.get(i, i) for i in ids})
         if 0 < n < MIN_PATIENTS_PER_GRADE:
@@ -1019,12 +1135,11 @@ class CalibrationData:
 
     @staticmethod
     def _read(run: Run, split: str) -> dict:
-        from benchmark.labels import PROBA_COLUMNS
-
         out = {}
-        frame = run.store.predictions_frame(split, ["key", "image_id", "y_true", *PROBA_COLUMNS])
+        columns = list(run.scale.proba_columns)
+        frame = run.store.predictions_frame(split, ["key", "image_id", "y_true", *columns])
         for key, g in frame.groupby("key", sort=False):
-            proba = g[list(PROBA_COLUMNS)].to_numpy(float)
+            proba = g[columns].to_numpy(float)
             if not np.isnan(proba).any():
                 out[key] = (g.image_id.to_numpy(), g.y_true.to_numpy(np.int64), proba)
         return out
@@ -1162,7 +1277,7 @@ def operating_points(run: Run, opts: Options, data: CalibrationData) -> Table | 
             yv, pv = data.pooled_val(keys)
             yt, pt = ens
             row = [b, mark_in_sample(run, "val", f)]
-            for k in range(len(CLASSES)):
+            for k in run.scale.grades:
                 if not (yv == k).any() or (yv == k).all() or not (yt == k).any() or (yt == k).all():
                     row.append("—")
                     continue
@@ -1178,7 +1293,7 @@ def operating_points(run: Run, opts: Options, data: CalibrationData) -> Table | 
         return None
     return Table(
         f"Table 8b — sensitivity per grade at specificity {target:g} (held-out test set, fold-ensemble)",
-        ["backbone", "formulation"] + [f"{c} sensitivity" for c in CLASSES],
+        ["backbone", "formulation"] + [f"{c} sensitivity" for c in run.scale.classes],
         rows,
         notes=[
             f"One grade against the rest, scored by its class probability. Operating point: the threshold t with the "
@@ -1186,8 +1301,8 @@ def operating_points(run: Run, opts: Options, data: CalibrationData) -> Table | 
             "validation image of the fold models pooled; --specificity). At t, the fold-ensemble's probabilities (the "
             "mean of the fold models') on the held-out test set give the sensitivity shown, with the test "
             "specificity realised beside it: the test set chooses nothing.",
-            "For MES 3 a false negative (a severe case graded lower) is the costly error: its column is the "
-            "sensitivity a screening use would get at this specificity.",
+            f"For {run.scale.classes[-1]} a false negative (a severe case graded lower) is the costly error: its "
+            "column is the sensitivity a screening use would get at this specificity.",
         ]
         + [n for n in protocol_notes(run, "val") if n.startswith("‡")],
         key="operating_point",

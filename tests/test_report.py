@@ -39,7 +39,7 @@ def test_all_tables_in_every_format(real_run, tmp_path, capsys):
     assert tex.count("\\begin{tabular}") >= 5 and "\\toprule" in tex
     assert main(["report", str(real_run), "--csv", "-o", str(tmp_path / "r.csv")]) == 0
     head = (tmp_path / "r.csv").read_text().splitlines()[0]
-    assert head == "backbone,formulation,seed,fold,split,task,metric,cls,value"
+    assert head == "backbone,formulation,seed,fold,split,task,metric,cls,class,value"
     assert main(["report", str(real_run), "--html", "-o", str(tmp_path / "r.html")]) == 0
     html = (tmp_path / "r.html").read_text()
     assert html.count("data:image/png;base64,") >= 4 and "<table>" in html

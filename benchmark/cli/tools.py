@@ -34,7 +34,7 @@ def cmd_explain(args):
     for p in written:
         console.print(f"written: {p}")
     console.print(
-        f"{len(flat)} images, {args.per_class} per true MES grade; `bench report --html` includes "
+        f"{len(flat)} images, {args.per_class} per true grade; `bench report --html` includes "
         "these figures when they are in RUN_DIR/explain."
     )
     return 0
@@ -49,7 +49,7 @@ def _add_explain(sub):
     r.add_argument(
         "--split", choices=["val", "test"], default="val", help="images from the validation part or the test set"
     )
-    r.add_argument("--per-class", type=int, default=2, help="images per true MES grade")
+    r.add_argument("--per-class", type=int, default=2, help="images per true grade")
     r.add_argument(
         "--head", default="grade", help="'grade' (every formulation), or a task head of a multi-task formulation"
     )

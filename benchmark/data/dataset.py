@@ -16,15 +16,15 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BenchError
-from ..labels import NUM_CLASSES
-from ..suite.schema import stable_hash
+from ..labels import Scale, scale_of, unnamed_grades
+from ..suite.schema import ScaleConfig, stable_hash
 
 
 @dataclass
 class Dataset:
     name: str
     images: np.ndarray  # (N, H, W, 3) uint8, possibly memory-mapped
-    labels: np.ndarray  # (N,) int64 in 0..3
+    labels: np.ndarray  # (N,) int64 in 0..K−1
     groups: np.ndarray  # (N,) patient ids (str)
     ids: np.ndarray  # (N,) unique image ids (str)
     published_test: np.ndarray | None = None  # (N,) bool: the dataset's own hold-out, where it has one
@@ -33,14 +33,25 @@ class Dataset:
     def __len__(self):
         return len(self.labels)
 
+    @property
+    def classes(self) -> tuple[str, ...]:
+        """The grades' names in order, as the data names them (meta["classes"]); MES's when it does not."""
+        names = self.meta.get("classes")
+        return tuple(names) if names else unnamed_grades(4)
+
+    @property
+    def scale(self) -> Scale:
+        return scale_of(self.classes)
+
     def check(self, source: str):
         if len(self.labels) == 0:
             raise BenchError(f"{source}: the dataset holds no image. Check the data root / manifest.")
-        bad = np.flatnonzero((self.labels < 0) | (self.labels >= NUM_CLASSES))
+        k = len(self.classes)
+        bad = np.flatnonzero((self.labels < 0) | (self.labels >= k))
         if len(bad):
             raise BenchError(
-                f"{source}: labels must be MES grades 0–3; image {self.ids[bad[0]]!r} has label "
-                f"{self.labels[bad[0]]} ({len(bad)} such images). Fix the labels."
+                f"{source}: labels must be grades 0–{k - 1} ({', '.join(self.classes)}); image "
+                f"{self.ids[bad[0]]!r} has label {self.labels[bad[0]]} ({len(bad)} such images). Fix the labels."
             )
         uniq, counts = np.unique(self.ids, return_counts=True)
         if (counts > 1).any():
@@ -49,10 +60,26 @@ class Dataset:
                 f"{source}: duplicate image ids {list(dup)} ({int((counts > 1).sum())} in all). "
                 "Each image must appear once; remove or rename the duplicates."
             )
-        present = np.bincount(self.labels, minlength=NUM_CLASSES)
-        empty = [k for k in range(NUM_CLASSES) if present[k] == 0]
+        present = np.bincount(self.labels, minlength=k)
+        empty = [self.classes[g] for g in range(k) if present[g] == 0]
         if empty:
-            raise BenchError(f"{source}: class(es) {empty} have no image. Every MES grade 0–3 needs images.")
+            raise BenchError(
+                f"{source}: class(es) {empty} have no image. Every grade of the scale ({', '.join(self.classes)}) "
+                "needs images: add them, or drop the grade from the data."
+            )
+
+
+def resolve_scale(named: ScaleConfig | None, dataset: Dataset, source: str = "the suite") -> Scale:
+    """The run's scale: the data's K grades, under the suite's `scale:` names where it gives them."""
+    if named is None:
+        return dataset.scale
+    if len(named.classes) != len(dataset.classes):
+        raise BenchError(
+            f"{source}: scale.classes names {len(named.classes)} grades ({', '.join(named.classes)}), but the data has "
+            f"{len(dataset.classes)} ({', '.join(dataset.classes)}). Name each of the data's grades once, in order, "
+            "or drop `scale:` to use the data's own names."
+        )
+    return named.scale()
 
 
 def _size(n: float) -> str:

@@ -9,12 +9,15 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BenchError
-from ..labels import GRADES
+from ..labels import unnamed_grades
 from ..suite.schema import DatasetConfig
 from .dataset import Dataset, cached, content_key
 from .registry import register_dataset
 
 IMAGE_SUFFIXES = {".bmp", ".png", ".jpg", ".jpeg", ".tif", ".tiff"}
+
+
+MAX_GRADE = 99  # a scale of a hundred grades is a regression target, not an ordinal label
 
 
 def decode_files(paths: list[Path], resize: tuple[int, int] | None, source: str) -> np.ndarray:
@@ -103,7 +106,7 @@ def files_key(paths: list[Path]) -> str:
 def decoded_dataset(name, paths, labels, groups, ids, cfg: DatasetConfig, source, published_test=None, meta=None):
     key = {
         "kind": name,
-        "version": 2,
+        "version": 3,  # 3: meta holds the grades' names
         "files": files_key(paths),
         "resize": cfg.resize,
         "class_dirs": list(cfg.class_dirs),
@@ -123,7 +126,7 @@ def decoded_dataset(name, paths, labels, groups, ids, cfg: DatasetConfig, source
 
 @register_dataset("folder")
 def folder_dataset(cfg: DatasetConfig) -> Dataset:
-    """Any folder-per-class tree; class k is the folder `class_dirs[k]`."""
+    """Any folder-per-class tree; class k is the folder `class_dirs[k]`, and the folders' names are the grades'."""
     if not cfg.root:
         raise BenchError("dataset 'folder' needs `dataset.root:` — the folder holding one sub-folder per class.")
     root = Path(os.path.expandvars(cfg.root)).expanduser()
@@ -144,7 +147,11 @@ def folder_dataset(cfg: DatasetConfig) -> Dataset:
         ids,
         cfg,
         f"dataset.root {root}",
-        meta={"root": str(root), "grouped_ids": all(not g.startswith("img:") for g in groups)},
+        meta={
+            "root": str(root),
+            "grouped_ids": all(not g.startswith("img:") for g in groups),
+            "classes": list(cfg.class_dirs),
+        },
     )
 
 
@@ -162,7 +169,7 @@ def class_files(folder: Path, source: str) -> list[Path]:
             f"{folder}). Move non-image files out of the class folders."
         )
     if not files:
-        raise BenchError(f"{source}: class folder {str(folder)!r} is empty. Every MES grade needs images.")
+        raise BenchError(f"{source}: class folder {str(folder)!r} is empty. Every grade needs images.")
     return files
 
 
@@ -204,12 +211,22 @@ def manifest_dataset(cfg: DatasetConfig) -> Dataset:
             "image's file path (relative to the CSV or absolute)."
         )
     labels = pd.to_numeric(df["label"], errors="coerce")
-    bad = df[labels.isna() | ~labels.isin(list(GRADES))]
+    bad = df[labels.isna() | (labels % 1 != 0) | (labels < 0) | (labels > MAX_GRADE)]
     if len(bad):
         row = bad.index[0]
         raise BenchError(
-            f"{path}: row {row + 2} has label '{df['label'][row]}'; labels must be integers 0–3 "
-            f"({len(bad)} bad rows). Fix the manifest."
+            f"{path}: row {row + 2} has label '{df['label'][row]}'; labels must be grades 0, 1, …, K − 1 (integers, "
+            f"at most {MAX_GRADE}) ({len(bad)} bad rows). Fix the manifest."
+        )
+    k = int(labels.max()) + 1  # the grades are 0..K−1, each with images
+    gaps = sorted(set(range(k)) - {int(v) for v in labels})
+    if gaps:  # most often one mistyped label past the others: name its row
+        above = df.index[labels > gaps[0]]
+        row = above[0]
+        raise BenchError(
+            f"{path}: row {row + 2} has label '{df['label'][row]}', but no image has grade(s) "
+            f"{', '.join(map(str, gaps))}: the labels must be the grades 0, 1, …, K − 1 with images of each (MES: "
+            "0–3). Fix the label, or add images of the missing grades."
         )
     base = path.parent
     files = [Path(p) if Path(p).is_absolute() else base / p for p in df["path"]]
@@ -234,5 +251,5 @@ def manifest_dataset(cfg: DatasetConfig) -> Dataset:
         df["path"].astype(str).tolist(),
         cfg,
         str(path),
-        meta={"manifest": str(path), "grouped_ids": "group" in df.columns},
+        meta={"manifest": str(path), "grouped_ids": "group" in df.columns, "classes": list(unnamed_grades(k))},
     )

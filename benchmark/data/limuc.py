@@ -11,11 +11,12 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import BenchError
-from ..labels import GRADES
+from ..labels import MES
 from ..suite.schema import DatasetConfig
 from .files import IMAGE_SUFFIXES, bit_depth, decoded_dataset, patient_id_from_name, to_rgb8
 from .registry import register_dataset
 
+GRADES = MES.grades
 CLASS_DIRS = [f"Mayo {k}" for k in GRADES]
 LAYOUTS = {
     "train_test": "train_and_validation_sets/ + test_set/ (published patient-level hold-out)",
@@ -188,5 +189,5 @@ def limuc_dataset(cfg: DatasetConfig):
         cfg,
         f"LIMUC root {scan.root}",
         published_test=published,
-        meta={"root": str(scan.root), "layout": scan.layout, "grouped_ids": True},
+        meta={"root": str(scan.root), "layout": scan.layout, "grouped_ids": True, "classes": list(MES.classes)},
     )

@@ -16,7 +16,6 @@ import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, train_test_split
 
 from ..errors import BenchError
-from ..labels import NUM_CLASSES
 from ..suite.schema import ProtocolConfig
 from .dataset import Dataset
 
@@ -57,25 +56,25 @@ def _require_groups(ds: Dataset, protocol: str):
         )
 
 
-def _check_folds(labels, groups, k, grouped, what):
+def _check_folds(labels, groups, k, grouped, what, names):
     unit = "patients" if grouped else "images"
-    counts = [len(np.unique(groups[labels == c])) if grouped else int(np.sum(labels == c)) for c in range(NUM_CLASSES)]
+    counts = [len(np.unique(groups[labels == c])) if grouped else int(np.sum(labels == c)) for c in range(len(names))]
     smallest = int(np.argmin(counts))
     if counts[smallest] >= k:
         return
     n = counts[smallest]
     if n < 2:
         fix = (
-            f"No split can then put MES {smallest} on both sides: add {unit} of MES {smallest}"
+            f"No split can then put {names[smallest]} on both sides: add {unit} of {names[smallest]}"
             + (", or use `kind: study` (image-level splits, which leak patients)" if grouped else "")
             + "."
         )
         raise BenchError(
-            f"protocol.folds = {k} needs MES {smallest} in every fold, but it has only {n} "
+            f"protocol.folds = {k} needs {names[smallest]} in every fold, but it has only {n} "
             f"{unit[:-1] if n == 1 else unit} in the {what}. {fix}"
         )
     raise BenchError(
-        f"protocol.folds = {k} but the smallest class, MES {smallest}, has only {n} {unit} in the "
+        f"protocol.folds = {k} but the smallest class, {names[smallest]}, has only {n} {unit} in the "
         f"{what}; use at most {n} folds (protocol.folds: {n}) or a larger dataset."
     )
 
@@ -93,31 +92,32 @@ def holdout(ds: Dataset, cfg: ProtocolConfig, grouped: bool) -> tuple[np.ndarray
         # polat on data without a published hold-out: a patient-grouped hold-out stands in for it
     if grouped:
         n_splits = max(2, int(round(1 / cfg.test_fraction)))
-        for c in range(NUM_CLASSES):
+        for c in range(len(ds.classes)):
             n = len(np.unique(ds.groups[ds.labels == c]))
             if n < 2:
                 raise BenchError(
-                    f"MES {c} has only 1 patient, so no patient-grouped split can put MES {c} on both "
-                    f"sides of the hold-out: add patients of MES {c}, or use `kind: study` (image-level "
+                    f"{ds.classes[c]} has only 1 patient, so no patient-grouped split can put {ds.classes[c]} on both "
+                    f"sides of the hold-out: add patients of {ds.classes[c]}, or use `kind: study` (image-level "
                     "splits, which leak patients)."
                 )
             if n < n_splits:
                 raise BenchError(
                     f"protocol.test_fraction = {cfg.test_fraction} keeps patients whole, which needs at "
-                    f"least {n_splits} patients per class, but MES {c} has only {n}; raise test_fraction "
+                    f"least {n_splits} patients per class, but {ds.classes[c]} has only {n}; raise test_fraction "
                     f"to at least {1 / n:.2f}, use a larger dataset, or use `kind: study`."
                 )
         sgkf = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=cfg.seed)
         train, test = next(sgkf.split(idx, ds.labels, ds.groups))
         return np.sort(train), np.sort(test)
-    _check_folds(ds.labels, ds.groups, 2, False, "dataset")
+    _check_folds(ds.labels, ds.groups, 2, False, "dataset", ds.classes)
     n_test = int(np.ceil(cfg.test_fraction * len(idx)))
-    if n_test < NUM_CLASSES or len(idx) - n_test < NUM_CLASSES:
-        need = NUM_CLASSES / len(idx)
+    k = len(ds.classes)
+    if n_test < k or len(idx) - n_test < k:
+        need = k / len(idx)
         raise BenchError(
             f"protocol.test_fraction = {cfg.test_fraction} of {len(idx)} images gives a hold-out of "
             f"{n_test} and a training part of {len(idx) - n_test} images, but a stratified split needs "
-            f"at least {NUM_CLASSES} images (one per grade) on each side: use a test_fraction between "
+            f"at least {k} images (one per grade) on each side: use a test_fraction between "
             f"{need:.2f} and {1 - need:.2f}, or a larger dataset."
         )
     try:
@@ -132,7 +132,7 @@ def holdout(ds: Dataset, cfg: ProtocolConfig, grouped: bool) -> tuple[np.ndarray
 
 def kfold(train: np.ndarray, ds: Dataset, cfg: ProtocolConfig, grouped: bool):
     labels, groups = ds.labels[train], ds.groups[train]
-    _check_folds(labels, groups, cfg.folds, grouped, "training part")
+    _check_folds(labels, groups, cfg.folds, grouped, "training part", ds.classes)
     folds = []
     for r in range(cfg.repeats):
         seed = cfg.seed + 1000 * r
@@ -150,7 +150,7 @@ def monte_carlo(train: np.ndarray, ds: Dataset, cfg: ProtocolConfig):
     """Polat et al.: fresh random patient-level splits, accepted when every class's validation share is
     within ±tolerance (relative) of its share in the pool."""
     labels, groups = ds.labels[train], ds.groups[train]
-    target = np.bincount(labels, minlength=NUM_CLASSES) / len(labels)
+    target = np.bincount(labels, minlength=len(ds.classes)) / len(labels)
     patients = np.unique(groups)
     rng = np.random.default_rng(cfg.seed)
     folds: list[tuple[np.ndarray, np.ndarray]] = []
@@ -167,7 +167,7 @@ def monte_carlo(train: np.ndarray, ds: Dataset, cfg: ProtocolConfig):
         sizes = np.array([np.sum(groups == p) for p in order])
         n_val = np.searchsorted(np.cumsum(sizes), cfg.val_fraction * len(labels)) + 1
         val_mask = np.isin(groups, order[:n_val])
-        share = np.bincount(labels[val_mask], minlength=NUM_CLASSES) / max(val_mask.sum(), 1)
+        share = np.bincount(labels[val_mask], minlength=len(ds.classes)) / max(val_mask.sum(), 1)
         if np.all(np.abs(share - target) <= cfg.val_share_tolerance * target):
             folds.append((np.sort(train[~val_mask]), np.sort(train[val_mask])))
     return folds

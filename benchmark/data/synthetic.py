@@ -14,6 +14,7 @@ import numpy as np
 from scipy.ndimage import zoom
 
 from ..errors import BenchError
+from ..labels import unnamed_grades
 from ..suite.schema import DatasetConfig
 from .dataset import Dataset, cached
 from .registry import register_dataset
@@ -97,30 +98,59 @@ def render(grade_latent, tone, gain, light, h, w, rng):
     return np.clip(img, 0, 1)
 
 
+def default_shares(k: int) -> tuple[float, ...]:
+    """LIMUC's class balance on four grades; on K grades, a balance falling as steeply (each grade about half
+    as frequent as the one below)."""
+    if k == len(LIMUC_SHARES):
+        return LIMUC_SHARES
+    return tuple(float(x) for x in 0.55 ** np.arange(k) / np.sum(0.55 ** np.arange(k)))
+
+
+# A second centre's look per unit of `shift`: another mucosa tone (less red, more yellow: another light
+# source and processor) and dimmer illumination.
+SHIFT_TONE = np.array([-0.08, 0.06, 0.10])
+SHIFT_GAIN = -0.12
+
+
 def generate(
-    n_images=800, n_patients=80, size=(64, 64), seed=0, shares=LIMUC_SHARES, label_noise=0.06, severity_sd=0.38
+    n_images=800,
+    n_patients=80,
+    size=(64, 64),
+    seed=0,
+    shares=LIMUC_SHARES,
+    label_noise=0.06,
+    severity_sd=0.38,
+    shift=0.0,
+    class_names=None,
 ):
-    """Images (N, H, W, 3) uint8, observed labels, patient ids and image ids."""
+    """Images (N, H, W, 3) uint8, observed labels, patient ids and image ids. K = len(shares) grades span the
+    same range of severity as MES's four; `shift` moves the colour and illumination as another centre's would."""
     if n_patients * 2 > n_images:
         raise ValueError(f"n_patients={n_patients} needs at least {2 * n_patients} images (got n_images={n_images})")
     rng = np.random.default_rng(seed)
     h, w = size
+    k = len(shares)
+    step = 3.0 / (k - 1)  # grade → severity: 0..3 whatever K, so every scale draws the same findings
     grades = assign_grades(n_images, shares, rng)
     patient = assign_patients(grades, n_patients, rng)
     tones = rng.normal([0.86, 0.50, 0.44], [0.04, 0.05, 0.04], size=(n_patients, 3)).clip(0.2, 1)
     gains = rng.uniform(0.8, 1.1, size=n_patients)
     lights = rng.normal(0, 1, size=(n_patients, 2))
+    if shift:
+        tones = (tones * (1 + shift * SHIFT_TONE)).clip(0.2, 1)
+        gains = gains * (1 + shift * SHIFT_GAIN)
     images = np.empty((n_images, h, w, 3), dtype=np.uint8)
     for i in range(n_images):
         p = patient[i]
-        latent = grades[i] + rng.normal(0, severity_sd)
+        latent = grades[i] * step + rng.normal(0, severity_sd * step)
         images[i] = (render(latent, tones[p], gains[p], lights[p], h, w, rng) * 255 + 0.5).astype(np.uint8)
     labels = grades.copy()
     flip = rng.random(n_images) < label_noise
-    step = np.where(rng.random(n_images) < 0.5, -1, 1)
-    labels[flip] = np.clip(grades[flip] + step[flip], 0, len(shares) - 1)
+    move = np.where(rng.random(n_images) < 0.5, -1, 1)
+    labels[flip] = np.clip(grades[flip] + move[flip], 0, len(shares) - 1)
     groups = np.array([f"S{p:04d}" for p in patient])
-    ids = np.array([f"synthetic/Mayo {g}/S{p:04d}_{i:05d}" for i, (g, p) in enumerate(zip(labels, patient))])
+    folder = list(class_names) if class_names else [f"Mayo {g}" for g in range(k)]
+    ids = np.array([f"synthetic/{folder[g]}/S{p:04d}_{i:05d}" for i, (g, p) in enumerate(zip(labels, patient))])
     return images, labels.astype(np.int64), groups, ids
 
 
@@ -129,6 +159,8 @@ MAX_SYNTHETIC_BYTES = 8 << 30  # decoded images live in memory (and in the cache
 
 def checked_params(params: dict[str, Any]) -> dict[str, Any]:
     """The synthetic generator's parameters as the types and ranges it needs, or one paragraph naming the field."""
+    from typing import Annotated
+
     from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
     class Params(BaseModel):
@@ -139,6 +171,9 @@ def checked_params(params: dict[str, Any]) -> dict[str, Any]:
         seed: int
         label_noise: float = Field(ge=0, le=1)
         severity_sd: float = Field(0.38, gt=0, allow_inf_nan=False)
+        classes: int | list[str] = 4
+        shares: list[Annotated[float, Field(gt=0, allow_inf_nan=False)]] | None = None
+        shift: float = Field(0.0, ge=0, le=5, allow_inf_nan=False)
 
     try:
         p = Params.model_validate(params)
@@ -149,6 +184,16 @@ def checked_params(params: dict[str, Any]) -> dict[str, Any]:
             f"dataset.params.{field}: {err['msg']} (got {err.get('input')!r}). Example: "
             "{n_images: 800, n_patients: 80, size: [64, 64], seed: 0}."
         ) from None
+    k = p.classes if isinstance(p.classes, int) else len(p.classes)
+    if not 2 <= k <= 20 or (isinstance(p.classes, list) and len(set(p.classes)) != k):
+        raise BenchError(
+            f"dataset.params.classes: a number of grades from 2 to 20, or their names, each once (got {p.classes!r})."
+        )
+    if p.shares is not None and len(p.shares) != k:
+        raise BenchError(
+            f"dataset.params.shares: one share per grade ({k}), got {len(p.shares)} ({p.shares}). Example for "
+            "four grades: [0.5, 0.3, 0.1, 0.1]."
+        )
     h, w = p.size
     if not (8 <= h <= 4096 and 8 <= w <= 4096):
         raise BenchError(f"dataset.params.size {[h, w]}: height and width between 8 and 4096 pixels.")
@@ -163,21 +208,30 @@ def checked_params(params: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def grade_names(params: dict[str, Any]) -> list[str]:
+    classes = params.get("classes", 4)
+    return list(classes) if isinstance(classes, list) else list(unnamed_grades(classes))
+
+
 @register_dataset("synthetic")
 def synthetic_dataset(cfg: DatasetConfig) -> Dataset:
     params: dict[str, Any] = {"n_images": 800, "n_patients": 80, "size": [64, 64], "seed": 0, "label_noise": 0.06}
-    unknown_keys = set(cfg.params) - set(params) - {"severity_sd"}
+    optional = {"severity_sd", "classes", "shares", "shift"}  # absent: the generator's defaults (and cache keys)
+    unknown_keys = set(cfg.params) - set(params) - optional
     if unknown_keys:
         from ..errors import closest
 
         k = sorted(unknown_keys)[0]
         raise BenchError(
-            f"dataset.params: unknown synthetic parameter {k!r}: {closest(k, list(params) + ['severity_sd'])}."
+            f"dataset.params: unknown synthetic parameter {k!r}: {closest(k, list(params) + sorted(optional))}."
         )
     params.update(cfg.params)
     if cfg.resize:
         params["size"] = list(cfg.resize)
     params = checked_params(params)
+
+    names = grade_names(params)
+    named = isinstance(params.get("classes"), list)
 
     def build():
         try:
@@ -186,12 +240,16 @@ def synthetic_dataset(cfg: DatasetConfig) -> Dataset:
                 params["n_patients"],
                 tuple(params["size"]),
                 params["seed"],
+                shares=tuple(params.get("shares") or default_shares(len(names))),
                 label_noise=params["label_noise"],
+                shift=params.get("shift", 0.0),
+                class_names=names if named else None,
                 **({"severity_sd": params["severity_sd"]} if "severity_sd" in params else {}),
             )
         except ValueError as exc:
             raise BenchError(f"dataset.params: {exc}.") from None
-        return Dataset("synthetic", images, labels, groups, ids, meta={"params": params, "grouped_ids": True})
+        meta = {"params": params, "grouped_ids": True, "classes": names}
+        return Dataset("synthetic", images, labels, groups, ids, meta=meta)
 
     ds = cached({"kind": "synthetic", "version": 1, **params}, build, cfg.mmap)
     ds.check("synthetic dataset")

@@ -22,13 +22,13 @@ from backbones import (
     resize_target,
     resolve,
 )
-from formulations import create_formulation
+from formulations import scaled_formulation
 
 from ..data.catalogue import load_dataset
-from ..data.dataset import Dataset
+from ..data.dataset import Dataset, resolve_scale
 from ..data.splits import Splits, make_splits, record_splits
 from ..errors import BenchError, CellFailed, Interrupted
-from ..labels import NUM_CLASSES
+from ..labels import MES, Scale
 from ..suite.cells import Cell, expand_cells, longest_first, protocol_hash, select, unique_cells
 from ..suite.loading import dump_suite
 from ..suite.schema import Suite
@@ -48,18 +48,38 @@ class RunReport:
     seconds: float = 0.0
 
 
-def preflight(suite: Suite):
-    """Every name and option checked before anything is written or trained."""
+def preflight(suite: Suite, scale: Scale = MES):
+    """Every name and option checked, on the run's scale, before anything is written or trained."""
     for f in suite.formulations:
-        create_formulation(f.name, f.options)
+        scaled_formulation(f.name, f.options, scale)
         for extra in f.options_by_fold.values():
-            create_formulation(f.name, {**f.options, **extra})
+            scaled_formulation(f.name, {**f.options, **extra}, scale)
     for b in suite.every_backbone():
         resolve(b.name)
         if b.pretrained:
             # found, or downloaded now, or one clear error before anything runs; and said, since the cache decides
             path = ensure_weights(b.name, b.weights)
             print(f"weights of {b.name}: {path}", file=sys.stderr, flush=True)
+
+
+def load_externals(suite: Suite, scale: Scale, native: tuple[int, int]) -> dict:
+    """The suite's external test sets, their labels on the run's scale; each must reach the model at the size the
+    internal images do (the same native size, or every backbone resizing to a fixed input_size)."""
+    from ..data.external import load_external
+
+    out = {}
+    for cfg in suite.test_sets:
+        ext = load_external(cfg, scale)
+        size = tuple(ext.images.shape[1:3])
+        resized = all(input_size_for(b) for b in suite.every_backbone())
+        if size != tuple(native) and not resized:
+            raise BenchError(
+                f"test_sets[{cfg.name}]: its images are {size[0]}×{size[1]}, the training images {native[0]}×"
+                f"{native[1]}; the models must see both at one size. Give the set's dataset `resize: "
+                f"[{native[0]}, {native[1]}]`, or every backbone an input_size."
+            )
+        out[cfg.name] = ext
+    return out
 
 
 def batch_size_for(suite: Suite, backbone, training=None) -> int:
@@ -118,8 +138,10 @@ class Runner:
         if getattr(self, "cells", None) is not None and self._only == (only or []):
             return self.cells
         self._only = only or []
-        preflight(self.suite)
         self.dataset: Dataset = load_dataset(self.suite.dataset)
+        self.scale = resolve_scale(self.suite.scale, self.dataset)
+        preflight(self.suite, self.scale)
+        self.external = load_externals(self.suite, self.scale, tuple(self.dataset.images.shape[1:3]))
         splits = make_splits(self.dataset, self.suite.protocol)  # errors before anything is written
         check_backbones_fit(self.suite, tuple(self.dataset.images.shape[1:3]))
         location = store_location(self.out_dir, self.store_url)
@@ -163,6 +185,11 @@ class Runner:
         self.new_cells = len({c.key for c in self.cells} - previous)
         self.store.set_meta("protocol_hash", protocol_hash(self.suite))
         self.store.set_meta("suite", self.suite.model_dump(mode="json"))
+        self.store.set_meta("scale", self.scale.to_dict())
+        self.store.set_meta("test_sets", {name: ext.summary(self.scale) for name, ext in self.external.items()})
+        for name, ext in self.external.items():  # the report resamples an external set's patients, where it has them
+            if ext.groups is not None:
+                self.store.set_meta(f"external_groups:{name}", dict(zip(ext.ids.tolist(), map(str, ext.groups))))
         self.store.set_meta("n_folds", len(self.splits.folds))
         self.store.set_meta("split_kind", self.splits.split_kind)
         self.store.set_meta(
@@ -174,7 +201,7 @@ class Runner:
                 "name": self.dataset.name,
                 "images": len(self.dataset),
                 "image_size": list(self.dataset.images.shape[1:3]),
-                "class_counts": np.bincount(self.dataset.labels, minlength=NUM_CLASSES).tolist(),
+                "class_counts": np.bincount(self.dataset.labels, minlength=self.scale.k).tolist(),
                 "patients": int(len(np.unique(self.dataset.groups))),
                 "n_test": int(len(self.splits.test)),
             },
@@ -419,6 +446,7 @@ class Runner:
         cfg = cell.training or self.suite.training  # a variant's own settings
         train, val = self.splits.folds[cell.fold]
         data = CellData.of(self.dataset, train, val, self.splits.test, self.splits.grouped, self.fold_stats(cell.fold))
+        data.external = self.external
         spec = CellSpec(
             cell.backbone,
             cell.formulation.name,
@@ -429,9 +457,12 @@ class Runner:
             batch_size_for(self.suite, cell.backbone, cfg),
             input_size_for(cell.backbone),
             workdir,
+            scale=self.scale,
         )
         drw = cell.formulation.finetune_options if cell.depends and cell.formulation.finetune == "drw" else None
-        spec.options, weights = fold_inputs(cell.formulation.name, cell.options, self.dataset.labels[train], cfg, drw)
+        spec.options, weights = fold_inputs(
+            cell.formulation.name, cell.options, self.dataset.labels[train], cfg, drw, self.scale
+        )
         if not cell.depends or drw is not None:  # +f1 sets its own below; +ft is stage 2 without weights
             spec.class_weights = weights
         if cell.depends:
@@ -441,7 +472,7 @@ class Runner:
             spec.lr = ft.lr if ft.lr is not None else cfg.finetune_lr
             spec.finetune, spec.stage1_key = cell.formulation.finetune, cell.depends
             if cell.formulation.finetune == "inverse_f1":
-                formulation = create_formulation(cell.formulation.name, cell.options)
+                formulation = scaled_formulation(cell.formulation.name, cell.options, self.scale)
                 per_task_f1 = self.stage1_f1(cell.depends, formulation)
                 spec.class_weights = formulation.task_weights(per_task_f1, ft.model_dump())
                 spec.options = {**spec.options, **formulation.finetune_overrides(per_task_f1, ft.model_dump())}
@@ -458,7 +489,7 @@ class Runner:
         frame = frame[(frame.split == "val") & (frame.metric == "f1") & frame.cls.str.isdigit()]
         out = {}
         for task_name, task in formulation.tasks.items():
-            rows = frame[frame.task == task_name].sort_values("cls")
+            rows = frame[frame.task == task_name].sort_values("cls", key=lambda c: c.astype(int))
             if len(rows) == len(task.classes):
                 out[task_name] = rows.value.to_numpy()
         if not out:

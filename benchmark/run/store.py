@@ -43,10 +43,11 @@ from sqlalchemy import (
 from sqlalchemy.exc import DatabaseError, OperationalError
 
 from ..errors import BenchError, env_number
-from ..labels import PROBA_COLUMNS
 from ..result import CellResult
 
-SCHEMA_VERSION = 2
+# 3: a scale of any K grades — the class probabilities are one packed column (`proba`), not p0..p3.
+SCHEMA_VERSION = 3
+READABLE_VERSIONS = (2, 3)  # version 2 (MES's four grades, columns p0..p3) is read, never written
 STALE_SECONDS = env_number("MESBENCH_STALE_SECONDS", 60)
 HEARTBEAT_SECONDS = env_number("MESBENCH_HEARTBEAT_SECONDS", min(10.0, STALE_SECONDS / 4))
 R = TypeVar("R")
@@ -90,7 +91,7 @@ predictions = Table(
     Column("image_id", String),
     Column("y_true", Integer),
     Column("y_pred", Integer),
-    *(Column(c, Float) for c in PROBA_COLUMNS),
+    Column("proba", LargeBinary),  # the K class probabilities (float64 bytes), where the formulation has them
     Column("score", Float),
     Column("aux", Text),
     # the formulation's per-image outputs (float64 bytes): what fold-ensembles average and decode
@@ -230,6 +231,7 @@ class Store:
 
                 if not {"meta", "cells", "metrics", "predictions"} <= set(inspect(self.engine).get_table_names()):
                     raise BenchError(f"Store {self.where}: cannot create its tables ({exc.orig}).") from None
+        self.schema_version = SCHEMA_VERSION
         retrying(self._check_schema, create)
 
     def _disk_full(self) -> bool:
@@ -307,16 +309,26 @@ class Store:
                     # very row we meant to; check its version like any existing store's.
                     self._check_schema(create=False)
             return
-        if int(row[0]) != SCHEMA_VERSION:
+        self.schema_version = int(row[0])
+        if self.schema_version in READABLE_VERSIONS and self.schema_version != SCHEMA_VERSION and not create:
+            return  # an older run, read as it is (predictions_frame knows its columns)
+        if self.schema_version != SCHEMA_VERSION:
             raise BenchError(
                 f"Store {self.where} was written with schema version {row[0]}, this mesbench reads "
-                f"version {SCHEMA_VERSION}. Use a new run directory (--out), or the mesbench "
-                "version that wrote it."
+                f"version {SCHEMA_VERSION}"
+                + (" (and reads the older one for reports, but adds no cell to it)" if create else "")
+                + ". Use a new run directory (--out), or the mesbench version that wrote it."
             )
 
     def copy_to(self, other: Store, batch: int = 20_000) -> dict[str, int]:
         """Every row of this store into another (e.g. an SQLite run into PostgreSQL); the target must be empty
         of cells. Returns rows copied per table."""
+        if self.schema_version != SCHEMA_VERSION:
+            raise BenchError(
+                f"Store {self.where} was written with schema version {self.schema_version}; this mesbench reads it for "
+                f"reports but copies only version {SCHEMA_VERSION} stores. Copy it with the mesbench version that "
+                "wrote it."
+            )
         if other.cell_rows():
             raise BenchError(f"Store {other.where} already holds cells: copy into an empty store (one run per store).")
         from sqlalchemy.exc import IntegrityError
@@ -501,9 +513,17 @@ class Store:
             return pd.read_sql(q, conn)
 
     def predictions_frame(self, split: str | None = None, columns: list[str] | None = None) -> Any:
+        """Per-image predictions; the class probabilities come as columns p0 … p(K−1) (NaN where a formulation has
+        none), whichever schema version stored them."""
+        import re
+
+        import numpy as np
         import pandas as pd
 
-        cols = columns or [c.name for c in predictions.columns]
+        wanted = columns or [c.name for c in predictions.columns if c.name != "proba"] + ["p0", "p1", "p2", "p3"]
+        probas = [c for c in wanted if re.fullmatch(r"p\d+", c)]
+        packed = bool(probas) and self.schema_version >= 3
+        cols = [c for c in wanted if not (packed and c in probas)] + (["proba"] if packed else [])
         mark = "?" if self.engine.dialect.name == "sqlite" else "%s"  # the DB-API's own parameter style
         sql = f"SELECT {', '.join(cols)} FROM predictions" + (f" WHERE split = {mark}" if split else "")
         # The raw DB-API cursor: SQLAlchemy's row objects cost seconds on a paper-sized run.
@@ -516,10 +536,22 @@ class Store:
             raise self.explain_error(exc) from None
         finally:
             raw.close()
-        if rows and "outputs" in cols:  # PostgreSQL's bytea comes back as memoryview
-            k = cols.index("outputs")
-            rows = [(*r[:k], bytes(r[k]) if r[k] is not None else None, *r[k + 1 :]) for r in rows]
-        return pd.DataFrame.from_records(rows, columns=cols)
+        for name in ("outputs", "proba"):  # PostgreSQL's bytea comes back as memoryview
+            if rows and name in cols:
+                k = cols.index(name)
+                rows = [(*r[:k], bytes(r[k]) if r[k] is not None else None, *r[k + 1 :]) for r in rows]
+        frame = pd.DataFrame.from_records(rows, columns=cols)
+        if packed:
+            width = max(int(c[1:]) for c in probas) + 1
+            values = np.full((len(frame), width), np.nan)
+            for i, b in enumerate(frame.pop("proba")):
+                if b is not None:
+                    v = np.frombuffer(b)[:width]
+                    values[i, : len(v)] = v
+            for c in probas:
+                frame[c] = values[:, int(c[1:])]
+            frame = frame[wanted]
+        return frame
 
 
 class Heartbeat:

@@ -23,9 +23,10 @@ from typing import Literal
 
 import numpy as np
 
-from formulations import FORMULATIONS, formulation_class
+from formulations import FORMULATIONS, formulation_class, scaled_formulation
 
 from ..data.catalogue import load_dataset
+from ..data.dataset import resolve_scale
 from ..data.splits import make_splits, record_splits
 from ..errors import BenchError, CellFailed
 from ..metrics import LOWER_IS_BETTER, known_metrics, metric_value, parse_metric
@@ -120,14 +121,21 @@ class Tuner:
             raise BenchError(f"--backbone {backbone!r} is not in suite {suite.name!r}: {closest(backbone, names)}.")
         self.backbone = next(b for b in suite.backbones if b.name == (backbone or names[0]))
         self.fcfg = tunable_formulation(suite, formulation)
-        self.weight_keys = formulation_class(self.fcfg.name).tunable_weights
         if folds is not None and folds < 1:
             raise BenchError(f"--folds must be at least 1 (got {folds}).")
         self.metric_name = metric
-        self.tasks = formulation_class(self.fcfg.name).tasks
-        self.metric = parse_metric(metric, known_metrics(self.tasks))
-        preflight(suite)
         self.dataset = load_dataset(suite.dataset)
+        self.scale = resolve_scale(suite.scale, self.dataset)
+        tuned = scaled_formulation(self.fcfg.name, self.fcfg.options, self.scale)
+        self.tasks, self.weight_keys = tuned.tasks, tuned.loss_weight_names()  # the weights this hierarchy has
+        if len(self.weight_keys) != 3:
+            raise BenchError(
+                f"bench tune searches three loss weights on their simplex, and {self.fcfg.display!r} has "
+                f"{len(self.weight_keys)} on this scale ({', '.join(self.weight_keys)}): give it a hierarchy with two "
+                "or more sub-heads (groups), or tune another formulation."
+            )
+        self.metric = parse_metric(metric, known_metrics(self.tasks, self.scale))
+        preflight(suite, self.scale)
         check_backbones_fit(suite, tuple(self.dataset.images.shape[1:3]))
         self.out.mkdir(parents=True, exist_ok=True)
         self.splits = record_splits(self.out / "splits.json", make_splits(self.dataset, suite.protocol), self.dataset)
@@ -236,7 +244,7 @@ class Tuner:
             if trial.should_prune():
                 raise self.optuna.TrialPruned(f"pruned at epoch {row['epoch']}")
 
-        options, class_weights = fold_inputs(self.fcfg.name, options, self.dataset.labels[train], cfg)
+        options, class_weights = fold_inputs(self.fcfg.name, options, self.dataset.labels[train], cfg, scale=self.scale)
         spec = CellSpec(
             self.backbone,
             self.fcfg.name,
@@ -248,12 +256,13 @@ class Tuner:
             input_size_for(self.backbone),
             self.trial_dir(fold, trial, weights),
             on_epoch=on_epoch,
-            objective=lambda y, p, tp: metric_value(self.metric, y, p, tp, self.tasks),
+            objective=lambda y, p, tp: metric_value(self.metric, y, p, tp, self.tasks, self.scale),
             class_weights=class_weights,
+            scale=self.scale,
         )
         result = run_cell(spec, self.plan)
         pred = result.predictions["val"]
-        return metric_value(self.metric, pred.y, pred.pred, pred.task_preds, self.tasks)
+        return metric_value(self.metric, pred.y, pred.pred, pred.task_preds, self.tasks, self.scale)
 
     def optimize_fold(self, fold: int, trials: int, timeout=None, callbacks=None):
         study = self.studies[fold]

@@ -66,8 +66,14 @@ def _key(suite, backbone, formulation, fold, seed, training_config: TrainingConf
     for name in TrainingConfig.KEYED_IF_SET:
         if training[name] == defaults[name]:
             del training[name]
+    extra = {}  # keyed only when set, so that the keys of suites without them never change
+    if suite.scale is not None:  # the binary split decides metrics a cell stores
+        extra["scale"] = suite.scale.model_dump(mode="json")
+    if suite.test_sets:  # a cell's result holds its predictions on every external test set
+        extra["test_sets"] = [t.model_dump(mode="json") for t in suite.test_sets]
     return stable_hash(
         {
+            **extra,
             "protocol": protocol_hash(suite),
             "training": training,
             "backbone": _backbone_key(backbone),

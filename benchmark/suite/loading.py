@@ -127,7 +127,7 @@ def load_suite(path: str | os.PathLike, overrides: list[str] | None = None) -> S
 
 def validate_suite(doc: dict, source: str = "<suite>") -> Suite:
     try:
-        return Suite.model_validate(doc)
+        suite = Suite.model_validate(doc)
     except ValidationError as exc:
         msgs = []
         for err in exc.errors():
@@ -147,6 +147,31 @@ def validate_suite(doc: dict, source: str = "<suite>") -> Suite:
         raise BenchError(
             f"{source}: invalid suite — " + "; ".join(msgs) + ". Fix these fields and run again."
         ) from None
+    check_scale_fits(suite, doc, source)
+    return suite
+
+
+def check_scale_fits(suite: Suite, doc: dict, source: str) -> None:
+    """Every formulation's options on the grades the suite declares (its `scale:`, the synthetic `classes`, the
+    folder names): a hierarchy or cut points that do not fit them are refused here, with the line, not after the
+    data is decoded. Data whose grades only its files tell (a manifest) is checked when it is loaded."""
+    from formulations import scaled_formulation
+
+    scale = suite.declared_scale()
+    if scale is None:
+        return
+    for i, f in enumerate(suite.formulations):
+        try:
+            scaled_formulation(f.name, f.options, scale)
+            for extra in f.options_by_fold.values():
+                scaled_formulation(f.name, {**f.options, **extra}, scale)
+        except BenchError as exc:
+            line = _line_of(doc, ("formulations", i))
+            where = f"line {line}, " if line else ""
+            raise BenchError(
+                f"{source}: {where}formulations[{i}] ({f.display}) on the scale {scale.name} of {scale.k} grades "
+                f"({', '.join(scale.classes)}): {exc}"
+            ) from None
 
 
 def _allowed_keys(parent_loc):

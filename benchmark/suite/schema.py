@@ -8,7 +8,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-from ..labels import GRADES
+from ..labels import GRADES, Scale
 
 
 class Strict(BaseModel):
@@ -23,6 +23,55 @@ class DatasetConfig(Strict):
     resize: tuple[int, int] | None = None  # (height, width)
     params: dict[str, Any] = Field(default_factory=dict)
     mmap: bool = False
+
+
+class ScaleConfig(Strict):
+    """The suite's name for the data's grade scale (the report's wording): its name, its K grades in order, and
+    where its clinically meaningful binary split lies (`binary_cut`: the first grade of the upper part; null:
+    none). The data decides K; these names must be as many."""
+
+    name: str = Field(min_length=1)
+    classes: list[Annotated[str, Field(min_length=1)]] = Field(min_length=2)
+    binary_cut: int | None = None
+    binary_names: tuple[str, str] | None = None
+
+    @model_validator(mode="after")
+    def _valid(self) -> ScaleConfig:
+        if len(set(self.classes)) != len(self.classes):
+            raise ValueError(f"classes: each grade named once (got {self.classes})")
+        if self.binary_cut is not None and not 0 < self.binary_cut < len(self.classes):
+            raise ValueError(
+                f"binary_cut: {self.binary_cut} must split the grades 0..{len(self.classes) - 1} in two "
+                f"(1 ≤ cut ≤ {len(self.classes) - 1}), or be null"
+            )
+        if self.binary_names is not None and self.binary_cut is None:
+            raise ValueError("binary_names: names the two parts of binary_cut's split, which is not set")
+        return self
+
+    def scale(self) -> Scale:
+        from ..labels import Scale
+
+        low, high = self.binary_names or ("", "")
+        return Scale(self.name, tuple(self.classes), self.binary_cut, (low, high))
+
+
+class TestSetConfig(Strict):
+    """An external test set: any dataset whose labels map onto the suite's grades through `label_map` (a folder or
+    label → a grade of the suite's scale, by index or name, or null to drop those images). Without `label_map`
+    its grades are the suite's, one for one. It only ever tests: no model, decoding or option is chosen on it."""
+
+    __test__ = False  # not a pytest class
+    name: str = Field(min_length=1, max_length=60)
+    dataset: DatasetConfig
+    label_map: dict[int | str, int | str | None] | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        v = printable("test_sets name", v)
+        if v in ("train", "val", "test") or ":" in v:
+            raise ValueError(f"{v!r}: a test set's name must not be train, val or test, nor contain ':'")
+        return v
 
 
 class ProtocolConfig(Strict):
@@ -287,6 +336,8 @@ class Suite(Strict):
     name: str = Field(min_length=1)
     description: str = ""
     dataset: DatasetConfig = Field(default_factory=DatasetConfig)
+    scale: ScaleConfig | None = None  # the grades' names; None: as the data names them
+    test_sets: list[TestSetConfig] = Field(default_factory=list)  # external test sets (other centres)
     protocol: ProtocolConfig = Field(default_factory=ProtocolConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     augment: AugmentConfig = Field(default_factory=AugmentConfig)  # the training augmentation (study's recipe)
@@ -296,6 +347,25 @@ class Suite(Strict):
     # Cells are backbone × formulation × one variant of every axis × fold × seed; a variant's overrides enter its
     # cells' keys only through the settings they change, so a variant of no overrides shares the suite's cells.
     variants: dict[str, dict[str, dict[str, Any]]] = Field(default_factory=dict)
+
+    def declared_scale(self) -> Scale | None:
+        """The grades the suite's own text decides: `scale:`, else the synthetic dataset's `classes`, a folder tree's
+        `class_dirs`, LIMUC's MES; None where only the data can tell (a manifest's labels)."""
+        from ..labels import MES, scale_of, unnamed_grades
+
+        if self.scale is not None:
+            return self.scale.scale()
+        d = self.dataset
+        if d.name == "synthetic":
+            classes = d.params.get("classes", 4)
+            if isinstance(classes, list) and all(isinstance(c, str) for c in classes):
+                return scale_of(classes)
+            return scale_of(unnamed_grades(classes)) if isinstance(classes, int) and 2 <= classes <= 20 else None
+        if d.name == "folder":
+            return scale_of(d.class_dirs)
+        if d.name == "limuc":
+            return MES
+        return None
 
     @field_validator("variants")
     @classmethod
@@ -422,6 +492,9 @@ class Suite(Strict):
         twice = sorted({x for x in names if names.count(x) > 1})
         if twice:
             raise ValueError(f"backbones: {twice} listed twice; each backbone is one row of every table, list it once")
+        sets = [t.name for t in self.test_sets]
+        if len(set(sets)) != len(sets):
+            raise ValueError(f"test_sets: names {sorted({x for x in sets if sets.count(x) > 1})} given twice")
         labels = [f.display for f in self.formulations]
         dup = {x for x in labels if labels.count(x) > 1}
         if dup:

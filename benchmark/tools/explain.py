@@ -19,16 +19,16 @@ import torch
 from torch import nn
 
 from backbones import gradcam_target
-from formulations import create_formulation
+from formulations import scaled_formulation
 
 from ..data.catalogue import load_dataset
 from ..data.splits import Splits
 from ..errors import BenchError, require_in_run
-from ..labels import CLASS_NAMES
+from ..labels import MES, Scale
 from ..suite.schema import Suite
 from ..train.augment import BatchMaker
 
-GRADE_HEAD = "grade"  # the 4-class grade every formulation predicts; other heads are a formulation's tasks
+GRADE_HEAD = "grade"  # the K-grade label every formulation predicts; other heads are a formulation's tasks
 
 
 def target_layer(backbone: nn.Module, layer: str | None = None) -> nn.Module:
@@ -49,7 +49,7 @@ class HeadView(nn.Module):
         return self.formulation.gradcam_scores(out)
 
 
-def load_cell_model(run_dir: Path, cell, suite: Suite, size=None, stored: Suite | None = None):
+def load_cell_model(run_dir: Path, cell, suite: Suite, size=None, stored: Suite | None = None, scale: Scale = MES):
     from ..train.cell import build_model
 
     ckpt = Path(run_dir) / "cells" / cell["key"] / "best.pt"
@@ -62,7 +62,8 @@ def load_cell_model(run_dir: Path, cell, suite: Suite, size=None, stored: Suite 
     stored = stored or suite  # the suite as written, with its variant axes
     combo = tuple((axis, str(cell[axis])) for axis in stored.variants)  # the cell's variant of every axis
     bcfg = next(b for b in stored.backbones_for(combo) if b.name == cell["backbone"])
-    formulation = create_formulation(fcfg.name, {**fcfg.options, **fcfg.options_by_fold.get(int(cell["fold"]), {})})
+    options = {**fcfg.options, **fcfg.options_by_fold.get(int(cell["fold"]), {})}
+    formulation = scaled_formulation(fcfg.name, options, scale)
     model, _ = build_model(bcfg.model_copy(update={"pretrained": False}), formulation, cell["seed"], size=size)
     from ..train.loop import load_checkpoint
 
@@ -73,10 +74,10 @@ def load_cell_model(run_dir: Path, cell, suite: Suite, size=None, stored: Suite 
     return model.eval(), formulation
 
 
-def pick_images(labels, idx, per_class, seed=0):
+def pick_images(labels, idx, per_class, seed=0, k_grades: int = MES.k):
     rng = np.random.default_rng(seed)
     chosen = []
-    for k in range(len(CLASS_NAMES)):
+    for k in range(k_grades):
         pool = idx[labels[idx] == k]
         chosen.append(
             np.sort(rng.choice(pool, size=min(per_class, len(pool)), replace=False))
@@ -143,7 +144,7 @@ def explain(
     if not 0 <= fold < len(splits.folds):
         raise BenchError(f"--fold {fold}: this run has folds 0..{len(splits.folds) - 1}.")
     idx = splits.folds[fold][1] if split == "val" else splits.test
-    chosen = pick_images(ds.labels, idx, per_class)
+    chosen = pick_images(ds.labels, idx, per_class, k_grades=run.scale.k)
     flat = np.concatenate(chosen)
     plan = pick_device(device)
     out = Path(out or Path(run.path) / "explain")
@@ -160,7 +161,7 @@ def explain(
         cell = cell.iloc[0].to_dict()
         res = run.result(cell["key"])
         seen = tuple(res.input_size) if res.input_size else tuple(ds.images.shape[1:3])
-        model, formulation = load_cell_model(run.path, cell, suite, size=seen, stored=run.stored_suite)
+        model, formulation = load_cell_model(run.path, cell, suite, size=seen, stored=run.stored_suite, scale=run.scale)
         if head != GRADE_HEAD and head not in formulation.tasks:
             continue
         maker = BatchMaker(ds.images, np.asarray(res.norm_mean), np.asarray(res.norm_std), plan.device, res.input_size)
@@ -175,9 +176,10 @@ def explain(
                 plt,
                 ds,
                 flat,
-                {f"pred MES · {head}": (maps, pred)},
+                {f"pred · {head}": (maps, pred)},
                 f"Grad-CAM — {backbone} · {f} · fold {fold} · {split}",
                 out / f"{backbone}__{_safe(f)}__{head}.png",
+                run.scale,
             )
         )
     if not results:
@@ -191,12 +193,13 @@ def explain(
                 results,
                 f"Grad-CAM side by side — {backbone} · fold {fold} · {split} · {head}",
                 out / f"{backbone}__comparison__{head}.png",
+                run.scale,
             )
         )
     return written, results, flat
 
 
-def _grid(plt, ds, flat, columns: dict, title: str, path: Path) -> Path:
+def _grid(plt, ds, flat, columns: dict, title: str, path: Path, scale: Scale) -> Path:
     """Rows = images (true grade on the left), one overlay column per entry of `columns` (label -> maps, preds)."""
     from pytorch_grad_cam.utils.image import show_cam_on_image
 
@@ -210,7 +213,7 @@ def _grid(plt, ds, flat, columns: dict, title: str, path: Path) -> Path:
     for r, i in enumerate(flat):
         img = np.asarray(ds.images[i], dtype=np.float32) / 255
         axes[r, 0].imshow(img)
-        axes[r, 0].set_title(f"true {CLASS_NAMES[ds.labels[i]]}", fontsize=8)
+        axes[r, 0].set_title(f"true {scale.classes[ds.labels[i]]}", fontsize=8)
         for c, (label, (maps, pred)) in enumerate(columns.items(), start=1):
             axes[r, c].imshow(show_cam_on_image(img, maps[r], use_rgb=True))
             axes[r, c].set_title(f"{label}: {pred[r]}", fontsize=7)

@@ -19,7 +19,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..labels import NUM_CLASSES
 from ..train.augment import BatchMaker, draw_params
 from ..train.device import pick_device
 
@@ -138,7 +137,7 @@ def model_parts(backbone, plan, input_hw):
 
 def bare_step(model, formulation, opt, plan, batch, hw, n_images):
     x = torch.randn(batch, 3, *hw, device=plan.device).contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, NUM_CLASSES, (batch,), device=plan.device)
+    y = torch.randint(0, formulation.num_classes, (batch,), device=plan.device)
     steps = max(1, n_images // batch)
 
     def epoch():

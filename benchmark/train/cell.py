@@ -16,8 +16,9 @@ import torch
 from torch import nn
 
 from backbones import create_backbone, model_cost, optimizer_groups, pretrained_stats
-from formulations import Formulation, create_formulation
+from formulations import Formulation, scaled_formulation
 
+from ..labels import MES, Scale
 from ..metrics import all_rows
 from ..result import CellResult, SplitPredictions
 from ..suite.schema import BackboneConfig, TrainingConfig
@@ -88,15 +89,16 @@ class CellSpec:
     on_epoch: Callable[[dict], None] | None = None
     should_stop: Callable[[], bool] = field(default=lambda: False)
     objective: Callable | None = None
+    scale: Scale = MES  # the run's grades: the head, loss, decoding and metrics are sized by its K
 
 
-def fold_inputs(name: str, options: dict, train_labels, training: TrainingConfig, finetune=None):
+def fold_inputs(name: str, options: dict, train_labels, training: TrainingConfig, finetune=None, scale: Scale = MES):
     """What a cell takes from its fold's training labels alone: the formulation's option overrides (e.g. class
     priors) and the loss's class weights per task — stage 1's `training.class_weights`, or `drw`'s effective-number
     weights (`finetune` = the fine-tuning options of a `drw` stage). Returns (options, class weights or None)."""
     from formulations.finetune import count_weights, task_counts
 
-    formulation = create_formulation(name, options)
+    formulation = scaled_formulation(name, options, scale)
     counts = task_counts(formulation, train_labels)
     options = {**options, **formulation.training_overrides(counts)}
     if finetune is not None:
@@ -110,7 +112,7 @@ def fold_inputs(name: str, options: dict, train_labels, training: TrainingConfig
 def run_cell(spec: CellSpec, plan: DevicePlan) -> CellResult:
     t_cell = time.perf_counter()
     cfg = spec.training
-    formulation = create_formulation(spec.formulation, spec.options)
+    formulation = scaled_formulation(spec.formulation, spec.options, spec.scale)
     input_size = spec.input_size  # None: the images' own size
     seen_size = tuple(input_size) if input_size else tuple(spec.data.images.shape[1:3])
     model, _ = build_model(spec.backbone, formulation, spec.seed, size=seen_size)
@@ -171,7 +173,11 @@ def run_cell(spec: CellSpec, plan: DevicePlan) -> CellResult:
     )
     t_metrics = time.perf_counter()
     for split, pred in outcome.predictions.items():
-        rows, cm = all_rows(pred["y"], pred["pred"], pred["task_preds"], formulation.tasks, pred["proba"])
+        # an external test set may lack grades: their recall and F1 are absent there, not 0
+        absent = split.startswith("external:")
+        rows, cm = all_rows(
+            pred["y"], pred["pred"], pred["task_preds"], formulation.tasks, pred["proba"], spec.scale, absent
+        )
         n = max(len(pred["y"]), 1)
         rows += [("diag", k, "", float(v) / n) for k, v in outcome.counters[split].items()]
         result.metrics += [{"split": split, "task": t, "metric": m, "cls": c, "value": float(v)} for t, m, c, v in rows]

@@ -28,7 +28,7 @@ import torch
 from formulations import Formulation
 
 from ..errors import CellFailed, Interrupted
-from ..labels import NUM_CLASSES
+from ..labels import Scale
 from ..metrics import monitor_values
 from ..suite.schema import TrainingConfig
 from .augment import BatchMaker, Draws, draw_params
@@ -47,6 +47,9 @@ class CellData:
     std: np.ndarray
     groups: np.ndarray | None = None  # patient ids, for patient-grouped cross-fitting of fitted decoding
     grouped: bool = False
+    # external test sets (name -> an object with images, labels, ids): evaluated with the best model and the
+    # fold's own normalisation, like the internal test set; never seen before then
+    external: dict = field(default_factory=dict)
 
     @classmethod
     def of(cls, dataset, train, val, test, grouped: bool, stats=None) -> CellData:
@@ -201,7 +204,7 @@ def load_checkpoint(path: Path, device, what: str):
 def _epoch_order(n, labels, seed, epoch, sampler, maker: BatchMaker | None = None):
     g = torch.Generator().manual_seed(seed * 100_003 + epoch)
     if sampler == "weighted":
-        counts = np.bincount(labels, minlength=NUM_CLASSES).astype(float)
+        counts = np.bincount(labels).astype(float)
         w = torch.as_tensor(1.0 / np.maximum(counts[labels], 1))
         order = torch.multinomial(w, n, replacement=True, generator=g)
     else:
@@ -383,6 +386,7 @@ def train_cell(
     bs = sched.batch_size
     stopped_early = False
     initial = formulation.initial_state()
+    grades = Scale(formulation.name, formulation.class_names, None)  # the validation values' labels: 0..K−1
     writer = CheckpointWriter(device)
     best_snap = None  # the best epoch's weights (host copy) not yet written to best.pt
     since_save = 0.0
@@ -440,7 +444,7 @@ def train_cell(
                 "epoch": epoch + 1,
                 "train_loss": train_loss,
                 "val_loss": val_loss,
-                **monitor_values(y_val, pred),
+                **monitor_values(y_val, pred, grades),
                 "lr": opt.param_groups[-1]["lr"],  # the head's (the last group under layer-wise decay)
                 "train_images_per_s": seen / max(train_time, 1e-9),
             }
@@ -521,6 +525,16 @@ def train_cell(
         predictions["test"] = _as_dict(test_dec, data.labels[data.test], data.ids[data.test])
         counters["test"] = test_dec.counters
     n_eval = len(data.val) + len(data.test)
+    for name, ext in data.external.items():
+        t0 = time.perf_counter()
+        ext_maker = BatchMaker(ext.images, data.mean, data.std, device, input_size)
+        idx = np.arange(len(ext.labels))
+        ext_out, _ = predict(model, formulation, ext_maker, idx, ext.labels, plan, cfg.eval_batch_size)
+        infer_seconds += time.perf_counter() - t0
+        ext_dec = formulation.decode(ext_out, dec_state)
+        predictions[f"external:{name}"] = _as_dict(ext_dec, ext.labels, ext.ids)
+        counters[f"external:{name}"] = ext_dec.counters
+        n_eval += len(idx)
     history = state["history"]
     timings = {
         "train_seconds": state["train_seconds"],
