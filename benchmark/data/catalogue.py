@@ -9,5 +9,10 @@ from .dataset import Dataset
 from .registry import DATASETS
 
 
-def load_dataset(cfg: DatasetConfig) -> Dataset:
-    return DATASETS.lookup(cfg.name)(cfg)
+def load_dataset(cfg: DatasetConfig, every_grade: bool = True) -> Dataset:
+    """The dataset, checked (its loader checks labels and ids); `every_grade`: a training set needs images of every
+    grade, an external test set (False) may lack some."""
+    ds = DATASETS.lookup(cfg.name)(cfg)
+    if every_grade:
+        ds.check(f"dataset {cfg.name!r}" + (f" at {cfg.root}" if cfg.root else ""))
+    return ds

@@ -86,7 +86,10 @@ def class_mapping(classes: tuple[str, ...], label_map: dict | None, scale: Scale
 
 def load_external(cfg: TestSetConfig, scale: Scale) -> ExternalSet:
     where = f"test_sets[{cfg.name}]"
-    ds = load_dataset(cfg.dataset)
+    try:
+        ds = load_dataset(cfg.dataset, every_grade=False)  # a grade it lacks is reported absent
+    except BenchError as exc:
+        raise BenchError(f"{where} (an external test set): {exc}") from None
     mapping = class_mapping(ds.classes, cfg.label_map, scale, where)
     lookup = np.array([-1 if mapping[c] is None else mapping[c] for c in ds.classes], dtype=np.int64)
     labels = lookup[ds.labels]

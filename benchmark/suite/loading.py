@@ -157,6 +157,14 @@ def check_scale_fits(suite: Suite, doc: dict, source: str) -> None:
     data is decoded. Data whose grades only its files tell (a manifest) is checked when it is loaded."""
     from formulations import scaled_formulation
 
+    data = suite.data_scale()
+    if suite.scale is not None and data is not None and data.k != len(suite.scale.classes):
+        line = _line_of(doc, ("scale",))
+        raise BenchError(
+            f"{source}: {f'line {line}, ' if line else ''}scale.classes names {len(suite.scale.classes)} grades "
+            f"({', '.join(suite.scale.classes)}), but the data has {data.k} ({', '.join(data.classes)}). Name each "
+            "of the data's grades once, in order, or drop `scale:` to use the data's own names."
+        )
     scale = suite.declared_scale()
     if scale is None:
         return

@@ -351,10 +351,15 @@ class Suite(Strict):
     def declared_scale(self) -> Scale | None:
         """The grades the suite's own text decides: `scale:`, else the synthetic dataset's `classes`, a folder tree's
         `class_dirs`, LIMUC's MES; None where only the data can tell (a manifest's labels)."""
-        from ..labels import MES, scale_of, unnamed_grades
 
         if self.scale is not None:
             return self.scale.scale()
+        return self.data_scale()
+
+    def data_scale(self) -> Scale | None:
+        """The grades the dataset's own text decides (see declared_scale), before the suite's `scale:` names them."""
+        from ..labels import MES, scale_of, unnamed_grades
+
         d = self.dataset
         if d.name == "synthetic":
             classes = d.params.get("classes", 4)
