@@ -336,15 +336,18 @@ def cluster_bootstrap(
     return BootstrapResult(point, *_percentile_intervals(statistic, n_clusters, n_resamples, seed, confidence))
 
 
-def _percentile_intervals(statistic, n_units, n_resamples, seed, confidence):
+def _percentile_intervals(statistic, n_units: int | tuple[int, ...], n_resamples, seed, confidence):
     """(low, high, undefined, n_resamples) of a vectorised statistic of resampled unit indices: percentile
-    intervals over the resamples on which it is defined, and how many it was not (a grade absent)."""
+    intervals over the resamples on which it is defined, and how many it was not (a grade absent). `n_units`: one
+    sample's size, or the sizes of samples resampled independently of each other (the statistic takes one index
+    array per sample)."""
     import warnings
 
+    sizes = n_units if isinstance(n_units, tuple) else (n_units,)
     with warnings.catch_warnings():  # scipy's own interval is NaN where a resample is undefined; recomputed below
         warnings.simplefilter("ignore")
         res = stats.bootstrap(
-            (np.arange(n_units),),
+            tuple(np.arange(n) for n in sizes),
             statistic,
             vectorized=True,
             n_resamples=n_resamples,
@@ -422,26 +425,7 @@ def independent_difference(
         out = metrics(ib, inv_b, n_b, y_b, pred_b) - metrics(ia, inv_a, n_a, y_a, pred_a)
         return out[..., 0] if single else out
 
-    import warnings
-
-    with warnings.catch_warnings():  # scipy's own interval is NaN where a resample is undefined; recomputed below
-        warnings.simplefilter("ignore")
-        res = stats.bootstrap(
-            (np.arange(n_a), np.arange(n_b)),
-            statistic,
-            paired=False,
-            vectorized=True,
-            n_resamples=n_resamples,
-            method="percentile",
-            confidence_level=confidence,
-            random_state=np.random.default_rng(seed),
-            batch=200,
-        )
-    dist = res.bootstrap_distribution
-    tail = (1 - confidence) / 2 * 100
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        low, high = np.nanpercentile(dist, tail, axis=-1), np.nanpercentile(dist, 100 - tail, axis=-1)
+    low, high, _, _ = _percentile_intervals(statistic, (n_a, n_b), n_resamples, seed, confidence)
     point = confusion_metrics(_confusion(y_b, pred_b, k)) - confusion_metrics(_confusion(y_a, pred_a, k))
     return Difference(point, low, high)
 
