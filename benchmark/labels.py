@@ -1,18 +1,13 @@
 """The label space every layer shares: an ordinal scale of K grades, MES 0..3 unless the data says otherwise.
 
 A `Scale` is data (its grades' names, where its clinically meaningful binary split lies), so a new scale is a new
-value, never an edit of the modules that read it. The constants below are MES's, the default scale.
+value, never an edit of the modules that read it. `MES` is the default scale (LIMUC's and the study's).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
-
-NUM_CLASSES = 4
-GRADES = tuple(range(NUM_CLASSES))
-CLASS_NAMES = tuple(f"MES {k}" for k in GRADES)
-PROBA_COLUMNS = tuple(f"p{k}" for k in GRADES)  # per-image class probabilities in the results store
 
 
 @dataclass(frozen=True)
@@ -22,7 +17,7 @@ class Scale:
     binary metrics are absent."""
 
     name: str = "MES"
-    classes: tuple[str, ...] = CLASS_NAMES
+    classes: tuple[str, ...] = ("MES 0", "MES 1", "MES 2", "MES 3")
     binary_cut: int | None = 2
     binary_names: tuple[str, str] = ("remission (MES 0–1)", "active (MES 2–3)")
 

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from .errors import BenchError, closest
-from .labels import GRADES, MES, Scale
+from .labels import MES, Scale
 
 ALIASES = {
     "macro_f1": "f1@macro",
@@ -44,11 +44,11 @@ def accuracy(y_true, y_pred, labels=None) -> float:  # labels: accepted so that 
     return float(_sk().accuracy_score(y_true, y_pred)) if len(y_true) else 0.0
 
 
-def macro_f1(y_true, y_pred, labels=GRADES) -> float:
+def macro_f1(y_true, y_pred, labels=MES.grades) -> float:
     return float(_sk().f1_score(y_true, y_pred, average="macro", labels=list(labels), zero_division=0))
 
 
-def qwk(y_true, y_pred, labels=GRADES) -> float:
+def qwk(y_true, y_pred, labels=MES.grades) -> float:
     """Quadratic weighted kappa; 0 when undefined (a single label on both sides)."""
     if not _two_labels(y_true, y_pred):
         return 0.0
@@ -110,7 +110,7 @@ def binary_rows(y_true, y_pred, task):
     ]
 
 
-def per_class_mae(y_true, y_pred, labels=GRADES) -> list[float]:
+def per_class_mae(y_true, y_pred, labels=MES.grades) -> list[float]:
     """MAE within each grade present in y_true: the pieces of AMAE (mean) and MMAE (max)."""
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
     return [float(np.abs(y_pred[y_true == k] - k).mean()) for k in labels if np.any(y_true == k)]

@@ -21,7 +21,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from benchmark.errors import BenchError, closest
-from benchmark.labels import CLASS_NAMES, GRADES, NUM_CLASSES
+from benchmark.labels import MES, unnamed_grades
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -30,8 +30,6 @@ State = dict[str, Any]  # a formulation's decoding parameters (e.g. fitted cut p
 RawOutput = Any  # the head's output: a tensor, or a dict of tensors for multi-head formulations
 
 __all__ = [
-    "NUM_CLASSES",
-    "GRADES",
     "Task",
     "MES_TASK",
     "Decoded",
@@ -84,17 +82,12 @@ class Task:
         return torch.as_tensor(self.labels, dtype=torch.long, device=y.device)[y]
 
 
-MES_TASK = Task(CLASS_NAMES, GRADES)
+MES_TASK = Task(MES.classes, MES.grades)
 
 
 def grade_task(names: tuple[str, ...]) -> Task:
     """The task of predicting the grade itself, on a scale of len(names) grades."""
-    return MES_TASK if names == CLASS_NAMES else Task(tuple(names), tuple(range(len(names))))
-
-
-def grade_names(k: int) -> tuple[str, ...]:
-    """Grade names when none are given: MES's on its four grades, else 'grade 0' … 'grade K−1'."""
-    return CLASS_NAMES if k == NUM_CLASSES else tuple(f"grade {g}" for g in range(k))
+    return MES_TASK if names == MES.classes else Task(tuple(names), tuple(range(len(names))))
 
 
 @dataclass
@@ -120,8 +113,8 @@ class Formulation(abc.ABC):
     # The MES scale's, for code that asks the class; an instance has its own scale's (see __init__).
     tasks: dict[str, Task] = {"mes": MES_TASK}
     output_names: tuple[str, ...] = ()
-    num_classes: int = NUM_CLASSES
-    class_names: tuple[str, ...] = CLASS_NAMES
+    num_classes: int = MES.k
+    class_names: tuple[str, ...] = MES.classes
     # The formulation the report compares others with by default (the flat baseline).
     is_reference: ClassVar[bool] = False
     # Options `bench tune` may search: loss weights on the simplex.
@@ -137,12 +130,10 @@ class Formulation(abc.ABC):
     def ensemble_rule(self) -> str:
         return self.ensemble_text
 
-    def __init__(
-        self, num_classes: int = NUM_CLASSES, class_names: tuple[str, ...] | None = None, **options: Any
-    ) -> None:
+    def __init__(self, num_classes: int = MES.k, class_names: tuple[str, ...] | None = None, **options: Any) -> None:
         """`num_classes` grades (K), named `class_names` (default: MES's for K = 4); head, loss, decoding and
         tasks are sized by K."""
-        names = tuple(class_names) if class_names is not None else grade_names(num_classes)
+        names = tuple(class_names) if class_names is not None else unnamed_grades(num_classes)
         if num_classes < 2 or len(names) != num_classes:
             raise BenchError(
                 f"formulation {self.name!r}: a scale of {num_classes} grades named {list(names)}; give at least two "
@@ -344,7 +335,7 @@ class ProbabilityFormulation(Formulation):
     mean probabilities) by the `decoding` option — an ablation axis of its own."""
 
     Options: ClassVar[type[BaseModel]] = ProbabilityOptions
-    output_names = tuple(f"P({c})" for c in CLASS_NAMES)
+    output_names = tuple(f"P({c})" for c in MES.classes)
 
     def scale_output_names(self) -> tuple[str, ...]:
         return tuple(f"P({c})" for c in self.class_names)
@@ -432,8 +423,8 @@ def class_weighted(loss_fn: Any, out: torch.Tensor, y: torch.Tensor, weights: to
 
 def threshold_names(names: tuple[str, ...]) -> tuple[str, ...]:
     """'P(MES > 0)' … on MES; 'P(y > grade 0)' … on another scale."""
-    if names == CLASS_NAMES:
-        return tuple(f"P(MES > {k})" for k in range(NUM_CLASSES - 1))
+    if names == MES.classes:
+        return tuple(f"P(MES > {k})" for k in MES.grades[:-1])
     return tuple(f"P(y > {n})" for n in names[:-1])
 
 
@@ -449,7 +440,7 @@ class CumulativeFormulation(Formulation):
     them before applying the same rule."""
 
     Options: ClassVar[type[BaseModel]] = ThresholdOptions
-    output_names = tuple(f"P(MES > {k})" for k in range(NUM_CLASSES - 1))
+    output_names = threshold_names(MES.classes)
 
     def scale_output_names(self) -> tuple[str, ...]:
         return threshold_names(self.class_names)

@@ -5,7 +5,9 @@ threshold probabilities and decodes them the same way."""
 
 import numpy as np
 
-from .base import NUM_CLASSES, Formulation, cumulative_to_class_proba, ordinal_evidence, threshold_names
+from benchmark.labels import MES
+
+from .base import Formulation, cumulative_to_class_proba, ordinal_evidence, threshold_names
 from .registry import register_formulation
 
 
@@ -19,7 +21,7 @@ class OrdinalECOC(Formulation):
     name = "ecoc"
     description = "Linear(d, 3) with sigmoids, ordinal ECOC distance loss, nearest code word"
     reference_text = "Barbero-Gómez et al., 2023 (ordinal binary decomposition, ECOC; dlordinal)"
-    output_names = tuple(f"P(MES > {k})" for k in range(NUM_CLASSES - 1))
+    output_names = threshold_names(MES.classes)
 
     def scale_output_names(self):
         return threshold_names(self.class_names)

@@ -29,7 +29,6 @@ TASKS = {
     "remission": Task(("MES 0", "MES 1"), (0, 1, -1, -1)),
     "active": Task(("MES 2", "MES 3"), (-1, -1, 0, 1)),
 }
-HEADS = MES_HEADS
 GROUPS_EXAMPLE = "options: {groups: [[0, 1], [2, 3, 4]]} (any partition of the grades into runs of consecutive grades)"
 
 

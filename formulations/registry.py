@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from benchmark.labels import MES
 from benchmark.registry import Registry
 
-from .base import NUM_CLASSES, Formulation
+from .base import Formulation
 
 FORMULATIONS: Registry[type[Formulation]] = Registry("formulation")
 FINETUNE_SUFFIXES = {"+f1": "inverse_f1", "+ft": "plain", "+drw": "drw"}
@@ -24,7 +25,7 @@ def formulation_class(name: str) -> type[Formulation]:
 def create_formulation(
     name: str,
     options: dict[str, Any] | None = None,
-    num_classes: int = NUM_CLASSES,
+    num_classes: int = MES.k,
     class_names: tuple[str, ...] | None = None,
 ) -> Formulation:
     """A formulation on a scale of `num_classes` grades (MES's four unless given), with its options."""

@@ -13,8 +13,9 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from benchmark.errors import BenchError
+from benchmark.labels import MES
 
-from .base import NUM_CLASSES, ProbabilityFormulation, ProbabilityOptions, class_weighted
+from .base import ProbabilityFormulation, ProbabilityOptions, class_weighted
 from .registry import register_formulation
 
 LOSSES = {
@@ -28,7 +29,7 @@ LOSSES = {
 DEFAULT_ETA = {"poisson": 0.85}  # others: 1.0, whose rows are already unimodal at the true grade
 
 
-def soft_targets(distribution: str, eta: float, num_classes: int = NUM_CLASSES) -> np.ndarray:
+def soft_targets(distribution: str, eta: float, num_classes: int = MES.k) -> np.ndarray:
     """The target rows (1 − η)·I + η·Q that the dlordinal loss of this distribution trains towards."""
     import dlordinal.soft_labelling as sl  # numpy only: no torch at suite load
 

@@ -9,7 +9,9 @@ from typing import Literal
 
 from pydantic import Field
 
-from .base import NUM_CLASSES, ProbabilityFormulation, ProbabilityOptions, class_weighted
+from benchmark.labels import MES
+
+from .base import ProbabilityFormulation, ProbabilityOptions, class_weighted
 from .registry import register_formulation
 
 
@@ -18,7 +20,7 @@ class SORDOptions(ProbabilityOptions):
     metric: Literal["squared", "abs"] = "squared"  # φ(i, c) = |i − c|² (the paper) or |i − c| (dlordinal)
 
 
-def sord_targets(y, alpha: float, metric: str, num_classes: int = NUM_CLASSES):
+def sord_targets(y, alpha: float, metric: str, num_classes: int = MES.k):
     """The soft target rows softmax(−α·φ(i, y)) for a batch of grades y."""
     import torch
 

@@ -280,9 +280,6 @@ def ensemble_metrics(classes) -> list[str]:
     return ["accuracy", "macro-F1", "QWK", f"{classes[-1]} recall"]
 
 
-ENSEMBLE_METRICS = ensemble_metrics(MES.classes)
-
-
 def _weighted_confusion(y, p, weights, k=4):
     """Confusion counts (R, k, k) with per-image weights (R, n)."""
     cell = (np.asarray(y) * k + np.asarray(p)).astype(np.int64)
@@ -311,7 +308,7 @@ class BootstrapResult:
 def cluster_bootstrap(
     y, preds: list, clusters, n_resamples=1000, seed=0, confidence=0.95, k: int = 4
 ) -> BootstrapResult:
-    """Point estimates and percentile CIs of ENSEMBLE_METRICS for each prediction vector in `preds`, and of
+    """Point estimates and percentile CIs of confusion_metrics for each prediction vector in `preds`, and of
     the difference of each to preds[0], all on the same resamples of clusters (patients): resampling
     patients, not images, because images of one patient are correlated. With every image its own
     cluster this is the ordinary paired image bootstrap. A resample on which a statistic is undefined (no
@@ -366,7 +363,7 @@ def _percentile_intervals(statistic, n_units: int | tuple[int, ...], n_resamples
 
 
 def bootstrap_metrics(y, pred, n_resamples=1000, seed=0, confidence=0.95, k: int = 4):
-    """Point estimates and paired percentile bootstrap CIs for ENSEMBLE_METRICS, images independent."""
+    """Point estimates and paired percentile bootstrap CIs for confusion_metrics, images independent."""
     y, pred = np.asarray(y), np.asarray(pred)
     point = confusion_metrics(_confusion(y, pred, k))
     res = stats.bootstrap(
@@ -390,9 +387,6 @@ def patient_metric_names(scale: Scale) -> list[str]:
         low, high = scale.binary_short
         names.append(f"{low} vs {high} accuracy")
     return names
-
-
-PATIENT_METRICS = patient_metric_names(MES)
 
 
 @dataclass
@@ -463,7 +457,7 @@ def patient_metrics(cm, binary_cut: int | None = 2):
 
 
 def patient_bootstrap(y, pred, n_resamples=1000, seed=0, confidence=0.95, scale: Scale = MES) -> BootstrapResult:
-    """Point estimates and percentile CIs of PATIENT_METRICS, resampling patients (one unit each)."""
+    """Point estimates and percentile CIs of patient_metrics, resampling patients (one unit each)."""
 
     y, pred = np.asarray(y), np.asarray(pred)
     n = len(y)

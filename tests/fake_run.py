@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmark.labels import GRADES, NUM_CLASSES
+from benchmark.labels import MES
 from benchmark.metrics import all_rows
 from benchmark.result import CellResult, SplitPredictions
 from benchmark.run.store import Store
@@ -60,7 +60,7 @@ def write_fake_run(
             "n_test": n_test,
         },
     )
-    y_test = rng.choice(NUM_CLASSES, size=n_test, p=LIMUC_SHARES)
+    y_test = rng.choice(MES.k, size=n_test, p=LIMUC_SHARES)
     test_ids = np.array([f"test/{i}" for i in range(n_test)])
     store.set_meta("test_groups", {i: f"p{j % n_patients}" for j, i in enumerate(test_ids)})
     skill = skill or {f.display: 0.6 + 0.05 * j for j, f in enumerate(suite.formulations)}
@@ -96,8 +96,8 @@ def write_fake_run(
                 for e in range(30)
             ],
         )
-        for split, y in (("val", rng.choice(NUM_CLASSES, size=n_val, p=LIMUC_SHARES)), ("test", y_test)):
-            pred = np.where(rng.random(len(y)) < p_ok, y, np.clip(y + rng.choice([-1, 1], len(y)), 0, max(GRADES)))
+        for split, y in (("val", rng.choice(MES.k, size=n_val, p=LIMUC_SHARES)), ("test", y_test)):
+            pred = np.where(rng.random(len(y)) < p_ok, y, np.clip(y + rng.choice([-1, 1], len(y)), 0, MES.k - 1))
             outputs = form.example_outputs(pred, 0.7)
             dec = form.decode_outputs(outputs, result.state)
             rows, cm = all_rows(y, dec.pred, dec.task_preds, form.tasks, dec.proba)

@@ -10,7 +10,7 @@ from fake_run import write_fake_run
 from scipy.special import softmax
 
 from benchmark.cli import main
-from benchmark.labels import PROBA_COLUMNS
+from benchmark.labels import MES
 from reports.calibration import (
     adaptive_ece,
     brier,
@@ -125,25 +125,26 @@ def test_table_8_numbers_recomputed_from_the_stored_predictions(run):
     rows = {(r[0], r[1]): r for r in t.rows}
     assert ("resnet18", "regression") not in rows  # no class probabilities: said in a note, not a row
     assert any("no class probabilities" in n and "regression" in n for n in t.notes)
-    val = run.store.predictions_frame("val", ["key", "image_id", "y_true", *PROBA_COLUMNS])
-    test = run.store.predictions_frame("test", ["key", "image_id", "y_true", *PROBA_COLUMNS])
+    val = run.store.predictions_frame("val", ["key", "image_id", "y_true", *MES.proba_columns])
+    test = run.store.predictions_frame("test", ["key", "image_id", "y_true", *MES.proba_columns])
     cells = run.cells
     for b in run.backbones:
         for f in ("softmax", "coral"):
             keys = cells[(cells.backbone == b) & (cells.formulation == f)].key.tolist()
             v = val[val.key.isin(keys)]
-            before = ece(v.y_true.to_numpy(), v[list(PROBA_COLUMNS)].to_numpy())
+            before = ece(v.y_true.to_numpy(), v[list(MES.proba_columns)].to_numpy())
             assert rows[b, f][3].split(" → ")[0] == f"{before:.3f}"
             temps = {
-                k: fit_temperature(g.y_true.to_numpy(), g[list(PROBA_COLUMNS)].to_numpy()) for k, g in v.groupby("key")
+                k: fit_temperature(g.y_true.to_numpy(), g[list(MES.proba_columns)].to_numpy())
+                for k, g in v.groupby("key")
             }
             assert rows[b, f][2] == f"{np.median(list(temps.values())):.2f}"
             te = test[test.key.isin(keys)]
-            mean = te.groupby("image_id")[list(PROBA_COLUMNS)].mean()
+            mean = te.groupby("image_id")[list(MES.proba_columns)].mean()
             y = te.groupby("image_id").y_true.first().loc[mean.index].to_numpy()
             assert rows[b, f][6].split(" → ")[0] == f"{ece(y, mean.to_numpy()):.3f}"
             scaled = np.mean(
-                [with_temperature(g.set_index("image_id").loc[mean.index, list(PROBA_COLUMNS)].to_numpy(), temps[k])
+                [with_temperature(g.set_index("image_id").loc[mean.index, list(MES.proba_columns)].to_numpy(), temps[k])
                  for k, g in te.groupby("key")], axis=0,
             )  # fmt: skip
             assert rows[b, f][6].split(" → ")[1] == f"{ece(y, scaled):.3f}"
@@ -228,7 +229,7 @@ def test_a_run_with_calibration_temperature_stores_cross_fitted_validation_proba
     suite = make_suite(name="temp", formulations=["softmax", scaled])
     assert main(["run", str(suite), "--out", str(tmp_path / "temp"), "--quiet"]) == 0
     run = load_run(tmp_path / "temp")
-    frame = run.store.predictions_frame(None, ["key", "split", "outputs", *PROBA_COLUMNS])
+    frame = run.store.predictions_frame(None, ["key", "split", "outputs", *MES.proba_columns])
     for key in run.cells[run.cells.formulation == "softmax[T]"].key:
         state = run.result(key).state
         whole, halves = state["temperature"], [h["temperature"] for h in state["cross_fit"]["halves"]]
@@ -236,7 +237,7 @@ def test_a_run_with_calibration_temperature_stores_cross_fitted_validation_proba
         for split, allowed in (("val", halves), ("test", [whole])):
             part = rows[rows.split == split]
             raw = np.stack([np.frombuffer(b, dtype=np.float64) for b in part.outputs])
-            stored = part[list(PROBA_COLUMNS)].to_numpy()
+            stored = part[list(MES.proba_columns)].to_numpy()
             # every image scaled by one of the temperatures it may see: on validation a half's, fitted on the
             # other half; never the whole-fold fit (which saw the image's own label) unless equal to one of them
             err = np.stack([np.abs(stored - with_temperature(raw, t)).max(1) for t in allowed]).min(0)
@@ -244,6 +245,6 @@ def test_a_run_with_calibration_temperature_stores_cross_fitted_validation_proba
         if not any(np.isclose(whole, t) for t in halves):
             val = rows[rows.split == "val"]
             raw = np.stack([np.frombuffer(b, dtype=np.float64) for b in val.outputs])
-            assert np.abs(val[list(PROBA_COLUMNS)].to_numpy() - with_temperature(raw, whole)).max() > 1e-9
+            assert np.abs(val[list(MES.proba_columns)].to_numpy() - with_temperature(raw, whole)).max() > 1e-9
     t = calibration_table(run, Options(), CalibrationData.load(run))
     assert any("softmax[T]" in n and "already" in n for n in t.notes)

@@ -14,5 +14,5 @@ def load_dataset(cfg: DatasetConfig, every_grade: bool = True) -> Dataset:
     grade, an external test set (False) may lack some."""
     ds = DATASETS.lookup(cfg.name)(cfg)
     if every_grade:
-        ds.check(f"dataset {cfg.name!r}" + (f" at {cfg.root}" if cfg.root else ""))
+        ds.check_every_grade(f"dataset {cfg.name!r}" + (f" at {cfg.root}" if cfg.root else ""))
     return ds

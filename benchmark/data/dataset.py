@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BenchError
-from ..labels import Scale, scale_of, unnamed_grades
+from ..labels import MES, Scale, scale_of
 from ..suite.schema import ScaleConfig, stable_hash
 
 
@@ -37,15 +37,16 @@ class Dataset:
     def classes(self) -> tuple[str, ...]:
         """The grades' names in order, as the data names them (meta["classes"]); MES's when it does not."""
         names = self.meta.get("classes")
-        return tuple(names) if names else unnamed_grades(4)
+        return tuple(names) if names else MES.classes
 
     @property
     def scale(self) -> Scale:
         return scale_of(self.classes)
 
-    def check(self, source: str, every_grade: bool = True):
-        """Labels within the scale, ids unique, and (`every_grade`: a training set) images of every grade; an
-        external test set may lack grades, which its report then shows as absent."""
+    def check(self, source: str):
+        """Labels within the scale and ids unique: every loader's check. Whether every grade has images is
+        `check_every_grade`'s, asked by `load_dataset` of a training set (an external test set may lack grades,
+        which its report then shows as absent)."""
         if len(self.labels) == 0:
             raise BenchError(f"{source}: the dataset holds no image. Check the data root / manifest.")
         k = len(self.classes)
@@ -62,9 +63,12 @@ class Dataset:
                 f"{source}: duplicate image ids {list(dup)} ({int((counts > 1).sum())} in all). "
                 "Each image must appear once; remove or rename the duplicates."
             )
+
+    def check_every_grade(self, source: str):
+        k = len(self.classes)
         present = np.bincount(self.labels, minlength=k)
         empty = [self.classes[g] for g in range(k) if present[g] == 0]
-        if empty and every_grade:
+        if empty:
             raise BenchError(
                 f"{source}: class(es) {empty} have no image. Every grade of the scale ({', '.join(self.classes)}) "
                 "needs images: add them, or drop the grade from the data."

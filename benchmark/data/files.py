@@ -120,7 +120,7 @@ def decoded_dataset(name, paths, labels, groups, ids, cfg: DatasetConfig, source
         )
 
     ds = cached(key, build, cfg.mmap)
-    ds.check(source, every_grade=False)  # load_dataset asks for every grade where it must
+    ds.check(source)
     return ds
 
 

@@ -16,8 +16,7 @@ from ..suite.schema import DatasetConfig
 from .files import IMAGE_SUFFIXES, bit_depth, decoded_dataset, patient_id_from_name, to_rgb8
 from .registry import register_dataset
 
-GRADES = MES.grades
-CLASS_DIRS = [f"Mayo {k}" for k in GRADES]
+CLASS_DIRS = [f"Mayo {k}" for k in MES.grades]
 LAYOUTS = {
     "train_test": "train_and_validation_sets/ + test_set/ (published patient-level hold-out)",
     "patient_based": "patient_based_classified_images/<pid>/Mayo k/",
@@ -144,9 +143,9 @@ def inspect_tree(root) -> tuple[dict, list[str]]:
         "root": str(scan.root),
         "layout": LAYOUTS.get(scan.layout or "", "unknown"),
         "images": len(scan.entries),
-        "images_per_class": {CLASS_DIRS[k]: per_class.get(k, 0) for k in GRADES},
+        "images_per_class": {CLASS_DIRS[k]: per_class.get(k, 0) for k in MES.grades},
         "patients": len(patients),
-        "patients_per_class": {CLASS_DIRS[k]: sum(k in v for v in patients.values()) for k in GRADES},
+        "patients_per_class": {CLASS_DIRS[k]: sum(k in v for v in patients.values()) for k in MES.grades},
         "patients_spanning_grades": sum(len(v) > 1 for v in patients.values()),
         "published_test_images": sum(e.published_test for e in scan.entries),
         "image_sizes": {f"{w}x{h}": n for (w, h), n in sizes.most_common()},

@@ -252,5 +252,5 @@ def synthetic_dataset(cfg: DatasetConfig) -> Dataset:
         return Dataset("synthetic", images, labels, groups, ids, meta=meta)
 
     ds = cached({"kind": "synthetic", "version": 1, **params}, build, cfg.mmap)
-    ds.check("synthetic dataset", every_grade=False)  # load_dataset asks for every grade where it must
+    ds.check("synthetic dataset")
     return ds

@@ -68,10 +68,10 @@ def load_externals(suite: Suite, scale: Scale, native: tuple[int, int]) -> dict:
     from ..data.external import load_external
 
     out = {}
+    resized = all(input_size_for(b) for b in suite.every_backbone())
     for cfg in suite.test_sets:
         ext = load_external(cfg, scale)
         size = tuple(ext.images.shape[1:3])
-        resized = all(input_size_for(b) for b in suite.every_backbone())
         if size != tuple(native) and not resized:
             raise BenchError(
                 f"test_sets[{cfg.name}]: its images are {size[0]}×{size[1]}, the training images {native[0]}×"

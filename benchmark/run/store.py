@@ -520,7 +520,12 @@ class Store:
         import numpy as np
         import pandas as pd
 
-        wanted = columns or [c.name for c in predictions.columns if c.name != "proba"] + ["p0", "p1", "p2", "p3"]
+        if columns is None:  # every column, the probabilities as the run's own K (a run from before scales: MES)
+            from ..labels import Scale
+
+            k = Scale.from_dict(self.get_meta("scale")).k
+            columns = [c.name for c in predictions.columns if c.name != "proba"] + [f"p{g}" for g in range(k)]
+        wanted = columns
         probas = [c for c in wanted if re.fullmatch(r"p\d+", c)]
         packed = bool(probas) and self.schema_version >= 3
         cols = [c for c in wanted if not (packed and c in probas)] + (["proba"] if packed else [])

@@ -8,7 +8,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-from ..labels import GRADES, Scale
+from ..labels import MES, Scale
 
 
 class Strict(BaseModel):
@@ -19,7 +19,7 @@ class DatasetConfig(Strict):
     name: str = "synthetic"
     root: str | None = None
     manifest: str | None = None
-    class_dirs: list[str] = Field(default_factory=lambda: [f"Mayo {k}" for k in GRADES])
+    class_dirs: list[str] = Field(default_factory=lambda: [f"Mayo {k}" for k in MES.grades])  # LIMUC's
     resize: tuple[int, int] | None = None  # (height, width)
     params: dict[str, Any] = Field(default_factory=dict)
     mmap: bool = False
