@@ -26,12 +26,24 @@ TESTS = {
 CORRECTIONS = {"holm": "Holm", "fdr_bh": "Benjamini–Hochberg FDR", "bonferroni": "Bonferroni", "none": "none"}
 
 
+_P_MEMO: dict[tuple, float] = {}  # a report asks for the same pair in a table and in its figure: test it once
+
+
 def paired_test(a, b, test="wilcoxon", n_train=None, n_test=None) -> float:
     """Two-sided p for the difference a − b over paired units; identical samples give p = 1.
 
     For `corrected-t`, `n_test / n_train` is the test-to-training size ratio of the resamples (the
     mean over them when their sizes differ)."""
     a, b = np.asarray(a, float), np.asarray(b, float)
+    key = (test, a.tobytes(), b.tobytes(), n_train, n_test)
+    if key not in _P_MEMO:
+        if len(_P_MEMO) > 20_000:
+            _P_MEMO.clear()
+        _P_MEMO[key] = _paired_test(a, b, test, n_train, n_test)
+    return _P_MEMO[key]
+
+
+def _paired_test(a, b, test, n_train, n_test) -> float:
     d = a - b
     if len(d) < 2 or np.allclose(d, 0):
         return 1.0

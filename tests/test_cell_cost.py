@@ -113,7 +113,9 @@ def test_a_kill_during_a_background_write_resumes_to_the_uninterrupted_result(ma
         formulations=["softmax"],
         training={"epochs": 5, "lr": 0.003, "batch_size": 16, "early_stopping": 50},
     )
-    env = {**os.environ, "MESBENCH_DEVICE": "cpu", "OMP_NUM_THREADS": "1"}
+    # a killed process's claim goes stale in 2 s, not the default minute, so each resume starts at once
+    env = {**os.environ, "MESBENCH_DEVICE": "cpu", "OMP_NUM_THREADS": "1", "MESBENCH_STALE_SECONDS": "2",
+           "MESBENCH_HEARTBEAT_SECONDS": "0.25"}  # fmt: skip
     run = ["run", str(suite), "--quiet", "--only", "fold=0", "--out"]
     ref, killed = tmp_path / "ref", tmp_path / "killed"
     assert subprocess.run([sys.executable, "-m", "benchmark.cli", *run, str(ref)], env=env).returncode == 0

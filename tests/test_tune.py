@@ -128,7 +128,10 @@ def test_unknown_metric_and_formulation_without_weights(make_suite, capsys):
 
 
 def test_tune_workers_share_the_default_sqlite_studies(make_suite, tmp_path):
-    """--workers on one machine with the default storage (SQLite in the output directory)."""
+    """--workers on one machine with the default storage (SQLite in the output directory): the workers fill the
+    one shared study to its target (not a target each). Which worker ran which trial depends on when each
+    process got past its imports (on a loaded 2-core CI machine the second one can find the study full), so only
+    that every trial names one of the two workers is asserted."""
     from test_workers import bench
 
     suite = make_suite(name="ltune", formulations=["mtl"])
@@ -136,7 +139,8 @@ def test_tune_workers_share_the_default_sqlite_studies(make_suite, tmp_path):
     proc = bench("tune", str(suite), "--trials", "4", "--folds", "1", "--out", str(out), "--workers", "2")
     assert proc.returncode == 0, proc.stderr
     study = optuna.load_study(study_name="ltune-tiny-mtl-macro_f1-fold0", storage=f"sqlite:///{out / 'tune.db'}")
-    assert 4 <= len(study.trials) <= 5 and {t.user_attrs["worker"] for t in study.trials} == {0, 1}
+    assert 4 <= len(study.trials) <= 5  # at most one trial over: a running trial counts towards the target
+    assert {t.user_attrs["worker"] for t in study.trials} <= {0, 1} and "2 tuning workers" in proc.stderr
     assert (out / "ltune.tuned.yaml").exists()
 
 
