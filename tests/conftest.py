@@ -6,9 +6,13 @@ import yaml
 
 os.environ.setdefault("MESBENCH_CACHE", str(Path(__file__).resolve().parent.parent / ".cache" / "test-data"))
 os.environ["MESBENCH_DEVICE"] = "cpu"
-# Under pytest-xdist the cores are shared between the test processes.
+# Under pytest-xdist the cores are shared between the test processes. The controller imports this file too (as
+# one process) and its workers inherit what it set, so a value set here is set again in each worker: two workers
+# with two threads each on two cores made every OpenMP kernel wait for a core (a test 10× slower).
 _workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-os.environ.setdefault("OMP_NUM_THREADS", str(max(1, min(2, (os.cpu_count() or 2) // _workers))))
+_threads = str(max(1, min(2, (os.cpu_count() or 2) // _workers)))
+if os.environ.get("OMP_NUM_THREADS") in (None, os.environ.get("MESBENCH_TEST_THREADS")):  # not the user's own
+    os.environ["OMP_NUM_THREADS"] = os.environ["MESBENCH_TEST_THREADS"] = _threads
 
 ROOT = Path(__file__).resolve().parent.parent
 

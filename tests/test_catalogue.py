@@ -180,6 +180,10 @@ def test_the_ordinal_smoke_suite_runs_and_reports_the_ordinal_view(tmp_path, cap
                     "fold=0",
                     "--set",
                     "training.epochs=2",
+                    "--set",
+                    "dataset.params.size=[32, 32]",
+                    "--set",
+                    "dataset.params.n_images=240",
                 ]
             )
             == 0

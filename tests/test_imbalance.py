@@ -140,7 +140,8 @@ def test_a_run_stores_weights_and_priors_from_each_folds_training_labels(make_su
 
 def test_the_imbalance_smoke_suite_runs_and_table_4_separates_the_weights(tmp_path, capsys):
     out = tmp_path / "imb-smoke"
-    args = ["--only", "fold=0", "--set", "training.epochs=1", "--set", "training.finetune_epochs=1"]
+    args = ["--only", "fold=0", "--set", "training.epochs=1", "--set", "training.finetune_epochs=1",
+            "--set", "dataset.params.size=[32, 32]", "--set", "dataset.params.n_images=240"]  # fmt: skip
     assert main(["run", "suites/imbalance-smoke.yaml", "--out", str(out), "--quiet", *args]) == 0
     capsys.readouterr()
     assert main(["report", str(out)]) == 0

@@ -136,17 +136,21 @@ def test_two_copies_into_one_store_at_once_leave_exactly_one(pg_server, make_sui
 
 
 def test_a_postgresql_restart_mid_run_loses_nothing_and_the_run_resumes(pg_server, make_suite, tmp_path):
+    import os
     import subprocess
     import sys
     import time
 
     url = pg_server("restarted")
-    slow = {"params": {"n_images": 800, "n_patients": 40, "size": [32, 32], "seed": 1}}
-    suite = make_suite(name="pgrestart", formulations=["softmax"], training={"epochs": 12}, dataset=slow)
+    slow = {"params": {"n_images": 400, "n_patients": 40, "size": [32, 32], "seed": 1}}
+    suite = make_suite(name="pgrestart", formulations=["softmax"], training={"epochs": 8}, dataset=slow)
     local, remote = tmp_path / "local", tmp_path / "remote"
     assert main(["run", str(suite), "--out", str(local), "--quiet"]) == 0
     cmd = [sys.executable, "-m", "benchmark.cli", "run", str(suite), "--out", str(remote), "--store", url, "--quiet"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # the claim's heartbeat is what meets the stopped server mid-cell: every half second, not every ten; and the
+    # failed process's claim goes stale in 2 s, not a minute, for the resuming one
+    env = {**os.environ, "MESBENCH_HEARTBEAT_SECONDS": "0.5", "MESBENCH_STALE_SECONDS": "2"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     deadline = time.time() + 180
     while not list((remote / "cells").glob("*/last.pt")):  # part-way through a cell
         assert time.time() < deadline and proc.poll() is None
@@ -158,7 +162,7 @@ def test_a_postgresql_restart_mid_run_loses_nothing_and_the_run_resumes(pg_serve
         pg_server.start()
     err = " ".join(proc.stderr.read().split())
     assert code == 2 and "internal error" not in err and "run the same command again" in err, err
-    assert subprocess.run(cmd, capture_output=True, text=True).returncode == 0  # resumed once the server is back
+    assert subprocess.run(cmd, capture_output=True, text=True, env=env).returncode == 0  # resumed, server back
     rows = Store(url, create=False).cell_rows()
     assert len(rows) == 2 and all(r["status"] == "done" for r in rows)
     pd.testing.assert_frame_equal(metrics_of(local), metrics_of(url))
