@@ -66,13 +66,14 @@ def comparison_boxplots(
 
     plt = _plt()
     comparisons = {m: compare(run, opts, axis, within, m, items, reference, pairs) for m in metrics}
+    classes = run.scale.classes
     first = next(iter(comparisons.values()))
     drawn: dict[str, list[tuple[str, str, str, str]]] = {m: [] for m in metrics}
     fig, axes = plt.subplots(1, len(metrics), figsize=(5.2 * len(metrics), 4.6), squeeze=False)
     for ax, (metric, cmp) in zip(axes[0], comparisons.items()):
         records = [
             {"class": name, "item": it, "value": v}
-            for (name, cls) in [(n, str(k)) for k, n in enumerate(list(run.scale.classes))]
+            for (name, cls) in [(n, str(k)) for k, n in enumerate(classes)]
             for it in cmp.items
             for v in cmp.values[cls, it].to_numpy()
         ]
@@ -93,7 +94,7 @@ def comparison_boxplots(
                 legend=ax is axes[0][0],
             )
         marked = [
-            ((list(run.scale.classes)[int(cls)], a), (list(run.scale.classes)[int(cls)], b), star)
+            ((classes[int(cls)], a), (classes[int(cls)], b), star)
             for (cls, a, b), star in cmp.stars.items()
             if star and cls != "macro"
         ]

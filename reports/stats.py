@@ -245,7 +245,7 @@ def mcnemar_exact(y, pred_a, pred_b) -> tuple[int, int, float]:
 # ---------------------------------------------------------------------------- vectorised metrics for bootstrap
 
 
-def _confusion(y, p, k=4):
+def _confusion(y, p, k=MES.k):
     """Confusion counts along the last axis: (..., n) -> (..., k, k)."""
     idx = (np.asarray(y) * k + np.asarray(p)).astype(np.int64)
     flat = idx.reshape(-1, idx.shape[-1])
@@ -292,13 +292,21 @@ def ensemble_metrics(classes) -> list[str]:
     return ["accuracy", "macro-F1", "QWK", f"{classes[-1]} recall"]
 
 
-def _weighted_confusion(y, p, weights, k=4):
+def _weighted_confusion(y, p, weights, k=MES.k):
     """Confusion counts (R, k, k) with per-image weights (R, n)."""
     cell = (np.asarray(y) * k + np.asarray(p)).astype(np.int64)
     r = weights.shape[0]
     offsets = (np.arange(r) * k * k)[:, None]
     counts = np.bincount((cell[None, :] + offsets).ravel(), weights=weights.ravel(), minlength=r * k * k)
     return counts.reshape(r, k, k)
+
+
+def _resample_weights(idx, n_units: int, units=None) -> np.ndarray:
+    """Each image's weight (R, n_images) in each of R resamples of unit indices: how often the resample drew the
+    image's unit (`units[i]`: image i's cluster code; None: every image is its own unit)."""
+    idx = np.atleast_2d(idx).astype(np.int64)
+    counts = np.stack([np.bincount(row, minlength=n_units) for row in idx])
+    return (counts if units is None else counts[:, units]).astype(float)
 
 
 @dataclass
@@ -318,7 +326,7 @@ class BootstrapResult:
 
 
 def cluster_bootstrap(
-    y, preds: list, clusters, n_resamples=1000, seed=0, confidence=0.95, k: int = 4
+    y, preds: list, clusters, n_resamples=1000, seed=0, confidence=0.95, k: int = MES.k
 ) -> BootstrapResult:
     """Point estimates and percentile CIs of confusion_metrics for each prediction vector in `preds`, and of
     the difference of each to preds[0], all on the same resamples of clusters (patients): resampling
@@ -334,9 +342,7 @@ def cluster_bootstrap(
 
     def statistic(idx, axis=-1):
         single = np.ndim(idx) == 1
-        idx = np.atleast_2d(idx).astype(np.int64)
-        counts = np.stack([np.bincount(row, minlength=n_clusters) for row in idx])
-        w = counts[:, clusters].astype(float)
+        w = _resample_weights(idx, n_clusters, clusters)
         values = np.stack([confusion_metrics(_weighted_confusion(y, p, w, k)) for p in preds])  # (P, M, R)
         out = np.stack([values, values - values[:1]], axis=1)  # (P, 2, M, R)
         return out[..., 0] if single else out
@@ -374,7 +380,7 @@ def _percentile_intervals(statistic, n_units: int | tuple[int, ...], n_resamples
     return low, high, np.isnan(dist).sum(-1), n_resamples
 
 
-def bootstrap_metrics(y, pred, n_resamples=1000, seed=0, confidence=0.95, k: int = 4):
+def bootstrap_metrics(y, pred, n_resamples=1000, seed=0, confidence=0.95, k: int = MES.k):
     """Point estimates and paired percentile bootstrap CIs for confusion_metrics, images independent."""
     y, pred = np.asarray(y), np.asarray(pred)
     point = confusion_metrics(_confusion(y, pred, k))
@@ -422,9 +428,7 @@ def independent_difference(
     n_a, n_b = int(inv_a.max()) + 1, int(inv_b.max()) + 1
 
     def metrics(idx, inverse, n, y, pred):
-        idx = np.atleast_2d(idx).astype(np.int64)
-        w = np.stack([np.bincount(row, minlength=n) for row in idx])[:, inverse].astype(float)
-        return confusion_metrics(_weighted_confusion(y, pred, w, k))  # (M, R)
+        return confusion_metrics(_weighted_confusion(y, pred, _resample_weights(idx, n, inverse), k))  # (M, R)
 
     def statistic(ia, ib, axis=-1):
         single = np.ndim(ia) == 1
@@ -476,9 +480,7 @@ def patient_bootstrap(y, pred, n_resamples=1000, seed=0, confidence=0.95, scale:
 
     def statistic(idx, axis=-1):
         single = np.ndim(idx) == 1
-        idx = np.atleast_2d(idx).astype(np.int64)
-        w = np.stack([np.bincount(row, minlength=n) for row in idx]).astype(float)
-        values = patient_metrics(_weighted_confusion(y, pred, w, scale.k), scale.binary_cut)
+        values = patient_metrics(_weighted_confusion(y, pred, _resample_weights(idx, n), scale.k), scale.binary_cut)
         return values[..., 0] if single else values
 
     point = statistic(np.arange(n))

@@ -313,12 +313,14 @@ def summary_columns(name: str, scale: Scale) -> list[tuple[str, str, str, str]]:
     c, top = scale.classes, scale.k - 1
     binary = scale.binary_cut is not None
     low, high = scale.binary_short if binary else ("", "")
+    accuracy, macro_f1 = ("accuracy", "mes", "accuracy", ""), ("macro-F1", "mes", "f1", "macro")
+    qwk, mae = ("QWK", "mes", "qwk", ""), ("MAE", "mes", "mae", "")
     if name == "default":
         return [
-            ("accuracy", "mes", "accuracy", ""),
-            ("macro-F1", "mes", "f1", "macro"),
-            ("QWK", "mes", "qwk", ""),
-            ("MAE", "mes", "mae", ""),
+            accuracy,
+            macro_f1,
+            qwk,
+            mae,
             (f"F1 {c[top - 1]}", "mes", "f1", str(top - 1)),
             (f"F1 {c[top]}", "mes", "f1", str(top)),
             (f"recall {c[top - 1]}", "mes", "recall", str(top - 1)),
@@ -327,8 +329,8 @@ def summary_columns(name: str, scale: Scale) -> list[tuple[str, str, str, str]]:
     if name == "ordinal":
         return (
             [
-                ("QWK", "mes", "qwk", ""),
-                ("MAE", "mes", "mae", ""),
+                qwk,
+                mae,
                 ("AMAE", "mes", "amae", ""),
                 ("MMAE", "mes", "mmae", ""),
                 ("RPS", "mes", "rps", ""),
@@ -336,18 +338,15 @@ def summary_columns(name: str, scale: Scale) -> list[tuple[str, str, str, str]]:
                 ("AUC (macro, one-vs-rest)", "mes", "auc", "macro"),
             ]
             + ([(f"{scale.binary_label} AUC", "ra", "auc", "")] if binary else [])
-            + [
-                ("accuracy", "mes", "accuracy", ""),
-                ("macro-F1", "mes", "f1", "macro"),
-            ]
+            + [accuracy, macro_f1]
         )
     if name == "polat":
         return [
-            ("accuracy", "mes", "accuracy", ""),
+            accuracy,
             ("macro precision", "mes", "precision", "macro"),
             ("macro recall", "mes", "recall", "macro"),
             ("macro F1", "mes", "f1", "macro"),
-            ("QWK", "mes", "qwk", ""),
+            qwk,
             ("κ", "mes", "kappa", ""),
         ]
     if not binary:
