@@ -25,10 +25,18 @@ class BackboneSpec:
     timm_name: str
     input_size: tuple[int, int] | None = None  # (H, W) the network expects; None: native resolution
     batch_size: int | None = None  # default batch size (Polat et al.'s per-backbone sizes)
-    builder: Callable[[], Any] | None = None  # a module not from timm (the `null` backbone)
+    builder: Callable[[], Any] | None = None  # a module not from timm (the `null` backbone, a user's factory)
 
 
-BACKBONES: Registry[BackboneSpec] = Registry("backbone")
+def _adopt(name: str, obj: Any) -> None:
+    """An entry point that names a factory (a callable returning the feature extractor) or a BackboneSpec."""
+    if isinstance(obj, BackboneSpec):
+        BACKBONES.register(name, obj)
+    elif callable(obj):
+        register_backbone(name, timm_name=name, builder=obj)
+
+
+BACKBONES: Registry[BackboneSpec] = Registry("backbone", "mesbench.backbones", _adopt)
 
 
 def register_backbone(name, timm_name=None, input_size=None, batch_size=None, builder=None) -> BackboneSpec:
@@ -83,11 +91,42 @@ def unknown_backbone(name: str) -> BenchError:
 def resolve(name: str) -> BackboneSpec:
     if name in BACKBONES:
         return BACKBONES.lookup(name)
+    if ":" in name:
+        return factory_spec(name)
     import timm
 
     if name in timm.list_models():
         return BackboneSpec(name, name)
     raise unknown_backbone(name)
+
+
+FACTORY_FORM = (
+    "a backbone factory is named `package.module:function`: a function, importable from this Python (an installed "
+    "package, or a module on PYTHONPATH), that returns an nn.Module mapping a batch of images (B, 3, H, W) to "
+    "features (B, d) and says d as its `num_features`"
+)
+
+
+def factory_spec(name: str) -> BackboneSpec:
+    """A user's own backbone, `package.module:function`: imported (never unpickled) like any installed code."""
+    import importlib
+
+    module, _, attr = name.partition(":")
+    if not module or not attr or ":" in attr:
+        raise BenchError(f"Backbone {name!r}: {FACTORY_FORM}.")
+    try:
+        mod = importlib.import_module(module)
+    except Exception as exc:
+        raise BenchError(
+            f"Backbone {name!r}: the module {module!r} cannot be imported ({type(exc).__name__}: {exc}); "
+            f"{FACTORY_FORM}."
+        ) from None
+    fn = getattr(mod, attr, None)
+    if not callable(fn):
+        raise BenchError(f"Backbone {name!r}: {module!r} has no function {attr!r}; {FACTORY_FORM}.")
+    spec = BackboneSpec(name, name, builder=fn)
+    BACKBONES.origins.setdefault(name, f"factory {name}")
+    return spec
 
 
 def cached_weights(timm_name: str) -> Path | None:
@@ -297,7 +336,13 @@ def create_backbone(name: str, pretrained: bool = False, weights: str | None = N
         if pretrained:
             raise BenchError(f"Backbone {name!r} has no weights to load; set `pretrained: false` for it.")
         model = spec.builder()
-        return model, model.num_features, spec.input_size
+        d = getattr(model, "num_features", None)
+        if not isinstance(d, int) or d < 1:
+            raise BenchError(
+                f"Backbone {name!r}: the module its factory returned has no `num_features` (the size d of the "
+                f"features it returns, an int), so no head can be sized for it; {FACTORY_FORM}."
+            )
+        return model, d, spec.input_size
     kwargs = _size_kwargs(name, size)
     if not pretrained:
         model = timm.create_model(spec.timm_name, pretrained=False, num_classes=0, **kwargs)

@@ -204,9 +204,12 @@ def grade_metrics(y_true, y_pred, scale: Scale = MES, absent_undefined: bool = F
 
 
 def task_metrics(task, y_task, pred_task, n_classes, absent_undefined: bool = False):
-    """A head's own task on its valid samples (label ≥ 0)."""
+    """A head's own task on its valid samples (label ≥ 0); no rows where it has none (an external set of
+    remission images alone has no active sub-task to score: absent, never 0)."""
     y_task, pred_task = np.asarray(y_task), np.asarray(pred_task)
     valid = y_task >= 0
+    if not valid.any():
+        return []
     rows, _ = per_class_rows(y_task[valid], pred_task[valid], list(range(n_classes)), task, absent_undefined)
     return rows
 

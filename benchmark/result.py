@@ -53,6 +53,8 @@ class CellResult:
     amp: str = "off"  # autocast dtype, or off
     deterministic: bool = False
     compiled: bool = False
+    threads: int = 0  # torch's CPU threads in the process that trained it (0: not recorded)
+    resumed_from: int = 0  # the last saved epoch it resumed from after a kill (0: trained in one go)
     versions: dict[str, str] = field(default_factory=dict)
     n_train: int = 0
     n_val: int = 0

@@ -13,7 +13,7 @@ probabilities and then applies the same hard or soft rule.
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
 
 from benchmark.errors import BenchError
 from benchmark.labels import MES
@@ -41,7 +41,7 @@ class MTLOptions(BaseModel):
     # expectation: of the combined distribution
     decoding: Literal["hard", "soft", "median", "expectation"] = "hard"
     # the hierarchy: groups of consecutive grades, in order; None: MES's remission 0–1 / active 2–3
-    groups: list[list[int]] | None = None
+    groups: list[list[StrictInt]] | None = None  # strict: YAML reads `false` as a boolean, never grade 0
 
     @model_validator(mode="after")
     def _weights(self):

@@ -9,7 +9,14 @@ from benchmark.registry import Registry
 
 from .base import Formulation
 
-FORMULATIONS: Registry[type[Formulation]] = Registry("formulation")
+
+def _adopt(name: str, obj: Any) -> None:
+    """An entry point that names a Formulation subclass (not a module that registers its own on import)."""
+    if isinstance(obj, type) and issubclass(obj, Formulation):
+        FORMULATIONS.register(obj.name, obj)
+
+
+FORMULATIONS: Registry[type[Formulation]] = Registry("formulation", "mesbench.formulations", _adopt)
 FINETUNE_SUFFIXES = {"+f1": "inverse_f1", "+ft": "plain", "+drw": "drw"}
 
 

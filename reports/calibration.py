@@ -51,22 +51,30 @@ def reliability_curve(y, proba, n_bins: int = N_BINS) -> tuple[np.ndarray, np.nd
     )
 
 
-def cross_fitted_temperature(y, proba, seed: int = 0) -> tuple[np.ndarray, list[float]]:
+def cross_fitted_temperature(y, proba, seed: int = 0, groups=None) -> tuple[np.ndarray, list[float]]:
     """Validation probabilities after temperature scaling, never scored on the images T was fitted on: two halves
-    (stratified by grade where every grade has two images), each scaled with the T fitted on the other. Returns the
-    scaled probabilities and the two temperatures."""
-    from sklearn.model_selection import KFold, StratifiedKFold
+    (stratified by grade where every grade has two images; with `groups`, each patient's images in one half, as
+    `calibration: temperature` and the cut points split them), each scaled with the T fitted on the other. Returns
+    the scaled probabilities and the two temperatures."""
+    import warnings
+
+    from sklearn.model_selection import GroupKFold, KFold, StratifiedGroupKFold, StratifiedKFold
 
     y, proba = np.asarray(y), np.asarray(proba, float)
     counts = np.bincount(y)
-    split = (
-        StratifiedKFold(2, shuffle=True, random_state=seed)
-        if counts[counts > 0].min() >= 2
-        else KFold(2, shuffle=True, random_state=seed)
-    )
+    stratified = counts[counts > 0].min() >= 2
+    if groups is not None and len(np.unique(groups)) >= 2:
+        split = StratifiedGroupKFold(2, shuffle=True, random_state=seed) if stratified else GroupKFold(2)
+    else:
+        groups = None
+        kind = StratifiedKFold if stratified else KFold
+        split = kind(2, shuffle=True, random_state=seed)
     out = np.empty_like(proba)
     temps = []
-    for fit_idx, score_idx in split.split(proba, y):
+    with warnings.catch_warnings():  # a rare grade with one patient per half is expected on small folds
+        warnings.simplefilter("ignore", UserWarning)
+        halves = list(split.split(proba, y, groups))
+    for fit_idx, score_idx in halves:
         t = fit_temperature(y[fit_idx], proba[fit_idx])
         temps.append(t)
         out[score_idx] = with_temperature(proba[score_idx], t)

@@ -15,6 +15,7 @@ validation folds (~1/60 of accuracy each); per-class values of rare classes get 
 from __future__ import annotations
 
 import io
+import json
 import math
 import re
 from dataclasses import dataclass, field
@@ -61,7 +62,39 @@ def run_table(run_dir, store: str | None = None) -> pd.DataFrame:
     table = run.long[LONG_COLUMNS].copy()
     failed = run.cells[run.cells.status != "done"]
     table.attrs["unfinished"] = [tuple(r) for r in failed[ID].itertuples(index=False)]
+    table.attrs["design"] = run_design(run)
     return table
+
+
+def run_design(run) -> dict:
+    """What must be the same for two runs' values to be compared: which suite, which data (and its grades), and
+    which splits. Training settings may differ: a change there is what a check is for."""
+    return {
+        "suite name": run.suite.name,
+        "dataset": run.meta.get("dataset") or run.suite.dataset.model_dump(mode="json"),
+        "protocol": run.suite.protocol.model_dump(mode="json"),
+        "splits": run.meta.get("protocol_hash"),
+        "scale": run.meta.get("scale"),
+    }
+
+
+def check_comparable(now: pd.DataFrame, base: pd.DataFrame, now_name: str, base_name: str) -> None:
+    """Refuse to compare runs of different suites, data or protocols: every value would differ, and the differences
+    would read as regressions and improvements of the code."""
+    a, b = now.attrs.get("design", {}), base.attrs.get("design", {})
+    differ = [k for k in a if k in b and a[k] != b[k]]
+    if differ:
+        shown = "; ".join(f"{k}: {_short(a[k])} in {now_name}, {_short(b[k])} in {base_name}" for k in differ)
+        raise BenchError(
+            f"bench check {now_name} --against {base_name}: the runs differ in {', '.join(differ)} ({shown}), so their "
+            "values are not comparable. Compare two runs of one suite on one dataset and protocol (e.g. before and "
+            "after a code change), or check each against its own baseline."
+        )
+
+
+def _short(value) -> str:
+    text = json.dumps(value, sort_keys=True, default=str) if not isinstance(value, str) else repr(value)
+    return text if len(text) <= 120 else text[:117] + "…"
 
 
 def check_tolerance(value: float, where: str) -> float:
@@ -135,14 +168,20 @@ def read_baseline(path) -> tuple[pd.DataFrame, dict[str, float]]:
 
 def write_baseline(table: pd.DataFrame, path, tolerances: dict[str, float], source: str):
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     header = [
         f"# mesbench baseline from {source}, written {datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
         "# tolerance: "
         + " ".join(f"{k}={v:g}" for k, v in sorted({"default": DEFAULT_TOLERANCE, **tolerances}.items())),
     ]
     body = table.sort_values(KEY)[KEY + ["value"]].to_csv(index=False, float_format="%.6f")
-    path.write_text("\n".join(header) + "\n" + body)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("\n".join(header) + "\n" + body)
+    except OSError as exc:
+        raise BenchError(
+            f"--update: the baseline {str(path)!r} cannot be written ({exc.strerror}). Give --baseline a file in a "
+            "folder you can write to (the baseline is meant to be committed with the project)."
+        ) from None
 
 
 def tolerance_for(row, tolerances, default):

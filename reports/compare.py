@@ -28,6 +28,7 @@ from .tables import (
     legend,
     mark_in_sample,
     protocol_notes,
+    spread_text,
     stars_allowed,
     transposed,
 )
@@ -55,6 +56,21 @@ class Comparison:
     design: Design | None = None
     opts: Options | None = None
     in_sample: list[str] = field(default_factory=list)  # compared formulations whose numbers here are in-sample
+    along: str | None = None  # an ablation axis: the items are its variants of `fixed` (one formulation)
+    fixed: str = ""
+
+    def along_axis(self, axis: str, fixed: str) -> Comparison:
+        """Say that the items are the variants of one ablation axis, everything else held fixed."""
+        self.along, self.fixed = axis, fixed
+        return self
+
+    def subject(self) -> str:
+        """What is compared, in words: 'formulations within backbone X', or an axis's variants of one row."""
+        if self.along:
+            return f"the {self.along} variants of {self.fixed}, within backbone {self.within}"
+        return ("formulations within backbone " if self.axis == "formulations" else "backbones within formulation ") + (
+            self.within
+        )
 
     def legend(self) -> str:
         assert self.opts is not None and self.design is not None
@@ -67,9 +83,8 @@ class Comparison:
     def family_text(self) -> str:
         """Which comparisons are corrected together: every class × pair of one metric within one backbone (or
         formulation) — a figure with several metric panels has one such family per panel."""
-        axis = "backbone" if self.axis == "formulations" else "formulation"
         unit = "pair" if self.reference is None else "comparison"
-        return f"every class × {unit} of {self.metric} within {axis} {self.within}"
+        return f"every class × {unit} of {self.metric} among {self.subject()}"
 
 
 def series(run: Run, axis: str, within: str, item: str, split: str, metric: str, cls: str) -> pd.Series:
@@ -129,16 +144,24 @@ def comparison_table(cmp: Comparison, run: Run, title: str | None = None) -> lis
         means = [cmp.values[cls, it].mean() if len(cmp.values[cls, it]) else -np.inf for it in cmp.items]
         best = np.nanmax(means) if means else np.nan
         row = [name]
+        tops = [j for j, it in enumerate(cmp.items) if len(cmp.values[cls, it]) and np.isclose(means[j], best)]
+        if len(tops) == len(cmp.items):
+            tops = []  # every item ties: none is best, and a row of bold cells would say nothing
         for j, it in enumerate(cmp.items):
             star = cmp.stars.get((cls, it, cmp.reference), "") if cmp.reference else ""
             row.append(fmt(cmp.values[cls, it]) + star)
-            if len(cmp.values[cls, it]) and np.isclose(means[j], best):
+            if j in tops:
                 bold.add((i, j + 1))
         rows.append(row)
-    across = "formulations within backbone" if cmp.axis == "formulations" else "backbones within formulation"
     notes = [
-        f"{label} per class on the {cmp.design.split_text()}, mean ± sd over folds; best per class in bold. Compared: "
-        f"{across} {cmp.within}."
+        f"{label} per class on the {cmp.design.split_text()}, {spread_text(run)}; best per class in bold (none where "
+        "every one ties). Compared: "
+        f"{cmp.subject()}"
+        + (
+            " — the rows differ only in that axis (same splits, normalisation, initial weights and data order)."
+            if cmp.along
+            else "."
+        )
     ]
     if len(cmp.items) < 2:
         notes.append(f"Only one of the {cmp.axis} in this run: nothing to compare.")
@@ -177,7 +200,9 @@ def comparison_table(cmp: Comparison, run: Run, title: str | None = None) -> lis
                     )
         tables.append(
             Table(
-                f"{tables[0].title}: every pair",
+                f"{tables[0].title}: adjusted p-values"
+                if tables[0].title.rstrip(" ‡").endswith("every pair")
+                else f"{tables[0].title}: every pair",
                 ["class", "pair", "Δ (mean over folds)", f"p ({CORRECTIONS[cmp.opts.correction]})", "stars"],
                 prow,
                 notes=[cmp.legend()],
@@ -193,12 +218,11 @@ def figure_legend(cmp: Comparison, panels: int = 1) -> str:
     assert cmp.opts is not None and cmp.design is not None
     m = len(cmp.p_adjusted)
     what = f"vs {cmp.reference}" if cmp.reference else "every pair"
-    axis = "backbone" if cmp.axis == "formulations" else "formulation"
     if panels > 1:
         family = (
             f"{CORRECTIONS[cmp.opts.correction]} within each metric panel separately (a panel is one family: its "
-            f"{m} comparisons, every class × {'pair' if cmp.reference is None else 'comparison'} within {axis} "
-            f"{cmp.within})"
+            f"{m} comparisons, every class × {'pair' if cmp.reference is None else 'comparison'} among "
+            f"{cmp.subject()})"
         )
     else:
         family = f"{CORRECTIONS[cmp.opts.correction]} over {m} comparisons ({cmp.family_text()})"
@@ -361,12 +385,12 @@ def bayes_table(cmp: BayesComparison, run: Run) -> Table:
         f"{label} counts as practically equivalent (--rope). P(x better) = P(Δ < −{rope}), P(equivalent) = "
         f"P(|Δ| < {rope}), P(y better) = P(Δ > {rope}), with Δ = y − x.",
         f"Within each {block_kind}: {BAYES_TESTS['correlated']}, over n = {', '.join(map(str, n)) or '—'} resamples "
-        "(each the mean over seeds), the correlation of overlapping training sets taken as the test-to-train size "
-        "ratio"
+        "(each the mean over seeds). The resamples' scores are correlated (overlapping training sets): the "
+        "correlation is ρ = n_test/n_total, and the variance factor 1/n + ρ/(1 − ρ) uses ρ/(1 − ρ) = n_test/n_train"
         + (
-            f" (the run's own ratio for {', '.join(sorted(cmp.corrected))}: incomplete or Monte-Carlo)."
+            f", the run's own sizes for {', '.join(sorted(cmp.corrected))} (incomplete or Monte-Carlo)."
             if cmp.corrected
-            else " 1/(k − 1) of k-fold."
+            else ", which for k-fold is ρ = 1/k and ρ/(1 − ρ) = 1/(k − 1)."
         ),
         "Decision: a probability ≥ 0.95 decides (practically equivalent, or one better); else undecided. "
         "Posterior probabilities are not p-values: no multiple-comparison correction applies, and each reads alone.",
@@ -374,7 +398,10 @@ def bayes_table(cmp: BayesComparison, run: Run) -> Table:
     if cmp.across:
         notes.append(
             f"Across {block_kind}s: {BAYES_TESTS['signed-rank']}, each {block_kind}'s mean over resamples one "
-            f"observation ({len(cmp.blocks)} {block_kind}s); {BAYES_SAMPLES_TEXT}."
+            f"observation ({len(cmp.blocks)} {block_kind}s); {BAYES_SAMPLES_TEXT}. These {block_kind}s share one "
+            f"dataset and its splits, so they are not independent samples of data sets as the test assumes (Benavoli "
+            f"et al. 2017 rank over data sets): read it as a summary over {block_kind}s on this dataset, not as "
+            "evidence that generalises to other data."
         )
     else:
         notes.append(

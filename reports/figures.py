@@ -54,9 +54,11 @@ def comparison_boxplots(
     items=None,
     reference=None,
     pairs="reference",
+    along: tuple[str, str] | None = None,
 ):
     """Per-class boxplots over folds, one panel per metric, the compared items side by side, with the
-    significant pairs bracketed by statannotations using the very p-values of the matching tables. Returns
+    significant pairs bracketed by statannotations using the very p-values of the matching tables. `along`:
+    (ablation axis, the row held fixed) when the items are one axis's variants. Returns
     (png, {metric: Comparison}) so a caller can check figure and table agree."""
     import pandas as pd
     import seaborn as sns
@@ -66,6 +68,8 @@ def comparison_boxplots(
 
     plt = _plt()
     comparisons = {m: compare(run, opts, axis, within, m, items, reference, pairs) for m in metrics}
+    if along:
+        comparisons = {m: cmp.along_axis(*along) for m, cmp in comparisons.items()}
     classes = run.scale.classes
     first = next(iter(comparisons.values()))
     drawn: dict[str, list[tuple[str, str, str, str]]] = {m: [] for m in metrics}
@@ -128,8 +132,7 @@ def comparison_boxplots(
         ax.set_xlabel("")
         ax.grid(axis="y", alpha=0.3)
     axes[0][0].legend(fontsize=7, loc="lower left")
-    what = "backbones" if axis == "backbones" else "formulations"
-    fig.suptitle(f"Class-wise metrics over folds, {what} compared within {within}", y=1.0)
+    fig.suptitle(f"Class-wise metrics over folds: {first.subject()}", y=1.0)
     fig.text(0.5, -0.02, figure_legend(first, len(comparisons)), ha="center", va="top", fontsize=7, wrap=True)
     fig.tight_layout()
     return _png(fig), comparisons, drawn
@@ -210,10 +213,10 @@ def confusion_matrices(run: Run, opts: Options, backbone: str) -> bytes:
                     fontsize=9,
                     color="white" if norm[i, j] > 0.5 else "black",
                 )
-        ax.set_xticks(run.scale.grades, run.scale.grades)
-        ax.set_yticks(run.scale.grades, run.scale.grades)
-        ax.set_xlabel("predicted MES")
-        ax.set_ylabel("true MES")
+        ax.set_xticks(run.scale.grades, run.scale.classes, rotation=45 if run.scale.k > 4 else 0, fontsize=8)
+        ax.set_yticks(run.scale.grades, run.scale.classes, fontsize=8)
+        ax.set_xlabel(f"predicted {run.scale.name}")
+        ax.set_ylabel(f"true {run.scale.name}")
         ax.set_title(f, fontsize=10)
     fig.suptitle(f"Confusion matrices, fold-summed, row-normalised — {backbone}")
     return _png(fig)

@@ -167,6 +167,7 @@ def load_run(path=None, store_url: str | None = None) -> Run:
             "n_folds",
             "protocol_hash",
             "test_groups",
+            "val_groups",
             "fold_sizes",
             "scale",
             "test_sets",

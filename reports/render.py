@@ -6,6 +6,7 @@ import base64
 import gc
 import html
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -28,6 +29,7 @@ from .tables import (
     friedman_table,
     mtl_tasks,
     patient_level,
+    reference_variant,
     resolve,
     test_ensemble,
     throughput,
@@ -57,6 +59,9 @@ def numerics(run: Run) -> str:
     det = sum(r.deterministic for r in results)
     text = f"Numerics: AMP {', '.join(amps)}; compiled {sum(r.compiled for r in results)} of {len(results)} cells; "
     text += f"deterministic algorithms in {det} of {len(results)} cells"
+    threads = sorted({r.threads for r in results if r.threads})
+    if threads:
+        text += f"; CPU threads per training process: {', '.join(map(str, threads))}"
     if cuda:
         cuda_det = sum(r.deterministic for r in cuda)
         text += (
@@ -124,19 +129,13 @@ def _build(run: Run, opts: Options, with_test=True) -> Report:
     view = load_view(opts.view)
     tables: list[Table] = []
     figures: list[tuple[str, Callable[[], bytes | None]]] = []
-    ctx: dict[str, Any] = {"with_test": with_test}
+    ctx: dict[str, Any] = {"with_test": with_test, "kinds": {s.kind for s in view.sections}}
     view_lines = []
     for section in view.sections:
         settings = section_statistics(view, section, opts.explicit)
         sopts = replace(opts, **settings) if settings else opts  # type: ignore[arg-type]
         if settings:
-            source = section.statistics if section.statistics is not None else view.statistics
-            why = f" ({source.why})" if source is not None and source.why else ""
-            sdesign = Design.of(run, sopts)
-            line = (
-                f"set by the view{why}: {TESTS[sdesign.test]}; correction {CORRECTIONS[sopts.correction]}; "
-                f"α = {sopts.alpha}; split: {sdesign.split_text()}"
-            )
+            line = view_statistics_line(run, view, section, sopts, settings, opts.explicit)
             if line not in view_lines:
                 view_lines.append(line)
             n_before = len(tables)
@@ -154,6 +153,42 @@ def _build(run: Run, opts: Options, with_test=True) -> Report:
         friedman=ctx.get("friedman"),
         figure_specs=figures,
     )
+
+
+def view_statistics_line(run: Run, view, section, sopts: Options, settings: dict, explicit) -> str:
+    """Who set each of a section's statistics: the view (with its reason, only while every setting the view gives is
+    still the view's) or a command-line flag that overrode it."""
+    from .views import STAT_FIELDS
+
+    source = section.statistics if section.statistics is not None else view.statistics
+    overridden = [
+        name
+        for src in (view.statistics, section.statistics)
+        if src is not None
+        for name in STAT_FIELDS
+        if getattr(src, name) is not None and name in explicit
+    ]
+    why = f" ({source.why})" if source is not None and source.why and not overridden else ""
+    sdesign = Design.of(run, sopts)
+    text = {
+        "test": TESTS[sdesign.test],
+        "correction": f"correction {CORRECTIONS[sopts.correction]}",
+        "alpha": f"α = {sopts.alpha}",
+        "split": f"split: {sdesign.split_text()}",
+    }
+    order = ("test", "correction", "alpha", "split")
+    if not overridden:
+        return f"set by the view{why}: {'; '.join(text[n] for n in order)}"
+    by_view = [text[n] for n in order if n in settings]
+    by_flag = [text[n] for n in order if n in overridden]
+    rest = [text[n] for n in order if n not in settings and n not in overridden]
+    line = f"set by the view{why}: {'; '.join(by_view)}"
+    if by_flag:
+        flags = ", ".join(f"--{n}" for n in order if n in overridden)
+        line += f"; set by the command line ({flags}, overriding the view): {'; '.join(by_flag)}"
+    if rest:
+        line += f"; {'; '.join(rest)}"
+    return line
 
 
 # ---------------------------------------------------------------------------- sections of a view
@@ -189,9 +224,9 @@ def check_axis(run: Run, axis: str) -> None:
         )
 
 
-def _variant_reference(items: list[str], names: list[str], opts: Options) -> str:
+def _variant_reference(run: Run, axis: str, items: list[str], names: list[str], opts: Options) -> str:
     """The row the other variants are compared with: the one `--reference` names, else the axis's first."""
-    return next((it for it, n in zip(items, names) if n == opts.reference), items[0])
+    return items[names.index(reference_variant(run, opts, axis))]
 
 
 def _per_class_variants(run, opts, section, axis, tables, figures):
@@ -201,20 +236,14 @@ def _per_class_variants(run, opts, section, axis, tables, figures):
         if backbone not in run.backbones:
             continue
         for fixed, items, names in variant_groups(run, axis):
-            reference = _variant_reference(items, names, opts)
+            reference = _variant_reference(run, axis, items, names, opts)
             cmp = compare(
                 run, opts, "formulations", backbone, section.metric or opts.metric, items, reference,
                 section.pairs or opts.pairs,
-            )  # fmt: skip
+            ).along_axis(axis, fixed)  # fmt: skip
             label = {"f1": "F1", "auc": "one-vs-rest AUC"}.get(cmp.metric, cmp.metric)
             title = section.title or f"Table 2 — per-class {label}, {backbone}: {axis} ({', '.join(names)}) of {fixed}"
-            out = comparison_table(cmp, run, title)
-            out[0].notes.insert(
-                0,
-                f"Compared along the ablation axis {axis!r}: its variants {', '.join(names)} of {fixed}, every other "
-                "setting identical (same splits, normalisation, initial weights and data order).",
-            )
-            tables.extend(out)
+            tables.extend(comparison_table(cmp, run, title))
             if opts.test == "bayes":
                 from .compare import bayes_compare, bayes_table
 
@@ -324,7 +353,14 @@ def _test(run, opts, section, tables, figures, ctx):
         t = test_ensemble(run, opts, _test_outputs(run, ctx))
         if t is not None:
             tables.append(t)
-        for name in external_sets(run):  # each external test set: its own Table 5, and the drop from the internal one
+        if "external" not in ctx["kinds"]:  # a view without an external section still shows them, after Table 5
+            _external(run, opts, section, tables, figures, ctx)
+
+
+def _external(run, opts, section, tables, figures, ctx):
+    """Each external test set: its own Table 5 (5c), and the drop from the internal test set (5d)."""
+    if ctx["with_test"]:
+        for name in external_sets(run):
             preds = run.store.predictions_frame(f"external:{name}", ["key", "image_id", "y_true", "outputs"])
             for t in (
                 test_ensemble(run, opts, preds, external=name),
@@ -431,10 +467,13 @@ def _classwise(run, opts, section, tables, figures, ctx):
         for backbone in [w for w in _within_figures(run, section, "formulations") if w in run.backbones]:
             for fixed, items, names in variant_groups(run, axis):
 
-                def draw_variants(backbone=backbone, items=items, reference=_variant_reference(items, names, opts)):
+                def draw_variants(
+                    backbone=backbone, items=items, fixed=fixed,
+                    reference=_variant_reference(run, axis, items, names, opts),
+                ):  # fmt: skip
                     return comparison_boxplots(
                         run, opts, "formulations", backbone, tuple(section.metrics), items, reference,
-                        section.pairs or opts.pairs,
+                        section.pairs or opts.pairs, along=(axis, fixed),
                     )[0]  # fmt: skip
 
                 figures.append((f"class-wise metrics — {backbone} — {axis} of {fixed}", draw_variants))
@@ -530,6 +569,7 @@ SECTIONS = {
     "finetune": _finetune,
     "test": _test,
     "patient": _patient,
+    "external": _external,
     "calibration": _calibration,
     "operating_point": _operating_point,
     "friedman": _friedman,
@@ -598,9 +638,12 @@ def figure_links(folder: Path, rep: Report, relative_to: Path) -> list[tuple[str
 
 
 def _md(text) -> str:
-    """Text as Markdown that renders as written and runs nothing: HTML escaped (Markdown passes raw HTML through),
-    line breaks folded (a newline would end a table row or a paragraph)."""
-    text = html.escape(str(text), quote=False)
+    """Text as Markdown that renders as written and runs nothing: what could open raw HTML escaped (a '<' before a
+    tag's first character, an '&' that would start an entity; Markdown passes raw HTML through), line breaks folded
+    (a newline would end a table row or a paragraph). Everything else stays as written: 'p < 0.05' reads as such
+    in the raw file too."""
+    text = re.sub(r"&(?=#?[A-Za-z0-9]+;)", "&amp;", str(text))
+    text = re.sub(r"<(?=[A-Za-z/!?])", "&lt;", text)
     return " ".join(text.replace("\r", "\n").split("\n"))
 
 

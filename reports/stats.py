@@ -150,6 +150,41 @@ class FriedmanResult:
     exact: bool = False  # p_value is the exact permutation p (small designs)
     note: str = ""
     alpha: float = 0.05  # the level of the critical difference and of the diagram's cliques
+    # Demšar's (2006) formulas have no tie correction; scipy's χ² (and so F) divides by 1 − Σ(t³ − t)/(N·k(k² − 1)).
+    # The uncorrected values, which differ only where some block has tied scores.
+    statistic_uncorrected: float = float("nan")
+    iman_davenport_f_uncorrected: float = float("nan")
+
+    @property
+    def ties(self) -> bool:
+        return not math.isclose(self.statistic, self.statistic_uncorrected, rel_tol=1e-9, abs_tol=1e-12)
+
+    def text(self) -> str:
+        """χ², its p and Iman–Davenport's F in words, naming the tie correction where it changes them."""
+        p = f"p = {self.p_value:.3g}{', exact' if self.exact else ', χ² approximation'}"
+        if np.isnan(self.iman_davenport_f):
+            f_text = "Iman–Davenport F undefined"
+        else:
+            f_text = f"Iman–Davenport F = {self.iman_davenport_f:.3f} (p = {self.iman_davenport_p:.3g})"
+        if not self.ties:
+            return f"Friedman χ² = {self.statistic:.3f} ({p}); {f_text}"
+        f_plain = (
+            "undefined" if np.isnan(self.iman_davenport_f_uncorrected) else f"{self.iman_davenport_f_uncorrected:.3f}"
+        )
+        return (
+            f"Friedman χ² = {self.statistic:.3f} ({p}); {f_text} — both corrected for tied ranks, as scipy and "
+            f"autorank compute them (χ² divided by 1 − Σ(t³ − t)/(N·k(k² − 1))); without the correction, as in "
+            f"Demšar (2006): χ² = {self.statistic_uncorrected:.3f}, F = {f_plain}"
+        )
+
+
+def iman_davenport(chi2: float, n: int, k: int) -> tuple[float, float]:
+    """Iman–Davenport's F from Friedman's χ², and its p; NaN where undefined (complete agreement of the blocks)."""
+    denom = n * (k - 1) - chi2
+    if denom <= 1e-12:
+        return float("nan"), float("nan")
+    f = (n - 1) * chi2 / denom
+    return float(f), float(stats.f.sf(f, k - 1, (k - 1) * (n - 1)))
 
 
 EXACT_FRIEDMAN_LIMIT = 200_000
@@ -195,12 +230,9 @@ def friedman(scores: np.ndarray, names: list[str], alpha=0.05) -> FriedmanResult
     if exact is not None:
         p = exact
         note = f"Friedman p is the exact permutation p ({math.factorial(k)}^{n} within-block orderings)."
-    denom = n * (k - 1) - chi2
-    if denom > 1e-12:
-        f = (n - 1) * chi2 / denom
-        pf = float(stats.f.sf(f, k - 1, (k - 1) * (n - 1)))
-    else:
-        f, pf = float("nan"), float("nan")
+    f, pf = iman_davenport(chi2, n, k)
+    plain = float(_friedman_q(ranks.sum(0), n, k))
+    if np.isnan(f):
         note += (
             " Iman–Davenport F is undefined: every block ranks the formulations identically (complete "
             "agreement); the Friedman p stands alone."
@@ -218,6 +250,8 @@ def friedman(scores: np.ndarray, names: list[str], alpha=0.05) -> FriedmanResult
         exact is not None,
         note.strip(),
         alpha,
+        plain,
+        iman_davenport(plain, n, k)[0],
     )
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.markup import escape
 from rich.table import Table
 
-from .tables import fmt
+from .tables import fmt, spread_text
 
 
 def print_summary(run_dir, console, store=None):
@@ -19,7 +19,9 @@ def print_summary(run_dir, console, store=None):
         + (f", {counts['missing']} MISSING" if counts["missing"] else "")
         + f" · {run.meta.get('split_kind')} splits · {run.meta.get('n_folds')} folds · {disk_size(run.path)} on disk"
     )
-    table = Table(title=escape(title))
+    folds = run.cells[run.cells.status == "done"].groupby(["backbone", "formulation"]).size()
+    spread = spread_text(run) if len(folds) and folds.max() > 1 else "one fold per row: its value itself"
+    table = Table(title=escape(title), caption=escape(f"{spread}; acc = accuracy, f1@macro = macro-F1"))
     cols = [
         ("val", "accuracy", ""),
         ("val", "f1", "macro"),
@@ -31,8 +33,9 @@ def print_summary(run_dir, console, store=None):
     for name in ("backbone", "formulation", "n"):
         table.add_column(name, no_wrap=True)
     for split, metric, cls in cols:
+        grade = f" {run.scale.classes[int(cls)]}" if cls.isdigit() else ""  # a grade by its name, not its index
         table.add_column(
-            f"{split}\n{ {'accuracy': 'acc'}.get(metric, metric) }{'@' + cls if cls else ''}",
+            f"{split}\n{ {'accuracy': 'acc'}.get(metric, metric) }{'@macro' if cls == 'macro' else grade}",
             justify="right",
             no_wrap=True,
         )

@@ -78,6 +78,18 @@ def fmt(values) -> str:
     return f"{v.mean():.3f} ± {v.std(ddof=1):.3f}" if len(v) > 1 else f"{v.mean():.3f}"
 
 
+def spread_text(run: Run) -> str:
+    """What a table's ± is over: the folds, or with several seeds every fold × seed value (not the sd of the
+    per-fold means over seeds)."""
+    seeds, folds = len(run.suite.training.seeds), run.meta.get("n_folds")
+    if seeds == 1:
+        return "mean ± sd over folds"
+    return (
+        f"mean ± sd over the {folds} folds × {seeds} seeds (one value per fold and seed: the sd mixes the spread "
+        "between folds and between seeds)"
+    )
+
+
 def aligned(x: pd.Series, y: pd.Series) -> tuple[pd.Series, pd.Series]:
     """Two per-(seed, fold) series restricted to the folds both have."""
     common = x.index.intersection(y.index)
@@ -396,9 +408,13 @@ def cv_summary(
         if opts.split == "val"
         else "held-out test set (each fold's model)"
     )
-    notes = [
-        f"Mean ± sd over the {where}; {run.meta.get('n_folds')} resamples × {len(run.suite.training.seeds)} seed(s)."
-    ] + protocol_notes(run, opts.split)
+    seeds = len(run.suite.training.seeds)
+    over = (
+        f"Mean ± sd over the {where}; {run.meta.get('n_folds')} resamples × {seeds} seed(s)."
+        if seeds == 1
+        else f"{spread_text(run).capitalize()}, on the {where}."
+    )
+    notes = [over] + protocol_notes(run, opts.split)
     if opts.summary == "ordinal":
         notes.append(
             "Ordinal view: MAE, AMAE (mean over grades of the per-grade MAE), MMAE (their maximum), RPS (ranked "
@@ -458,7 +474,7 @@ def mtl_tasks(run: Run, opts: Options, items: list[str] | None = None, title: st
         rows,
         notes=[
             "Each task's accuracy on the images that belong to that task only (sub-task labels −1 "
-            f"excluded); mean ± sd over the {Design.of(run, opts).split_text()}."
+            f"excluded); {spread_text(run)}, on the {Design.of(run, opts).split_text()}."
         ]
         + protocol_notes(run, opts.split),
         key="mtl_tasks",
@@ -629,6 +645,32 @@ def ensemble(run: Run, tp: FoldPredictions, b: str, f: str):
     return codes, tp.y_by_image[codes], np.asarray(pred), len(keys)
 
 
+def reference_variant(run: Run, opts: Options, axis: str) -> str:
+    """The variant of an ablation axis the others are compared with: the one `--reference` names, else the first."""
+    names = list(run.stored_suite.variants[axis])
+    return opts.reference if opts.reference in names else names[0]
+
+
+def row_references(run: Run, opts: Options) -> tuple[dict[str, str], str | None]:
+    """Each row's reference for a paired difference, and the ablation axis it is taken along (None: one reference
+    for every row, the run's --reference). Along an axis (`--compare AXIS`) a row is compared with the reference
+    variant of its own group, the rows that differ from it only in that axis."""
+    from .load import variant_groups
+
+    if opts.compare in run.stored_suite.variants:
+        axis = opts.compare
+        wanted = reference_variant(run, opts, axis)
+        refs = {}
+        for _, items, names in variant_groups(run, axis):
+            ref = items[names.index(wanted)]
+            refs.update({item: ref for item in items})
+        return refs, axis
+    one = opts.reference
+    if one is not None and one in run.formulations:
+        return {f: one for f in run.formulations}, None
+    return {}, None
+
+
 def external_sets(run: Run) -> dict[str, dict]:
     """The run's external test sets (`test_sets:`): name -> what `bench run` recorded of it."""
     return run.meta.get("test_sets") or {}
@@ -670,12 +712,14 @@ def test_ensemble(run: Run, opts: Options, preds: pd.DataFrame, external: str | 
     clustered = bool(groups)
     rows = []
     dropped: dict[str, int] = {}  # metric -> most resamples on which it was undefined (a grade absent)
-    ref_name = opts.reference if opts.reference in run.formulations else None
+    refs, along = row_references(run, opts)
     metric_names = ensemble_metrics(run.scale.classes)
     for b in run.backbones:
-        ref = ensemble(run, tp, b, ref_name) if ref_name else None
+        ensembles = {f: ensemble(run, tp, b, f) for f in run.formulations}
         for f in run.formulations:
-            ens = ensemble(run, tp, b, f)
+            ref_name = refs.get(f)
+            ref = ensembles.get(ref_name) if ref_name else None
+            ens = ensembles[f]
             n_cols = len(metric_names) + 3 + (0 if clustered else 1)
             if ens is None:
                 rows.append([b, f] + ["—"] * n_cols)
@@ -734,17 +778,23 @@ def test_ensemble(run: Run, opts: Options, preds: pd.DataFrame, external: str | 
         f"(column 'models') combined and decoded by each formulation's own rule — {rules}.",
         ci,
     ]
+    if along:
+        notes.append(
+            f"Δ{'' if clustered else ' and McNemar'} along the ablation axis {along!r}: each row against the {along} "
+            "variant "
+            f"{reference_variant(run, opts, along)!r} of its own formulation and backbone (every other setting "
+            "identical); the reference rows say 'reference'."
+        )
     notes += undefined_notes(dropped, opts.n_resamples, "patient" if clustered else "image")
     if clustered:
         notes += few_patient_notes(tp, groups, run.scale)
     notes += protocol_notes(run, "test")
+    against = f"its {along} reference" if along else opts.reference
     columns = (
-        ["backbone", "formulation", "models"]
-        + metric_names
-        + [f"Δ accuracy vs {opts.reference}", f"Δ macro-F1 vs {opts.reference}"]
+        ["backbone", "formulation", "models"] + metric_names + [f"Δ accuracy vs {against}", f"Δ macro-F1 vs {against}"]
     )
     if not clustered:
-        columns.append(f"McNemar vs {opts.reference} (b/c, exact p)")
+        columns.append(f"McNemar vs {against} (b/c, exact p)")
     return Table(title, columns, rows, notes=notes, key="test" if external is None else f"external:{external}")
 
 
@@ -755,13 +805,22 @@ def external_text(run: Run, name: str) -> str:
     mapping = info.get("mapping") or {}
     mapped = ", ".join(f"{k} → {'dropped' if v is None else scale.classes[v]}" for k, v in mapping.items())
     text = (
-        f"External test set {name!r} (another centre; never used for training, model selection or decoding): "
-        f"{info.get('images', '?')} images"
+        (
+            f"External test set {name!r}: "
+            if info.get("in_sample")
+            else f"External test set {name!r} (another centre; never used for training, model selection or decoding): "
+        )
+        + f"{info.get('images', '?')} images"
         + (f" of {info['patients']} patients" if info.get("patients") else ", no patient ids")
         + (f", {info['dropped']} more dropped by its label_map" if info.get("dropped") else "")
         + (f"; its classes mapped {mapped}" if mapped else "")
         + ", normalised with each fold's own training statistics as the internal test set"
     )
+    if info.get("in_sample"):
+        text += (
+            f". IN-SAMPLE: {info['in_sample']} of its images are images of the suite's own dataset (identical "
+            "pixels), which the models were trained, selected and decoded on, so these numbers are partly in-sample"
+        )
     absent = info.get("absent") or []
     if absent:
         text += (
@@ -840,6 +899,7 @@ def patient_level(run: Run, opts: Options, preds: pd.DataFrame) -> Table | None:
     n_patients = 0
     per_grade: np.ndarray | None = None
     absent: set[str] = set()
+    dropped: dict[str, int] = {}  # metric -> most resamples on which it was undefined (a grade absent)
     scale = run.scale
     metric_names = patient_metric_names(scale)
     for b in run.backbones:
@@ -857,6 +917,8 @@ def patient_level(run: Run, opts: Options, preds: pd.DataFrame) -> Table | None:
             boot = patient_bootstrap(true_grade, pred_grade, opts.n_resamples, scale=scale)
             cells = []
             for i, name in enumerate(metric_names):
+                if boot.undefined[i] and not np.isnan(boot.point[i]):
+                    dropped[name] = max(dropped.get(name, 0), int(boot.undefined[i]))
                 if np.isnan(boot.point[i]):
                     cells.append("absent")
                     absent.add(name)
@@ -890,6 +952,7 @@ def patient_level(run: Run, opts: Options, preds: pd.DataFrame) -> Table | None:
             f"absent: no test patient has that true grade ({', '.join(sorted(absent))}), so its recall is undefined "
             "(not 0)."
         )
+    notes += undefined_notes(dropped, opts.n_resamples, "patient", scored="patient")
     notes += protocol_notes(run, "test")
     return Table(title, ["backbone", "formulation", "patients"] + metric_names, rows, notes=notes, key="patient")
 
@@ -897,13 +960,14 @@ def patient_level(run: Run, opts: Options, preds: pd.DataFrame) -> Table | None:
 MIN_PATIENTS_PER_GRADE = 5
 
 
-def undefined_notes(dropped: dict[str, int], n_resamples: int, unit: str) -> list[str]:
-    """Say which statistics were undefined on some resamples and left out of their CI there."""
+def undefined_notes(dropped: dict[str, int], n_resamples: int, unit: str, scored: str = "image") -> list[str]:
+    """Say which statistics were undefined on some resamples and left out of their CI there (`scored`: what the
+    metrics count, images or patients)."""
     if not dropped:
         return []
     parts = [f"{name}: up to {n} of {n_resamples}" for name, n in dropped.items()]
     return [
-        f"Some {unit} resamples contain no image of a grade, on which that grade's recall and F1 are undefined: "
+        f"Some {unit} resamples contain no {scored} of a grade, on which that grade's recall and F1 are undefined: "
         "those resamples are left out of the statistic's CI (not scored as 0), and macro-F1 averages over the "
         f"grades present in each resample. Resamples left out — {'; '.join(parts)}."
     ]
@@ -968,16 +1032,10 @@ def friedman_table(run: Run, opts: Options, axis: str | None = None) -> tuple[Ta
         rank_rows.append(
             [mark_in_sample(run, opts.split, f), f"{res.mean_ranks[f]:.2f}"] + [f"{per_block[b][j]:g}" for b in bbs]
         )
-    id_text = (
-        "Iman–Davenport F undefined"
-        if np.isnan(res.iman_davenport_f)
-        else f"Iman–Davenport F = {res.iman_davenport_f:.3f} (p = {res.iman_davenport_p:.3g})"
-    )
     notes = [
         f"Blocks: the {len(bbs)} backbones (macro {opts.metric} on the {Design.of(run, opts).split_text()}, "
         "averaged over "
-        f"folds); rank 1 = best. Friedman χ² = {res.statistic:.3f} (p = {res.p_value:.3g}"
-        f"{', exact' if res.exact else ', χ² approximation'}); {id_text}; Nemenyi critical difference CD = "
+        f"folds); rank 1 = best. {res.text()}; Nemenyi critical difference CD = "
         f"{res.critical_difference:.3f} at α = {opts.alpha} — formulations whose mean ranks differ by less than "
         "CD are not distinguishable." + (f" {res.note}" if res.note else "")
     ] + [n for n in protocol_notes(run, opts.split) if n.startswith("‡")]
@@ -997,9 +1055,13 @@ def axis_friedman_table(run: Run, opts: Options, axis: str) -> tuple[Table | Non
 
     groups = [(b, fixed, items) for b in run.backbones for fixed, items, _ in variant_groups(run, axis)]
     names = list(run.stored_suite.variants[axis])
-    if len(names) < 3 or len(groups) < 2:
-        return None, None
     title = f"Table 6 — Friedman / Nemenyi ranking of the {axis} variants"
+    if len(names) < 3:
+        note = (
+            f"not shown: a Friedman ranking needs at least three variants to rank, and the axis {axis!r} has "
+            f"{len(names)} ({', '.join(names)}); Table 2 compares them pairwise, within each backbone and setting."
+        )
+        return Table(title, ["note"], [[note]], key="friedman"), None
     if len(groups) < MIN_FRIEDMAN_BLOCKS:
         note = (
             f"not shown: the Friedman test ranks the {axis} variants within blocks (here backbone × the settings "
@@ -1021,17 +1083,11 @@ def axis_friedman_table(run: Run, opts: Options, axis: str) -> tuple[Table | Non
         [n, f"{res.mean_ranks[n]:.2f}"] + [f"{r:g}" for r in ranks[:, names.index(n)]]
         for n in sorted(names, key=lambda n: res.mean_ranks[n])
     ]
-    id_text = (
-        "Iman–Davenport F undefined"
-        if np.isnan(res.iman_davenport_f)
-        else f"Iman–Davenport F = {res.iman_davenport_f:.3f} (p = {res.iman_davenport_p:.3g})"
-    )
     notes = [
         f"Blocks: the {len(groups)} settings the {axis} variants share (backbone × formulation"
         + (" × the other axes' variants" if len(run.stored_suite.variants) > 1 else "")
         + f"; macro {opts.metric} on the {Design.of(run, opts).split_text()}, averaged over folds); rank 1 = best. "
-        f"Friedman χ² = {res.statistic:.3f} (p = {res.p_value:.3g}{', exact' if res.exact else ', χ² approximation'}); "
-        f"{id_text}; Nemenyi critical difference CD = {res.critical_difference:.3f} at α = {opts.alpha} — variants "
+        f"{res.text()}; Nemenyi critical difference CD = {res.critical_difference:.3f} at α = {opts.alpha} — variants "
         "whose mean ranks differ by less than CD are not distinguishable. These blocks share one dataset and its "
         "folds, so they are not the independent data sets the test assumes: read the ranking as a summary of "
         "consistency across settings, not as evidence about new data." + (f" {res.note}" if res.note else "")
@@ -1149,6 +1205,17 @@ class CalibrationData:
             self._test = self._read(self.run, "test")
         return self._test
 
+    def patients(self, ids) -> np.ndarray | None:
+        """The patient of each validation image, where the run recorded them (None: split by image)."""
+        groups = self.run.meta.get("val_groups")
+        if not groups or any(i not in groups for i in ids):
+            return None
+        return np.array([groups[i] for i in ids])
+
+    @property
+    def halves_unit(self) -> str:
+        return "patient" if self.run.meta.get("val_groups") else "image"
+
     def cells(self, run: Run, b: str, f: str) -> list[str]:
         c = run.cells
         keys = c[(c.backbone == b) & (c.formulation == f) & (c.status == "done")].key
@@ -1161,10 +1228,10 @@ class CalibrationData:
 
         ys, ps = [], []
         for k in keys:
-            _, y, p = self.val[k]
+            ids, y, p = self.val[k]
             if temperature:
                 if k not in self._scaled:
-                    self._scaled[k] = cross_fitted_temperature(y, p)[0]
+                    self._scaled[k] = cross_fitted_temperature(y, p, groups=self.patients(ids))[0]
                 p = self._scaled[k]
             ys.append(y)
             ps.append(p)
@@ -1231,8 +1298,14 @@ def calibration_table(run: Run, opts: Options, data: CalibrationData, with_test:
         "each before → after temperature scaling (Guo et al. 2017: p ∝ p^(1/T), T minimising the validation NLL; the "
         "predicted grade of the mode is unchanged).",
         "Validation: every fold model's validation images pooled (out-of-fold). After-scaling numbers are "
-        "cross-fitted: each fold's validation images are split into two grade-stratified halves, each scaled with "
-        "the T fitted on the other. T (median over fold models) is fitted on a model's whole validation fold.",
+        "cross-fitted: each fold's validation images are split into two grade-stratified halves"
+        + (
+            ", each patient's images in one half,"
+            if data.halves_unit == "patient"
+            else " of images (this run records no patient ids),"
+        )
+        + " each scaled with the T fitted on the other. T (median over fold models) is fitted on a model's whole "
+        "validation fold.",
         "Test: the fold-ensemble's class probabilities (the mean of the fold models' probabilities) on the held-out "
         "test set; after scaling, each fold model's probabilities are scaled with its own validation T before the "
         "mean. The test set never fits anything.",
@@ -1267,6 +1340,7 @@ def operating_points(run: Run, opts: Options, data: CalibrationData) -> Table | 
         return None
     target = opts.specificity
     rows = []
+    unreachable: set[str] = set()
     for b in run.backbones:
         for f in run.formulations:
             keys = data.cells(run, b, f)
@@ -1286,10 +1360,19 @@ def operating_points(run: Run, opts: Options, data: CalibrationData) -> Table | 
                 hit = pt[:, k] >= t
                 sens = hit[yt == k].mean()
                 spec = 1 - hit[yt != k].mean()
-                row.append(f"{sens:.3f} (spec {spec:.3f}, t = {min(t, 1.0):.3f})")
+                if np.isinf(t):  # roc_curve's first point: no threshold reaches the specificity but flagging none
+                    unreachable.add(run.scale.classes[k])
+                row.append(f"{sens:.3f} (spec {spec:.3f}, t = {'none' if np.isinf(t) else f'{t:.3f}'})")
             rows.append(row)
     if not rows:
         return None
+    extra = []
+    if unreachable:
+        extra.append(
+            f"t = none ({', '.join(sorted(unreachable))}): on validation no threshold reaches specificity {target:g} "
+            "except one above every score, so no test image is called that grade (sensitivity 0, specificity 1): at "
+            "this specificity the model cannot flag it. A lower --specificity finds an operating point."
+        )
     return Table(
         f"Table 8b — sensitivity per grade at specificity {target:g} (held-out test set, fold-ensemble)",
         ["backbone", "formulation"] + [f"{c} sensitivity" for c in run.scale.classes],
@@ -1303,6 +1386,7 @@ def operating_points(run: Run, opts: Options, data: CalibrationData) -> Table | 
             f"For {run.scale.classes[-1]} a false negative (a severe case graded lower) is the costly error: its "
             "column is the sensitivity a screening use would get at this specificity.",
         ]
+        + extra
         + [n for n in protocol_notes(run, "val") if n.startswith("‡")],
         key="operating_point",
     )

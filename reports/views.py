@@ -20,6 +20,7 @@ SectionKind = Literal[
     "finetune",
     "test",
     "patient",
+    "external",
     "calibration",
     "operating_point",
     "friedman",

@@ -227,7 +227,7 @@ def test_labels_outside_0_to_3_in_manifest(capsys, tmp_path):
 def test_duplicate_image_ids_in_manifest(capsys, tmp_path):
     rows = [f"d/Mayo {k}/UC_patient_{i}_{k}.bmp,{k},{i}" for k in range(4) for i in range(6)]
     rows.append(rows[0])
-    assert_rejected(capsys, tmp_path, _manifest(tmp_path, rows), "duplicate image ids", "UC_patient_0_0.bmp")
+    assert_rejected(capsys, tmp_path, _manifest(tmp_path, rows), "rows 2", "and 26", "same file", "UC_patient_0_0.bmp")
 
 
 def test_pretrained_weights_absent_offline(tmp_path):

@@ -38,6 +38,20 @@ def test_two_variants_double_the_grid_and_only_selects_one(make_suite, tmp_path,
         text = out.read_text()
         assert "softmax[lr=low]" in text and "softmax[lr=high]" in text
         assert "ablation axis" in text
+    # along the axis, every comparison is between a row and its own variant pair, and the words say so
+    capsys.readouterr()
+    assert main(["report", str(tmp_path / "a"), "--compare", "lr", "--markdown"]) == 0
+    md = capsys.readouterr().out
+    assert "formulations within backbone" not in md and "Compared: the lr variants of coral, within backbone" in md
+    table5 = md.split("## Table 5 ")[1].split("\n## ")[0]
+    rows = {r.split(" | ")[1]: r for r in table5.splitlines() if r.startswith("| tiny")}
+    # (the suite file lists the variants high, low: the first is the reference)
+    for ref in ("softmax[lr=high]", "coral[lr=high]"):
+        assert "| reference | reference |" in rows[ref]
+    assert "reference" not in rows["coral[lr=low]"]  # coral against coral[lr=high], never against softmax
+    assert "Δ accuracy vs its lr reference" in table5 and "variant 'high' of its own formulation" in table5
+    table6 = md.split("## Table 6")[1].split("\n## ")[0]
+    assert "at least three variants" in table6 and "has 2 (high, low)" in table6
     assert main(["report", str(tmp_path / "a"), "--compare", "learning-rate"]) == 2
     assert "not an axis of this run" in capsys.readouterr().err
 
@@ -63,9 +77,10 @@ def test_keys_a_suite_without_variants_and_an_empty_variant_share(make_suite):
         if c.depends:
             dep = next(d for d in cells if d.key == c.depends and d.variant == c.variant)
             assert dep.training == c.training
-    # variants that coincide are one cell
-    twin = load_suite(make_suite(name="t", formulations=["softmax"], variants={"a": {"x": {}, "y": {}}}))
-    assert len(expand_cells(twin, 2)) == 4 and len(unique_cells(expand_cells(twin, 2))) == 2
+    # variants of one axis that coincide would be one cell compared with itself as two rows: refused at load
+    with pytest.raises(BenchError, match="train with the same settings"):
+        load_suite(make_suite(name="t", formulations=["softmax"], variants={"a": {"x": {}, "y": {}}}))
+    assert len(unique_cells(cells)) == len(cells)
 
 
 @pytest.mark.parametrize(

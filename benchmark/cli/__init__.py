@@ -15,7 +15,7 @@ from .console import err_console
 def build_parser():
     from importlib.metadata import PackageNotFoundError, version
 
-    from . import data, report, run, status, submit, tools, tune
+    from . import data, plan, report, run, status, submit, tools, tune
 
     try:
         v = version("mesbench")
@@ -29,7 +29,7 @@ def build_parser():
     p.add_argument("--version", action="version", version=f"mesbench {v}")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = p.add_subparsers(dest="command", required=True)
-    for module in (run, report, tune, submit, tools, data, status):
+    for module in (run, plan, report, tune, submit, tools, data, status):
         module.add_commands(sub)
     return p
 

@@ -10,6 +10,52 @@ for _c in (console, err_console):
         _c.width = 160
 
 
+def add_threads_option(parser) -> None:
+    """`--threads N`, the same for every command that trains."""
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help="CPU threads of torch's kernels per process (default: OMP_NUM_THREADS if set, else the cores this "
+        "process may use divided by the workers)",
+    )
+
+
+def available_cores() -> int:
+    import os
+
+    try:
+        return len(os.sched_getaffinity(0))  # a container's or a Slurm task's share, not the machine's
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def set_threads(requested: int | None, workers: int = 1) -> int:
+    """Decide and apply the CPU threads per process: --threads, else the user's OMP_NUM_THREADS, else the cores this
+    process may use divided by the workers (torch's own default takes every core, so two processes on a shared
+    2-core machine each ran 2–4 threads and used 4–5× the CPU for the same wall time)."""
+    import os
+
+    from ..errors import BenchError
+
+    cores = available_cores()
+    if requested is not None and not 1 <= requested <= 4 * cores:
+        raise BenchError(
+            f"--threads {requested}: between 1 and {4 * cores} (this process may use {cores} cores); leave it out "
+            f"for {max(1, cores // max(workers, 1))}."
+        )
+    env = os.environ.get("OMP_NUM_THREADS", "")
+    n = requested or (int(env) if env.isdigit() and int(env) > 0 else max(1, cores // max(workers, 1)))
+    os.environ["OMP_NUM_THREADS"] = str(n)
+    os.environ["MKL_NUM_THREADS"] = str(n)
+    import sys
+
+    if "torch" in sys.modules or workers == 1:
+        import torch
+
+        torch.set_num_threads(n)
+    return n
+
+
 def add_set_option(parser) -> None:
     """`--set FIELD=VALUE`, the same for every command that loads a suite."""
     parser.add_argument(

@@ -138,15 +138,21 @@ REPORT_HINT = (
 def writable_or_refuse(folder: Path, what: str, hint: str = REPORT_HINT) -> None:
     """A folder a command can write into (made if missing), or one paragraph saying where to write instead."""
     import os
+    import uuid
 
     probe = folder
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent
+    refused = f"{folder} is not writable (a read-only or archived run directory?), so the {what} cannot be written"
     if not os.access(probe, os.W_OK):
-        raise BenchError(
-            f"{folder} is not writable (a read-only or archived run directory?), so the {what} cannot be written "
-            f"there. {hint}"
-        )
+        raise BenchError(f"{refused} there. {hint}")
+    try:  # access() says yes to root on /proc or a read-only mount: only a real write tells
+        folder.mkdir(parents=True, exist_ok=True)
+        test = folder / f".write-test-{uuid.uuid4().hex}"
+        test.write_text("")
+        test.unlink()
+    except OSError as exc:
+        raise BenchError(f"{refused} there ({exc.strerror}). {hint}") from None
 
 
 def _add_report(sub):
@@ -265,7 +271,10 @@ def cmd_check(args):
         )
         return 0
     if args.against:
+        from reports.check import check_comparable
+
         base, tolerances = run_table(args.against), {}
+        check_comparable(now, base, str(args.run_dir), str(args.against))
     elif args.baseline:
         base, tolerances = read_baseline(args.baseline)
     else:

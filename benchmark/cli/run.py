@@ -8,7 +8,7 @@ from pathlib import Path
 from rich.markup import escape
 
 from ..errors import BenchError
-from .console import add_set_option, console, err_console
+from .console import add_set_option, add_threads_option, available_cores, console, err_console, set_threads
 
 
 def suite_overrides(args) -> list[str]:
@@ -25,11 +25,16 @@ def cmd_run(args):
     if args.offline:
         os.environ["MESBENCH_OFFLINE"] = "1"
 
-    suite = load_suite(args.suite, suite_overrides(args))  # a wrong suite is refused before torch is even imported
+    suite = load_suite(args.suite, suite_overrides(args), paths=True)  # refused before torch is even imported
     check_size(suite, args.yes)
     check_workers(args.workers, args.devices)
+    threads = set_threads(args.threads, args.workers)
     if args.workers > 1:
-        return run_workers(args, suite)
+        return run_workers(args, suite, threads)
+    err_console.print(
+        f"bench run {escape(suite.name)}: {threads} CPU thread(s) per process"
+        + (" (--threads)" if args.threads else f" (of {available_cores()} cores; --threads to change)")
+    )
 
     from reports.summary import print_summary
 
@@ -54,7 +59,7 @@ def cmd_run(args):
             )
         report = runner.run(args.only)
     err_console.print(
-        f"{len(report.trained)} trained, {len(report.skipped)} already done, "
+        f"{report.trained_text()}, {len(report.skipped)} already done, "
         f"{len(report.failed)} failed in {report.seconds:.1f} s · device {runner.plan.description} · "
         f"results in {escape(str(out))}"
     )
@@ -158,7 +163,9 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
-def start_workers(argv: list[str], workers: int, devices: str | None, capture: bool = False):
+def start_workers(
+    argv: list[str], workers: int, devices: str | None, capture: bool = False, threads: int | None = None
+):
     """N `bench ARGV` processes on this machine: each pinned to one of --devices in turn (indices into the GPUs
     this process may see, so they stay right inside a Slurm allocation), else to its share of the CPU cores.
     Returns the processes and a line saying where they run."""
@@ -167,7 +174,7 @@ def start_workers(argv: list[str], workers: int, devices: str | None, capture: b
     import sys
 
     wanted = device_ids(devices, os.environ.get("CUDA_VISIBLE_DEVICES"))
-    threads = max(1, (os.cpu_count() or 2) // workers)
+    threads = threads or max(1, available_cores() // workers)
     first = worker_index() * workers  # inside a Slurm array task: indices distinct across tasks too
     procs = []
     devices_of = assign_devices(workers, wanted)
@@ -219,7 +226,7 @@ def wait_workers(procs, tick=lambda: None) -> int:
     return max(p.returncode for p in procs)
 
 
-def run_workers(args, suite) -> int:
+def run_workers(args, suite, threads: int | None = None) -> int:
     """`--workers N`: N `bench run` processes on this machine claim cells from the one store; this process
     prepares the run once (splits, store, decoded images) and waits for them. A worker that dies (killed, out of
     memory) leaves its cell to the others, which take it over once its heartbeat is stale; the exit status then
@@ -231,7 +238,9 @@ def run_workers(args, suite) -> int:
 
     out = Path(args.out) if args.out else Path("runs") / suite.name
     cells = Runner(suite, out, device=args.device, store=args.store).prepare(args.only)
-    procs, placement = start_workers(run_argv(args, out), args.workers, args.devices, capture=not args.quiet)
+    procs, placement = start_workers(
+        run_argv(args, out), args.workers, args.devices, capture=not args.quiet, threads=threads
+    )
     shown = escape(str(out))
     title = f"{args.workers} workers on {shown} ({placement}); `bench status {shown}` shows each worker's cell"
     if args.quiet:
@@ -263,30 +272,31 @@ def run_workers(args, suite) -> int:
 def cmd_list(args):
     from rich.table import Table
 
-    from backbones import list_backbones
+    from backbones import BACKBONES, list_backbones
     from formulations import FINETUNE_SUFFIXES, FORMULATIONS
 
     from ..data.catalogue import DATASETS
 
-    t = Table(title="backbones (any timm model name also works)")
-    for col in ("name", "timm model", "input size", "default batch"):
+    t = Table(title="backbones (any timm model name also works, and a factory as package.module:function)")
+    for col in ("name", "timm model", "input size", "default batch", "from"):
         t.add_column(col)
     for b in list_backbones():
         t.add_row(
-            b.name,
-            b.timm_name,
+            escape(b.name),
+            escape(b.timm_name) if b.builder is None else "— (its own module)",
             "native" if not b.input_size else "×".join(map(str, b.input_size)),
             str(b.batch_size or "suite"),
+            escape(BACKBONES.origin(b.name)),
         )
     console.print(t)
     t = Table(
         title=f"formulations (append {', '.join(FINETUNE_SUFFIXES)} for inverse-F1 / plain / deferred re-weighting "
         "fine-tuning)"
     )
-    for col in ("name", "what", "reference"):
+    for col in ("name", "what", "reference", "from"):
         t.add_column(col)
     for name, cls in FORMULATIONS.items():
-        t.add_row(name, cls.description, cls.reference_text)
+        t.add_row(escape(name), escape(cls.description), escape(cls.reference_text), escape(FORMULATIONS.origin(name)))
     console.print(t)
     console.print("datasets: " + ", ".join(sorted(DATASETS)))
     if args.timm:
@@ -308,6 +318,7 @@ def add_commands(sub):
         help="restrict to backbone=, formulation=, fold= or seed= (repeatable; comma-separated values)",
     )
     add_set_option(r)
+    add_threads_option(r)
     r.add_argument(
         "--retry-failed",
         action="store_true",

@@ -21,11 +21,18 @@ def cmd_status(args):
     now = time.time()
     counts = {"done": 0, "running": 0, "failed": 0, "pending": 0}
     running: list[tuple[Any, dict[str, Any]]] = []
+    partial: list[tuple[Any, str]] = []
     per_worker: dict[str, dict[str, float]] = {}
+    from benchmark.run.store import STALE_SECONDS
+
     for c in run.cells.itertuples():
         r = rows.get(c.key)
-        if r is None or (r["status"] == "running" and not r["owner"]):
+        stale = r is not None and r["status"] == "running" and now - (r["heartbeat"] or 0) > STALE_SECONDS
+        if r is None or (r["status"] == "running" and not r["owner"]) or stale:  # a stale claim: its worker is gone
             counts["pending"] += 1
+            progress = partial_progress(run.path, c.key)
+            if progress:
+                partial.append((c, progress))
             continue
         status = r["status"]
         counts[status] = counts.get(status, 0) + 1
@@ -37,14 +44,16 @@ def cmd_status(args):
             w["seconds"] += (r["finished"] or now) - (r["started"] or now)
     console.print(  # names and paths are user text: escaped, never read as rich markup
         f"{escape(str(run.path))}: {len(run.cells)} cells — {counts['done']} done, {counts['running']} running, "
-        f"{counts['failed']} failed, {counts['pending']} pending · {disk_size(run.path)} on disk"
+        f"{counts['failed']} failed, {counts['pending']} pending"
+        + (f" ({len(partial)} of them partial: they resume from their last saved epoch)" if partial else "")
+        + f" · {disk_size(run.path)} on disk"
     )
     left = time_left(run.cells, rows, now)
     if left is not None:
         console.print(left)
     if running:
         t = Table(title="running")
-        for col in ("cell", "worker", "since", "last heartbeat"):
+        for col in ("cell", "worker", "since", "last heartbeat", "saved"):
             t.add_column(col)
         for c, r in running:
             t.add_row(
@@ -52,7 +61,15 @@ def cmd_status(args):
                 escape(r["owner"]),
                 f"{now - (r['started'] or now):.0f} s ago",
                 f"{now - (r['heartbeat'] or 0):.0f} s ago",
+                partial_progress(run.path, c.key) or "—",
             )
+        console.print(t)
+    if partial:
+        t = Table(title="pending, partly trained")
+        for col in ("cell", "state"):
+            t.add_column(col)
+        for c, progress in partial:
+            t.add_row(escape(f"{c.backbone} · {c.formulation} · fold {c.fold} · seed {c.seed}"), progress)
         console.print(t)
     if per_worker:
         t = Table(title="finished cells per worker")
@@ -63,6 +80,19 @@ def cmd_status(args):
             t.add_row(escape(owner), str(w["cells"]), f"{rate:,.1f}")
         console.print(t)
     return 0
+
+
+def partial_progress(run_dir, key: str) -> str | None:
+    """'partial (epoch 4 of 200)' for a cell with a saved resume point (written beside its last.pt), else None."""
+    import json
+    from pathlib import Path
+
+    path = Path(run_dir) / "cells" / key / "progress.json"
+    try:
+        doc = json.loads(path.read_text())
+        return f"partial (epoch {int(doc['epoch'])} of {int(doc['epochs'])})"
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _hours(seconds: float) -> str:

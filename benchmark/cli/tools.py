@@ -118,6 +118,9 @@ def cmd_perf_cell(args):
 def cmd_perf(args):
     from rich.table import Table
 
+    from .console import set_threads
+
+    set_threads(args.threads)
     if args.cell:
         return cmd_perf_cell(args)
 
@@ -153,11 +156,27 @@ def cmd_perf(args):
             f"ratio (4)/(3) harness epoch vs bare model step: "
             f"{res['harness'].images_per_s / res['bare'].images_per_s:.3f}×"
         )
+        saved = save_rate(args.backbone, (h, w), plan.device.type, res["harness"].images_per_s, plan.description)
+        console.print(f"rate saved for `bench plan`'s estimates: {saved}")
     console.print(
         f"memory: {memory}; a decoded cache of full LIMUC (11,276 × {h}×{w}×3 uint8) takes "
         f"{11276 * h * w * 3 / 1e9:.2f} GB (memory-mapped with `dataset.mmap: true`)"
     )
     return 0
+
+
+def save_rate(backbone: str, size, device: str, images_per_s: float, description: str):
+    """The measured training rate, where `bench plan` looks for it (the cache, per device kind, backbone and size)."""
+    import json
+    from datetime import UTC, datetime
+
+    from ..cli.plan import rate_path
+
+    path = rate_path(backbone, size, device)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    doc = {"images_per_s": images_per_s, "device": description, "measured": datetime.now(UTC).isoformat()}
+    path.write_text(json.dumps(doc))
+    return path
 
 
 def _hw(text):
@@ -190,6 +209,9 @@ def _add_perf(sub):
         "--checkpoint-every", type=float, default=0.0, help="--cell: seconds between checkpoints (0: every epoch)"
     )
     r.add_argument("--quiet", action="store_true", help="--cell: no progress display")
+    from .console import add_threads_option
+
+    add_threads_option(r)
     r.set_defaults(fn=cmd_perf)
 
 

@@ -6,14 +6,14 @@ import argparse
 from pathlib import Path
 
 from ..errors import BenchError
-from .console import add_set_option, console
+from .console import add_set_option, add_threads_option, console, set_threads
 
 
 def make_tuner(args, worker: int = 0):
     from ..run.tune import Tuner
     from ..suite.loading import load_suite
 
-    suite = load_suite(args.suite, args.set)
+    suite = load_suite(args.suite, args.set, paths=True)
     out = Path(args.out) if args.out else Path("runs") / f"{suite.name}-tune"
     return Tuner(
         suite,
@@ -75,6 +75,7 @@ def cmd_tune(args):
     if args.timeout is not None and args.timeout <= 0:
         raise BenchError(f"--timeout {args.timeout}: a number of seconds above 0 (or leave it out).")
     check_workers(args.workers, args.devices)
+    threads = set_threads(args.threads, args.workers)
     if args.targets:  # one of several workers: fill the studies, the command that started us reports
         targets = parse_targets(args.targets)
         tuner = make_tuner(args, worker=worker_index())
@@ -84,7 +85,9 @@ def cmd_tune(args):
     before = {i: len(s.trials) for i, s in tuner.studies.items()}
     if args.workers > 1:
         targets = tuner.targets(args.trials)
-        procs, placement = start_workers(tune_worker_argv(args, tuner, targets), args.workers, args.devices)
+        procs, placement = start_workers(
+            tune_worker_argv(args, tuner, targets), args.workers, args.devices, threads=threads
+        )
         err_console.print(f"{args.workers} tuning workers on {tuner.storage} ({placement})")
         if wait_workers(procs) != 0:
             err_console.print("[red]a tuning worker failed[/]; its error is above. Finished trials are kept.")
@@ -166,6 +169,7 @@ def add_commands(sub):
     add_tune_options(r)
     r.add_argument("--out", help="output directory (default runs/<suite>-tune)")
     add_set_option(r)
+    add_threads_option(r)
     r.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when present")
     r.add_argument(
         "--workers",

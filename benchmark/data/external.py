@@ -27,6 +27,7 @@ class ExternalSet:
     groups: np.ndarray | None  # patient ids where the data has them
     mapping: dict[str, int | None]  # the set's own class -> the suite's grade (None: dropped)
     dropped: int  # images of classes mapped to null
+    in_sample: int = 0  # images that are also images of the suite's own dataset (identical pixels)
 
     def summary(self, scale: Scale) -> dict:
         counts = np.bincount(self.labels, minlength=scale.k)
@@ -37,7 +38,22 @@ class ExternalSet:
             "class_counts": counts.tolist(),
             "absent": [scale.classes[g] for g in scale.grades if counts[g] == 0],
             "mapping": self.mapping,
+            "in_sample": self.in_sample,
         }
+
+
+def shared_images(images: np.ndarray, others: np.ndarray) -> int:
+    """How many of `images` have the exact pixels of an image among `others` (both decoded uint8 arrays)."""
+    import hashlib
+
+    if images.shape[1:] != others.shape[1:]:
+        return 0  # decoded at another size: not the same pixels (a resized copy is not detected)
+
+    def digests(a: np.ndarray) -> list[bytes]:
+        return [hashlib.blake2b(np.ascontiguousarray(x).tobytes(), digest_size=16).digest() for x in a]
+
+    seen = set(digests(others))
+    return sum(d in seen for d in digests(images))
 
 
 def _grade(value, scale: Scale, where: str) -> int | None:
@@ -73,6 +89,12 @@ def class_mapping(classes: tuple[str, ...], label_map: dict | None, scale: Scale
             raise BenchError(
                 f"{where}.label_map: {key!r} is none of the set's classes ({', '.join(classes)}). Map each of them "
                 "by its name (a folder's name) or its index."
+            )
+        if name in mapping:
+            first = next(k for k in label_map if known.get(str(k)) == name)
+            raise BenchError(
+                f"{where}.label_map: {first!r} and {key!r} both name the set's class {name!r} (by its name and by its "
+                "index), so one would silently win. Map each class once."
             )
         mapping[name] = _grade(value, scale, f"{where}.label_map[{key!r}]")
     missing = [c for c in classes if c not in mapping]

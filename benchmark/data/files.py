@@ -127,18 +127,8 @@ def decoded_dataset(name, paths, labels, groups, ids, cfg: DatasetConfig, source
 @register_dataset("folder")
 def folder_dataset(cfg: DatasetConfig) -> Dataset:
     """Any folder-per-class tree; class k is the folder `class_dirs[k]`, and the folders' names are the grades'."""
-    if not cfg.root:
-        raise BenchError("dataset 'folder' needs `dataset.root:` — the folder holding one sub-folder per class.")
-    root = Path(os.path.expandvars(cfg.root)).expanduser()
-    if not root.is_dir():
-        raise BenchError(f"dataset.root {str(root)!r} does not exist or is not a folder. Point it at the data folder.")
-    paths, labels, ids = [], [], []
-    for k, cls in enumerate(cfg.class_dirs):
-        files = class_files(root / cls, f"dataset.root {root}")
-        paths += files
-        labels += [k] * len(files)
-        ids += [f"{cls}/{p.relative_to(root / cls)}" for p in files]
-    groups = [patient_id_from_name(p.name) or f"img:{i}" for i, p in enumerate(paths)]
+    root, paths, labels, ids = folder_listing(cfg)
+    groups, grouped = folder_patients(cfg, root, paths, labels, ids)
     return decoded_dataset(
         "folder",
         paths,
@@ -147,12 +137,94 @@ def folder_dataset(cfg: DatasetConfig) -> Dataset:
         ids,
         cfg,
         f"dataset.root {root}",
-        meta={
-            "root": str(root),
-            "grouped_ids": all(not g.startswith("img:") for g in groups),
-            "classes": list(cfg.class_dirs),
-        },
+        meta={"root": str(root), "grouped_ids": grouped, "classes": list(cfg.class_dirs)},
     )
+
+
+def folder_listing(cfg: DatasetConfig) -> tuple[Path, list[Path], list[int], list[str]]:
+    """(root, image files, their grades, their ids `class_dir/path-in-it`) of a folder-per-class tree."""
+    if not cfg.root:
+        raise BenchError("dataset 'folder' needs `dataset.root:` — the folder holding one sub-folder per class.")
+    root = Path(os.path.expandvars(cfg.root)).expanduser()
+    if not root.is_dir():
+        raise BenchError(f"dataset.root {str(root)!r} does not exist or is not a folder. Point it at the data folder.")
+    paths: list[Path] = []
+    labels: list[int] = []
+    ids: list[str] = []
+    for k, cls in enumerate(cfg.class_dirs):
+        files = class_files(root / cls, f"dataset.root {root}")
+        paths += files
+        labels += [k] * len(files)
+        ids += [f"{cls}/{p.relative_to(root / cls).as_posix()}" for p in files]
+    return root, paths, labels, ids
+
+
+NO_PATIENTS_FIX = (
+    "name them with `dataset.patient_pattern: REGEX` (a named group `patient` searched in each image's path inside its "
+    r"class folder, e.g. '(?P<patient>[^_/]+)_\d+' for p012_003.png, '(?P<patient>[^/]+)/' for per-patient "
+    "sub-folders) or `dataset.patients: FILE.csv` (columns path,patient); a manifest takes a group column"
+)
+
+
+def folder_patients(
+    cfg: DatasetConfig, root: Path, paths: list[Path], labels: list[int], ids: list[str]
+) -> tuple[list[str], bool]:
+    """Each image's patient, and whether every image has one: from `patient_pattern`, from the `patients` CSV, or by
+    LIMUC's file names (`UC_patient_<id>_<n>`); an image without one is its own unit (`img:N`)."""
+    import re
+
+    if cfg.patient_pattern is not None:
+        pattern = re.compile(cfg.patient_pattern)
+        inside = [p.relative_to(root / cfg.class_dirs[k]).as_posix() for p, k in zip(paths, labels)]
+        found = [pattern.search(rel) for rel in inside]
+        missed = [ids[i] for i, m in enumerate(found) if m is None or not m.group("patient")]
+        if missed:
+            raise BenchError(
+                f"dataset.patient_pattern {cfg.patient_pattern!r} finds no patient in {missed[0]!r} ({len(missed)} of "
+                f"{len(ids)} images; it is searched in the path inside the class folder, e.g. {inside[0]!r}). Fix the "
+                "pattern, or move the files it cannot read."
+            )
+        return [m.group("patient") for m in found if m is not None], True
+    if cfg.patients is not None:
+        return patients_from_csv(cfg.patients, root, paths, ids), True
+    groups = [patient_id_from_name(p.name) or f"img:{i}" for i, p in enumerate(paths)]
+    return groups, all(not g.startswith("img:") for g in groups)
+
+
+def patients_from_csv(csv: str, root: Path, paths: list[Path], ids: list[str]) -> list[str]:
+    """The patient of every image from a CSV with columns path,patient (paths relative to the tree's root, as
+    `class_dir/file`, or absolute); every image needs a row, rows for files not in the tree are ignored."""
+    import pandas as pd
+
+    path = Path(os.path.expandvars(csv)).expanduser()
+    fix = "The patients file is a CSV with a header line `path,patient` and one image per row."
+    if not path.is_file():
+        what = "is a folder" if path.is_dir() else "is not a regular file" if path.exists() else "does not exist"
+        raise BenchError(f"dataset.patients {str(path)!r} {what}. {fix}")
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as exc:
+        raise BenchError(f"dataset.patients {path}: not a readable CSV ({str(exc).splitlines()[0]}). {fix}") from None
+    if {"path", "patient"} - set(df.columns):
+        raise BenchError(f"dataset.patients {path}: columns {list(df.columns)}; it needs path and patient. {fix}")
+    by_file: dict[Path, str] = {}
+    for row, (p, patient) in enumerate(zip(df["path"], df["patient"])):
+        if not patient.strip():
+            raise BenchError(f"dataset.patients {path}: row {row + 2} ({p!r}) has no patient. Give every row one.")
+        file = (Path(p) if Path(p).is_absolute() else root / p).resolve()
+        if by_file.get(file, patient) != patient:
+            raise BenchError(
+                f"dataset.patients {path}: {p!r} is listed with two patients ({by_file[file]!r} and {patient!r}). "
+                "An image belongs to one patient."
+            )
+        by_file[file] = patient
+    missing = [i for i, f in zip(ids, paths) if f.resolve() not in by_file]
+    if missing:
+        raise BenchError(
+            f"dataset.patients {path}: no row for {missing[0]!r} ({len(missing)} of {len(ids)} images). Every image "
+            "needs its patient; paths are relative to dataset.root (as class_dir/file) or absolute."
+        )
+    return [by_file[f.resolve()] for f in paths]
 
 
 def class_files(folder: Path, source: str) -> list[Path]:
@@ -189,7 +261,10 @@ def manifest_dataset(cfg: DatasetConfig) -> Dataset:
         raise BenchError("dataset 'manifest' needs `dataset.manifest:` — a CSV with columns path,label[,group].")
     path = Path(os.path.expandvars(cfg.manifest)).expanduser()
     if not path.is_file():
-        raise BenchError(f"dataset.manifest {str(path)!r} does not exist. Give the path of the CSV manifest.")
+        what = "is a folder" if path.is_dir() else "is not a regular file" if path.exists() else "does not exist"
+        raise BenchError(
+            f"dataset.manifest {str(path)!r} {what}. Give the path of the CSV manifest (path,label[,group])."
+        )
     fix = "The manifest must be a UTF-8 CSV with a header line `path,label[,group]` and one image per row."
     try:
         df = pd.read_csv(path, dtype={"path": str, "group": str}, keep_default_na=False, na_values={"label": [""]})
@@ -230,12 +305,21 @@ def manifest_dataset(cfg: DatasetConfig) -> Dataset:
         )
     base = path.parent
     files = [Path(p) if Path(p).is_absolute() else base / p for p in df["path"]]
-    dup = df["path"][df["path"].duplicated()]
-    if len(dup):
-        raise BenchError(f"{path}: duplicate image ids: {list(dup[:3])} listed more than once. List each image once.")
     missing_files = [str(f) for f in files if not f.is_file()]
     if missing_files:
         raise BenchError(f"{path}: {len(missing_files)} listed file(s) do not exist, e.g. {missing_files[0]!r}.")
+    # One file under two spellings (a.png, ./a.png, its absolute path) would be two images, possibly of two grades,
+    # and could sit in train and test at once.
+    first_row: dict[Path, int] = {}
+    for row, f in enumerate(files):
+        real = f.resolve()
+        if real in first_row:
+            a, b = first_row[real], row
+            raise BenchError(
+                f"{path}: rows {a + 2} ({df['path'][a]!r}, label {df['label'][a]}) and {b + 2} ({df['path'][b]!r}, "
+                f"label {df['label'][b]}) name the same file {str(real)!r}. List each image once, with its one grade."
+            )
+        first_row[real] = row
     if "group" in df.columns and (df["group"].astype(str).str.strip() == "").any():
         row = int(np.flatnonzero(df["group"].astype(str).str.strip() == "")[0])
         raise BenchError(

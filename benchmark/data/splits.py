@@ -48,11 +48,38 @@ class Splits:
         )
 
 
+def read_splits(path: Path, ds: Dataset) -> Splits:
+    """A run's recorded splits over its dataset, or one paragraph saying why they cannot be read: a damaged file, or
+    image ids that are not the dataset's (the store named is another run's, or the data changed)."""
+    fix = (
+        "The splits are written by `bench run` from the suite's own data: check that the run directory and --store "
+        "name one run, and that its dataset was not changed since."
+    )
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise BenchError(f"{path}: the run's splits are missing. {fix}") from None
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise BenchError(f"{path}: not readable as the run's splits ({exc}). {fix}") from None
+    try:
+        return Splits.from_json(doc, ds)
+    except KeyError as exc:
+        raise BenchError(
+            f"{path}: names image {exc.args[0]!r}, which the dataset {ds.name!r} does not hold (or lacks a field). "
+            f"{fix}"
+        ) from None
+    except (TypeError, AttributeError, ValueError):
+        raise BenchError(f"{path}: not the splits `bench run` writes. {fix}") from None
+
+
 def _require_groups(ds: Dataset, protocol: str):
     if not ds.meta.get("grouped_ids", False):
+        from .files import NO_PATIENTS_FIX
+
         raise BenchError(
-            f"protocol {protocol!r} keeps patients whole, but dataset {ds.name!r} has no patient ids "
-            "(add a `group` column to the manifest or use `kind: study`)."
+            f"protocol {protocol!r} keeps patients whole, but dataset {ds.name!r} has no patient ids for (some of) its "
+            f"images. A folder tree: {NO_PATIENTS_FIX}. `protocol.kind: study` splits by image instead, which lets "
+            "one patient's images sit in training and test at once (every metric then reads high)."
         )
 
 

@@ -35,7 +35,7 @@ from ..suite.schema import Suite
 from ..train.augment import channel_stats
 from ..train.cell import CellSpec, fold_inputs, run_cell
 from ..train.device import DevicePlan, pick_device
-from ..train.loop import CellData, discard_unloadable_checkpoints, remove_stale_temp_files
+from ..train.loop import PROGRESS_FILE, CellData, discard_unloadable_checkpoints, remove_stale_temp_files
 from .store import Heartbeat, Store, retrying, store_location
 
 
@@ -46,6 +46,15 @@ class RunReport:
     skipped: list[Cell] = field(default_factory=list)
     failed: list[Cell] = field(default_factory=list)
     seconds: float = 0.0
+    resumed: dict[str, int] = field(default_factory=dict)  # cell key -> the epoch its training resumed from
+
+    def trained_text(self) -> str:
+        """'3 trained (1 resumed from a checkpoint at epoch 4)': a resumed cell says so."""
+        if not self.resumed:
+            return f"{len(self.trained)} trained"
+        epochs = sorted(set(self.resumed.values()))
+        at = f"epoch {epochs[0]}" if len(epochs) == 1 else f"epochs {', '.join(map(str, epochs))}"
+        return f"{len(self.trained)} trained ({len(self.resumed)} resumed from a checkpoint at {at})"
 
 
 def preflight(suite: Suite, scale: Scale = MES):
@@ -62,15 +71,26 @@ def preflight(suite: Suite, scale: Scale = MES):
             print(f"weights of {b.name}: {path}", file=sys.stderr, flush=True)
 
 
-def load_externals(suite: Suite, scale: Scale, native: tuple[int, int]) -> dict:
+def load_externals(suite: Suite, scale: Scale, dataset: Dataset) -> dict:
     """The suite's external test sets, their labels on the run's scale; each must reach the model at the size the
-    internal images do (the same native size, or every backbone resizing to a fixed input_size)."""
-    from ..data.external import load_external
+    internal images do (the same native size, or every backbone resizing to a fixed input_size). A set that holds
+    images of the suite's own data is said to be in-sample, here and in its tables."""
+    from ..data.external import load_external, shared_images
 
     out = {}
+    native = tuple(dataset.images.shape[1:3])
     resized = all(input_size_for(b) for b in suite.every_backbone())
     for cfg in suite.test_sets:
         ext = load_external(cfg, scale)
+        ext.in_sample = shared_images(ext.images, dataset.images)
+        if ext.in_sample:
+            print(
+                f"warning: test_sets[{cfg.name}]: {ext.in_sample} of its {len(ext.labels)} images are also images of "
+                "the suite's own dataset (identical pixels), which the models train, select and decode on: its "
+                "tables are partly in-sample, not another centre's. Point it at data the suite does not train on.",
+                file=sys.stderr,
+                flush=True,
+            )
         size = tuple(ext.images.shape[1:3])
         if size != tuple(native) and not resized:
             raise BenchError(
@@ -131,6 +151,7 @@ class Runner:
         self._last_metrics: dict[str, dict[str, float]] = {}
         self._only: list[str] = []
         self.overhead: dict[str, dict[str, float]] = {}  # per cell: seconds of claim, fold data, store write
+        self.resumed: dict[str, int] = {}  # cell key -> the epoch its training resumed from
 
     # ------------------------------------------------------------------ set-up
     def prepare(self, only=None):
@@ -141,7 +162,7 @@ class Runner:
         self.dataset: Dataset = load_dataset(self.suite.dataset)
         self.scale = resolve_scale(self.suite.scale, self.dataset)
         preflight(self.suite, self.scale)
-        self.external = load_externals(self.suite, self.scale, tuple(self.dataset.images.shape[1:3]))
+        self.external = load_externals(self.suite, self.scale, self.dataset)
         splits = make_splits(self.dataset, self.suite.protocol)  # errors before anything is written
         check_backbones_fit(self.suite, tuple(self.dataset.images.shape[1:3]))
         location = store_location(self.out_dir, self.store_url)
@@ -211,6 +232,11 @@ class Runner:
             test = self.splits.test
             self.store.set_meta(
                 "test_groups", dict(zip(self.dataset.ids[test].tolist(), map(str, self.dataset.groups[test].tolist())))
+            )
+            # and of every other image: the report's cross-fitted halves of a validation fold keep patients whole
+            rest = np.setdiff1d(np.arange(len(self.dataset)), test)
+            self.store.set_meta(
+                "val_groups", dict(zip(self.dataset.ids[rest].tolist(), map(str, self.dataset.groups[rest].tolist())))
             )
         (self.out_dir / "suite.yaml").write_text(dump_suite(self.suite))
         return self.cells
@@ -294,6 +320,7 @@ class Runner:
             for t in self.trackers:
                 t.close()
         report.seconds = time.perf_counter() - t0
+        report.resumed = {c.key: self.resumed[c.key] for c in report.trained if c.key in self.resumed}
         return report
 
     def _on_sigint(self, *_):
@@ -392,8 +419,11 @@ class Runner:
             return "superseded"
         if self.suite.training.keep == "best":  # the resume point is no longer needed once the cell is stored
             (workdir / "last.pt").unlink(missing_ok=True)
+        (workdir / PROGRESS_FILE).unlink(missing_ok=True)  # it says how far a cell still training has got
         for t in self.trackers:
             t.end_cell(cell, result, "trained")
+        if result.resumed_from:
+            self.resumed[cell.key] = result.resumed_from
         return "trained"
 
     def _track_start(self, cell: Cell, spec: CellSpec):

@@ -22,6 +22,7 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 from sqlalchemy import (
     URL,
@@ -50,6 +51,13 @@ SCHEMA_VERSION = 3
 READABLE_VERSIONS = (2, 3)  # version 2 (MES's four grades, columns p0..p3) is read, never written
 STALE_SECONDS = env_number("MESBENCH_STALE_SECONDS", 60)
 HEARTBEAT_SECONDS = env_number("MESBENCH_HEARTBEAT_SECONDS", min(10.0, STALE_SECONDS / 4))
+if HEARTBEAT_SECONDS * 2 > STALE_SECONDS:  # a live cell's claim would go stale between two beats and be taken over
+    raise BenchError(
+        f"MESBENCH_HEARTBEAT_SECONDS={HEARTBEAT_SECONDS:g} and MESBENCH_STALE_SECONDS={STALE_SECONDS:g}: a claim is "
+        "taken over once its heartbeat is older than the stale time, so a cell that is still training would be "
+        "trained twice. Keep the heartbeat at most half the stale time (the default is a quarter, at most 10 s), or "
+        "unset MESBENCH_HEARTBEAT_SECONDS."
+    )
 R = TypeVar("R")
 OWNER = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
 
@@ -144,6 +152,32 @@ def check_store_url(text: str) -> None:
             f"store {text!r}: the {scheme!r} scheme is not a results store mesbench supports (PostgreSQL with "
             f"psycopg 3, or SQLite). Give {forms}."
         )
+    if scheme == "sqlite":
+        _check_sqlite_file(text, forms)
+
+
+def _check_sqlite_file(text: str, forms: str) -> None:
+    """An SQLite URL must name a file in an existing folder: an in-memory database vanishes with the process that
+    trained into it (every result lost), and a missing folder reads to SQLite like a damaged or missing store."""
+    from sqlalchemy.engine import make_url
+
+    url = make_url(text)
+    database = url.database or ""
+    memory = database in ("", ":memory:") or database.startswith("file::memory:") or "mode=memory" in database
+    if memory or url.query.get("mode") == "memory":
+        raise BenchError(
+            f"store {text!r} is an in-memory SQLite database: it is gone when the process ends, so every trained "
+            f"cell would be lost. Give a file, e.g. sqlite:////abs/path/results.db, or a run directory (--out)."
+        )
+    if database.startswith("file:"):
+        return  # SQLite's own URI form: its path is SQLite's to resolve
+    folder = Path(database).parent
+    if not folder.is_dir():
+        raise BenchError(
+            f"store {text!r}: the folder {str(folder.resolve())!r} of its SQLite file does not exist "
+            f"(a relative path after sqlite:/// is relative to the current directory, {os.getcwd()!r}). Create the "
+            f"folder, or give an absolute path with four slashes: sqlite:////abs/path/results.db."
+        )
 
 
 def _same_sqlite(location: str, db: Path) -> bool:
@@ -220,6 +254,14 @@ class Store:
             def _begin(conn: Any) -> None:
                 conn.exec_driver_sql("BEGIN IMMEDIATE")
 
+        self._leaves_wal: Path | None = None  # a read-only reader that made SQLite's -wal/-shm files removes them
+        if sqlite and readonly and "://" not in text:
+            db = Path(text) / "results.db"
+            if not db.with_name(db.name + "-wal").exists() and os.access(db.parent, os.W_OK):
+                self._leaves_wal = db
+                import atexit
+
+                atexit.register(self.close)
         self._refuse_foreign_database()
         if create:
             try:
@@ -361,6 +403,18 @@ class Store:
             except Exception:
                 pass
         self.engine.dispose()
+        if self._leaves_wal is not None and self._leaves_wal.with_name(self._leaves_wal.name + "-wal").exists():
+            # A read-only connection cannot remove the -wal and -shm files SQLite made for it; the last connection to
+            # close does (a writer still open keeps them, as it should). This one reads one row and writes nothing.
+            try:
+                con = sqlite3.connect(f"file:{quote(str(self._leaves_wal))}?mode=rw", uri=True, timeout=1)
+                try:
+                    con.execute("SELECT count(*) FROM sqlite_master").fetchone()
+                finally:
+                    con.close()
+            except sqlite3.Error:
+                pass
+            self._leaves_wal = None
 
     # ------------------------------------------------------------------ meta
     def get_meta(self, key: str, default: Any = None) -> Any:

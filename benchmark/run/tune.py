@@ -179,7 +179,7 @@ class Tuner:
     def identity(self, fold: int | None = None) -> dict:
         """Everything that changes what a trial trains, for one fold (or for the whole study when fold is None)."""
         out = {
-            "dataset": self.suite.dataset.model_dump(mode="json"),
+            "dataset": self.suite.dataset.key(),
             "protocol": self.suite.protocol.model_dump(mode="json"),
             "training": self.suite.training.model_dump(mode="json"),
             "backbone": self.backbone.model_dump(mode="json"),

@@ -53,9 +53,7 @@ def variant_display(f: FormulationConfig, combo: Combo) -> str:
 
 
 def protocol_hash(suite: Suite) -> str:
-    return stable_hash(
-        {"dataset": suite.dataset.model_dump(mode="json"), "protocol": suite.protocol.model_dump(mode="json")}
-    )
+    return stable_hash({"dataset": suite.dataset.key(), "protocol": suite.protocol.model_dump(mode="json")})
 
 
 def _key(suite, backbone, formulation, fold, seed, training_config: TrainingConfig | None = None):
@@ -70,7 +68,7 @@ def _key(suite, backbone, formulation, fold, seed, training_config: TrainingConf
     if suite.scale is not None:  # the binary split decides metrics a cell stores
         extra["scale"] = suite.scale.model_dump(mode="json")
     if suite.test_sets:  # a cell's result holds its predictions on every external test set
-        extra["test_sets"] = [t.model_dump(mode="json") for t in suite.test_sets]
+        extra["test_sets"] = [{**t.model_dump(mode="json"), "dataset": t.dataset.key()} for t in suite.test_sets]
     return stable_hash(
         {
             **extra,

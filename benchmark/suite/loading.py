@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import NoReturn
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -18,10 +19,18 @@ class _LineLoader(yaml.SafeLoader):
 
 
 def _construct_mapping(loader, node, deep=False):
-    mapping = {}
-    lines = {}
+    mapping: dict = {}
+    lines: dict = {}
     for key_node, value_node in node.value:
         key = loader.construct_object(key_node, deep=True)
+        if key in mapping:  # PyYAML keeps the last silently: a second `training:` block would replace the first
+            raise yaml.constructor.ConstructorError(
+                f"in the mapping that starts on line {node.start_mark.line + 1}",
+                node.start_mark,
+                f"key {key!r} appears twice (first on line {lines[key]}); the second would silently replace the "
+                "first: merge them or rename one",
+                key_node.start_mark,
+            )
         mapping[key] = loader.construct_object(value_node, deep=True)
         lines[key] = key_node.start_mark.line + 1
     return _LinedDict(mapping, lines)
@@ -90,7 +99,9 @@ def check_yaml_bounds(text: str, where: str) -> None:
         )
 
 
-def load_suite(path: str | os.PathLike, overrides: list[str] | None = None) -> Suite:
+def load_suite(path: str | os.PathLike, overrides: list[str] | None = None, paths: bool = False) -> Suite:
+    """The suite, validated; `paths`: also check that the data it names is there (a folder, a class folder, a
+    manifest), naming the suite file and line — before anything heavy is imported."""
     path = Path(path)
     try:
         exists = path.is_file()
@@ -122,7 +133,54 @@ def load_suite(path: str | os.PathLike, overrides: list[str] | None = None) -> S
             f"{path}: a suite must be a YAML mapping with at least 'name', 'backbones' and 'formulations'."
         )
     doc = apply_overrides(doc, overrides or [], path)
-    return validate_suite(doc, str(path))
+    suite = validate_suite(doc, str(path))
+    if paths:
+        check_data_paths(suite, doc, str(path))
+    return suite
+
+
+def check_data_paths(suite: Suite, doc: dict, source: str) -> None:
+    """The files and folders the suite's data lives in, checked before anything loads (a missing root used to be
+    found after the imports, 50 s in, without the suite's file or line)."""
+    from .schema import DatasetConfig
+
+    entries: list[tuple[tuple, DatasetConfig]] = [(("dataset",), suite.dataset)]
+    entries += [(("test_sets", i, "dataset"), t.dataset) for i, t in enumerate(suite.test_sets)]
+    for loc, cfg in entries:
+        where_root = f"{'.'.join(map(str, loc))}"
+
+        def fail(field: str, problem: str, fix: str, loc=loc, where_root=where_root) -> NoReturn:
+            line = _line_of(doc, (*loc, field)) or _line_of(doc, loc)
+            at = f"line {line}, " if line else ""
+            raise BenchError(f"{source}: {at}{where_root}.{field}: {problem}. {fix}")
+
+        def resolved(text: str) -> Path:
+            return Path(os.path.expandvars(text)).expanduser()
+
+        if cfg.name in ("folder", "limuc"):
+            root_text = cfg.root or (os.environ.get("LIMUC_ROOT") if cfg.name == "limuc" else None)
+            if not root_text:
+                fix = (
+                    "Set it to the folder of the LIMUC download, or set LIMUC_ROOT in the environment."
+                    if cfg.name == "limuc"
+                    else "Set it to the folder holding one sub-folder per grade."
+                )
+                fail("root", "not given" + (" (and LIMUC_ROOT is not set)" if cfg.name == "limuc" else ""), fix)
+            root = resolved(root_text)
+            if not root.is_dir():
+                fail("root", f"{str(root)!r} does not exist or is not a folder", "Point it at the data folder.")
+            if cfg.name == "folder":
+                for cls in cfg.class_dirs:
+                    if not (root / cls).is_dir():
+                        fail(
+                            "class_dirs",
+                            f"the class folder {str(root / cls)!r} is missing",
+                            "Name each grade's folder under root, in order.",
+                        )
+        if cfg.manifest and cfg.name == "manifest" and not resolved(cfg.manifest).is_file():
+            fail("manifest", f"{cfg.manifest!r} is not a file", "Give the path of the CSV manifest.")
+        if cfg.patients and not resolved(cfg.patients).is_file():
+            fail("patients", f"{cfg.patients!r} is not a file", "Give the path of the CSV of path,patient rows.")
 
 
 def validate_suite(doc: dict, source: str = "<suite>") -> Suite:
@@ -147,8 +205,37 @@ def validate_suite(doc: dict, source: str = "<suite>") -> Suite:
         raise BenchError(
             f"{source}: invalid suite — " + "; ".join(msgs) + ". Fix these fields and run again."
         ) from None
+    check_formulation_names(suite, doc, source)
     check_scale_fits(suite, doc, source)
     return suite
+
+
+def check_formulation_names(suite: Suite, doc: dict, source: str) -> None:
+    """Every report row name (a formulation's label, and the stage 1 a fine-tuned one starts from) stands for one
+    configuration: a stage 1 is found by its name, so a label that names another formulation's stage 1 would leave
+    the fine-tuned cells waiting for a stage 1 that is never trained."""
+
+    def ident(f) -> str:
+        return f.model_dump_json(exclude={"label", "tuned"})
+
+    def short(f) -> str:
+        return f.name + (f" (finetune: {f.finetune})" if f.finetune else "") + (f" {f.options}" if f.options else "")
+
+    seen: dict[str, tuple[int, str, str, str]] = {}  # row name -> (index, what, configuration, its summary)
+    for i, f in enumerate(suite.formulations):
+        rows = [(f.display, f"formulations[{i}]", f)]
+        if f.finetune:
+            rows.append((f.base().display, f"the stage 1 of formulations[{i}] ({f.display})", f.base()))
+        for name, what, config in rows:
+            first = seen.setdefault(name, (i, what, ident(config), short(config)))
+            if first[2] != ident(config):
+                line = _line_of(doc, ("formulations", i))
+                where = f"line {line}, " if line else ""
+                raise BenchError(
+                    f"{source}: {where}{what} is named {name!r}, as {first[1]} is, but they are different "
+                    f"formulations ({first[3]} and {short(config)}). Each name is one row of every table and "
+                    "a fine-tuned formulation finds its stage 1 by name: give one of them a distinct 'label'."
+                )
 
 
 def check_scale_fits(suite: Suite, doc: dict, source: str) -> None:
@@ -237,7 +324,7 @@ MAX_CELLS = 20_000  # a paper suite is 5 × 6 × 10 = 300; beyond this, ask (--y
 def cell_count(suite: Suite) -> int:
     """How many cells the suite expands to, computed without expanding it (nor making its splits)."""
     folds = suite.protocol.folds * (1 if suite.protocol.kind == "polat" else max(suite.protocol.repeats, 1))
-    return len(suite.backbones) * len(suite.formulations) * len(suite.combos()) * folds * len(suite.training.seeds)
+    return len(suite.backbones) * len(suite.formulations) * suite.n_combos * folds * len(suite.training.seeds)
 
 
 def check_size(suite: Suite, yes: bool) -> None:
@@ -246,7 +333,7 @@ def check_size(suite: Suite, yes: bool) -> None:
         p = suite.protocol
         raise BenchError(
             f"Suite {suite.name!r} expands to {n:,} cells ({len(suite.backbones)} backbones × "
-            f"{len(suite.formulations)} formulations × {len(suite.combos())} variant combinations × {p.folds} folds × "
+            f"{len(suite.formulations)} formulations × {suite.n_combos:,} variant combinations × {p.folds} folds × "
             f"{p.repeats} repeats × "
             f"{len(suite.training.seeds)} seeds), more than {MAX_CELLS:,}. Check protocol.repeats and folds; if you "
             "mean it, add --yes."

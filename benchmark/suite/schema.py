@@ -6,9 +6,21 @@ import hashlib
 import json
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from ..labels import MES, Scale
+
+Positive = Annotated[float, Field(gt=0, allow_inf_nan=False)]  # a finite number above 0
 
 
 class Strict(BaseModel):
@@ -20,9 +32,84 @@ class DatasetConfig(Strict):
     root: str | None = None
     manifest: str | None = None
     class_dirs: list[str] = Field(default_factory=lambda: [f"Mayo {k}" for k in MES.grades])  # LIMUC's
-    resize: tuple[int, int] | None = None  # (height, width)
+    # (height, width), bounded as the synthetic size is: an image of 10⁵ × 10⁵ pixels is 30 GB of memory
+    resize: tuple[Annotated[int, Field(ge=8, le=4096)], Annotated[int, Field(ge=8, le=4096)]] | None = None
     params: dict[str, Any] = Field(default_factory=dict)
     mmap: bool = False
+    # Patients of a folder tree whose file names are not LIMUC's (`UC_patient_<id>_<n>`): a regular expression with a
+    # named group `patient`, searched in each image's path relative to its class folder, or a CSV (path,patient)
+    # whose paths are relative to `root` (as `class_dir/file`) or absolute.
+    patient_pattern: str | None = None
+    patients: str | None = None
+
+    # Fields added after runs were stored: left out of the protocol's hash (and so of every cell's key) while unset.
+    KEYED_IF_SET: ClassVar[tuple[str, ...]] = ("patient_pattern", "patients")
+
+    def key(self) -> dict[str, Any]:
+        """What of the dataset decides a run's splits and results, for hashing."""
+        doc = self.model_dump(mode="json")
+        for name in self.KEYED_IF_SET:
+            if doc[name] is None:
+                del doc[name]
+        return doc
+
+    @field_validator("patient_pattern")
+    @classmethod
+    def _pattern(cls, v: str | None) -> str | None:
+        import re
+
+        if v is None:
+            return v
+        try:
+            compiled = re.compile(v)
+        except re.error as exc:
+            raise ValueError(f"{v!r} is not a regular expression ({exc})") from None
+        if "patient" not in compiled.groupindex:
+            raise ValueError(
+                f"{v!r} has no named group 'patient': write the part that names the patient as (?P<patient>...), "
+                r"e.g. '(?P<patient>[^_/]+)_\d+' for p012_003.png or '(?P<patient>[^/]+)/' for per-patient folders"
+            )
+        return v
+
+    @model_validator(mode="after")
+    def _patients_of_a_folder(self) -> DatasetConfig:
+        if self.patient_pattern is not None and self.patients is not None:
+            raise ValueError("patient_pattern and patients: give one way to read the patients, not both")
+        if (self.patient_pattern is not None or self.patients is not None) and self.name != "folder":
+            raise ValueError(
+                f"patient_pattern / patients are read by dataset 'folder' only (this one is {self.name!r}): a "
+                "manifest has its group column, LIMUC its file names, the synthetic data its own patients"
+            )
+        return self
+
+    @field_validator("class_dirs")
+    @classmethod
+    def _separate_folders(cls, v: list[str]) -> list[str]:
+        """Each grade's folder is its own part of the root: two names for one folder (`c0` and `c0/`), the root
+        itself, a folder inside another, or one outside the root would put one image under two grades (in train
+        and test at once) or read files the suite does not own."""
+        import posixpath
+
+        if len(v) < 2:
+            raise ValueError(
+                f"needs a folder for each of at least two grades (got {v}); an ordinal scale has two or more grades"
+            )
+        norm: list[str] = []
+        for name in v:
+            n = posixpath.normpath(str(name).replace("\\", "/")) if str(name).strip() else "."
+            if n == "." or n.startswith("/") or n == ".." or n.startswith("../"):
+                raise ValueError(
+                    f"{name!r}: a class folder is a sub-folder of dataset.root (not the root itself, an absolute "
+                    "path, or a path leading out of it)"
+                )
+            for i, other in enumerate(norm):
+                if n == other or n.startswith(other + "/") or other.startswith(n + "/"):
+                    raise ValueError(
+                        f"{v[i]!r} and {name!r} overlap (one folder, or one inside the other), so their images "
+                        "would carry two grades at once; give each grade a folder of its own"
+                    )
+            norm.append(n)
+        return norm
 
 
 class ScaleConfig(Strict):
@@ -63,7 +150,8 @@ class TestSetConfig(Strict):
     __test__ = False  # not a pytest class
     name: str = Field(min_length=1, max_length=60)
     dataset: DatasetConfig
-    label_map: dict[int | str, int | str | None] | None = None
+    # strict: YAML reads `true`/`false` as booleans, which must never become grades 1/0
+    label_map: dict[StrictInt | StrictStr, StrictInt | StrictStr | None] | None = None
 
     @field_validator("name")
     @classmethod
@@ -81,9 +169,11 @@ class ProtocolConfig(Strict):
     repeats: int = Field(1, ge=1)
     seed: int = 0
     use_published_test: bool = False
-    val_fraction: float = 0.15  # polat: share of the non-test patients' images in each validation split
-    val_share_tolerance: float = 0.15  # polat: accepted relative deviation of each class's validation share
-    max_split_attempts: int = 1000
+    # polat: share of the non-test patients' images in each validation split
+    val_fraction: float = Field(0.15, gt=0, lt=1, allow_inf_nan=False)
+    # polat: accepted relative deviation of each class's validation share
+    val_share_tolerance: float = Field(0.15, ge=0, allow_inf_nan=False)
+    max_split_attempts: int = Field(1000, ge=1)
 
     @field_validator("test_fraction")
     @classmethod
@@ -98,7 +188,7 @@ class CropConfig(Strict):
     resized back to the image's size."""
 
     scale: tuple[Annotated[float, Field(gt=0, le=1)], Annotated[float, Field(gt=0, le=1)]] = (0.08, 1.0)
-    ratio: tuple[Annotated[float, Field(gt=0)], Annotated[float, Field(gt=0)]] = (3 / 4, 4 / 3)
+    ratio: tuple[Positive, Positive] = (3 / 4, 4 / 3)
 
     @model_validator(mode="after")
     def _ordered(self) -> CropConfig:
@@ -113,7 +203,7 @@ class BlurConfig(Strict):
     """torchvision's GaussianBlur, applied with probability `p`: a sigma uniform in `sigma`, an odd kernel size."""
 
     kernel: int = Field(5, ge=3, le=31)
-    sigma: tuple[Annotated[float, Field(gt=0)], Annotated[float, Field(gt=0)]] = (0.1, 2.0)
+    sigma: tuple[Positive, Positive] = (0.1, 2.0)
     p: float = Field(0.5, ge=0, le=1)
 
     @model_validator(mode="after")
@@ -136,9 +226,9 @@ class AugmentConfig(Strict):
     # brightness, contrast, saturation (factors uniform in [max(0, 1 − v), 1 + v]) and hue (shift in ±v, ≤ 0.5)
     color_jitter: (
         tuple[
-            Annotated[float, Field(ge=0)],
-            Annotated[float, Field(ge=0)],
-            Annotated[float, Field(ge=0)],
+            Annotated[float, Field(ge=0, allow_inf_nan=False)],
+            Annotated[float, Field(ge=0, allow_inf_nan=False)],
+            Annotated[float, Field(ge=0, allow_inf_nan=False)],
             Annotated[float, Field(ge=0, le=0.5)],
         ]
         | None
@@ -182,6 +272,18 @@ class TrainingConfig(Strict):
     monitor: Literal["val_loss", "val_accuracy", "val_macro_f1", "val_qwk"] = "val_loss"
     sampler: Literal["none", "weighted"] = "none"
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, v: list[int], info: ValidationInfo) -> list[int]:
+        twice = sorted({s for s in v if v.count(s) > 1})
+        if twice and not (info.context and info.context.get("stored")):  # a stored run is read as it ran
+            raise ValueError(
+                f"seed(s) {twice} listed twice: a seed trains the same cells again, and a mean over a repeated seed "
+                "understates the spread; list each seed once"
+            )
+        return v
+
     compile: bool = False  # torch.compile the model (inductor; CPU or CUDA)
     amp: Literal["auto", "bf16", "fp16", "off"] = "auto"  # autocast: auto = bf16/fp16 on CUDA, off on the CPU
     deterministic: bool = False  # deterministic algorithms only (CUDA: also CUBLAS_WORKSPACE_CONFIG)
@@ -242,6 +344,16 @@ class BackboneConfig(Strict):
 
         if info.context and info.context.get("stored"):
             return v  # a suite read back from a run's store was checked when it ran; reports stay torch-free
+        if ":" in v:  # a user's factory, `package.module:function`: importable, or refused here
+            from backbones import factory_spec
+
+            from ..errors import BenchError
+
+            try:
+                factory_spec(v)
+            except BenchError as exc:
+                raise ValueError(str(exc).removesuffix(".")) from None
+            return v
         if v not in BACKBONES:  # timm is imported only for a name the registry does not know
             import timm
 
@@ -332,6 +444,23 @@ def combo_text(combo: Combo) -> str:
     return ",".join(f"{axis}={variant}" for axis, variant in combo)
 
 
+def dataset_scale(d: DatasetConfig) -> Scale | None:
+    """The grades a dataset's own text decides: the synthetic `classes`, a folder tree's `class_dirs`, LIMUC's MES;
+    None where only the data can tell (a manifest's labels)."""
+    from ..labels import MES, scale_of, unnamed_grades
+
+    if d.name == "synthetic":
+        classes = d.params.get("classes", 4)
+        if isinstance(classes, list) and all(isinstance(c, str) for c in classes):
+            return scale_of(classes)
+        return scale_of(unnamed_grades(classes)) if isinstance(classes, int) and 2 <= classes <= 20 else None
+    if d.name == "folder":
+        return scale_of(d.class_dirs)
+    if d.name == "limuc":
+        return MES
+    return None
+
+
 class Suite(Strict):
     name: str = Field(min_length=1)
     description: str = ""
@@ -358,19 +487,7 @@ class Suite(Strict):
 
     def data_scale(self) -> Scale | None:
         """The grades the dataset's own text decides (see declared_scale), before the suite's `scale:` names them."""
-        from ..labels import MES, scale_of, unnamed_grades
-
-        d = self.dataset
-        if d.name == "synthetic":
-            classes = d.params.get("classes", 4)
-            if isinstance(classes, list) and all(isinstance(c, str) for c in classes):
-                return scale_of(classes)
-            return scale_of(unnamed_grades(classes)) if isinstance(classes, int) and 2 <= classes <= 20 else None
-        if d.name == "folder":
-            return scale_of(d.class_dirs)
-        if d.name == "limuc":
-            return MES
-        return None
+        return dataset_scale(self.dataset)
 
     @field_validator("variants")
     @classmethod
@@ -419,6 +536,13 @@ class Suite(Strict):
                         )
         return v
 
+    @property
+    def n_combos(self) -> int:
+        """How many combinations there are, without building them."""
+        from math import prod
+
+        return prod(len(v) for v in self.variants.values())
+
     def combos(self) -> list[Combo]:
         """Every combination of one variant per axis (one empty combination without variants)."""
         from itertools import product
@@ -459,9 +583,14 @@ class Suite(Strict):
     def every_backbone(self) -> list[BackboneConfig]:
         """Every distinct backbone configuration the cells train (the variants' included), for the checks that run
         before anything trains."""
+        from itertools import product
+
         seen: dict[str, BackboneConfig] = {}
-        for combo in self.combos():
-            for b in self.backbones_for(combo):
+        axes = [
+            a for a, vs in self.variants.items() if any(k.startswith("backbone.") for o in vs.values() for k in o or {})
+        ]
+        for names in product(*(list(self.variants[a]) for a in axes)):  # only the axes that change a backbone
+            for b in self.backbones_for(tuple(zip(axes, names))):
                 seen.setdefault(b.model_dump_json(), b)
         return list(seen.values())
 
@@ -488,7 +617,7 @@ class Suite(Strict):
         return [parse_formulation_entry(f) for f in (v or [])]
 
     @model_validator(mode="after")
-    def _non_empty(self) -> Suite:
+    def _non_empty(self, info: ValidationInfo) -> Suite:
         if not self.backbones:
             raise ValueError("backbones: the suite lists no backbone")
         if not self.formulations:
@@ -505,7 +634,7 @@ class Suite(Strict):
         if dup:
             raise ValueError(f"formulations: {sorted(dup)} listed twice; give one a distinct 'label'")
         self._augment_into_training()
-        self._check_combos()
+        self._check_combos(stored=bool(info.context and info.context.get("stored")))
         self._check_mixing()
         return self
 
@@ -514,7 +643,10 @@ class Suite(Strict):
         losses linear in the target learns the mixed soft target that way."""
         from formulations import formulation_class
 
-        for combo in self.combos():
+        # Two axes never set one field, so a combination mixes exactly when the suite or one of its variants does:
+        # checking each variant alone covers every combination without building them (10⁶ for 6 axes × 10).
+        singles: list[Combo] = [()] + [((axis, name),) for axis, variants in self.variants.items() for name in variants]
+        for combo in singles:
             mix = self.training_for(combo).augment.mix
             if mix == "none":
                 continue
@@ -543,7 +675,7 @@ class Suite(Strict):
         else:
             self.augment = inner
 
-    def _check_combos(self) -> None:
+    def _check_combos(self, stored: bool = False) -> None:
         """Every combination must be a valid suite, and two axes must not set the same field (which would make
         the result depend on the axes' order)."""
         fields: dict[str, list[str]] = {}
@@ -559,10 +691,11 @@ class Suite(Strict):
                     "axis, or the result would depend on which axis is applied last"
                 )
         for axis, variants in self.variants.items():
+            settings: dict[str, str] = {}  # what a variant trains with -> the first variant that does
             for name, overrides in variants.items():
                 try:
-                    self._training_with([overrides])
-                    self._backbones_with([overrides])
+                    training = self._training_with([overrides])
+                    backbones = self._backbones_with([overrides])
                 except ValidationError as exc:
                     # the most specific error (a union type reports one per member; the deepest names the part)
                     err = max(exc.errors(), key=lambda e: len(e["loc"]))
@@ -576,6 +709,14 @@ class Suite(Strict):
                     raise ValueError(
                         f"axis {axis!r}, variant {name!r}: {where}: {msg} (got {err.get('input')!r})"
                     ) from None
+                same = json.dumps([training.model_dump(mode="json"), [b.model_dump(mode="json") for b in backbones]])
+                if same in settings and not stored:  # a run stored before this check is read as it ran
+                    raise ValueError(
+                        f"axis {axis!r}: variants {settings[same]!r} and {name!r} train with the same settings (an "
+                        "override equal to the suite's own value changes nothing), so they would share their cells "
+                        "and be compared with each other as two rows; drop one, or make them differ"
+                    )
+                settings[same] = name
 
 
 def printable(what: str, v: str) -> str:

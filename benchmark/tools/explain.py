@@ -11,7 +11,6 @@ higher grade.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +21,7 @@ from backbones import gradcam_target
 from formulations import scaled_formulation
 
 from ..data.catalogue import load_dataset
-from ..data.splits import Splits
+from ..data.splits import read_splits
 from ..errors import BenchError, require_in_run
 from ..labels import MES, Scale
 from ..suite.schema import Suite
@@ -140,7 +139,7 @@ def explain(
     if head not in heads:
         raise BenchError(f"--head {head!r}: the formulations explained have the heads {', '.join(heads)}.")
     ds = load_dataset(suite.dataset)
-    splits = Splits.from_json(json.loads((Path(run.path) / "splits.json").read_text()), ds)
+    splits = read_splits(Path(run.path) / "splits.json", ds)
     if not 0 <= fold < len(splits.folds):
         raise BenchError(f"--fold {fold}: this run has folds 0..{len(splits.folds) - 1}.")
     idx = splits.folds[fold][1] if split == "val" else splits.test
@@ -176,7 +175,7 @@ def explain(
                 plt,
                 ds,
                 flat,
-                {f"pred · {head}": (maps, pred)},
+                {"pred": (maps, pred)},
                 f"Grad-CAM — {backbone} · {f} · fold {fold} · {split}",
                 out / f"{backbone}__{_safe(f)}__{head}.png",
                 run.scale,
@@ -216,7 +215,10 @@ def _grid(plt, ds, flat, columns: dict, title: str, path: Path, scale: Scale) ->
         axes[r, 0].set_title(f"true {scale.classes[ds.labels[i]]}", fontsize=8)
         for c, (label, (maps, pred)) in enumerate(columns.items(), start=1):
             axes[r, c].imshow(show_cam_on_image(img, maps[r], use_rgb=True))
-            axes[r, c].set_title(f"{label}: {pred[r]}", fontsize=7)
+            # the predicted grade by its name, as the true grade is shown (a task head's map explains that head)
+            grade = scale.classes[int(pred[r])]
+            caption = f"pred {grade}" if label == "pred" else f"{label}: pred {grade}"
+            axes[r, c].set_title(caption, fontsize=7)
         for a in axes[r]:
             a.axis("off")
     fig.suptitle(title, fontsize=10)

@@ -148,6 +148,8 @@ def run_cell(spec: CellSpec, plan: DevicePlan) -> CellResult:
         timings=outcome.timings,
         device=plan.description,
         device_name=plan.name,
+        threads=torch.get_num_threads(),
+        resumed_from=outcome.resumed_from,
         amp=plan.amp,
         deterministic=plan.deterministic,
         compiled=cfg.compile,

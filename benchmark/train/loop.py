@@ -12,6 +12,7 @@ completed save and replays the epochs after it exactly (same batches, same augme
 from __future__ import annotations
 
 import io
+import json
 import math
 import os
 import threading
@@ -70,6 +71,7 @@ class CellOutcome:
     state: dict  # decoding state used for the test set (fitted on the whole validation fold where fitted)
     timings: dict
     stopped_early: bool
+    resumed_from: int = 0  # the epoch of the checkpoint it resumed from (0: trained from the start)
 
 
 @dataclass
@@ -85,12 +87,18 @@ class Schedule:
     objective: Callable | None = None
 
 
+PROGRESS_FILE = "progress.json"  # the last saved epoch of a cell still training, beside its last.pt
+
+
 def atomic_save(obj, path: Path):
     """Write to a uniquely named temp file, then rename: a kill never leaves a half-written checkpoint
     under the real name, and two processes never share a temp name."""
     tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex}.tmp")
     buf = io.BytesIO()
-    torch.save(obj, buf)  # serialised in memory first: a full disk then raises OSError(ENOSPC), not a zip error
+    if path.suffix == ".json":  # a small record others read without torch (`bench status`)
+        buf.write(json.dumps(obj).encode())
+    else:
+        torch.save(obj, buf)  # serialised in memory first: a full disk then raises OSError(ENOSPC), not a zip error
     try:
         with open(tmp, "wb") as fh:
             fh.write(buf.getbuffer())
@@ -365,6 +373,7 @@ def train_cell(
         "history": [],
         "train_seconds": 0.0,
     }
+    resumed_from = 0
     if last_path.exists():  # resume a killed cell from its last finished epoch
         try:
             ckpt = load_checkpoint(last_path, device, "checkpoint")
@@ -375,6 +384,7 @@ def train_cell(
             if scaler is not None and ckpt.get("scaler"):
                 scaler.load_state_dict(ckpt["scaler"])
             state = ckpt["state"]
+            resumed_from = int(state["epoch"])
         except (KeyError, RuntimeError, ValueError, TypeError) as exc:
             raise CellFailed(
                 f"checkpoint {last_path} does not fit this cell ({type(exc).__name__}: "
@@ -415,6 +425,8 @@ def train_cell(
             jobs.append((best_snap, best_path))
             best_snap = None
         jobs.append((snapshot(resume_point(), device), last_path))
+        # after last.pt, so it never names an epoch the checkpoint on disk has not reached
+        jobs.append(({"epoch": int(state["epoch"]), "epochs": int(sched.epochs)}, workdir / PROGRESS_FILE))
         writer.save(jobs, copied=True)
         since_save = 0.0
 
@@ -550,7 +562,9 @@ def train_cell(
         "epochs_timed": epochs_timed,
         "checkpoint_stall_seconds": checkpoint_stall,
     }
-    return CellOutcome(history, state["best_epoch"], predictions, counters, dec_state, timings, stopped_early)
+    return CellOutcome(
+        history, state["best_epoch"], predictions, counters, dec_state, timings, stopped_early, resumed_from
+    )
 
 
 def discard_unloadable_checkpoints(workdir: Path) -> list[Path]:
@@ -566,6 +580,7 @@ def discard_unloadable_checkpoints(workdir: Path) -> list[Path]:
                 removed.append(path)
     if removed:  # best.pt and last.pt belong to one history: one without the other cannot resume it
         removed = [p for p in (last, best) if p.exists()]
+        (workdir / PROGRESS_FILE).unlink(missing_ok=True)
     for path in removed:
         path.unlink(missing_ok=True)
     return removed
