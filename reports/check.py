@@ -1,4 +1,5 @@
-"""`bench check`: a run's long-format metric table against a committed baseline (or another run).
+"""`bench check`: a run's long-format metric table against a committed baseline (or another run). By default the
+comparison is noise-aware (reports/noise.py); `--exact`, described here, compares value by value.
 
 The baseline is a CSV of (backbone, formulation, seed, fold, split, task, metric, cls, value) with
 optional `# tolerance: default=0.02 mae=0.05 f1@3=0.1 recall@*=0.1` header lines (`@*`: any class).
@@ -55,15 +56,52 @@ class CheckResult:
         )
 
 
-def run_table(run_dir, store: str | None = None) -> pd.DataFrame:
+def run_table(run_dir, store: str | None = None, predictions: bool = False) -> pd.DataFrame:
+    """A run's metric rows (and with `predictions`, its per-image predicted grades as rows, for a baseline); attrs
+    carry what a noise-aware check needs: the per-image predictions, patients, K and the run's design."""
     from .load import LONG_COLUMNS, load_run
+    from .noise import per_image, predictions_long
 
     run = load_run(run_dir, store)
     table = run.long[LONG_COLUMNS].copy()
+    if predictions:
+        table = pd.concat([table, predictions_long(run)], ignore_index=True)
     failed = run.cells[run.cells.status != "done"]
     table.attrs["unfinished"] = [tuple(r) for r in failed[ID].itertuples(index=False)]
     table.attrs["design"] = run_design(run)
+    table.attrs["per_image"] = lambda: per_image(run)
+    table.attrs["groups"] = {**(run.meta.get("val_groups") or {}), **(run.meta.get("test_groups") or {})}
+    table.attrs["k"] = run.scale.k
+    table.attrs["recorded"] = recorded_on(run)
     return table
+
+
+NUMERICS_ENV = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_CBWR", "OMP_NUM_THREADS", "NPY_DISABLE_CPU_FEATURES")
+
+
+def recorded_on(run) -> str:
+    """Where and how a run was made: the device and numerics of its cells, the CPU, and the numerics settings of the
+    environment recording it (scripts/ci-suite pins them)."""
+    import os
+    import platform
+
+    done = run.cells[run.cells.status == "done"].key
+    if not len(done):
+        return "no finished cell"
+    res = run.result(done.iloc[0])
+    threads = sorted({run.result(k).threads for k in done} - {0})
+    cpu = platform.processor() or platform.machine()
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        lines = []
+    cpu = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), cpu)
+    pinned = " ".join(f"{k}={os.environ[k]}" for k in NUMERICS_ENV if k in os.environ)
+    return (
+        f"{res.device}; {cpu}"
+        + (f"; {', '.join(map(str, threads))} CPU thread(s) per process" if threads else "")
+        + f"; numerics environment: {pinned or 'defaults'}"
+    )
 
 
 def run_design(run) -> dict:
@@ -123,7 +161,14 @@ def read_baseline(path) -> tuple[pd.DataFrame, dict[str, float]]:
     lines = text.splitlines(keepends=True)
     n_header = next((i for i, line in enumerate(lines) if not line.startswith("#")), len(lines))
     header, text = lines[:n_header], "".join(lines[n_header:])
+    design = None
     for line in header:
+        d = re.match(r"#\s*design:\s*(.*)", line)
+        if d:
+            try:
+                design = json.loads(d.group(1))
+            except ValueError:
+                design = None
         m = re.match(r"#\s*tolerance:\s*(.*)", line)
         if m:
             for item in m.group(1).split():
@@ -163,6 +208,8 @@ def read_baseline(path) -> tuple[pd.DataFrame, dict[str, float]]:
             )
     df["value"] = values
     df["cls"] = df["cls"].fillna("")
+    if design is not None:
+        df.attrs["design"] = design
     return df, tolerances
 
 
@@ -170,6 +217,8 @@ def write_baseline(table: pd.DataFrame, path, tolerances: dict[str, float], sour
     path = Path(path)
     header = [
         f"# mesbench baseline from {source}, written {datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
+        f"# recorded on: {table.attrs.get('recorded', 'unknown')}",
+        f"# design: {json.dumps(table.attrs.get('design', {}), sort_keys=True, default=str)}",
         "# tolerance: "
         + " ".join(f"{k}={v:g}" for k, v in sorted({"default": DEFAULT_TOLERANCE, **tolerances}.items())),
     ]
@@ -280,6 +329,20 @@ def render(result: CheckResult, console, limit=60):
         table(
             result.improvements, f"improvements: {len(result.improvements)} value(s) better than the baseline", "green"
         )
+    render_structure(result, console, limit)
+    verdict = "[bold green]check passed[/]" if result.ok else "[bold red]check FAILED[/]"
+    console.print(
+        f"{verdict}: {result.compared} values compared, {len(result.regressions)} regression(s), "
+        f"{len(result.improvements)} improvement(s), {len(result.missing_cells)} missing and "
+        f"{len(result.unexpected_cells)} unexpected cell(s)"
+    )
+
+
+def render_structure(result: CheckResult, console, limit=60) -> None:
+    """What fails a check whatever the numbers: cells missing or unexpected, NaN on one side, values absent, and a
+    count that must match exactly (support)."""
+    from rich.markup import escape
+
     for c in result.missing_cells:
         console.print(f"[red]missing cell[/] (in the baseline, not finished in this run): {escape(describe_cell(c))}")
     for c in result.unexpected_cells:
@@ -297,9 +360,3 @@ def render(result: CheckResult, console, limit=60):
             f"[red]{len(result.missing_values)} baseline value(s) absent from this run[/], e.g. "
             + ", ".join(metric_name(r.task, r.metric, r.cls) for r in result.missing_values.head(5).itertuples())
         )
-    verdict = "[bold green]check passed[/]" if result.ok else "[bold red]check FAILED[/]"
-    console.print(
-        f"{verdict}: {result.compared} values compared, {len(result.regressions)} regression(s), "
-        f"{len(result.improvements)} improvement(s), {len(result.missing_cells)} missing and "
-        f"{len(result.unexpected_cells)} unexpected cell(s)"
-    )

@@ -250,9 +250,9 @@ def _add_report(sub):
 
 
 def cmd_check(args):
-    from reports.check import DEFAULT_TOLERANCE, compare, read_baseline, render, run_table, write_baseline
+    from reports.check import DEFAULT_TOLERANCE, check_comparable, read_baseline, run_table, write_baseline
 
-    now = run_table(args.run_dir, args.store)
+    now = run_table(args.run_dir, args.store, predictions=args.update)
     if args.update:
         if not args.baseline:
             raise BenchError("--update needs --baseline FILE: the file to write.")
@@ -266,17 +266,16 @@ def cmd_check(args):
             _, tolerances = read_baseline(args.baseline)
         write_baseline(now, args.baseline, tolerances, str(args.run_dir))
         console.print(
-            f"[green]baseline written[/]: {args.baseline} ({len(now)} values from {args.run_dir}); "
-            "commit it to make it the new reference."
+            f"[green]baseline written[/]: {args.baseline} ({len(now)} values and per-image predictions from "
+            f"{args.run_dir}); commit it to make it the new reference."
         )
         return 0
     if args.against:
-        from reports.check import check_comparable
-
-        base, tolerances = run_table(args.against), {}
+        base, tolerances = run_table(args.against, predictions=True), {}
         check_comparable(now, base, str(args.run_dir), str(args.against))
     elif args.baseline:
         base, tolerances = read_baseline(args.baseline)
+        check_comparable(now, base, str(args.run_dir), str(args.baseline))
     else:
         raise BenchError("bench check needs --baseline FILE or --against RUN_DIR2.")
     from reports.check import check_tolerance
@@ -292,9 +291,72 @@ def cmd_check(args):
             ) from None
     default = tolerances.pop("default", DEFAULT_TOLERANCE)
     metrics = [m for m in (args.metrics or "").split(",") if m]
-    result = compare(now, base, tolerances, default, metrics)
+    if args.exact:
+        return exact_check(now, base, tolerances, default, metrics)
+    return noise_aware_check(args, now, base, tolerances, default, metrics)
+
+
+def exact_check(now, base, tolerances, default, metrics) -> int:
+    """`--exact`: every stored value against the baseline's within its tolerance (for a machine whose numerics are
+    pinned: the same code gives the same values there)."""
+    from reports.check import compare, render
+    from reports.noise import split_baseline
+
+    result = compare(now, split_baseline(base)[0], tolerances, default, metrics)
     render(result, console)
     return 0 if result.ok else 1
+
+
+def noise_aware_check(args, now, base, tolerances, default, metrics) -> int:
+    """The default: a drop beyond the noise of training and beyond the tolerance is a regression (reports.noise)."""
+    import math
+
+    from reports.check import compare, render_structure, tolerance_for
+    from reports.noise import enough_pairs, family, noise_check, render, split_baseline
+
+    base_metrics, base_preds = split_baseline(base)
+    structure = compare(now, base_metrics, {}, math.inf, metrics)  # cells, NaN, absent values, exact counts
+    k = now.attrs.get("k", 4)
+    m = len(now[["backbone", "formulation", "split"]].drop_duplicates()) * len(family(k))
+    pairs = len(now[["seed", "fold"]].drop_duplicates())
+    if base_preds.empty and not enough_pairs(pairs, m, args.alpha):
+        raise BenchError(
+            f"{args.baseline or args.against}: this baseline holds no per-image predictions (it was recorded before "
+            f"they were kept), and this run's {pairs} fold(s) × seed(s) are too few for a test over folds to reach "
+            f"α = {args.alpha:g} after Holm over {m} tests. Record it again with `bench check RUN --baseline FILE "
+            "--update`, or compare value by value with --exact (for a machine with pinned numerics)."
+        )
+
+    class Row:
+        def __init__(self, task, metric, cls):
+            self.task, self.metric, self.cls = task, metric, cls
+
+    result = noise_check(
+        now, now.attrs["per_image"](), base_metrics, base_preds, now.attrs.get("groups") or {}, k,
+        lambda t, mt, c: tolerance_for(Row(t, mt, c), tolerances, default), args.alpha,
+    )  # fmt: skip
+    exact = structure.regressions  # with an infinite tolerance only counts that must match exactly remain
+    ok = structure.ok and not result.regressions
+    verdict = (
+        f"{'check passed' if ok else 'check FAILED'}: {len(result.regressions)} regression(s) beyond noise and "
+        f"tolerance, {len(result.improvements)} improvement(s), {len(structure.missing_cells)} missing and "
+        f"{len(structure.unexpected_cells)} unexpected cell(s)"
+        + (f", {len(exact)} count(s) that differ" if len(exact) else "")
+    )
+    if args.markdown:
+        lines = [f"## bench check: {'passed' if ok else 'FAILED'}", ""] + render(result, console, markdown=True)
+        lines += ["", verdict]
+        if not structure.ok:
+            lines.append("Missing or unexpected cells, NaN values or absent values: see the job log.")
+        print("\n".join(lines))
+    else:
+        render(result, console)
+        render_structure(structure, console)
+        for r in exact.head(20).itertuples():
+            console.print(f"[red]count differs[/]: {r.backbone} · {r.formulation} · fold {r.fold} {r.split} "
+                          f"{r.metric}@{r.cls}: {r.value_base:g} → {r.value_now:g}")  # fmt: skip
+        console.print(("[bold green]" if ok else "[bold red]") + verdict + "[/]")
+    return 0 if ok else 1
 
 
 def _add_check(sub):
@@ -312,6 +374,14 @@ def _add_check(sub):
     )
     c.add_argument("--metrics", help="comma-separated metric names, e.g. accuracy,f1@macro,f1@3")
     c.add_argument("--update", action="store_true", help="write this run's table as the new baseline")
+    c.add_argument(
+        "--exact",
+        action="store_true",
+        help="compare every value within its tolerance (a pinned machine); default: drops beyond the noise of "
+        "training and the tolerance",
+    )
+    c.add_argument("--markdown", action="store_true", help="print the check's table as Markdown (a CI job summary)")
+    c.add_argument("--alpha", type=float, default=0.05, help="the family's level (Holm-corrected; default 0.05)")
     c.set_defaults(fn=cmd_check)
 
 
