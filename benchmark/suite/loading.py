@@ -177,10 +177,20 @@ def check_data_paths(suite: Suite, doc: dict, source: str) -> None:
                             f"the class folder {str(root / cls)!r} is missing",
                             "Name each grade's folder under root, in order.",
                         )
-        if cfg.manifest and cfg.name == "manifest" and not resolved(cfg.manifest).is_file():
-            fail("manifest", f"{cfg.manifest!r} is not a file", "Give the path of the CSV manifest.")
-        if cfg.patients and not resolved(cfg.patients).is_file():
-            fail("patients", f"{cfg.patients!r} is not a file", "Give the path of the CSV of path,patient rows.")
+        for field, text, fix in (
+            ("manifest", cfg.manifest if cfg.name == "manifest" else None, "Give the path of the CSV manifest."),
+            ("patients", cfg.patients, "Give the path of the CSV of path,patient rows."),
+        ):
+            path = resolved(text) if text else None
+            if path is not None and not path.is_file():
+                what = (
+                    "does not exist"
+                    if not path.exists()
+                    else "is a folder"
+                    if path.is_dir()
+                    else "is not a regular file"
+                )
+                fail(field, f"{text!r} {what}", fix)
 
 
 def validate_suite(doc: dict, source: str = "<suite>") -> Suite:
