@@ -80,8 +80,6 @@ class NoiseResult:
 
 def predictions_long(run) -> pd.DataFrame:
     """Every finished cell's per-image predicted grade (validation and test) as baseline rows."""
-    from .check import KEY
-
     preds = per_image(run)
     return pd.DataFrame(
         {
@@ -91,7 +89,7 @@ def predictions_long(run) -> pd.DataFrame:
             "cls": preds["image_id"].astype(str),
             "value": preds["pred"].astype(float),
         }
-    )[KEY + ["value"]]
+    )
 
 
 def per_image(run) -> pd.DataFrame:

@@ -15,8 +15,8 @@ def add_threads_option(parser) -> None:
     parser.add_argument(
         "--threads",
         type=int,
-        help="CPU threads of torch's kernels per process (default: OMP_NUM_THREADS if set, else the cores this "
-        "process may use divided by the workers)",
+        help="CPU threads of torch's kernels per process (default: the cores this process may use divided by the "
+        "workers; one process: OMP_NUM_THREADS if set)",
     )
 
 
@@ -30,9 +30,10 @@ def available_cores() -> int:
 
 
 def set_threads(requested: int | None, workers: int = 1) -> int:
-    """Decide and apply the CPU threads per process: --threads, else the user's OMP_NUM_THREADS, else the cores this
-    process may use divided by the workers (torch's own default takes every core, so two processes on a shared
-    2-core machine each ran 2–4 threads and used 4–5× the CPU for the same wall time)."""
+    """Decide and apply the CPU threads per process: --threads; else with several workers the cores this process may
+    use divided by them (whatever OMP_NUM_THREADS says, which is one process's share); else the user's
+    OMP_NUM_THREADS, else every core it may use (torch's own default took every core in each of several processes,
+    so two on a shared 2-core machine used 4–5× the CPU for the same wall time)."""
     import os
 
     from ..errors import BenchError
@@ -44,7 +45,8 @@ def set_threads(requested: int | None, workers: int = 1) -> int:
             f"for {max(1, cores // max(workers, 1))}."
         )
     env = os.environ.get("OMP_NUM_THREADS", "")
-    n = requested or (int(env) if env.isdigit() and int(env) > 0 else max(1, cores // max(workers, 1)))
+    share = max(1, cores // max(workers, 1))
+    n = requested or (int(env) if workers == 1 and env.isdigit() and int(env) > 0 else share)
     os.environ["OMP_NUM_THREADS"] = str(n)
     os.environ["MKL_NUM_THREADS"] = str(n)
     import sys
