@@ -30,6 +30,15 @@ def require_in_run(option, value, choices):
         raise BenchError(f"{option} {value!r} is not in this run: {closest(value, choices)}.")
 
 
+def not_a_file(path) -> str:
+    """Why a path that should name a file does not, in words: 'does not exist', 'is a folder', 'is not a regular
+    file' (a device such as /dev/zero)."""
+    from pathlib import Path
+
+    path = Path(path)
+    return "does not exist" if not path.exists() else "is a folder" if path.is_dir() else "is not a regular file"
+
+
 def env_number(name: str, default: float, cast=float, minimum: float = 0.0, unit: str = "seconds"):
     """A numeric environment setting, or one paragraph naming the variable and the values it takes."""
     import os

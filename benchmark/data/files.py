@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import BenchError
+from ..errors import BenchError, not_a_file
 from ..labels import unnamed_grades
 from ..suite.schema import DatasetConfig
 from .dataset import Dataset, cached, content_key
@@ -199,7 +199,7 @@ def patients_from_csv(csv: str, root: Path, paths: list[Path], ids: list[str]) -
     path = Path(os.path.expandvars(csv)).expanduser()
     fix = "The patients file is a CSV with a header line `path,patient` and one image per row."
     if not path.is_file():
-        what = "is a folder" if path.is_dir() else "is not a regular file" if path.exists() else "does not exist"
+        what = not_a_file(path)
         raise BenchError(f"dataset.patients {str(path)!r} {what}. {fix}")
     try:
         df = pd.read_csv(path, dtype=str, keep_default_na=False)
@@ -261,7 +261,7 @@ def manifest_dataset(cfg: DatasetConfig) -> Dataset:
         raise BenchError("dataset 'manifest' needs `dataset.manifest:` — a CSV with columns path,label[,group].")
     path = Path(os.path.expandvars(cfg.manifest)).expanduser()
     if not path.is_file():
-        what = "is a folder" if path.is_dir() else "is not a regular file" if path.exists() else "does not exist"
+        what = not_a_file(path)
         raise BenchError(
             f"dataset.manifest {str(path)!r} {what}. Give the path of the CSV manifest (path,label[,group])."
         )

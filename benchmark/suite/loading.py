@@ -10,7 +10,7 @@ from typing import NoReturn
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from ..errors import BenchError, closest
+from ..errors import BenchError, closest, not_a_file
 from .schema import Suite
 
 
@@ -183,13 +183,7 @@ def check_data_paths(suite: Suite, doc: dict, source: str) -> None:
         ):
             path = resolved(text) if text else None
             if path is not None and not path.is_file():
-                what = (
-                    "does not exist"
-                    if not path.exists()
-                    else "is a folder"
-                    if path.is_dir()
-                    else "is not a regular file"
-                )
+                what = not_a_file(path)
                 fail(field, f"{text!r} {what}", fix)
 
 
