@@ -9,6 +9,7 @@ plain data, and timm is imported where a model is built or an unregistered name 
 from __future__ import annotations
 
 import difflib
+import functools
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -368,16 +369,27 @@ def list_backbones() -> list[BackboneSpec]:
 def _meta_forward(name: str, size) -> str | None:
     """Build the backbone on the meta device (no memory, no weights) and pass one image of this size through
     it: timm's own size assertions and every shape check run, in well under a second. None if it works."""
+    return _meta_pass(resolve(name), (int(size[0]), int(size[1])))[0]
+
+
+@functools.lru_cache(maxsize=256)
+def _meta_pass(spec: BackboneSpec, size: tuple[int, int]) -> tuple[str | None, int | None]:
+    """(problem, forward FLOPs) of one pass on the meta device. One pass serves both the size check and the
+    FLOPs count (`bench plan` and the runner ask for both), so each backbone and size is built once per process;
+    keyed by the spec, so a name registered anew is built anew."""
     import torch
+    from torch.utils.flop_counter import FlopCounterMode
 
     try:
         with torch.device("meta"):
-            model, _, _ = create_backbone(name, size=size)
-            model.eval()(torch.zeros(1, 3, int(size[0]), int(size[1])))  # eval: batch norm takes one image
+            model, _, _ = create_backbone(spec.name, size=size)
+            counter = FlopCounterMode(display=False)
+            with counter, torch.no_grad():
+                model.eval()(torch.zeros(1, 3, size[0], size[1]))  # eval: batch norm takes one image
     except Exception as exc:
         text = str(exc).splitlines()[0][:200] if str(exc) else ""
-        return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-    return None
+        return (f"{type(exc).__name__}: {text}" if text else type(exc).__name__), None
+    return None, int(counter.get_total_flops())
 
 
 def check_input_size(name: str, size, resized: bool) -> None:
@@ -523,15 +535,4 @@ def model_cost(model, size) -> dict:
 def flops_per_image(name: str, size) -> int | None:
     """Forward FLOPs of one image of this size, counted on the meta device (no weights, no memory): what the
     runner orders cells by, longest first."""
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
-
-    try:
-        with torch.device("meta"):
-            model, _, _ = create_backbone(name, size=size)
-            counter = FlopCounterMode(display=False)
-            with counter, torch.no_grad():
-                model.eval()(torch.zeros(1, 3, int(size[0]), int(size[1])))
-        return int(counter.get_total_flops())
-    except Exception:
-        return None
+    return _meta_pass(resolve(name), (int(size[0]), int(size[1])))[1]

@@ -7,6 +7,7 @@ nearly flat with their top shared by two grades (row 0: .28 .28 .23 .21), so at 
 single out the true grade; its default η is therefore 0.85, and any (distribution, η) whose target rows do not
 peak strictly at the true grade and fall away from it is refused at load."""
 
+import functools
 from typing import Literal
 
 import numpy as np
@@ -31,6 +32,12 @@ DEFAULT_ETA = {"poisson": 0.85}  # others: 1.0, whose rows are already unimodal 
 
 def soft_targets(distribution: str, eta: float, num_classes: int = MES.k) -> np.ndarray:
     """The target rows (1 − η)·I + η·Q that the dlordinal loss of this distribution trains towards."""
+    return np.array(_soft_targets(distribution, float(eta), int(num_classes)))
+
+
+@functools.lru_cache(maxsize=128)
+def _soft_targets(distribution: str, eta: float, num_classes: int) -> np.ndarray:
+    """Cached (and read-only): a suite's validation asks for the same rows once per variant and per check."""
     import dlordinal.soft_labelling as sl  # numpy only: no torch at suite load
 
     getter = {
@@ -42,7 +49,9 @@ def soft_targets(distribution: str, eta: float, num_classes: int = MES.k) -> np.
         "geometric": sl.get_geometric_soft_labels,
     }[distribution]
     q = np.asarray(getter(num_classes), float)
-    return (1 - eta) * np.eye(num_classes) + eta * q
+    rows = (1 - eta) * np.eye(num_classes) + eta * q
+    rows.setflags(write=False)
+    return rows
 
 
 def not_unimodal(targets: np.ndarray, tol: float = 1e-9) -> int | None:

@@ -65,12 +65,13 @@ def cmd_plan(args):
     import time
 
     t0 = time.perf_counter()
-    from ..suite.loading import cell_count, load_suite
+    from ..suite.loading import cell_count, check_data_paths, read_suite_doc, validate_suite
 
     problems: list[str] = []
-    suite = load_suite(args.suite, args.set)  # the suite itself: a wrong one is refused here, with its line
+    doc = read_suite_doc(args.suite, args.set)
+    suite = validate_suite(doc, str(args.suite))  # the suite itself: a wrong one is refused here, with its line
     try:
-        load_suite(args.suite, args.set, paths=True)
+        check_data_paths(suite, doc, str(args.suite))
         paths_ok = "data paths ✓"
     except BenchError as exc:
         problems.append(str(exc))
@@ -216,7 +217,7 @@ def _estimate(suite, cells, size, n: int, folds: int) -> str:
     assumed rate; both said."""
     from backbones import flops_per_image, resize_target
 
-    from .console import available_cores
+    from ..run.threads import available_cores
 
     device = "cuda" if _cuda() else "cpu"
     n_trainval = n * (1 - suite.protocol.test_fraction)

@@ -102,6 +102,15 @@ def check_yaml_bounds(text: str, where: str) -> None:
 def load_suite(path: str | os.PathLike, overrides: list[str] | None = None, paths: bool = False) -> Suite:
     """The suite, validated; `paths`: also check that the data it names is there (a folder, a class folder, a
     manifest), naming the suite file and line — before anything heavy is imported."""
+    doc = read_suite_doc(path, overrides)
+    suite = validate_suite(doc, str(path))
+    if paths:
+        check_data_paths(suite, doc, str(path))
+    return suite
+
+
+def read_suite_doc(path: str | os.PathLike, overrides: list[str] | None = None) -> dict:
+    """The suite file's YAML mapping with the `--set` overrides applied, its lines kept; not yet validated."""
     path = Path(path)
     try:
         exists = path.is_file()
@@ -132,11 +141,7 @@ def load_suite(path: str | os.PathLike, overrides: list[str] | None = None, path
         raise BenchError(
             f"{path}: a suite must be a YAML mapping with at least 'name', 'backbones' and 'formulations'."
         )
-    doc = apply_overrides(doc, overrides or [], path)
-    suite = validate_suite(doc, str(path))
-    if paths:
-        check_data_paths(suite, doc, str(path))
-    return suite
+    return apply_overrides(doc, overrides or [], path)
 
 
 def check_data_paths(suite: Suite, doc: dict, source: str) -> None:
