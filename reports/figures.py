@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import warnings
+from typing import Any
 
 import numpy as np
 
@@ -15,9 +16,11 @@ class Rendered(bytes):
     """A figure's PNG bytes, with its PDF when the report writes figure files."""
 
     pdf: bytes | None = None
+    figure: Any = None  # the matplotlib Figure, kept only for the Python API (render_figures(keep=True))
 
 
 WANT_PDF = False  # set by render_figures(pdf=True): PDFs cost a second rendering, only for figure files
+KEEP_FIGURES = False
 
 
 def _png(fig) -> bytes:
@@ -28,9 +31,11 @@ def _png(fig) -> bytes:
         pdf = io.BytesIO()
         fig.savefig(pdf, format="pdf", bbox_inches="tight")
         out.pdf = pdf.getvalue()
+    if KEEP_FIGURES:
+        out.figure = fig
     import matplotlib.pyplot as plt
 
-    plt.close(fig)
+    plt.close(fig)  # out of pyplot's list (it would hold every figure of a paper-sized report); a kept one still draws
     return out
 
 

@@ -586,11 +586,12 @@ SECTIONS = {
 }
 
 
-def render_figures(rep: Report, pdf: bool = False) -> dict[str, bytes]:
-    """The view's figures as PNG bytes (drawn only for formats that show them; with their PDFs for files)."""
+def render_figures(rep: Report, pdf: bool = False, keep: bool = False) -> dict[str, bytes]:
+    """The view's figures as PNG bytes (drawn only for formats that show them; with their PDFs for files; with
+    `keep`, each keeps its matplotlib Figure as `.figure`, for the Python API)."""
     from . import figures
 
-    figures.WANT_PDF = pdf
+    figures.WANT_PDF, figures.KEEP_FIGURES = pdf, keep
     out = {}
     try:
         for name, draw in rep.figure_specs:
@@ -598,7 +599,7 @@ def render_figures(rep: Report, pdf: bool = False) -> dict[str, bytes]:
             if png:
                 out[name] = png
     finally:
-        figures.WANT_PDF = False
+        figures.WANT_PDF = figures.KEEP_FIGURES = False
     return out
 
 
@@ -835,9 +836,19 @@ def csv_safe(value):
 
 
 def to_csv(run: Run) -> str:
-    """The long-format metric table; `class` names the grade (or a task's class) that `cls` numbers."""
+    """The long-format metric table, written safe for spreadsheets."""
     import pandas as pd
 
+    long = metrics_frame(run)
+    for col in long.columns:
+        if not pd.api.types.is_numeric_dtype(long[col]):
+            long[col] = long[col].astype(object).map(csv_safe)
+    return long.to_csv(index=False)
+
+
+def metrics_frame(run: Run):
+    """The long-format metric table, in the CSV's order; `class` names the grade (or a task's class) that `cls`
+    numbers."""
     long = run.long[LONG_COLUMNS].sort_values(LONG_COLUMNS[:-1])
     names = {"mes": run.scale.classes, **run.extra_tasks()}
 
@@ -846,8 +857,4 @@ def to_csv(run: Run) -> str:
         return classes[int(cls)] if cls.isdigit() and int(cls) < len(classes) else cls
 
     long.insert(len(LONG_COLUMNS) - 1, "class", [class_name(t, c) for t, c in zip(long.task, long.cls)])
-    long = long.assign(value=np.round(long.value, 6))
-    for col in long.columns:
-        if not pd.api.types.is_numeric_dtype(long[col]):
-            long[col] = long[col].astype(object).map(csv_safe)
-    return long.to_csv(index=False)
+    return long.assign(value=np.round(long.value, 6)).reset_index(drop=True)

@@ -34,8 +34,12 @@ LAYERS = [
     ("run", ["benchmark.run"]),
     ("reports", ["reports"]),
     ("tools", ["benchmark.tools"]),
+    ("api", ["benchmark.api"]),
     ("cli", ["benchmark.cli"]),
 ]
+# The package's own names are the API's (`import benchmark as mb; mb.load_run`), imported on first use: the one
+# import that runs up the layers, and only when a user asks for those names.
+FACADE = {("benchmark", "benchmark.api")}
 
 
 def layer_of(module: str) -> int:
@@ -100,7 +104,7 @@ def test_every_module_is_in_a_layer(graph):
 
 
 def test_no_upward_imports(graph):
-    upward = [(a, b) for a, deps in graph.items() for b in deps if layer_of(b) > layer_of(a)]
+    upward = [(a, b) for a, deps in graph.items() for b in deps if layer_of(b) > layer_of(a) and (a, b) not in FACADE]
     assert not upward, "imports that run up the layers: " + ", ".join(f"{a} -> {b}" for a, b in upward)
 
 

@@ -10,70 +10,21 @@ from .console import console
 
 
 def cmd_report(args):
-    from reports.load import load_run
-    from reports.render import build, latex_document, to_csv, to_html, to_latex, to_markdown
-    from reports.tables import Options
+    from reports.render import figure_links
 
-    from ..errors import require_in_run
+    from .. import api
 
-    run = load_run(args.run_dir, args.store)
+    run = api.load_run(args.run_dir, args.store)
     print(
         f"report of {run.path}" + ("" if args.run_dir else " (the run under ./runs that finished last)"),
         file=sys.stderr,
     )
-    from reports.render import check_axis
-
-    check_axis(run, args.compare)
-    if args.reference is not None:
-        universe = {
-            "formulations": run.formulations,
-            "backbones": run.backbones,
-        }.get(args.compare) or list(run.stored_suite.variants[args.compare])
-        require_in_run("--reference", args.reference, universe)
-    if args.backbone:
-        require_in_run("--backbone", args.backbone, run.backbones)
-    if args.alpha is not None and not 0 < args.alpha < 1:
-        raise BenchError(f"--alpha {args.alpha}: a significance level between 0 and 1, e.g. 0.05 or 0.1.")
-    if not 0 < args.patient_quantile <= 1:
-        raise BenchError(
-            f"--patient-quantile {args.patient_quantile}: a quantile in (0, 1]; 1 (the default) takes each patient's "
-            "worst image grade, as clinicians score a colonoscopy."
-        )
-    if not 0 < args.specificity < 1:
-        raise BenchError(
-            f"--specificity {args.specificity}: the specificity at which Table 8b reads each grade's sensitivity, "
-            "strictly between 0 and 1, e.g. 0.9 or 0.95."
-        )
-    if not 0 <= args.rope < 1:
-        raise BenchError(
-            f"--rope {args.rope}: a difference of the compared proportion below which two models count as "
-            "practically equivalent, in [0, 1); 0.01 (the default) is one percentage point of macro F1."
-        )
-    if args.rope != 0.01 and args.test != "bayes" and not view_uses_bayes(args.view):
-        raise BenchError(
-            f"--rope {args.rope} changes only the Bayesian comparison, which this report does not hold: add --test "
-            "bayes."
-        )
-    given = {name: getattr(args, name) for name in ("split", "test", "correction", "alpha")}
-    opts = Options(
-        split=args.split or "val",
-        backbone=args.backbone,
-        reference=args.reference,
-        test=args.test or "auto",
-        correction=args.correction or "holm",
-        alpha=0.05 if args.alpha is None else args.alpha,
-        explicit=frozenset(name for name, value in given.items() if value is not None),
-        metric=args.metric,
-        summary=args.summary,
-        view=args.view,
-        compare=args.compare,
-        pairs=args.pairs,
-        patient_quantile=args.patient_quantile,
-        rope=args.rope,
-        specificity=args.specificity,
-    )
-    from reports.render import figure_links, render_figures, write_figure_files
-
+    options = {
+        name: getattr(args, name)
+        for name in ("view", "split", "test", "correction", "alpha", "backbone", "reference", "compare", "pairs")
+        + ("metric", "summary", "patient_quantile", "specificity", "rope")
+    }
+    api.report_options(run._run, **options)  # every option checked before a figure folder is made
     fmt = "csv" if args.csv else "latex" if args.latex else "html" if args.html else "markdown"
     written: list[Path] = []
     # Figure files go beside -o (or into it, for --figures-only), else into the run directory, which may be
@@ -89,24 +40,22 @@ def cmd_report(args):
         if fmt == "html" and not args.output:
             writable_or_refuse(run.path, "report.html")
     if args.figures_only:
-        rep = build(run, opts, with_test=False)
-        written = write_figure_files(folder, render_figures(rep, pdf=True))
+        written = api.report(run, **options, with_test=False).write_figures(folder)
         for path in written:
             print(f"figure written: {path}", file=sys.stderr)
         return 0
     if fmt == "csv":
         text = to_csv(run)
     else:
-        rep = build(run, opts)
+        rep = api.report(run, **options)
         if fmt == "html":
-            rep.figures = render_figures(rep, pdf=True)
-            written = write_figure_files(folder, rep.figures)
-            text = to_html(rep)
+            written = rep.write_figures(folder)
+            text = rep.to_html()
         elif fmt == "latex":
-            text = latex_document(rep) if args.standalone else to_latex(rep)
+            text = rep.to_latex(standalone=args.standalone)
         else:
             where = Path(args.output).resolve().parent if args.output else Path.cwd()
-            text = to_markdown(rep, figure_links(run.path / "figures", rep, where))  # where --figures-only wrote
+            text = rep.to_markdown(figure_links(run.path / "figures", rep._built, where))  # where --figures-only wrote
     for path in written:
         print(f"figure written: {path}", file=sys.stderr)
     out = args.output
@@ -121,12 +70,10 @@ def cmd_report(args):
     return 0
 
 
-def view_uses_bayes(name: str) -> bool:
-    from reports.views import load_view
+def to_csv(run) -> str:
+    from reports.render import to_csv as csv_text
 
-    view = load_view(name)
-    settings = [view.statistics] + [s.statistics for s in view.sections]
-    return any(st is not None and st.test == "bayes" for st in settings)
+    return csv_text(run._run)
 
 
 REPORT_HINT = (

@@ -8,7 +8,8 @@ from pathlib import Path
 from rich.markup import escape
 
 from ..errors import BenchError
-from .console import add_set_option, add_threads_option, available_cores, console, err_console, set_threads
+from ..run.threads import available_cores, set_threads
+from .console import add_set_option, add_threads_option, console, err_console
 
 
 def suite_overrides(args) -> list[str]:
@@ -38,26 +39,15 @@ def cmd_run(args):
 
     from reports.summary import print_summary
 
-    from ..run.runner import Runner
+    from ..api import execute
     from .progress import RunProgress
 
     out = Path(args.out) if args.out else Path("runs") / suite.name
-    runner = Runner(suite, out, device=args.device, retry_failed=args.retry_failed, store=args.store)
-    if args.log:
-        from ..run.tracking import make_trackers
-
-        runner.trackers = make_trackers(args.log, out)
     with RunProgress(0, err_console, enabled=not args.quiet) as progress:
-        runner.progress = progress
-        cells = runner.prepare(args.only)
-        progress.set_total(len(cells))
-        if runner.stale_cells:
-            progress.note(
-                f"[yellow]note[/]: the suite changed since this directory was last used: "
-                f"{runner.new_cells} cell(s) have a new configuration hash and will be trained; "
-                f"{runner.stale_cells} cell(s) of the earlier configuration are kept but not reported."
-            )
-        report = runner.run(args.only)
+        runner, report = execute(
+            suite, out, only=args.only, device=args.device, store=args.store, retry_failed=args.retry_failed,
+            log=args.log, progress=progress,
+        )  # fmt: skip
     err_console.print(
         f"{report.trained_text()}, {len(report.skipped)} already done, "
         f"{len(report.failed)} failed in {report.seconds:.1f} s · device {runner.plan.description} · "
@@ -348,7 +338,8 @@ def add_commands(sub):
         action="append",
         default=[],
         metavar="TRACKER",
-        help="also log to mlflow (./mlruns), mlflow=URI, or tensorboard (RUN/tensorboard); repeatable",
+        help="also log to mlflow (./mlruns), mlflow=URI, tensorboard (RUN/tensorboard), wandb or wandb=PROJECT (one "
+        "W&B run per cell, grouped by suite; WANDB_MODE=offline works); repeatable",
     )
     r.add_argument("--compile", action="store_true", help="torch.compile every model (= --set training.compile=true)")
     r.add_argument(

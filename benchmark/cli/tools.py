@@ -118,7 +118,7 @@ def cmd_perf_cell(args):
 def cmd_perf(args):
     from rich.table import Table
 
-    from .console import set_threads
+    from ..run.threads import set_threads
 
     set_threads(args.threads)
     if args.cell:
