@@ -53,8 +53,79 @@ def test_tensorboard_event_files_per_cell(make_suite, tmp_path):
 
 def test_unknown_tracker_is_a_clear_error(make_suite, tmp_path, capsys):
     suite = make_suite(name="bad", formulations=["softmax"])
-    assert main(["run", str(suite), "--out", str(tmp_path / "r"), "--log", "wandb"]) == 2
-    assert "use mlflow, mlflow=URI or tensorboard" in capsys.readouterr().err
+    assert main(["run", str(suite), "--out", str(tmp_path / "r"), "--log", "comet"]) == 2
+    assert "use mlflow, mlflow=URI, tensorboard, wandb or wandb=PROJECT" in capsys.readouterr().err
+    assert main(["run", str(suite), "--out", str(tmp_path / "r"), "--log", "wandb=my project/x"]) == 2
+    assert "W&B project name" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
+def wandb_records(path):
+    """The records of a W&B transaction log (run-ID.wandb), read with W&B's own protobuf classes: LevelDB-style
+    32 KiB blocks of chunks (crc32, length, type), after the ':W&B' header. W&B ships no reader for offline runs."""
+    import struct
+
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    data = path.read_bytes()
+    assert data[:4] == b":W&B"
+    pos, buf = 7, b""
+    while pos + 7 <= len(data):
+        if 32768 - pos % 32768 < 7:  # a block's tail too short for a header is padding
+            pos += 32768 - pos % 32768
+            continue
+        _, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        if length == 0 and kind == 0:
+            break
+        buf += data[pos + 7 : pos + 7 + length]
+        pos += 7 + length
+        if kind in (1, 4):  # a whole record, or the last chunk of one
+            record = pb.Record()
+            record.ParseFromString(buf)
+            buf = b""
+            yield record
+
+
+def key_of(item) -> str:
+    return item.key or "/".join(item.nested_key)  # W&B writes a key flat or as its path
+
+
+def test_wandb_offline_one_run_per_cell_with_its_final_metrics(make_suite, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    suite = make_suite(name="wb", formulations=["softmax", "coral"])
+    out = tmp_path / "run"
+    assert main(["run", str(suite), "--out", str(out), "--quiet", "--only", "fold=0", "--log", "wandb=uc-grading"]) == 0
+    logs = sorted((tmp_path / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(logs) == 2  # one per cell
+    from reports.load import load_run
+
+    stored = load_run(out).long.query("split == 'val' and task == 'mes' and metric == 'f1' and cls == 'macro'")
+    seen = set()
+    for log in logs:
+        runs, summary, epochs, exit_codes = [], {}, [], []
+        for rec in wandb_records(log):
+            kind = rec.WhichOneof("record_type")
+            if kind == "run":
+                runs.append(rec.run)
+            elif kind == "summary":
+                summary.update({key_of(item): json.loads(item.value_json) for item in rec.summary.update})
+            elif kind == "history":
+                items = {key_of(item): item.value_json for item in rec.history.item}
+                if "epoch" in items:
+                    epochs.append(int(items["epoch"]))
+            elif kind == "exit":
+                exit_codes.append(rec.exit.exit_code)
+        (run,) = runs
+        assert run.project == "uc-grading" and run.run_group == "wb" and run.job_type == "cell"
+        formulation = run.display_name.split(" · ")[1]
+        seen.add(formulation)
+        assert epochs == [1, 2] and exit_codes == [0]
+        value = stored[stored.formulation == formulation].value
+        assert summary["val.macro_f1"] == pytest.approx(float(value.iloc[0]), abs=1e-9)  # the stored number
+        assert "test.accuracy" in summary and summary["confusion/nrows"] == 2 * 16  # val and test, K×K rows
+    assert seen == {"softmax", "coral"}
 
 
 def test_mlflow_defaults_to_a_local_mlruns_folder(make_suite, tmp_path, monkeypatch):

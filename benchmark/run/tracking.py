@@ -1,6 +1,6 @@
 """Optional experiment tracking users already run: MLflow (one run per cell, nested under one run per suite;
-default store ./mlruns) and TensorBoard (event files per cell under RUN/tensorboard). The results store stays
-the record; trackers mirror it for their UIs."""
+default store ./mlruns), TensorBoard (event files per cell under RUN/tensorboard) and Weights & Biases (one run per
+cell, grouped by suite). The results store stays the record; trackers mirror it for their UIs."""
 
 from __future__ import annotations
 
@@ -136,6 +136,62 @@ class TensorBoardTracker:
             self.writer.close()
 
 
+class WandbTracker:
+    """One W&B run per cell in the project (default: the suite's name), grouped by suite, so W&B's group view
+    compares folds and formulations; config, one point per epoch, the final metrics in the run's summary and the
+    confusion matrix as a table. W&B's own settings apply as set: WANDB_MODE=offline, WANDB_DIR, WANDB_ENTITY."""
+
+    def __init__(self, project: str | None):
+        try:
+            import wandb
+        except ImportError:
+            raise BenchError("--log wandb needs Weights & Biases: pip install 'mesbench[wandb]'.") from None
+        self.wandb = wandb
+        self.project = project
+        self.run: Any = None
+
+    def start_suite(self, suite, out_dir: Path):
+        self.group = suite.name
+        self.project = self.project or suite.name
+        self.run_dir = str(out_dir)
+
+    def start_cell(self, cell, params: dict):
+        self.run = self.wandb.init(
+            project=self.project,
+            group=self.group,
+            job_type="cell",
+            name=cell.label,
+            config={**params, "run_dir": self.run_dir},
+            reinit="create_new",
+            settings=self.wandb.Settings(silent=True, console="off", save_code=False),
+        )
+
+    def epoch(self, row: dict):
+        scalars = {k: float(v) for k, v in row.items() if k != "epoch" and isinstance(v, (int, float))}
+        self.run.log({"epoch": int(row["epoch"]), **scalars})
+
+    def end_cell(self, cell, result: CellResult | None, outcome: str):
+        if self.run is None:
+            return
+        if result is not None:
+            self.run.summary.update(final_metrics(result))
+            rows = [
+                [split, true, pred, int(n)]
+                for split, matrix in result.confusion.items()
+                for true, counts in enumerate(matrix)
+                for pred, n in enumerate(counts)
+            ]
+            self.run.log({"confusion": self.wandb.Table(columns=["split", "true", "predicted", "count"], data=rows)})
+        self.run.summary["outcome"] = outcome
+        self.run.finish(exit_code=1 if outcome == "failed" else 0)
+        self.run = None
+
+    def close(self):
+        if self.run is not None:
+            self.run.finish(exit_code=1)
+            self.run = None
+
+
 class BestEffort:
     """Tracking mirrors the results store, so it must never fail the training: the first error of a tracker is
     reported once, with what was kept, and that tracker is switched off for the rest of the run."""
@@ -188,7 +244,8 @@ def check_mlflow_uri(uri: str, spec: str) -> None:
 
 
 def make_trackers(specs: list[str], out_dir: Path) -> list:
-    """`mlflow`, `mlflow=URI` or `tensorboard`, as given to `--log`; each best-effort once running."""
+    """`mlflow`, `mlflow=URI`, `tensorboard`, `wandb` or `wandb=PROJECT`, as given to `--log`; each best-effort once
+    running."""
     trackers: list[Any] = []
     for spec in specs:
         kind, _, arg = spec.partition("=")
@@ -198,6 +255,13 @@ def make_trackers(specs: list[str], out_dir: Path) -> list:
             trackers.append(BestEffort(MLflowTracker(arg or None, out_dir), spec))
         elif kind == "tensorboard":
             trackers.append(BestEffort(TensorBoardTracker(out_dir), spec))
+        elif kind == "wandb":
+            if arg and not all(c.isalnum() or c in "-_." for c in arg):
+                raise BenchError(
+                    f"--log {spec!r}: a W&B project name takes letters, digits, '-', '_' and '.', e.g. "
+                    "--log wandb=uc-grading (the entity comes from WANDB_ENTITY or your W&B login)."
+                )
+            trackers.append(BestEffort(WandbTracker(arg or None), spec))
         else:
-            raise BenchError(f"--log {spec!r}: use mlflow, mlflow=URI or tensorboard.")
+            raise BenchError(f"--log {spec!r}: use mlflow, mlflow=URI, tensorboard, wandb or wandb=PROJECT.")
     return trackers
