@@ -6,7 +6,8 @@ import argparse
 from pathlib import Path
 
 from ..errors import BenchError
-from .console import add_set_option, add_threads_option, console, set_threads
+from ..run.threads import set_threads
+from .console import add_set_option, add_threads_option, console
 
 
 def make_tuner(args, worker: int = 0):
@@ -26,6 +27,7 @@ def make_tuner(args, worker: int = 0):
         args.study,
         args.device,
         worker=worker,
+        space=args.space,
     )
 
 
@@ -37,6 +39,8 @@ def tune_worker_argv(args, tuner, targets: dict[int, int]) -> list[str]:
     argv += ["--targets", ",".join(f"{i}:{n}" for i, n in targets.items())]
     for value in args.set:
         argv += ["--set", value]
+    for value in args.space or []:
+        argv += ["--space", value]
     if args.folds:
         argv += ["--folds", str(args.folds)]
     if args.timeout:
@@ -108,19 +112,23 @@ def report_studies(args, tuner, before: dict[int, int]) -> int:
     table = Table(
         title=f"best trial per outer fold (nested: {args.metric} on an inner split of the fold's training part)"
     )
-    for col in ("fold", "study", "trials (new)", "pruned", args.metric, *tuner.weight_keys):
+    for col in ("fold", "study", "trials (new)", "pruned", args.metric, *tuner.param_names):
         table.add_column(col, justify="right")
     best = tuner.best_weights()
     for i, study in tuner.studies.items():
         pruned = sum(t.state.name == "PRUNED" for t in study.trials)
         row = [str(i), study.study_name, f"{len(study.trials)} ({len(study.trials) - before[i]})", str(pruned)]
         if i in best:
-            row += [f"{study.best_value:.4f}", *(f"{best[i][k]:.3f}" for k in tuner.weight_keys)]
+            row += [f"{study.best_value:.4f}", *(value_text(best[i][k]) for k in tuner.param_names)]
         else:
-            row += ["—"] * (1 + len(tuner.weight_keys))
+            row += ["—"] * (1 + len(tuner.param_names))
         table.add_row(*row)
     console.print(f"studies in {tuner.storage}")
+    if tuner.space:
+        console.print("search space: " + "; ".join(p.text() for p in tuner.space))
     console.print(table)
+    if tuner.space and best:
+        console.print(spread_table(tuner, best))
     if len(best) < len(tuner.studies):
         console.print(
             "[red]no completed trial[/] in fold(s) "
@@ -129,8 +137,16 @@ def report_studies(args, tuner, before: dict[int, int]) -> int:
         )
         return 1
     figs = tuner.figures()
-    override = tuner.write_override()
     console.print(f"figures: {', '.join(map(str, figs))}")
+    if not tuner.writable_override():
+        console.print(
+            "no suite written: each outer fold has its own tuned values, and a suite holds per-fold values only for "
+            "a formulation's options (options.*); one value for every fold picked from these would let each fold's "
+            "choice see the other folds' validation images. Use the values above as a variant of their own, or "
+            "tune only options.*."
+        )
+        return 0
+    override = tuner.write_override()
     console.print(
         f"suite with the tuned formulation (each fold its own weights): {override} — train it under the "
         f"normal protocol with `bench run {override}`"
@@ -143,12 +159,45 @@ def report_studies(args, tuner, before: dict[int, int]) -> int:
     return 0
 
 
+def value_text(value) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def spread_table(tuner, best: dict[int, dict]):
+    """Per tuned parameter: its value per outer fold, their spread, and Optuna's importance (mean over folds)."""
+    import numpy as np
+    from rich.table import Table
+
+    importances = tuner.importances()
+    table = Table(title="tuned values per outer fold, their spread, and each parameter's importance (fANOVA)")
+    for col in ("parameter", "per fold", "spread", "importance"):
+        table.add_column(col)
+    for name in tuner.param_names:
+        values = [best[i][name] for i in sorted(best)]
+        numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+        if numeric and len(values) > 1:
+            spread = f"{min(values):.4g} – {max(values):.4g} (median {float(np.median(values)):.4g})"
+        elif numeric:
+            spread = "one fold"
+        else:
+            counts = {str(v): values.count(v) for v in values}
+            spread = ", ".join(f"{k} in {n} fold(s)" for k, n in counts.items())
+        scores = [imp[name] for imp in importances.values() if name in imp]
+        importance = f"{np.mean(scores):.2f} ({len(scores)} fold(s))" if scores else (
+            "— (one parameter)" if len(tuner.param_names) < 2 else "— (too few completed trials)"
+        )  # fmt: skip
+        per_fold = ", ".join(f"{i}: {value_text(best[i][name])}" for i in sorted(best))
+        table.add_row(name, per_fold, spread, importance)
+    return table
+
+
 def add_tune_options(r, trials_required: bool = True, store_alias: bool = True):
     r.add_argument("--trials", type=int, required=trials_required, help="trials per outer fold")
     r.add_argument("--backbone", help="backbone to tune on (default: the suite's first)")
     r.add_argument(
         "--formulation",
-        help="formulation whose loss weights to tune (default: the suite's first formulation that has tunable weights)",
+        help="formulation to tune (default: the suite's first formulation with tunable loss weights; with --space, the "
+        "suite's first formulation)",
     )
     r.add_argument("--metric", default="macro_f1", help="any stored metric, e.g. macro_f1, f1@3, ra.f1")
     r.add_argument("--folds", type=int, help="tune only the first K outer folds (default: every fold)")
@@ -159,12 +208,22 @@ def add_tune_options(r, trials_required: bool = True, store_alias: bool = True):
         "output directory)",
     )
     r.add_argument("--study", help="study name")
+    r.add_argument(
+        "--space",
+        action="append",
+        metavar="NAME=RANGE",
+        help="search this setting instead of the loss weights (repeatable): NAME=LOW:HIGH[:log] (float), "
+        "NAME=LOW..HIGH (int) or NAME=a,b,c, NAME a dotted suite field (training.lr, augment.rotation, "
+        "backbone.lr_decay) or options.FIELD of the tuned formulation",
+    )
     r.add_argument("--timeout", type=float, help="stop after this many seconds")
     r.add_argument("--targets", help=argparse.SUPPRESS)  # set for the workers that `--workers`/`submit` start
 
 
 def add_commands(sub):
-    r = sub.add_parser("tune", help="Optuna search of the joint-loss weights alpha, beta, gamma")
+    r = sub.add_parser(
+        "tune", help="nested Optuna search of the joint-loss weights alpha, beta, gamma, or of any --space"
+    )
     r.add_argument("suite", help="suite YAML whose data, protocol and training are tuned under")
     add_tune_options(r)
     r.add_argument("--out", help="output directory (default runs/<suite>-tune)")

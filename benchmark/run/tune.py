@@ -1,4 +1,6 @@
-"""`bench tune`: Optuna search of the hierarchical model's joint-loss weights α, β, γ, nested in the CV.
+"""`bench tune`: Optuna search, nested in the CV, of the hierarchical model's joint-loss weights α, β, γ (the
+default) or of any settings a cell takes (`--space`: training, augmentation, backbone fields, formulation options;
+see space.py).
 
 The weights live on the simplex (each ≥ 0, sum 1) through stick-breaking of two Optuna floats
 u, v ∈ [0, 1]: α = 1 − √(1 − u), β = (1 − α)·v, γ = 1 − α − β — one-to-one onto the simplex (no
@@ -19,7 +21,7 @@ from __future__ import annotations
 import math
 from functools import partial
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -68,8 +70,14 @@ def inner_split(train: np.ndarray, labels: np.ndarray, groups: np.ndarray, group
     return np.sort(train[tr]), np.sort(train[va])
 
 
-def tunable_formulation(suite: Suite, name: str | None) -> FormulationConfig:
-    """The suite's formulation to tune: the one named, else the first whose loss weights can be tuned."""
+def tunable_formulation(suite: Suite, name: str | None, any_formulation: bool = False) -> FormulationConfig:
+    """The suite's formulation to tune: the one named, else the first whose loss weights can be tuned (with a
+    `--space`, any formulation: the suite's first)."""
+    if any_formulation:
+        if name is None:
+            return next((f for f in suite.formulations if not f.finetune), suite.formulations[0])
+        base = next((f for f in suite.formulations if f.name == name and not f.finetune), None)
+        return base or FormulationConfig(name=name)
     if name is None:
         base = next(
             (f for f in suite.formulations if not f.finetune and formulation_class(f.name).tunable_weights), None
@@ -106,10 +114,14 @@ class Tuner:
         device=None,
         seed=0,
         worker=0,
+        space: list[str] | None = None,
     ):
         """`seed` seeds the samplers; `worker` (the index of one of several workers sharing the studies) shifts
-        it, else every worker would propose the same first points."""
+        it, else every worker would propose the same first points. `space`: `--space` specs (space.py); without
+        one, the formulation's three loss weights on their simplex."""
         import optuna
+
+        from .space import check_space, parse_space
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         self.optuna = optuna
@@ -120,7 +132,8 @@ class Tuner:
 
             raise BenchError(f"--backbone {backbone!r} is not in suite {suite.name!r}: {closest(backbone, names)}.")
         self.backbone = next(b for b in suite.backbones if b.name == (backbone or names[0]))
-        self.fcfg = tunable_formulation(suite, formulation)
+        self.space = [parse_space(s) for s in space or []]
+        self.fcfg = tunable_formulation(suite, formulation, any_formulation=bool(self.space))
         if folds is not None and folds < 1:
             raise BenchError(f"--folds must be at least 1 (got {folds}).")
         self.metric_name = metric
@@ -128,7 +141,11 @@ class Tuner:
         self.scale = resolve_scale(suite.scale, self.dataset)
         tuned = scaled_formulation(self.fcfg.name, self.fcfg.options, self.scale)
         self.tasks, self.weight_keys = tuned.tasks, tuned.loss_weight_names()  # the weights this hierarchy has
-        if len(self.weight_keys) != 3:
+        if self.space:
+            check_space(self.space, suite, self.backbone, self.fcfg)
+            self.weight_keys = ()
+        self.param_names = [p.name for p in self.space] or list(self.weight_keys)
+        if not self.space and len(self.weight_keys) != 3:
             raise BenchError(
                 f"bench tune searches three loss weights on their simplex, and {self.fcfg.display!r} has "
                 f"{len(self.weight_keys)} on this scale ({', '.join(self.weight_keys)}): give it a hierarchy with two "
@@ -161,7 +178,8 @@ class Tuner:
             rdb = optuna.storages.RDBStorage(self.storage, engine_kwargs={"connect_args": {"timeout": 120}}, **beat)
         else:
             rdb = optuna.storages.RDBStorage(self.storage, engine_kwargs={"pool_pre_ping": True}, **beat)
-        self.study_name = study or f"{suite.name}-{self.backbone.name}-{self.fcfg.name}-{metric}"
+        space_tag = f"-space{stable_hash([p.spec for p in self.space], 8)}" if self.space else ""
+        self.study_name = study or f"{suite.name}-{self.backbone.name}-{self.fcfg.name}-{metric}{space_tag}"
         direction: Literal["minimize", "maximize"] = "minimize" if self.metric[1] in LOWER_IS_BETTER else "maximize"
         self.studies = {
             i: optuna.create_study(
@@ -187,6 +205,8 @@ class Tuner:
             "options": self.fcfg.options,
             "metric": self.metric_name,
         }
+        if self.space:  # a study holds one search space: another one's trials are another problem
+            out["space"] = [p.text() for p in self.space]
         if fold is not None:
             train, val = self.inner[fold]
             out |= {
@@ -227,14 +247,22 @@ class Tuner:
         return self.out / "trials" / _safe(study) / f"{trial.number:04d}-{key}"
 
     def objective(self, trial, fold: int = 0):
-        u = trial.suggest_float("u", 0.0, 1.0)
-        v = trial.suggest_float("v", 0.0, 1.0)
-        weights = dict(zip(self.weight_keys, simplex_from_unit(u, v)))
+        from .space import settings
+
+        cfg, backbone = self.suite.training, self.backbone
+        base = {**self.fcfg.options, **self.fcfg.options_by_fold.get(fold, {})}
+        if self.space:
+            weights = {p.name: p.suggest(trial) for p in self.space}
+            cfg, backbone, options = settings(self.suite, self.backbone, self.fcfg.model_copy(update={"options": base}),
+                                              weights)  # fmt: skip
+        else:
+            u = trial.suggest_float("u", 0.0, 1.0)
+            v = trial.suggest_float("v", 0.0, 1.0)
+            weights = dict(zip(self.weight_keys, simplex_from_unit(u, v)))
+            options = {**base, **weights}
         for k, w in weights.items():
             trial.set_user_attr(k, w)
         trial.set_user_attr("worker", self.worker)
-        options = {**self.fcfg.options, **self.fcfg.options_by_fold.get(fold, {}), **weights}
-        cfg = self.suite.training
         train, val = self.inner[fold]
         # no outer validation and no held-out test images: only the outer fold's training part
         data = CellData.of(self.dataset, train, val, np.array([], dtype=np.int64), self.splits.grouped)
@@ -246,14 +274,14 @@ class Tuner:
 
         options, class_weights = fold_inputs(self.fcfg.name, options, self.dataset.labels[train], cfg, scale=self.scale)
         spec = CellSpec(
-            self.backbone,
+            backbone,
             self.fcfg.name,
             options,
             cfg.seeds[0],
             data,
             cfg,
-            batch_size_for(self.suite, self.backbone),
-            input_size_for(self.backbone),
+            batch_size_for(self.suite, backbone, cfg),
+            input_size_for(backbone),
             self.trial_dir(fold, trial, weights),
             on_epoch=on_epoch,
             objective=lambda y, p, tp: metric_value(self.metric, y, p, tp, self.tasks, self.scale),
@@ -304,21 +332,43 @@ class Tuner:
             )
         return self.studies
 
-    def best_weights(self) -> dict[int, dict[str, float]]:
+    def best_weights(self) -> dict[int, dict[str, Any]]:
+        """Each outer fold's best values of the tuned parameters (folds without a completed trial left out)."""
         return {
-            i: {k: s.best_trial.user_attrs[k] for k in self.weight_keys}
+            i: {k: s.best_trial.user_attrs[k] for k in self.param_names}
             for i, s in self.studies.items()
             if any(t.state.name == "COMPLETE" for t in s.trials)
         }
+
+    def importances(self) -> dict[int, dict[str, float]]:
+        """Optuna's parameter importances (fANOVA) per outer fold, where a fold has enough completed trials."""
+        if len(self.space) < 2:
+            return {}
+        out = {}
+        for i, s in self.studies.items():
+            if sum(t.state.name == "COMPLETE" for t in s.trials) < 2:
+                continue
+            try:
+                out[i] = dict(self.optuna.importance.get_param_importances(s))
+            except (RuntimeError, ValueError):  # e.g. every completed trial with one value: nothing to attribute
+                continue
+        return out
+
+    def writable_override(self) -> bool:
+        """Per-fold values fit a suite only as per-fold formulation options (`options_by_fold`)."""
+        return all(name.startswith("options.") for name in self.param_names) or not self.space
 
     def write_override(self) -> Path:
         """A suite that `bench run` accepts: the original plus the tuned formulation, labelled `[tuned]`, with
         each outer fold's own weights."""
         best = self.best_weights()
+        if self.space:
+            best = {i: {k.removeprefix("options."): v for k, v in values.items()} for i, values in best.items()}
         n_trials = {i: len(s.trials) for i, s in self.studies.items()}
         provenance = (
             f"`bench tune` study {self.study_name!r}, metric {self.metric_name}, on backbone "
-            f"{self.backbone.name}: each outer fold's weights searched ({n_trials} trials per fold) on an "
+            f"{self.backbone.name}: each outer fold's {'options' if self.space else 'weights'} searched ({n_trials} "
+            "trials per fold) on an "
             f"inner {'patient-grouped' if self.splits.grouped else 'stratified'} split of that fold's own "
             "training part, so its validation and the held-out test images were never seen"
         )
@@ -374,6 +424,8 @@ class Tuner:
         paths.append(self.out / "optimization_history.png")
         fig.savefig(paths[-1], dpi=90, bbox_inches="tight")
         plt.close(fig)
+        if self.space:  # the simplex is the loss weights' own picture
+            return paths
         fig, ax = plt.subplots(figsize=(5.5, 5))
         w = np.array(all_w) if all_w else np.zeros((0, 3))
         x = w[:, 1] + w[:, 2] / 2
