@@ -215,3 +215,96 @@ def test_a_killed_trial_does_not_stay_running_forever(make_suite, tmp_path, monk
         states[dead.number] == "FAIL"
         and list(states.values()).count("COMPLETE") + list(states.values()).count("PRUNED") == 1
     )
+
+
+def test_space_tunes_any_setting_of_any_formulation_and_trains_with_the_sampled_values(
+    make_suite, tmp_path, monkeypatch, capsys
+):
+    """The issue's command (fewer trials): a formulation option and a training field, each trial trained with its own
+    sampled values, both reported per outer fold."""
+    seen = []
+    real_run_cell = tune_mod.run_cell
+
+    def recording(spec, plan):
+        seen.append((spec.options["gamma"], spec.training.lr))
+        return real_run_cell(spec, plan)
+
+    monkeypatch.setattr(tune_mod, "run_cell", recording)
+    suite = make_suite(name="sp", formulations=["softmax", "focal"])
+    out = tmp_path / "sp"
+    args = ["tune", str(suite), "--formulation", "focal", "--trials", "2", "--out", str(out)]
+    args += ["--space", "options.gamma=0:5", "--space", "training.lr=0.0001:0.01:log"]
+    assert main(args) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "options.gamma ∈ [0, 5]; training.lr ∈ [0.0001, 0.01] (log)" in text
+    assert "tuned values per outer fold" in text and "no suite written" in text
+    studies = optuna.get_all_study_summaries(f"sqlite:///{out / 'tune.db'}")
+    assert len(studies) == 2  # one per outer fold
+    params = []
+    for summary in studies:
+        study = optuna.load_study(study_name=summary.study_name, storage=f"sqlite:///{out / 'tune.db'}")
+        for t in study.trials:
+            assert 0 <= t.params["options.gamma"] <= 5 and 1e-4 <= t.params["training.lr"] <= 1e-2
+            params.append((t.params["options.gamma"], t.params["training.lr"]))
+        best = study.best_trial.params
+        assert f"{best['options.gamma']:.4g}" in text and f"{best['training.lr']:.4g}" in text  # per fold
+    assert sorted(seen) == sorted(params)  # every trial trained with exactly its sampled values
+
+
+def test_an_options_space_writes_per_fold_options_that_bench_run_takes(make_suite, tmp_path, capsys):
+    suite = make_suite(name="opt", formulations=["focal"])
+    out = tmp_path / "opt"
+    args = ["tune", str(suite), "--trials", "1", "--folds", "1", "--out", str(out), "--space", "options.gamma=1..4"]
+    assert main(args) == 0
+    tuned = [f for f in load_suite(out / "opt.tuned.yaml").formulations if f.display == "focal[tuned]"]
+    study = optuna.load_study(study_name=optuna.get_all_study_summaries(f"sqlite:///{out / 'tune.db'}")[0].study_name,
+                              storage=f"sqlite:///{out / 'tune.db'}")  # fmt: skip
+    assert tuned[0].options_by_fold == {0: {"gamma": study.best_trial.params["options.gamma"]}}
+    assert "options searched" in tuned[0].tuned
+
+
+def test_tuning_a_space_never_reads_test_images_nor_the_outer_validation_fold(make_suite, tmp_path, monkeypatch):
+    suite = load_suite(make_suite(name="leak2", formulations=["softmax"]))
+    real_load = tune_mod.load_dataset
+
+    def recording_load(cfg):
+        ds = real_load(cfg)
+        ds.images = ds.images.view(Recording)
+        return ds
+
+    monkeypatch.setattr(tune_mod, "load_dataset", recording_load)
+    tuner = Tuner(suite, tmp_path / "t", space=["training.lr=0.001:0.01", "augment.rotation=0,10"])
+    for fold in range(tuner.k):
+        Recording.seen = set()
+        tuner.optimize_fold(fold, 1)
+        assert Recording.seen
+        outer_train, outer_val = tuner.splits.folds[fold]
+        assert not (Recording.seen & set(tuner.splits.test.tolist()))
+        assert not (Recording.seen & set(outer_val.tolist()))
+        assert Recording.seen <= set(outer_train.tolist())
+
+
+@pytest.mark.parametrize(
+    "space, words",
+    [
+        (
+            "options.gamma=-1:5",
+            "options.gamma = -1.0 is refused: formulation 'focal': option 'gamma': Input should be greater",
+        ),
+        ("training.lr=0:0.01:log", "a log scale needs LOW above 0"),
+        ("training.lr=0.01:0.001", "LOW (0.01) must be a finite number below HIGH"),
+        ("training.seeds=0..3", "'training.seeds' is not a setting a trial can change"),
+        ("options.alpha=1:2", "focal"),
+        ("training.epochs=1.5..3", "is not an integer"),
+        ("augment.mix=mixup", "one value is not a space: --set augment.mix=mixup"),
+        ("augment.mix=mixup,nothing", "augment.mix = 'nothing' is refused"),
+        ("lr", "NAME=LOW:HIGH[:log]"),
+    ],
+)
+def test_a_bad_space_is_one_line_before_anything_trains(make_suite, tmp_path, capsys, space, words):
+    suite = make_suite(name="badspace", formulations=["focal"])
+    out = tmp_path / "bad"
+    assert main(["tune", str(suite), "--trials", "1", "--out", str(out), "--space", space]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert words in err and f"--space {space!r}" in err and "Traceback" not in err
+    assert not (out / "trials").exists()
