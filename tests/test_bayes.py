@@ -21,6 +21,10 @@ FORMS = ("softmax", "coral", "corn", "mtl")
 BACKBONES = ("resnet18", "resnet50", "densenet121", "inception_v3", "mobilenetv3_large_100")
 
 
+# Its module fixture is built once, on one worker, rather than once on each.
+pytestmark = pytest.mark.xdist_group("test_bayes")
+
+
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     path = write_fake_run(
@@ -145,7 +149,10 @@ def test_report_in_every_format_names_the_rope_and_draws_baycomp_figures(run, tm
     names = [name for name, _ in rep.figure_specs]
     assert sum(n.startswith("bayes posterior densities") for n in names) == len(BACKBONES)
     assert sum(n.startswith("bayes posterior simplex") for n in names) == len(FORMS) - 1
-    assert main(["report", str(run.path), "--test", "bayes", "--figures-only", "-o", str(tmp_path / "f")]) == 0
+    only_bayes = tmp_path / "bayes-view.yaml"  # the per-class section alone: its Bayesian figures, not every figure
+    only_bayes.write_text("name: bayes-only\nsections:\n  - {kind: per_class}\n")
+    figures_only = ["--figures-only", "--view", str(only_bayes), "-o", str(tmp_path / "f")]
+    assert main(["report", str(run.path), "--test", "bayes", *figures_only]) == 0
     written = {p.name for p in (tmp_path / "f").glob("bayes-*.png")}
     assert "bayes-posterior-simplex-softmax-vs-mtl.png" in written
     assert "bayes-posterior-densities-resnet18.png" in written

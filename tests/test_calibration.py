@@ -104,6 +104,10 @@ def test_cross_fitting_never_scores_the_images_it_fitted_on():
         np.testing.assert_allclose(scaled[score_idx], with_temperature(proba[score_idx], t))
 
 
+# Its module fixture is built once, on one worker, rather than once on each.
+pytestmark = pytest.mark.xdist_group("test_calibration")
+
+
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     path = write_fake_run(

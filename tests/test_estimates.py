@@ -27,6 +27,10 @@ from reports.tables import Design, FoldPredictions, Options, ensemble, finetune_
 matplotlib.use("Agg")
 
 
+# Its module fixture is built once, on one worker, rather than once on each.
+pytestmark = pytest.mark.xdist_group("test_estimates")
+
+
 @pytest.fixture(scope="module")
 def fold0_run(tmp_path_factory):
     """Every registered formulation (and the tuned, soft and fine-tuned variants), fold 0 only."""

@@ -11,6 +11,9 @@ from benchmark.cli import main
 from benchmark.errors import BenchError
 from benchmark.tools.explain import explain, target_layer
 
+# Its module fixture is built once, on one worker, rather than once on each.
+pytestmark = pytest.mark.xdist_group("test_explain")
+
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):

@@ -11,6 +11,9 @@ from reports.load import load_run
 from reports.stats import patient_grades
 from reports.tables import FoldPredictions, Options, ensemble, patient_level
 
+# Its module fixture is built once, on one worker, rather than once on each.
+pytestmark = pytest.mark.xdist_group("test_patient_level")
+
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):

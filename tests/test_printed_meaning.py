@@ -17,6 +17,9 @@ from reports.load import load_run
 from reports.stats import cluster_bootstrap, confusion_metrics, friedman, friedman_exact_p, paired_test, smallest_p
 from reports.tables import Design, Options
 
+# Its module fixture is built once, on one worker, rather than once on each.
+pytestmark = pytest.mark.xdist_group("test_printed_meaning")
+
 
 @pytest.fixture(scope="module")
 def small_run(tmp_path_factory):

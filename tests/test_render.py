@@ -24,6 +24,10 @@ def need(binary):
     return path
 
 
+# Its module fixture is built once, on one worker, rather than once on each.
+pytestmark = pytest.mark.xdist_group("test_render")
+
+
 @pytest.fixture(scope="module")
 def fake(tmp_path_factory):
     return write_fake_run(

@@ -14,6 +14,9 @@ from reports.load import load_run
 from reports.render import build, to_markdown
 from reports.tables import Options
 
+# Its module fixture is built once, on one worker, rather than once on each.
+pytestmark = pytest.mark.xdist_group("test_report")
+
 
 @pytest.fixture(scope="module")
 def real_run(tmp_path_factory):

@@ -31,8 +31,9 @@ def test_two_variants_double_the_grid_and_only_selects_one(make_suite, tmp_path,
         lr = run.result(r.key).history[0]["lr"]
         assert lr == pytest.approx({"low": 0.001, "high": 0.004}[r.lr])
         assert r.formulation.endswith(f"[lr={r.lr}]")
-    # the report compares the variants of the axis, naming both, in every format
-    for fmt in ("--markdown", "--latex", "--html"):
+    # the report compares the variants of the axis, naming both, in the text formats (HTML of an axis: the shipped
+    # ablation suite's test below)
+    for fmt in ("--markdown", "--latex"):
         out = tmp_path / f"r{fmt}"
         assert main(["report", str(tmp_path / "a"), "--compare", "lr", fmt, "-o", str(out)]) == 0
         text = out.read_text()
@@ -148,7 +149,8 @@ def test_the_shipped_synthetic_ablation_suite_runs_and_compares_along_both_axes(
     assert main(["run", "suites/ablations-smoke.yaml", "--out", str(out), *small]) == 0
     assert first_summary_line(capsys.readouterr().err).startswith("16 trained")  # the other 4 recipes × 2 × 2
     for axis in ("augment", "weighting"):
-        for fmt in ("--markdown", "--latex", "--html"):
+        # HTML draws every figure (PNG and PDF) of 20 rows: once, for one axis, is the format's check here
+        for fmt in ("--markdown", "--latex", "--html") if axis == "augment" else ("--markdown", "--latex"):
             path = tmp_path / f"{axis}{fmt}"
             assert main(["report", str(out), "--compare", axis, fmt, "-o", str(path)]) == 0
             text = path.read_text()
