@@ -188,6 +188,8 @@ def test_plan_says_which_cells_a_run_already_holds(make_suite, tmp_path, capsys)
     assert "cells: 4 = 1 backbone(s) × 2 formulation(s) × 2 fold(s) × 1 seed(s)" in out
     assert "4 stage-1 cell(s) first (2 added as the stage 1 of fine-tuned formulations), then 2 fine-tuned" in out
     assert "3 done, 0 failed, 0 running, 3 pending" in out
+    # what the suite alone says comes before the checks that import torch and timm
+    assert out.index("cells: 4") < out.index("cells counted in") < out.index("checks: suite ✓, data paths ✓")
 
 
 def write_plugins(site):

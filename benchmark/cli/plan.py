@@ -82,8 +82,6 @@ def cmd_plan(args):
     scale = suite.declared_scale()
     if suite.test_sets:
         checks.append(_check_test_sets(suite, scale, problems))
-    checks.append(_check_backbones(suite, size, problems))
-    checks.append(_check_weights(suite, problems))
     from ..suite.cells import expand_cells
 
     folds = suite.protocol.folds * (1 if suite.protocol.kind == "polat" else suite.protocol.repeats)
@@ -98,7 +96,6 @@ def cmd_plan(args):
         + (f" of {size[0]}×{size[1]}" if size else "")
         + (f", grades {escape(', '.join(scale.classes))}" if scale else "")
     )
-    console.print("checks: " + ", ".join(checks))
     repeated = folds > suite.protocol.folds
     axes = [
         f"{len(suite.backbones)} backbone(s)",
@@ -120,6 +117,11 @@ def cmd_plan(args):
         console.print("  per formulation: " + ", ".join(f"{escape(k)} {v}" for k, v in by_f.items()))
     out = Path(args.out) if args.out else Path("runs") / suite.name
     _done_so_far(out, cells)
+    # What needs torch and timm (seconds of imports) comes after what the suite alone says.
+    console.print(f"[dim]cells counted in {time.perf_counter() - t0:.1f} s; checking the backbones and weights…[/]")
+    checks.append(_check_backbones(suite, size, problems))
+    checks.append(_check_weights(suite, problems))
+    console.print("checks: " + ", ".join(checks))
     if cells and size and n:
         console.print(_estimate(suite, cells, size, n, folds))
     console.print(f"[dim]planned in {time.perf_counter() - t0:.1f} s; nothing was written[/]")
@@ -258,6 +260,10 @@ def _estimate(suite, cells, size, n: int, folds: int) -> str:
 
 
 def _cuda() -> bool:
+    import sys
+
+    if "torch" not in sys.modules:  # no backbone needed torch: an NVIDIA driver is what says there is a GPU
+        return Path("/proc/driver/nvidia/version").exists()
     import torch
 
     return bool(torch.cuda.is_available())
