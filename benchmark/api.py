@@ -390,3 +390,57 @@ def run_suite(
             stacklevel=2,
         )
     return load_run(target, store)
+
+
+def catalogue() -> dict[str, list[dict[str, str]]]:
+    """What a suite and a report can name, from the registries themselves: backbones, formulations (with their
+    papers and options), datasets, metrics, statistical tests and corrections. `bench list` prints it and the
+    documentation's reference pages are generated from it, so neither can drift from the code."""
+    from backbones import BACKBONES, list_backbones
+    from formulations import FINETUNE_SUFFIXES, FORMULATIONS
+    from reports.stats import BAYES_TESTS, CORRECTIONS, TESTS
+
+    from .data.catalogue import DATASETS
+    from .metrics import COUNTS, DESCRIPTIONS, LOWER_IS_BETTER
+
+    def options(cls) -> str:
+        fields = getattr(cls.Options, "model_fields", {})
+        return ", ".join(f"{n} = {f.default!r}" for n, f in fields.items()) or "—"
+
+    return {
+        "backbones": [
+            {
+                "name": b.name,
+                "timm model": b.timm_name if b.builder is None else "— (its own module)",
+                "input size": "native" if not b.input_size else "×".join(map(str, b.input_size)),
+                "default batch": str(b.batch_size or "suite"),
+                "from": BACKBONES.origin(b.name),
+            }
+            for b in list_backbones()
+        ],
+        "formulations": [
+            {
+                "name": name,
+                "what": cls.description,
+                "reference": cls.reference_text,
+                "options": options(cls),
+                "from": FORMULATIONS.origin(name),
+            }
+            for name, cls in FORMULATIONS.items()
+        ],
+        "fine-tuning": [
+            {"suffix": suffix, "finetune": mode, "what": f"X{suffix} = {{name: X, finetune: {mode}}}"}
+            for suffix, mode in FINETUNE_SUFFIXES.items()
+        ],
+        "datasets": [{"name": name} for name in sorted(DATASETS)],
+        "metrics": [
+            {
+                "name": name,
+                "what": what,
+                "better": "lower" if name in LOWER_IS_BETTER else "—" if name in COUNTS else "higher",
+            }
+            for name, what in DESCRIPTIONS.items()
+        ],
+        "tests": [{"name": name, "what": what} for name, what in {**TESTS, **BAYES_TESTS}.items()],
+        "corrections": [{"name": name, "what": what} for name, what in CORRECTIONS.items()],
+    }

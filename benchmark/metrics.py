@@ -27,6 +27,25 @@ ALIASES = {
     "macro_precision": "precision@macro",
 }
 LOWER_IS_BETTER = {"mae", "amae", "mmae", "rps", "ece"}
+COUNTS = {"support"}  # neither better higher nor lower
+# What each metric a run stores is, for `bench list` and the generated reference (tests/test_docs.py checks that
+# every metric a formulation produces is described here).
+DESCRIPTIONS = {
+    "accuracy": "share of images whose predicted grade is the true one",
+    "precision": "per class (cls = its index) and their macro mean (cls = macro): TP / (TP + FP), 0 when undefined",
+    "recall": "per class and macro: TP / (TP + FN), the class's sensitivity",
+    "specificity": "per class and macro: TN / (TN + FP)",
+    "f1": "per class and macro: harmonic mean of precision and recall; macro-F1 is the tables' headline",
+    "support": "per class: the number of true images of the class",
+    "kappa": "Cohen's κ, unweighted (sklearn cohen_kappa_score)",
+    "qwk": "quadratically weighted κ between true and predicted grades (0 when a single label is on both sides)",
+    "mae": "mean absolute error in grades, |ŷ − y|",
+    "amae": "average MAE over the true grades (each grade weighs the same)",
+    "mmae": "maximum over the true grades of their MAE",
+    "rps": "ranked probability score: mean over images of Σ_k (CDF_pred(k) − CDF_true(k))²",
+    "ece": "expected calibration error of the top-class confidence, 10 equal-width bins on [0, 1]",
+    "auc": "per class one-vs-rest ROC AUC and their macro mean (formulations with probabilities)",
+}
 
 
 def _sk() -> Any:

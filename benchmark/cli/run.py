@@ -262,33 +262,29 @@ def run_workers(args, suite, threads: int | None = None) -> int:
 def cmd_list(args):
     from rich.table import Table
 
-    from backbones import BACKBONES, list_backbones
-    from formulations import FINETUNE_SUFFIXES, FORMULATIONS
+    from ..api import catalogue
 
-    from ..data.catalogue import DATASETS
-
-    t = Table(title="backbones (any timm model name also works, and a factory as package.module:function)")
-    for col in ("name", "timm model", "input size", "default batch", "from"):
-        t.add_column(col)
-    for b in list_backbones():
-        t.add_row(
-            escape(b.name),
-            escape(b.timm_name) if b.builder is None else "— (its own module)",
-            "native" if not b.input_size else "×".join(map(str, b.input_size)),
-            str(b.batch_size or "suite"),
-            escape(BACKBONES.origin(b.name)),
-        )
-    console.print(t)
-    t = Table(
-        title=f"formulations (append {', '.join(FINETUNE_SUFFIXES)} for inverse-F1 / plain / deferred re-weighting "
-        "fine-tuning)"
-    )
-    for col in ("name", "what", "reference", "from"):
-        t.add_column(col)
-    for name, cls in FORMULATIONS.items():
-        t.add_row(escape(name), escape(cls.description), escape(cls.reference_text), escape(FORMULATIONS.origin(name)))
-    console.print(t)
-    console.print("datasets: " + ", ".join(sorted(DATASETS)))
+    titles = {
+        "backbones": "backbones (any timm model name also works, and a factory as package.module:function)",
+        "formulations": "formulations (append a fine-tuning suffix below for a second stage)",
+        "fine-tuning": "fine-tuning stages, for any formulation",
+        "metrics": "metrics (per task: the grade `mes`, the binary split `ra`, each head of a multi-task formulation)",
+        "tests": "statistical tests (bench report --test; the Bayesian ones with --test bayes)",
+        "corrections": "multiple-comparison corrections (bench report --correction)",
+    }
+    shown = {"formulations": ["name", "what", "reference", "from"]}
+    everything = catalogue()
+    for section, rows in everything.items():
+        if section == "datasets":
+            continue
+        t = Table(title=titles[section])
+        columns = shown.get(section) or list(rows[0])
+        for col in columns:
+            t.add_column(col)
+        for row in rows:
+            t.add_row(*(escape(str(row[c])) for c in columns))
+        console.print(t)
+    console.print("datasets: " + ", ".join(row["name"] for row in everything["datasets"]))
     if args.timm:
         import timm
 
