@@ -191,11 +191,12 @@ class Report:
             self._built.figures = render_figures(self._built)
         return to_html(self._built)
 
-    def write_figures(self, folder: str | os.PathLike) -> list[Path]:
-        """Every figure as FOLDER/<name>.png and .pdf; the paths written (to_html then embeds these, drawn once)."""
+    def write_figures(self, folder: str | os.PathLike, pdf: bool = True) -> list[Path]:
+        """Every figure as FOLDER/<name>.png (and .pdf, for a paper); the paths written (to_html then embeds these,
+        drawn once)."""
         from reports.render import render_figures, write_figure_files
 
-        self._built.figures = render_figures(self._built, pdf=True)
+        self._built.figures = render_figures(self._built, pdf=pdf)
         return write_figure_files(Path(folder), self._built.figures)
 
     def _repr_markdown_(self) -> str:  # Jupyter shows the report as it reads in a terminal's Markdown

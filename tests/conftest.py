@@ -56,3 +56,16 @@ def make_suite(tmp_path):
 
 
 from services import pg_server, slurm_cluster  # noqa: E402, F401  (real services, as session fixtures)
+
+
+def pytest_collection_modifyitems(config, items):
+    """The longest serial chains first. An xdist_group runs on one worker, one test after another (the real
+    PostgreSQL and Slurm tests are ten minutes of them); scheduled where collection puts them, near the end, they
+    kept one worker busy while the other had nothing left. Independent tests keep their order."""
+
+    def order(item):
+        mark = item.get_closest_marker("xdist_group")
+        group = mark.args[0] if mark and mark.args else None
+        return 0 if group == "services" else 1 if group else 2
+
+    items.sort(key=order)

@@ -66,6 +66,10 @@ def test_html_in_a_real_browser(fake, tmp_path):
     text = html.read_text()
     images = re.findall(r"data:image/png;base64,([A-Za-z0-9+/=]+)", text)
     assert len(images) >= 8
+    # beside the page: each embedded figure as a PNG file, and no PDF (a second drawing: --figures-only's)
+    files = sorted((tmp_path / "figures").glob("*.png"))
+    assert len(files) == len(images) and not list((tmp_path / "figures").glob("*.pdf"))
+    assert {base64.b64encode(p.read_bytes()).decode() for p in files} == set(images)
     for data in images:  # every figure decodes
         Image.open(io.BytesIO(base64.b64decode(data))).verify()
     shot = tmp_path / "shot.png"

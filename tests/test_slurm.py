@@ -141,13 +141,13 @@ def test_tune_workers_share_one_study_on_postgresql(pg_server, make_suite, tmp_p
     suite = make_suite(name="ptune", formulations=["mtl"])
     out = tmp_path / "tune"
     proc = bench(
-        "tune", str(suite), "--trials", "4", "--folds", "1", "--out", str(out), "--store", url, "--workers", "2"
+        "tune", str(suite), "--trials", "2", "--folds", "1", "--out", str(out), "--store", url, "--workers", "2"
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     study = optuna.load_study(study_name="ptune-tiny-mtl-macro_f1-fold0", storage=url)
     # the target counts running trials too; a worker finishing may overshoot by at most one per other worker
     n = len(study.trials)
-    assert 4 <= n <= 5
+    assert 2 <= n <= 3
     # the printed table counts what the study holds (an overshoot printed 5 (5), failing a literal 4 (4) in CI)
     assert "2 tuning workers" in proc.stderr and f"{n} ({n})" in " ".join(proc.stdout.split())
     # which worker ran which trial depends on when each got past its imports (a loaded CI machine can start the

@@ -136,10 +136,10 @@ def test_tune_workers_share_the_default_sqlite_studies(make_suite, tmp_path):
 
     suite = make_suite(name="ltune", formulations=["mtl"])
     out = tmp_path / "tune"
-    proc = bench("tune", str(suite), "--trials", "4", "--folds", "1", "--out", str(out), "--workers", "2")
+    proc = bench("tune", str(suite), "--trials", "2", "--folds", "1", "--out", str(out), "--workers", "2")
     assert proc.returncode == 0, proc.stderr
     study = optuna.load_study(study_name="ltune-tiny-mtl-macro_f1-fold0", storage=f"sqlite:///{out / 'tune.db'}")
-    assert 4 <= len(study.trials) <= 5  # at most one trial over: a running trial counts towards the target
+    assert 2 <= len(study.trials) <= 3  # one target for both, at most one trial over (a running trial counts)
     assert {t.user_attrs["worker"] for t in study.trials} <= {0, 1} and "2 tuning workers" in proc.stderr
     assert (out / "ltune.tuned.yaml").exists()
 

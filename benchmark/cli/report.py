@@ -49,7 +49,8 @@ def cmd_report(args):
     else:
         rep = api.report(run, **options)
         if fmt == "html":
-            written = rep.write_figures(folder)
+            # PNG files beside the page; a PDF costs as much again to draw, so PDFs are --figures-only's
+            written = rep.write_figures(folder, pdf=False)
             text = rep.to_html()
         elif fmt == "latex":
             text = rep.to_latex(standalone=args.standalone)
@@ -108,13 +109,17 @@ def _add_report(sub):
     fmt = r.add_mutually_exclusive_group()
     fmt.add_argument("--markdown", action="store_true", help="Markdown to stdout (default)")
     fmt.add_argument("--latex", action="store_true", help="LaTeX tables (booktabs)")
-    fmt.add_argument("--html", action="store_true", help="one self-contained HTML file with figures")
+    fmt.add_argument(
+        "--html",
+        action="store_true",
+        help="one self-contained HTML file with figures (their PNGs also as files; PDFs: --figures-only)",
+    )
     fmt.add_argument("--csv", action="store_true", help="the long-format metric table")
     r.add_argument("--standalone", action="store_true", help="with --latex: a complete document (pdflatex-ready)")
     r.add_argument(
         "--figures-only",
         action="store_true",
-        help="only write the view's figures as RUN/figures/*.png and *.pdf (Markdown then links them)",
+        help="only write the view's figures as RUN/figures/*.png and *.pdf, for a paper (Markdown then links them)",
     )
     r.add_argument(
         "--store", help="results store URL, e.g. postgresql://... (default: MESBENCH_STORE, else RUN/results.db)"
