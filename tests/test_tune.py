@@ -79,9 +79,8 @@ class Recording(np.ndarray):
         return np.asarray(super().__getitem__(item))
 
 
-def test_tuning_never_reads_test_images_nor_the_outer_validation_fold(make_suite, tmp_path, monkeypatch):
-    """Nested: the study of outer fold i reads only images of fold i's training part."""
-    suite = load_suite(make_suite(name="leak", formulations=["mtl"]))
+def record_image_reads(monkeypatch) -> None:
+    """The tuner's dataset, its image array a Recording: every index a trial reads lands in Recording.seen."""
     real_load = tune_mod.load_dataset
 
     def recording_load(cfg):
@@ -90,6 +89,12 @@ def test_tuning_never_reads_test_images_nor_the_outer_validation_fold(make_suite
         return ds
 
     monkeypatch.setattr(tune_mod, "load_dataset", recording_load)
+
+
+def test_tuning_never_reads_test_images_nor_the_outer_validation_fold(make_suite, tmp_path, monkeypatch):
+    """Nested: the study of outer fold i reads only images of fold i's training part."""
+    suite = load_suite(make_suite(name="leak", formulations=["mtl"]))
+    record_image_reads(monkeypatch)
     tuner = Tuner(suite, tmp_path / "t", metric="f1@3")
     assert tuner.k == 2
     for fold in range(tuner.k):
@@ -265,14 +270,7 @@ def test_an_options_space_writes_per_fold_options_that_bench_run_takes(make_suit
 
 def test_tuning_a_space_never_reads_test_images_nor_the_outer_validation_fold(make_suite, tmp_path, monkeypatch):
     suite = load_suite(make_suite(name="leak2", formulations=["softmax"]))
-    real_load = tune_mod.load_dataset
-
-    def recording_load(cfg):
-        ds = real_load(cfg)
-        ds.images = ds.images.view(Recording)
-        return ds
-
-    monkeypatch.setattr(tune_mod, "load_dataset", recording_load)
+    record_image_reads(monkeypatch)
     tuner = Tuner(suite, tmp_path / "t", space=["training.lr=0.001:0.01", "augment.rotation=0,10"])
     for fold in range(tuner.k):
         Recording.seen = set()
