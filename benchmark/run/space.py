@@ -117,10 +117,10 @@ def settings(suite: Suite, backbone: BackboneConfig, fcfg: FormulationConfig, va
     """(training, backbone, options) of a trial: the suite's, with these values of the space set — validated by the
     same models as a suite's own fields."""
     overrides = {k: v for k, v in values.items() if not k.startswith("options.")}
-    training = suite._training_with([overrides]) if overrides else suite.training
-    update = {k.partition(".")[2]: v for k, v in values.items() if k.startswith("backbone.")}
-    if update:
-        backbone = BackboneConfig.model_validate({**backbone.model_dump(mode="json"), **update})
+    training = suite.training_with([overrides]) if overrides else suite.training
+    if any(k.startswith("backbone.") for k in overrides):  # as a variant sets them, for every backbone
+        with_overrides = suite.model_copy(update={"backbones": [backbone]}).backbones_with([overrides])
+        backbone = with_overrides[0]
     options = {**fcfg.options, **{k.partition(".")[2]: v for k, v in values.items() if k.startswith("options.")}}
     if options != fcfg.options:
         FormulationConfig.model_validate({"name": fcfg.name, "options": options})

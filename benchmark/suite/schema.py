@@ -554,9 +554,9 @@ class Suite(Strict):
         """The training settings of one combination: the suite's, with each chosen variant's overrides."""
         if not combo:
             return self.training
-        return self._training_with([self.variants[axis][name] for axis, name in combo])
+        return self.training_with([self.variants[axis][name] for axis, name in combo])
 
-    def _training_with(self, overrides: list[dict[str, Any]]) -> TrainingConfig:
+    def training_with(self, overrides: list[dict[str, Any]]) -> TrainingConfig:
         doc = self.training.model_dump(mode="json")
         for one in overrides:
             for key, value in (one or {}).items():
@@ -567,9 +567,9 @@ class Suite(Strict):
 
     def backbones_for(self, combo: Combo) -> list[BackboneConfig]:
         """The suite's backbones with one combination's `backbone.*` overrides (the same ones when it has none)."""
-        return self._backbones_with([self.variants[axis][name] for axis, name in combo])
+        return self.backbones_with([self.variants[axis][name] for axis, name in combo])
 
-    def _backbones_with(self, overrides: list[dict[str, Any]]) -> list[BackboneConfig]:
+    def backbones_with(self, overrides: list[dict[str, Any]]) -> list[BackboneConfig]:
         update = {
             key.partition(".")[2]: value
             for one in overrides
@@ -694,8 +694,8 @@ class Suite(Strict):
             settings: dict[str, str] = {}  # what a variant trains with -> the first variant that does
             for name, overrides in variants.items():
                 try:
-                    training = self._training_with([overrides])
-                    backbones = self._backbones_with([overrides])
+                    training = self.training_with([overrides])
+                    backbones = self.backbones_with([overrides])
                 except ValidationError as exc:
                     # the most specific error (a union type reports one per member; the deepest names the part)
                     err = max(exc.errors(), key=lambda e: len(e["loc"]))
