@@ -225,16 +225,22 @@ def report(
 ) -> Report:
     """The report `bench report RUN` prints with the same options (each keyword is the option of that name; None
     leaves a view's own setting in place)."""
-    from reports.render import build
-
     loaded = run if isinstance(run, Run) else load_run(run, store)
     opts = report_options(
         loaded._run, view=view, split=split, test=test, correction=correction, alpha=alpha, backbone=backbone,
         reference=reference, compare=compare, pairs=pairs, metric=metric, summary=summary,
         patient_quantile=patient_quantile, specificity=specificity, rope=rope,
     )  # fmt: skip
-    built = build(loaded._run, opts, with_test=with_test)
-    return Report(built.title, built.header, built.warnings, built, loaded)
+    return built_report(loaded, opts, with_test)
+
+
+def built_report(run: Run, opts: Options, with_test: bool = True) -> Report:
+    """The report of options `report_options` has already checked (`bench report` checks them before it makes a
+    figure folder, then builds once)."""
+    from reports.render import build
+
+    built = build(run._run, opts, with_test=with_test)
+    return Report(built.title, built.header, built.warnings, built, run)
 
 
 def report_options(run: LoadedRun, **given: Any) -> Options:

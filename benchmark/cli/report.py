@@ -24,7 +24,7 @@ def cmd_report(args):
         for name in ("view", "split", "test", "correction", "alpha", "backbone", "reference", "compare", "pairs")
         + ("metric", "summary", "patient_quantile", "specificity", "rope")
     }
-    api.report_options(run._run, **options)  # every option checked before a figure folder is made
+    opts = api.report_options(run._run, **options)  # every option checked before a figure folder is made
     fmt = "csv" if args.csv else "latex" if args.latex else "html" if args.html else "markdown"
     written: list[Path] = []
     # Figure files go beside -o (or into it, for --figures-only), else into the run directory, which may be
@@ -40,14 +40,14 @@ def cmd_report(args):
         if fmt == "html" and not args.output:
             writable_or_refuse(run.path, "report.html")
     if args.figures_only:
-        written = api.report(run, **options, with_test=False).write_figures(folder)
+        written = api.built_report(run, opts, with_test=False).write_figures(folder)
         for path in written:
             print(f"figure written: {path}", file=sys.stderr)
         return 0
     if fmt == "csv":
         text = to_csv(run)
     else:
-        rep = api.report(run, **options)
+        rep = api.built_report(run, opts)
         if fmt == "html":
             # PNG files beside the page; a PDF costs as much again to draw, so PDFs are --figures-only's
             written = rep.write_figures(folder, pdf=False)
