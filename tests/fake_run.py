@@ -16,13 +16,14 @@ from benchmark.suite.schema import Suite
 from formulations import create_formulation
 
 PAPER_BACKBONES = ("resnet18", "resnet50", "densenet121", "inception_v3", "mobilenetv3_large_100")
+PAPER_FORMULATIONS = ("softmax", "regression", "coral", "corn", "mtl", "mtl+f1")
 LIMUC_SHARES = np.array([0.541, 0.271, 0.111, 0.077])
 
 
 def write_fake_run(
     path,
     backbones=PAPER_BACKBONES,
-    formulations=("softmax", "regression", "coral", "corn", "mtl", "mtl+f1"),
+    formulations=PAPER_FORMULATIONS,
     folds=10,
     n_val=960,
     n_test=1692,
