@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
     from reports.load import Run as LoadedRun
     from reports.render import Report as BuiltReport
-    from reports.tables import Options
+    from reports.table import Options
 
     from .run.runner import Runner, RunReport
     from .suite.schema import Suite
@@ -245,8 +245,8 @@ def built_report(run: Run, opts: Options, with_test: bool = True) -> Report:
 
 def report_options(run: LoadedRun, **given: Any) -> Options:
     """The report's options, each checked against this run: one paragraph naming the option and its valid values."""
-    from reports.render import check_axis
-    from reports.tables import Options
+    from reports.axes import check_axis
+    from reports.table import Options
     from reports.views import load_view
 
     from .errors import require_in_run
@@ -401,10 +401,11 @@ def run_suite(
 
 def catalogue() -> dict[str, list[dict[str, str]]]:
     """What a suite and a report can name, from the registries themselves: backbones, formulations (with their
-    papers and options), datasets, metrics, statistical tests and corrections. `bench list` prints it and the
-    documentation's reference pages are generated from it, so neither can drift from the code."""
+    papers and options), datasets, metrics, statistical tests, corrections and report sections. `bench list` prints
+    it and the documentation's reference pages are generated from it, so neither can drift from the code."""
     from backbones import BACKBONES, list_backbones
     from formulations import FINETUNE_SUFFIXES, FORMULATIONS
+    from reports.sections import NEEDS, SECTIONS
     from reports.stats import BAYES_TESTS, CORRECTIONS, TESTS
 
     from .data.catalogue import DATASETS
@@ -450,4 +451,13 @@ def catalogue() -> dict[str, list[dict[str, str]]]:
         ],
         "tests": [{"name": name, "what": what} for name, what in {**TESTS, **BAYES_TESTS}.items()],
         "corrections": [{"name": name, "what": what} for name, what in CORRECTIONS.items()],
+        "report sections": [
+            {
+                "name": name,
+                "what": sec.description,
+                "reads": "; ".join(NEEDS[n] for n in sec.needs) or "the cells' stored results",
+                "module": sec.build.__module__,
+            }
+            for name, sec in SECTIONS.items()
+        ],
     }

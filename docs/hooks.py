@@ -48,6 +48,10 @@ def reference_pages() -> dict[str, str]:
         + table(cat["tests"])
         + "\n## Multiple-comparison corrections\n\n"
         + table(cat["corrections"]),
+        "reference/sections.md": "# Report sections\n\n"
+        + note
+        + "The `kind:` of a section in a view (`reports/views/*.yaml`, or `bench report --view FILE`); each is one "
+        "file in `reports/sections/` (see *Architecture* for adding one).\n\n" + table(cat["report sections"]),
         "reference/commands.md": "# Commands\n\n*Generated from the command-line parser at build time.*\n\n"
         + commands(),
     }

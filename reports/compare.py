@@ -16,22 +16,11 @@ import pandas as pd
 from benchmark.errors import BenchError
 from benchmark.labels import Scale
 
+from .design import Design, legend, stars_allowed
 from .load import Run
+from .protocol import IN_SAMPLE_MARK, in_sample, mark_in_sample, protocol_notes
 from .stats import BAYES_SAMPLES, BAYES_SEED, CORRECTIONS, TESTS, BayesResult, adjust, smallest_p, stars
-from .tables import (
-    IN_SAMPLE_MARK,
-    Design,
-    Options,
-    Table,
-    fmt,
-    in_sample,
-    legend,
-    mark_in_sample,
-    protocol_notes,
-    spread_text,
-    stars_allowed,
-    transposed,
-)
+from .table import WIDE, Options, Table, fmt, spread_text, transposed
 
 AXES = ("formulations", "backbones")
 
@@ -182,7 +171,7 @@ def comparison_table(cmp: Comparison, run: Run, title: str | None = None) -> lis
         notes + protocol_notes(run, split),
         key="per_class",
     )
-    tables = [transposed(table, cmp.axis[:-1]) if len(cmp.items) > 8 else table]
+    tables = [transposed(table, cmp.axis[:-1]) if len(cmp.items) > WIDE else table]
     if cmp.reference is None and cmp.pairs:
         prow = []
         for name, cls in class_rows(run.scale):
@@ -241,22 +230,6 @@ def figure_legend(cmp: Comparison, panels: int = 1) -> str:
             f"{smallest_p(cmp.design.test, cmp.design.n_units):.4f}"
         )
     return text
-
-
-def per_class_f1(run: Run, opts: Options) -> Table:
-    """Table 2 of the default view: the per-class metric of every formulation within one backbone."""
-    from .tables import default_backbone, resolve
-
-    opts = resolve(run, opts)
-    cmp = compare(
-        run, opts, "formulations", default_backbone(run, opts), opts.metric, reference=opts.reference, pairs=opts.pairs
-    )
-    if opts.reference not in run.formulations:
-        cmp.reference = None
-    table = comparison_table(cmp, run)[0]
-    if opts.reference not in run.formulations:
-        table.notes.insert(1, f"No stars: the reference formulation {opts.reference!r} is not in this run.")
-    return table
 
 
 # ---------------------------------------------------------------------------- Bayesian comparison (--test bayes)

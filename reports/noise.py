@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from .stats import _resample_weights, _weighted_confusion, confusion_metrics
+from .bootstrap import confusion_metrics, resample_weights, weighted_confusion
 
 PRED_TASK, PRED_METRIC = "prediction", "grade"  # baseline rows of one image's predicted grade (cls: the image id)
 N_RESAMPLES = 2000
@@ -213,13 +213,13 @@ def _bootstrap_tests(now, base, key, fam, tolerance, groups, k, n_resamples, rng
         _, inv = np.unique(units, return_inverse=True)
         n_units = int(inv.max()) + 1
         idx = rng.integers(0, n_units, size=(n_resamples, n_units))
-        w = _resample_weights(idx, n_units, inv)
+        w = resample_weights(idx, n_units, inv)
         ones = np.ones((1, len(y)))
         with np.errstate(invalid="ignore", divide="ignore"):
-            point = metrics_of(_weighted_confusion(y, p_now, ones, k)) - metrics_of(
-                _weighted_confusion(y, p_base, ones, k)
+            point = metrics_of(weighted_confusion(y, p_now, ones, k)) - metrics_of(
+                weighted_confusion(y, p_base, ones, k)
             )
-            dist = metrics_of(_weighted_confusion(y, p_now, w, k)) - metrics_of(_weighted_confusion(y, p_base, w, k))
+            dist = metrics_of(weighted_confusion(y, p_now, w, k)) - metrics_of(weighted_confusion(y, p_base, w, k))
         points.append(point[:, 0])
         dists.append(dist)
     import warnings

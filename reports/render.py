@@ -10,31 +10,15 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from .compare import compare, comparison_table
-from .load import LONG_COLUMNS, Run, variant_groups
+from .design import Design
+from .load import LONG_COLUMNS, Run
+from .sections import SECTIONS, Context
 from .stats import CORRECTIONS, TESTS
-from .tables import (
-    Design,
-    Options,
-    Table,
-    cv_summary,
-    default_backbone,
-    external_drop,
-    external_sets,
-    finetune_effect,
-    friedman_table,
-    mtl_tasks,
-    patient_level,
-    reference_variant,
-    resolve,
-    test_ensemble,
-    throughput,
-)
-from .views import Section, load_view, section_statistics
+from .table import Options, Table, resolve
+from .views import load_view, section_statistics
 
 
 @dataclass
@@ -44,7 +28,6 @@ class Report:
     warnings: list[str]
     tables: list[Table]
     figures: dict[str, bytes] = field(default_factory=dict)
-    friedman: object = None
     figure_specs: list[tuple[str, Callable[[], bytes | None]]] = field(default_factory=list)
 
 
@@ -127,32 +110,38 @@ def _build(run: Run, opts: Options, with_test=True) -> Report:
             "and are ignored here."
         )
     view = load_view(opts.view)
-    tables: list[Table] = []
-    figures: list[tuple[str, Callable[[], bytes | None]]] = []
-    ctx: dict[str, Any] = {"with_test": with_test, "kinds": {s.kind for s in view.sections}}
+    ctx = Context(run, with_test, {s.kind for s in view.sections})
     view_lines = []
     for section in view.sections:
         settings = section_statistics(view, section, opts.explicit)
         sopts = replace(opts, **settings) if settings else opts  # type: ignore[arg-type]
+        n_before = len(ctx.tables)
+        _add(ctx, section.kind, sopts, section)
         if settings:
             line = view_statistics_line(run, view, section, sopts, settings, opts.explicit)
             if line not in view_lines:
                 view_lines.append(line)
-            n_before = len(tables)
-            SECTIONS[section.kind](run, sopts, section, tables, figures, ctx)
-            for t in tables[n_before:]:
+            for t in ctx.tables[n_before:]:
                 t.notes.append(f"Statistics {line}.")
-        else:
-            SECTIONS[section.kind](run, sopts, section, tables, figures, ctx)
     title = "mesbench report" if view.name == "default" else view.title
     return Report(
         f"{title} — {suite.name}",
         header + [f"View: {view.name}"] + [f"Statistics of some sections {line}" for line in view_lines],
         warnings,
-        tables,
-        friedman=ctx.get("friedman"),
-        figure_specs=figures,
+        ctx.tables,
+        figure_specs=ctx.figures,
     )
+
+
+def _add(ctx: Context, kind: str, opts: Options, section) -> None:
+    """One section of the view, then the sections that follow it where the view does not name them itself (a view
+    with Table 5 but no `external` section still shows the external test sets, after it)."""
+    sec = SECTIONS[kind]
+    if all(ctx.has(need) for need in sec.needs):
+        sec.build(ctx, opts, section)
+    for other in SECTIONS.values():
+        if other.follows == kind and other.name not in ctx.kinds:
+            _add(ctx, other.name, opts, section)
 
 
 def view_statistics_line(run: Run, view, section, sopts: Options, settings: dict, explicit) -> str:
@@ -189,401 +178,6 @@ def view_statistics_line(run: Run, view, section, sopts: Options, settings: dict
     if rest:
         line += f"; {'; '.join(rest)}"
     return line
-
-
-# ---------------------------------------------------------------------------- sections of a view
-
-
-def _missing(names, present, what) -> list[str]:
-    gone = [n for n in (names or []) if n not in present]
-    return [f"{', '.join(gone)}: not {what} of this run, left out."] if gone else []
-
-
-def _within(run: Run, opts: Options, section: Section, axis: str) -> list[str]:
-    if section.within:
-        return section.within
-    if axis == "formulations":
-        return [default_backbone(run, opts)]
-    return list(run.formulations)
-
-
-def _summary(run, opts, section, tables, figures, ctx):
-    t = cv_summary(run, opts, section.columns, section.items, section.title)
-    t.notes += _missing(section.items, run.formulations, "formulations")
-    tables.append(t)
-
-
-def check_axis(run: Run, axis: str) -> None:
-    from benchmark.errors import BenchError, closest
-
-    if axis not in ("formulations", "backbones") and axis not in run.stored_suite.variants:
-        choices = ["formulations", "backbones", *run.stored_suite.variants]
-        raise BenchError(
-            f"--compare {axis!r}: not an axis of this run — {closest(axis, choices)} (formulations, backbones, or an "
-            "axis of the suite's `variants:`)."
-        )
-
-
-def _variant_reference(run: Run, axis: str, items: list[str], names: list[str], opts: Options) -> str:
-    """The row the other variants are compared with: the one `--reference` names, else the axis's first."""
-    return items[names.index(reference_variant(run, opts, axis))]
-
-
-def _per_class_variants(run, opts, section, axis, tables, figures):
-    """One comparison per backbone and group: the variants of AXIS side by side, the first the reference unless
-    --reference names one of them."""
-    for backbone in _within(run, opts, section, "formulations"):
-        if backbone not in run.backbones:
-            continue
-        for fixed, items, names in variant_groups(run, axis):
-            reference = _variant_reference(run, axis, items, names, opts)
-            cmp = compare(
-                run, opts, "formulations", backbone, section.metric or opts.metric, items, reference,
-                section.pairs or opts.pairs,
-            ).along_axis(axis, fixed)  # fmt: skip
-            label = {"f1": "F1", "auc": "one-vs-rest AUC"}.get(cmp.metric, cmp.metric)
-            title = section.title or f"Table 2 — per-class {label}, {backbone}: {axis} ({', '.join(names)}) of {fixed}"
-            tables.extend(comparison_table(cmp, run, title))
-            if opts.test == "bayes":
-                from .compare import bayes_compare, bayes_table
-
-                tables.append(bayes_table(bayes_compare(run, opts, "formulations", items, reference), run))
-
-
-def _per_class(run, opts, section, tables, figures, ctx):
-    axis = section.compare or opts.compare
-    check_axis(run, axis)
-    if axis not in ("formulations", "backbones"):
-        _per_class_variants(run, opts, section, axis, tables, figures)
-        return
-    present = run.backbones if axis == "formulations" else run.formulations
-    for within in _within(run, opts, section, axis):
-        if within not in present:
-            kind = "a backbone" if axis == "formulations" else "a formulation"
-            tables.append(
-                Table(
-                    section.title or f"Per-class comparison within {within}",
-                    ["note"],
-                    [[f"{within} is not {kind} of this run: nothing to show."]],
-                    key="per_class",
-                )
-            )
-            continue
-        reference = _section_reference(run, section, axis) or _axis_reference(run, opts, axis)
-        cmp = compare(
-            run,
-            opts,
-            axis,
-            within,
-            section.metric or opts.metric,
-            section.items,
-            reference,
-            section.pairs or opts.pairs,
-        )
-        out = comparison_table(cmp, run, section.title)
-        out[0].notes += _missing(
-            section.items, run.formulations if axis == "formulations" else run.backbones, f"{axis}"
-        )
-        tables.extend(out)
-    if opts.test == "bayes":
-        _bayes(run, opts, section, axis, tables, figures)
-
-
-def _bayes(run, opts, section, axis, tables, figures):
-    """Table 2b and the posterior figures baycomp draws: a density per block, a simplex per pair across blocks."""
-    from .compare import bayes_compare, bayes_table
-    from .figures import bayes_densities, bayes_simplex
-
-    reference = _section_reference(run, section, axis) or _axis_reference(run, opts, axis)
-    cmp = bayes_compare(run, opts, axis, section.items, reference, section.pairs or opts.pairs)
-    tables.append(bayes_table(cmp, run))
-    for block in cmp.blocks:
-        if any(b == block for b, _, _ in cmp.within):
-            figures.append((f"bayes posterior densities — {block}", lambda block=block: bayes_densities(cmp, block)))
-    for x, y in cmp.across:
-        figures.append((f"bayes posterior simplex — {x} vs {y}", lambda x=x, y=y: bayes_simplex(cmp, x, y)))
-
-
-def _section_reference(run: Run, section: Section, axis: str) -> str | None:
-    """A view's own reference, which must be one of the compared items of this run (stars against a name the run
-    does not have would silently be no stars at all)."""
-    if section.reference is None:
-        return None
-    present = run.formulations if axis == "formulations" else run.backbones
-    if section.reference not in present:
-        from benchmark.errors import BenchError, closest
-
-        raise BenchError(
-            f"view section {section.kind!r}: reference {section.reference!r} is not one of the {axis} of this run — "
-            f"{closest(section.reference, present)}. Edit the view's `reference:`."
-        )
-    return section.reference
-
-
-def _axis_reference(run: Run, opts: Options, axis: str) -> str | None:
-    """--reference applies on the axis it names; backbones default to the first one."""
-    if axis == "formulations":
-        return opts.reference
-    return opts.reference if opts.reference in run.backbones else None
-
-
-def _tasks(run, opts, section, tables, figures, ctx):
-    t = mtl_tasks(run, opts, section.items, section.title)
-    if t is not None:
-        tables.append(t)
-
-
-def _finetune(run, opts, section, tables, figures, ctx):
-    t = finetune_effect(run, opts)
-    if t is not None:
-        if section.title:
-            t.title = section.title
-        tables.append(t)
-
-
-def _test_outputs(run, ctx):
-    """The test predictions with the formulations' outputs, read once for Tables 5 and 5b."""
-    if "test_outputs" not in ctx:
-        ctx["test_outputs"] = run.store.predictions_frame("test", ["key", "image_id", "y_true", "outputs"])
-    return ctx["test_outputs"]
-
-
-def _test(run, opts, section, tables, figures, ctx):
-    if ctx["with_test"]:
-        t = test_ensemble(run, opts, _test_outputs(run, ctx))
-        if t is not None:
-            tables.append(t)
-        if "external" not in ctx["kinds"]:  # a view without an external section still shows them, after Table 5
-            _external(run, opts, section, tables, figures, ctx)
-
-
-def _external(run, opts, section, tables, figures, ctx):
-    """Each external test set: its own Table 5 (5c), and the drop from the internal test set (5d)."""
-    if ctx["with_test"]:
-        for name in external_sets(run):
-            preds = run.store.predictions_frame(f"external:{name}", ["key", "image_id", "y_true", "outputs"])
-            for t in (
-                test_ensemble(run, opts, preds, external=name),
-                external_drop(run, opts, _test_outputs(run, ctx), preds, name),
-            ):
-                if t is not None:
-                    tables.append(t)
-
-
-def _patient(run, opts, section, tables, figures, ctx):
-    if ctx["with_test"]:
-        t = patient_level(run, opts, _test_outputs(run, ctx))
-        if t is not None:
-            tables.append(t)
-
-
-def _calibration_data(run, ctx):
-    """Validation and (on first use) test probabilities, read once for Tables 8, 8b and the reliability figures."""
-    from .tables import CalibrationData
-
-    if "calibration" not in ctx:
-        ctx["calibration"] = CalibrationData.load(run)
-    return ctx["calibration"]
-
-
-def _calibration(run, opts, section, tables, figures, ctx):
-    from .tables import calibration_table
-
-    t = calibration_table(run, opts, _calibration_data(run, ctx), ctx["with_test"])
-    if t is not None:
-        if section.title:
-            t.title = section.title
-        tables.append(t)
-
-
-def _operating_point(run, opts, section, tables, figures, ctx):
-    from .tables import operating_points
-
-    if ctx["with_test"]:
-        t = operating_points(run, opts, _calibration_data(run, ctx))
-        if t is not None:
-            if section.title:
-                t.title = section.title
-            tables.append(t)
-
-
-def _reliability(run, opts, section, tables, figures, ctx):
-    """One figure per backbone, drawn only when shown; it reads the test predictions too (figure files included)."""
-    from .figures import reliability_diagrams
-
-    for b in run.backbones:
-        figures.append(
-            (
-                f"{section.title or 'reliability diagrams'} — {b}",
-                lambda b=b: reliability_diagrams(run, b, _calibration_data(run, ctx)),
-            )
-        )
-
-
-def _ranking_axis(run: Run, opts, section) -> str | None:
-    """The ablation axis a ranking is along (`--compare AXIS`), or None: formulations within backbones."""
-    axis = section.compare or opts.compare
-    if axis is not None:
-        check_axis(run, axis)  # a misspelt axis is refused, never ranked as formulations under its name
-    return axis if axis in run.stored_suite.variants else None
-
-
-def _friedman(run, opts, section, tables, figures, ctx):
-    fr, fres = friedman_table(run, opts, _ranking_axis(run, opts, section))
-    ctx["friedman"] = fres
-    if fr is not None:
-        tables.append(fr)
-
-
-def _throughput(run, opts, section, tables, figures, ctx):
-    t = throughput(run, opts)
-    if t is not None:
-        tables.append(t)
-
-
-def _failed(run, opts, section, tables, figures, ctx):
-    failed = run.cells[run.cells.status == "failed"]
-    if len(failed):
-        rows = [
-            [r.backbone, r.formulation, str(r.seed), str(r.fold), (r.error or "").splitlines()[0] if r.error else ""]
-            for r in failed.itertuples()
-        ]
-        tables.append(Table("Failed cells", ["backbone", "formulation", "seed", "fold", "reason"], rows, key="failed"))
-
-
-def _figure(name, fn):
-    def add(run, opts, section, tables, figures, ctx):
-        figures.append((section.title or name, lambda: fn(run, opts, section, ctx)))
-
-    return add
-
-
-def _classwise(run, opts, section, tables, figures, ctx):
-    from .figures import comparison_boxplots
-
-    axis = section.compare or opts.compare
-    check_axis(run, axis)
-    if axis not in ("formulations", "backbones"):
-        for backbone in [w for w in _within_figures(run, section, "formulations") if w in run.backbones]:
-            for fixed, items, names in variant_groups(run, axis):
-
-                def draw_variants(
-                    backbone=backbone, items=items, fixed=fixed,
-                    reference=_variant_reference(run, axis, items, names, opts),
-                ):  # fmt: skip
-                    return comparison_boxplots(
-                        run, opts, "formulations", backbone, tuple(section.metrics), items, reference,
-                        section.pairs or opts.pairs, along=(axis, fixed),
-                    )[0]  # fmt: skip
-
-                figures.append((f"class-wise metrics — {backbone} — {axis} of {fixed}", draw_variants))
-        return
-    present = run.backbones if axis == "formulations" else run.formulations
-    withins = [w for w in _within_figures(run, section, axis) if w in present]
-    for within in withins:
-        if section.title:  # a view's own title, told apart only when it covers several figures
-            title = section.title if len(withins) == 1 else f"{section.title} ({within})"
-        else:
-            title = f"class-wise metrics — {within}"
-        reference = _section_reference(run, section, axis) or _axis_reference(run, opts, axis)
-
-        def draw(within=within, reference=reference):
-            return comparison_boxplots(
-                run, opts, axis, within, tuple(section.metrics), section.items, reference, section.pairs or opts.pairs
-            )[0]
-
-        figures.append((title, draw))
-
-
-def _within_figures(run: Run, section: Section, axis: str) -> list[str]:
-    if section.within:
-        return section.within
-    return list(run.backbones) if axis == "formulations" else list(run.formulations)
-
-
-def _per_backbone(name, fn):
-    def add(run, opts, section, tables, figures, ctx):
-        for b in run.backbones:
-            figures.append((f"{section.title or name} — {b}", lambda b=b: fn(run, b, opts)))
-
-    return add
-
-
-def _gradcam(run, opts, section, tables, figures, ctx):
-    from PIL import Image
-
-    from .figures import Rendered
-
-    explain = run.path / "explain"
-    if explain.is_dir():
-        for png in sorted(explain.glob("*.png")):
-            with Image.open(png) as im:
-                title = im.info.get("Title") or png.stem.replace("__", " · ")
-
-            def read(png=png):
-                out = Rendered(png.read_bytes())
-                pdf = png.with_suffix(".pdf")
-                out.pdf = pdf.read_bytes() if pdf.is_file() else None
-                return out
-
-            figures.append((title, read))
-
-
-def _cd(run, opts, section, tables, figures, ctx):
-    from .figures import cd_diagram
-
-    if "friedman" not in ctx:
-        ctx["friedman"] = friedman_table(run, opts, _ranking_axis(run, opts, section))[1]
-    if ctx["friedman"] is not None:
-        figures.append((section.title or "critical difference diagram", lambda: cd_diagram(ctx["friedman"])))
-
-
-def _fig_confusion(run, b, opts):
-    from .figures import confusion_matrices
-
-    return confusion_matrices(run, opts, b)
-
-
-def _fig_curves(run, b, opts):
-    from .figures import training_curves
-
-    return training_curves(run, b)
-
-
-def _fig_finetune(run, opts, section, ctx):
-    from .figures import finetune_change
-
-    return finetune_change(run, opts)
-
-
-def _fig_scores(run, opts, section, ctx):
-    from .figures import score_distributions
-
-    return score_distributions(run, opts)
-
-
-SECTIONS = {
-    "summary": _summary,
-    "per_class": _per_class,
-    "tasks": _tasks,
-    "finetune": _finetune,
-    "test": _test,
-    "patient": _patient,
-    "external": _external,
-    "calibration": _calibration,
-    "operating_point": _operating_point,
-    "friedman": _friedman,
-    "throughput": _throughput,
-    "failed": _failed,
-    "figure_classwise": _classwise,
-    "figure_confusion": _per_backbone("confusion matrices", _fig_confusion),
-    "figure_curves": _per_backbone("training curves", _fig_curves),
-    "figure_finetune": _figure("change after fine-tuning", _fig_finetune),
-    "figure_cd": _cd,
-    "figure_scores": _figure("score distributions", _fig_scores),
-    "figure_reliability": _reliability,
-    "figure_gradcam": _gradcam,
-}
 
 
 def render_figures(rep: Report, pdf: bool = False, keep: bool = False) -> dict[str, bytes]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.markup import escape
 from rich.table import Table
 
-from .tables import fmt, spread_text
+from .table import fmt, spread_text
 
 
 def print_summary(run_dir, console, store=None):

@@ -5,39 +5,14 @@ have gives a note in its section, never an error."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal, get_args
+from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from benchmark.errors import BenchError, closest
 
 VIEWS_DIR = Path(__file__).resolve().parent / "views"
-SectionKind = Literal[
-    "summary",
-    "per_class",
-    "tasks",
-    "finetune",
-    "test",
-    "patient",
-    "external",
-    "calibration",
-    "operating_point",
-    "friedman",
-    "throughput",
-    "failed",
-    "figure_classwise",
-    "figure_confusion",
-    "figure_curves",
-    "figure_finetune",
-    "figure_cd",
-    "figure_scores",
-    "figure_reliability",
-    "figure_gradcam",
-]
-SECTION_KINDS = get_args(SectionKind)
-
-
 PerClassMetric = Literal["f1", "recall", "precision", "specificity", "auc"]
 
 
@@ -53,9 +28,16 @@ class Statistics(BaseModel):
     why: str | None = None  # printed with the settings, e.g. "as in the study"
 
 
+def section_kinds() -> list[str]:
+    """The registered section kinds (reports/sections/, and any registered from outside before the view is read)."""
+    from .sections import SECTIONS
+
+    return list(SECTIONS)
+
+
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    kind: SectionKind
+    kind: str  # a registered section (reports/sections/)
     statistics: Statistics | None = None  # this section's own; else the view's
     title: str | None = None
     # None: --compare (default formulations); or an ablation axis of the suite's `variants:`
@@ -67,6 +49,13 @@ class Section(BaseModel):
     metric: PerClassMetric | None = None  # per_class: None = --metric
     metrics: list[PerClassMetric] = ["precision", "recall", "f1", "specificity"]
     columns: Literal["default", "ordinal", "polat", "ra"] | None = None  # summary: None = --summary
+
+    @field_validator("kind")
+    @classmethod
+    def _registered(cls, kind: str) -> str:
+        if kind not in section_kinds():
+            raise ValueError(f"{kind!r} is not a report section")
+        return kind
 
 
 class View(BaseModel):
@@ -104,7 +93,9 @@ def load_view(name_or_path: str) -> View:
         return View.model_validate(doc)
     except ValidationError as exc:
         msgs = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
-        raise BenchError(f"view {path}: " + "; ".join(msgs) + f". Section kinds: {', '.join(SECTION_KINDS)}.") from None
+        raise BenchError(
+            f"view {path}: " + "; ".join(msgs) + f". Section kinds: {', '.join(section_kinds())}."
+        ) from None
 
 
 STAT_FIELDS = ("test", "correction", "split", "alpha")

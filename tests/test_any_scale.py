@@ -257,7 +257,7 @@ def test_a_drop_ci_is_scipys_independent_bootstrap_of_sklearns_metric():
     from scipy import stats
     from sklearn.metrics import accuracy_score
 
-    from reports.stats import independent_difference
+    from reports.bootstrap import independent_difference
 
     rng = np.random.default_rng(0)
     ya, yb = rng.integers(0, 4, 120), rng.integers(0, 4, 90)

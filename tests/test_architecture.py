@@ -146,7 +146,7 @@ def test_no_formulation_is_named_outside_its_own_files():
 
 def test_reports_and_formulations_import_without_torch():
     code = (
-        "import sys, formulations, backbones, reports.load, reports.tables, reports.render, reports.check, "
+        "import sys, formulations, backbones, reports.load, reports.sections, reports.render, reports.check, "
         "reports.summary, benchmark.suite.loading; print(sorted(m for m in ('torch', 'timm') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT).stdout

@@ -15,7 +15,7 @@ from benchmark.errors import BenchError
 from reports.compare import bayes_compare, bayes_table
 from reports.load import load_run
 from reports.render import build, to_html, to_latex, to_markdown
-from reports.tables import Options
+from reports.table import Options
 
 FORMS = ("softmax", "coral", "corn", "mtl")
 BACKBONES = ("resnet18", "resnet50", "densenet121", "inception_v3", "mobilenetv3_large_100")

@@ -12,6 +12,7 @@ from scipy.special import softmax
 from benchmark.cli import main
 from benchmark.labels import MES
 from reports.calibration import (
+    CalibrationData,
     adaptive_ece,
     brier,
     cross_fitted_temperature,
@@ -21,7 +22,8 @@ from reports.calibration import (
 )
 from reports.load import load_run
 from reports.render import build, to_html, to_latex, to_markdown
-from reports.tables import CalibrationData, Options, calibration_table
+from reports.sections.calibration import calibration_table
+from reports.table import Options
 
 
 def overconfident(n=2000, k=4, scale=3.0, seed=0):
@@ -177,7 +179,7 @@ def test_default_report_and_figure_files(run, tmp_path):
 
 
 def test_sensitivity_at_fixed_specificity_threshold_comes_from_validation(run):
-    from reports.tables import operating_points
+    from reports.sections.operating_point import operating_points
 
     data = CalibrationData.load(run)
     t90 = operating_points(run, Options(specificity=0.9), data)

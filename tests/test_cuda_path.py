@@ -22,7 +22,7 @@ from benchmark.train.augment import (
 from benchmark.train.device import pick_device
 from reports.load import load_run
 from reports.render import build, to_markdown
-from reports.tables import Options
+from reports.table import Options
 
 
 def _images(n=6, h=32, w=48, seed=0):

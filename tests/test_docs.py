@@ -24,7 +24,8 @@ def test_the_generated_reference_names_everything_bench_list_names():
     text = "\n".join(pages.values())
     cat = catalogue()
     for section, key in (("formulations", "name"), ("backbones", "name"), ("metrics", "name"), ("tests", "name"),
-                         ("corrections", "name"), ("datasets", "name"), ("fine-tuning", "suffix")):  # fmt: skip
+                         ("corrections", "name"), ("datasets", "name"), ("fine-tuning", "suffix"),
+                         ("report sections", "name")):  # fmt: skip
         for row in cat[section]:
             assert f"| {row[key]} |" in text or f"`{row[key]}`" in text, (section, row[key])
     for name, cls in FORMULATIONS.items():  # each with its paper and its options
@@ -32,6 +33,9 @@ def test_the_generated_reference_names_everything_bench_list_names():
         assert cls.reference_text.replace("|", "\\|") in row
         for option in getattr(cls.Options, "model_fields", {}):
             assert f"{option} = " in row, (name, option)
+    for row in cat["report sections"]:  # each with what it shows and the file it lives in
+        line = next(x for x in pages["reference/sections.md"].splitlines() if x.startswith(f"| {row['name']} |"))
+        assert row["what"] and row["what"] in line and row["module"].startswith("reports.sections."), row
     assert "## bench run" in pages["reference/commands.md"] and "--space" in pages["reference/commands.md"]
 
 

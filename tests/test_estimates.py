@@ -18,11 +18,15 @@ from benchmark.suite.cells import expand_cells, protocol_hash
 from benchmark.suite.schema import BackboneConfig, Suite
 from formulations import FORMULATIONS, create_formulation
 from formulations.regression import decode_scores, fit_cutpoints
-from reports.compare import per_class_f1
+from reports.bootstrap import bootstrap_metrics, cluster_bootstrap
+from reports.design import Design
+from reports.ensembles import FoldPredictions, ensemble
 from reports.load import load_run
 from reports.render import build, to_markdown
-from reports.stats import bootstrap_metrics, cluster_bootstrap, corrected_t, sign_flip_p
-from reports.tables import Design, FoldPredictions, Options, ensemble, finetune_effect
+from reports.sections.finetune import finetune_effect
+from reports.sections.per_class import per_class_f1
+from reports.stats import corrected_t, sign_flip_p
+from reports.table import Options
 
 matplotlib.use("Agg")
 
@@ -329,7 +333,7 @@ def test_stage_two_selects_on_the_unweighted_validation_loss(fold0_run):
 def test_cd_diagram_links_formulations_that_cannot_be_told_apart():
     import matplotlib.pyplot as plt
 
-    from reports.figures import draw_cd
+    from reports.sections.friedman import draw_cd
     from reports.stats import friedman
 
     rng = np.random.default_rng(0)

@@ -231,6 +231,6 @@ def test_the_contract_is_abstract():
 
 def test_importing_formulations_does_not_import_torch():
     """The report reads decoding rules from formulations/ and must stay torch-free."""
-    code = "import sys, formulations, reports.tables; print('torch' in sys.modules)"
+    code = "import sys, formulations, reports.sections; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"

@@ -134,7 +134,7 @@ def test_a_run_stores_weights_and_priors_from_each_folds_training_labels(make_su
             n = np.bincount(t, minlength=len(res.class_weights[name]))
             raw = np.where(n > 0, (1 - beta) / (1 - beta ** np.maximum(n, 1)), 0)
             np.testing.assert_allclose(res.class_weights[name], raw / raw[n > 0].mean(), rtol=1e-6)
-    t4 = __import__("reports.tables", fromlist=["finetune_comparisons"]).finetune_comparisons(run)
+    t4 = __import__("reports.sections.finetune", fromlist=["finetune_comparisons"]).finetune_comparisons(run)
     assert ("softmax+ft", "softmax+drw", "effective-number re-weighting alone") in t4
 
 

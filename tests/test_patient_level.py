@@ -7,9 +7,11 @@ import pytest
 from sklearn.metrics import accuracy_score, cohen_kappa_score, recall_score
 
 from benchmark.cli import main
+from reports.bootstrap import patient_grades
+from reports.ensembles import FoldPredictions, ensemble
 from reports.load import load_run
-from reports.stats import patient_grades
-from reports.tables import FoldPredictions, Options, ensemble, patient_level
+from reports.sections.patient import patient_level
+from reports.table import Options
 
 # Its module fixture is built once, on one worker, rather than once on each.
 pytestmark = pytest.mark.xdist_group("test_patient_level")

@@ -13,9 +13,11 @@ from sklearn.metrics import f1_score
 
 from benchmark.cli import main
 from benchmark.errors import BenchError
+from reports.bootstrap import cluster_bootstrap, confusion_metrics
+from reports.design import Design
 from reports.load import load_run
-from reports.stats import cluster_bootstrap, confusion_metrics, friedman, friedman_exact_p, paired_test, smallest_p
-from reports.tables import Design, Options
+from reports.stats import friedman, friedman_exact_p, paired_test, smallest_p
+from reports.table import Options
 
 # Its module fixture is built once, on one worker, rather than once on each.
 pytestmark = pytest.mark.xdist_group("test_printed_meaning")
@@ -126,7 +128,7 @@ def test_cd_diagram_cliques_and_title_follow_alpha(alpha):
     import matplotlib.pyplot as plt
     import scikit_posthocs as sp
 
-    from reports.figures import cd_diagram, draw_cd
+    from reports.sections.friedman import cd_diagram, draw_cd
 
     names = ["a", "b", "c"]
     res = friedman(CD_SCORES, names, alpha)
@@ -152,7 +154,7 @@ def test_cd_diagram_cliques_and_title_follow_alpha(alpha):
 def _cd_title(res):
     import matplotlib.pyplot as plt
 
-    from reports import figures
+    from reports.sections import friedman
 
     captured = {}
     real = plt.Axes.set_title
@@ -163,7 +165,7 @@ def _cd_title(res):
 
     plt.Axes.set_title = spy
     try:
-        figures.cd_diagram((res, CD_SCORES, []))
+        friedman.cd_diagram((res, CD_SCORES, []))
     finally:
         plt.Axes.set_title = real
     return captured["title"]

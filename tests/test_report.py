@@ -9,10 +9,10 @@ from benchmark.result import CellResult
 from benchmark.run.store import Store
 from benchmark.suite.cells import expand_cells, protocol_hash
 from benchmark.suite.schema import Suite
-from reports.compare import per_class_f1
 from reports.load import load_run
 from reports.render import build, to_markdown
-from reports.tables import Options
+from reports.sections.per_class import per_class_f1
+from reports.table import Options
 
 # Its module fixture is built once, on one worker, rather than once on each.
 pytestmark = pytest.mark.xdist_group("test_report")

@@ -7,11 +7,9 @@ from sklearn.metrics import accuracy_score, cohen_kappa_score, f1_score, recall_
 from statsmodels.stats.contingency_tables import mcnemar
 from statsmodels.stats.multitest import multipletests
 
+from reports.bootstrap import _confusion, bootstrap_metrics, confusion_metrics
 from reports.stats import (
-    _confusion,
     adjust,
-    bootstrap_metrics,
-    confusion_metrics,
     corrected_t,
     friedman,
     mcnemar_exact,

@@ -380,9 +380,10 @@ def test_a_flag_that_overrides_a_views_statistics_drops_the_views_reason(paper_r
 
 
 def test_table_5b_says_how_many_patient_resamples_lacked_a_grade(paper_run, capsys):
+    from reports.bootstrap import patient_bootstrap, patient_grades
+    from reports.ensembles import FoldPredictions, ensemble
     from reports.load import load_run
-    from reports.stats import patient_bootstrap, patient_grades
-    from reports.tables import FoldPredictions, Options, ensemble, resolve
+    from reports.table import Options, resolve
 
     capsys.readouterr()
     assert main(["report", str(paper_run), "--markdown"]) == 0
@@ -416,14 +417,14 @@ def test_figures_of_a_five_grade_run_name_its_scale_not_mes(tmp_path, monkeypatc
     matplotlib.use("Agg")
     import matplotlib.figure
 
-    from reports import figures
     from reports.load import load_run
-    from reports.tables import Options, resolve
+    from reports.sections import confusion
+    from reports.table import Options, resolve
 
     run = load_run(_five_grade_run(tmp_path))
     drawn = []
-    monkeypatch.setattr(figures, "_png", lambda fig: drawn.append(fig) or b"")
-    figures.confusion_matrices(run, resolve(run, Options()), run.backbones[0])
+    monkeypatch.setattr(confusion, "png", lambda fig: drawn.append(fig) or b"")
+    confusion.confusion_matrices(run, resolve(run, Options()), run.backbones[0])
     fig: matplotlib.figure.Figure = drawn[0]
     ax = fig.axes[0]
     assert ax.get_xlabel() == f"predicted {run.scale.name}" and "MES" not in ax.get_xlabel() + ax.get_ylabel()

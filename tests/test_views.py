@@ -13,9 +13,9 @@ from benchmark.run.store import Store
 from benchmark.suite.cells import expand_cells, protocol_hash
 from benchmark.suite.schema import Suite
 from reports.compare import compare, comparison_table
-from reports.figures import comparison_boxplots
 from reports.load import load_run
-from reports.tables import Options
+from reports.sections.classwise import comparison_boxplots
+from reports.table import Options
 from reports.views import load_view, view_names
 
 # Its module fixture is built once, on one worker, rather than once on each.

@@ -271,6 +271,7 @@ def cmd_list(args):
         "metrics": "metrics (per task: the grade `mes`, the binary split `ra`, each head of a multi-task formulation)",
         "tests": "statistical tests (bench report --test; the Bayesian ones with --test bayes)",
         "corrections": "multiple-comparison corrections (bench report --correction)",
+        "report sections": "report sections (the `kind:` of a view's section; bench report --view)",
     }
     shown = {"formulations": ["name", "what", "reference", "from"]}
     everything = catalogue()
