@@ -44,7 +44,8 @@ class FoldPredictions:
         mats = []
         for c, pos in per_key:
             sel = pos[np.isin(c, common)]
-            mats.append(np.stack([np.frombuffer(self.outputs[i], dtype=np.float64) for i in sel]))
+            # one buffer per cell: every row of a formulation's outputs has the same length
+            mats.append(np.frombuffer(b"".join(self.outputs[i] for i in sel), dtype=np.float64).reshape(len(sel), -1))
         return np.stack(mats), common
 
 
