@@ -180,20 +180,64 @@ def view_statistics_line(run: Run, view, section, sopts: Options, settings: dict
     return line
 
 
-def render_figures(rep: Report, pdf: bool = False, keep: bool = False) -> dict[str, bytes]:
+def render_figures(rep: Report, pdf: bool = False, keep: bool = False, workers: int | None = None) -> dict[str, bytes]:
     """The view's figures as PNG bytes (drawn only for formats that show them; with their PDFs for files; with
-    `keep`, each keeps its matplotlib Figure as `.figure`, for the Python API)."""
+    `keep`, each keeps its matplotlib Figure as `.figure`, for the Python API). Drawn by `workers` processes
+    forked from this one (default: one per core this process may use, at most one per figure); a figure is the same
+    bytes whichever process draws it."""
     from . import figures
 
+    specs = rep.figure_specs
+    n = figure_workers(len(specs), keep) if workers is None else workers
     figures.WANT_PDF, figures.KEEP_FIGURES = pdf, keep
-    out = {}
     try:
-        for name, draw in rep.figure_specs:
-            png = draw()
-            if png:
-                out[name] = png
+        drawn = _drawn_by_children(specs, n) if n > 1 else [draw() for _, draw in specs]
     finally:
         figures.WANT_PDF = figures.KEEP_FIGURES = False
+    return {name: png for (name, _), png in zip(specs, drawn) if png}
+
+
+def figure_workers(n_figures: int, keep: bool = False) -> int:
+    """Processes to draw n figures with: matplotlib draws on one core, and a paper's report has dozens of figures.
+    One where a figure must stay in this process (`keep`), or where forking is not the platform's safe default."""
+    import sys
+
+    from benchmark.run.threads import available_cores
+
+    if keep or n_figures < 2 or sys.platform != "linux":
+        return 1
+    return min(available_cores(), n_figures)
+
+
+_SPECS: list[tuple[str, Callable[[], bytes | None]]] = []  # what forked children draw (closures do not pickle)
+
+
+def _draw(i: int) -> tuple[bytes, bytes | None] | None:
+    png = _SPECS[i][1]()
+    return (bytes(png), getattr(png, "pdf", None)) if png else None
+
+
+def _drawn_by_children(specs, n: int) -> list[bytes | None]:
+    import multiprocessing
+
+    from .figures import Rendered, pyplot
+
+    global _SPECS
+    pyplot()  # matplotlib imported and set up once, before the fork
+    _SPECS = list(specs)
+    try:
+        with multiprocessing.get_context("fork").Pool(n) as pool:  # each takes the next figure when it is done
+            results = pool.map(_draw, range(len(specs)), chunksize=1)
+    finally:
+        _SPECS = []
+    out: list[bytes | None] = []
+    for r in results:
+        if r is None:
+            out.append(None)
+            continue
+        png = Rendered(r[0])
+        png.pdf = r[1]
+        out.append(png)
     return out
 
 

@@ -5,8 +5,10 @@ rewrites them after a change that is meant to alter a report, for review in the 
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
@@ -151,6 +153,27 @@ def test_the_architecture_pages_worked_example_is_a_working_section(run, tmp_pat
         assert {int(r[1]) for r in table.rows} == {len(run.formulations) * 5}  # every formulation × 5 folds
     finally:
         SECTIONS.pop("cells_per_backbone", None)
+
+
+def test_figures_drawn_by_forked_workers_are_the_bytes_drawn_in_process(run, tmp_path, monkeypatch):
+    from reports import render
+
+    view = tmp_path / "figs.yaml"
+    view.write_text(
+        "name: figs\nsections:\n  - {kind: figure_confusion}\n  - {kind: figure_cd}\n  - {kind: figure_scores}\n"
+    )
+    rep = build(run, Options(view=str(view)))
+    monkeypatch.setenv("PYTHONHASHSEED", "0")  # scikit-posthocs' diagram orders by set iteration; forks share it
+    one = render.render_figures(rep, workers=1)
+    two = render.render_figures(rep, pdf=True, workers=2)
+    assert list(one) == list(two) and len(one) == len(run.backbones) + 2
+    assert all(one[name] == two[name] for name in one)  # the same PNG bytes, figure by figure
+    assert all(two[name].pdf.startswith(b"%PDF") for name in two)  # and the PDFs came back with them
+    # they ran in the children, not here; and a figure kept for the Python API is drawn here
+    pid = str(os.getpid()).encode()
+    ours = SimpleNamespace(figure_specs=[(f"f{i}", lambda: str(os.getpid()).encode()) for i in range(4)])
+    assert pid not in render.render_figures(ours, workers=2).values()
+    assert render.figure_workers(30, keep=True) == 1 and render.figure_workers(1) == 1
 
 
 def test_a_view_naming_an_unregistered_section_is_refused_with_the_kinds(run, tmp_path):
