@@ -457,6 +457,7 @@ def catalogue() -> dict[str, list[dict[str, str]]]:
                 "what": sec.description,
                 "reads": "; ".join(NEEDS[n] for n in sec.needs) or "the cells' stored results",
                 "module": sec.build.__module__,
+                "from": SECTIONS.origin(name),
             }
             for name, sec in SECTIONS.items()
         ],

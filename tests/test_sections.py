@@ -109,7 +109,7 @@ def own_section():
 
     yield seen
     for name in ("cells_per_backbone", "after_cells", "needs_test_set"):
-        SECTIONS.pop(name)
+        del SECTIONS[name]
 
 
 def test_a_section_defined_in_a_test_module_renders_from_a_view(run, own_section, tmp_path):
@@ -152,7 +152,8 @@ def test_the_architecture_pages_worked_example_is_a_working_section(run, tmp_pat
         assert table.title == "Cells per backbone" and [r[0] for r in table.rows] == run.backbones
         assert {int(r[1]) for r in table.rows} == {len(run.formulations) * 5}  # every formulation × 5 folds
     finally:
-        SECTIONS.pop("cells_per_backbone", None)
+        if SECTIONS.get("cells_per_backbone"):
+            del SECTIONS["cells_per_backbone"]
 
 
 def test_figures_drawn_by_forked_workers_are_the_bytes_drawn_in_process(run, tmp_path, monkeypatch):
@@ -174,6 +175,44 @@ def test_figures_drawn_by_forked_workers_are_the_bytes_drawn_in_process(run, tmp
     ours = SimpleNamespace(figure_specs=[(f"f{i}", lambda: str(os.getpid()).encode()) for i in range(4)])
     assert pid not in render.render_figures(ours, workers=2).values()
     assert render.figure_workers(30, keep=True) == 1 and render.figure_workers(1) == 1
+
+
+PLUGIN = '''from reports.sections import register_section
+from reports.table import Table
+
+
+@register_section("failed_share")
+def failed_share(ctx, opts, section):
+    """Share of failed cells (an installed plugin)."""
+    failed = int((ctx.run.cells.status == "failed").sum())
+    ctx.table(Table("Failed share", ["cells", "failed"], [[str(len(ctx.run.cells)), str(failed)]]))
+'''
+
+
+def test_an_installed_package_adds_a_section_the_command_line_reports(run, tmp_path):
+    """Through the entry point group `mesbench.sections`, as formulations and backbones: `bench list` names it and
+    where it came from, and `bench report --view` renders it — nothing of the package edited."""
+    import subprocess
+
+    site = tmp_path / "site"
+    (site / "mysections").mkdir(parents=True)
+    (site / "mysections" / "__init__.py").write_text(PLUGIN)
+    dist = site / "mysections-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: mysections\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[mesbench.sections]\nfailed_share = mysections\n")
+    view = tmp_path / "v.yaml"
+    view.write_text("name: v\nsections:\n  - {kind: failed_share}\n")
+    env = {**os.environ, "PYTHONPATH": f"{site}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+
+    def bench(*args):
+        return subprocess.run([sys.executable, "-m", "benchmark.cli", *args], capture_output=True, text=True, env=env)
+
+    listed = " ".join(bench("list").stdout.split())
+    assert "failed_share" in listed and "mysections (entry point mysections)" in listed
+    md = bench("report", str(run.path), "--view", str(view), "--markdown")
+    assert md.returncode == 0, md.stderr
+    assert f"| {len(run.cells)} | 0 |" in md.stdout.split("## Failed share")[1]
 
 
 def test_a_view_naming_an_unregistered_section_is_refused_with_the_kinds(run, tmp_path):

@@ -273,7 +273,7 @@ def cmd_list(args):
         "corrections": "multiple-comparison corrections (bench report --correction)",
         "report sections": "report sections (the `kind:` of a view's section; bench report --view)",
     }
-    shown = {"formulations": ["name", "what", "reference", "from"]}
+    shown = {"formulations": ["name", "what", "reference", "from"], "report sections": ["name", "what", "from"]}
     everything = catalogue()
     for section, rows in everything.items():
         if section == "datasets":

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from benchmark.errors import BenchError
+from benchmark.registry import Registry
 
 from ..load import Run
 from ..table import Options, Table
@@ -83,7 +84,15 @@ class SectionKind:
     description: str
 
 
-SECTIONS: dict[str, SectionKind] = {}
+def _adopt(name: str, obj: Any) -> None:
+    """An entry point that names a section's function (not a module that registers its own on import)."""
+    if callable(obj):
+        register_section(name)(obj)
+
+
+# Outside the package, an installed package adds sections through the entry point group `mesbench.sections` (a
+# module that registers its own, or `name = module:function`), as formulations and backbones do.
+SECTIONS: Registry[SectionKind] = Registry("report section", "mesbench.sections", _adopt)
 
 
 def register_section(name: str, needs: tuple[str, ...] = (), follows: str | None = None) -> Callable[[Build], Build]:
@@ -94,10 +103,11 @@ def register_section(name: str, needs: tuple[str, ...] = (), follows: str | None
         raise ValueError(f"section {name!r}: needs {unknown}; known: {', '.join(NEEDS)}")
 
     def add(build: Build) -> Build:
-        if name in SECTIONS and SECTIONS[name].build is not build:
-            raise BenchError(f"report section {name!r} is registered twice ({SECTIONS[name].build.__module__}).")
+        known = SECTIONS.get(name)
+        if known is not None and known.build is not build:
+            raise BenchError(f"report section {name!r} is registered twice ({known.build.__module__}).")
         doc = (build.__doc__ or "").strip().splitlines()
-        SECTIONS[name] = SectionKind(name, build, tuple(needs), follows, doc[0] if doc else "")
+        SECTIONS.register(name, SectionKind(name, build, tuple(needs), follows, doc[0] if doc else ""))
         return build
 
     return add
