@@ -1,5 +1,5 @@
-"""One registry style for formulations, backbones and datasets: a named dict filled by a decorator (or a
-call), as in timm's `_registry.py`, with the closest-name error every unknown name gets."""
+"""One registry style for formulations, backbones, datasets and report sections: a named dict filled by a decorator
+(or a call), as in timm's `_registry.py`, with the closest-name error every unknown name gets."""
 
 from __future__ import annotations
 
