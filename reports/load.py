@@ -156,7 +156,10 @@ def load_run(path=None, store_url: str | None = None) -> Run:
     store = Store(store_location(path, store_url), create=False, readonly=True)
     suite_doc = store.get_meta("suite")
     if suite_doc is None:
-        raise BenchError(f"{path}: the store has no suite recorded; was it written by `bench run`?")
+        raise BenchError(
+            f"{path}: the store has no suite recorded yet. A `bench run` that is starting records it once its data "
+            "is loaded: try again in a moment. Otherwise the store was not written by `bench run`."
+        )
     suite = Suite.model_validate(suite_doc, context={"stored": True})
     n_folds = store.get_meta("n_folds")
     meta = {

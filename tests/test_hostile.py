@@ -149,14 +149,43 @@ def test_a_store_that_is_another_programs_database_is_never_written(make_suite, 
 
 
 def test_report_on_an_empty_database_is_a_clean_error(tmp_path, capsys):
+    import os
     import sqlite3
+    import time
+
+    from benchmark.run.store import STARTING_SECONDS
 
     db = tmp_path / "empty" / "results.db"
     db.parent.mkdir()
     sqlite3.connect(db).close()
+    old = time.time() - 10 * STARTING_SECONDS
+    os.utime(db, (old, old))  # not a run that is starting: refused at once
+    started = time.monotonic()
     assert main(["report", str(tmp_path / "empty")]) == 2
     err = capsys.readouterr().err
     assert "internal error" not in err and ("holds no mesbench results" in err or "no tables" in err)
+    assert time.monotonic() - started < STARTING_SECONDS
+
+
+def test_status_on_a_run_whose_store_file_is_made_but_not_its_tables_waits_for_them(tmp_path, capsys):
+    """`bench run` makes results.db, then its tables, then records its suite: `bench status` in between must not call
+    the run empty, and says what it waits for."""
+    import sqlite3
+    import threading
+
+    from benchmark.run.store import Store
+
+    run = tmp_path / "starting"
+    run.mkdir()
+    sqlite3.connect(run / "results.db").close()  # the file, made this moment, no tables yet
+    maker = threading.Timer(1.0, lambda: Store(run))  # the run's tables, a second later
+    maker.start()
+    try:
+        assert main(["status", str(run)]) == 2
+    finally:
+        maker.join()
+    err = " ".join(capsys.readouterr().err.split())  # the tables came; the suite is recorded once the data is loaded
+    assert "holds no mesbench results" not in err and "no suite recorded yet" in err and "try again in a moment" in err
 
 
 # ---------------------------------------------------------------------------- limits

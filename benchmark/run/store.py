@@ -49,6 +49,7 @@ from ..result import CellResult
 # 3: a scale of any K grades — the class probabilities are one packed column (`proba`), not p0..p3.
 SCHEMA_VERSION = 3
 READABLE_VERSIONS = (2, 3)  # version 2 (MES's four grades, columns p0..p3) is read, never written
+STARTING_SECONDS = 5.0  # a store file this new without tables is a run that is starting: a reader waits this long
 STALE_SECONDS = env_number("MESBENCH_STALE_SECONDS", 60)
 HEARTBEAT_SECONDS = env_number("MESBENCH_HEARTBEAT_SECONDS", min(10.0, STALE_SECONDS / 4))
 if HEARTBEAT_SECONDS * 2 > STALE_SECONDS:  # a live cell's claim would go stale between two beats and be taken over
@@ -293,6 +294,13 @@ class Store:
         from sqlalchemy import inspect
 
         names = set(retrying(lambda: inspect(self.engine).get_table_names()))
+        if not names and not self._creating and self._just_made():
+            # a `bench run` makes the file, then its tables: a reader in between (`bench status` on a run that is
+            # starting) waits for them rather than calling the store empty
+            deadline = time.monotonic() + STARTING_SECONDS
+            while not names and time.monotonic() < deadline:
+                time.sleep(0.1)
+                names = set(retrying(lambda: inspect(self.engine).get_table_names()))
         if "meta" in names:
             return
         ours = {"meta", "cells", "metrics", "predictions"}
@@ -307,6 +315,15 @@ class Store:
                 f"Store {self.where} holds no mesbench results (it has no tables). Give the store a `bench run` "
                 "wrote to, or a run directory."
             )
+
+    def _just_made(self) -> bool:
+        """Whether the store is a run directory's file made moments ago (by a run that is starting)."""
+        if "://" in self.where:
+            return False
+        try:
+            return time.time() - Path(self.where).stat().st_mtime < STARTING_SECONDS
+        except OSError:
+            return False
 
     def explain_error(self, exc: BaseException) -> Exception:
         """A database error as one paragraph naming the store and the fix; 'locked' stays retryable."""
