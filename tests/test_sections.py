@@ -179,7 +179,6 @@ def test_figures_drawn_by_forked_workers_are_the_bytes_drawn_in_process(run, tmp
         "name: figs\nsections:\n  - {kind: figure_confusion}\n  - {kind: figure_cd}\n  - {kind: figure_scores}\n"
     )
     rep = build(run, Options(view=str(view)))
-    monkeypatch.setenv("PYTHONHASHSEED", "0")  # scikit-posthocs' diagram orders by set iteration; forks share it
     one = render.render_figures(rep, workers=1)
     two = render.render_figures(rep, pdf=True, workers=2)
     assert list(one) == list(two) and len(one) == len(run.backbones) + 2

@@ -158,9 +158,18 @@ def draw_cd(ax, res, scores):
     from ..stats import nemenyi_matrix
 
     names = list(res.mean_ranks)
-    return sp.critical_difference_diagram(
+    elements = sp.critical_difference_diagram(
         pd.Series(res.mean_ranks), nemenyi_matrix(scores, names), ax=ax, alpha=res.alpha
     )
+    # scikit-posthocs draws each crossbar through its clique's points in set order, which follows Python's per-process
+    # string hashing: the same bar, drawn point by point in another order, rasterises to other PNG bytes. In rank order
+    # the figure is the same in every process.
+    for group in elements.get("crossbars", []):
+        for line in group:
+            x, y = line.get_data()
+            order = sorted(range(len(x)), key=lambda i: x[i])
+            line.set_data([x[i] for i in order], [y[i] for i in order])
+    return elements
 
 
 @register_section("figure_cd")
