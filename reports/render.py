@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import gc
 import html
 import os
 import re
@@ -58,16 +57,6 @@ def numerics(run: Run) -> str:
 
 def build(run: Run, opts: Options, with_test=True) -> Report:
     opts = resolve(run, opts)
-    # statsmodels' multipletests runs gc.collect(); with a paper-sized run loaded that costs ~0.3 s a call.
-    # Freezing the loaded frames keeps those collections cheap.
-    gc.freeze()
-    try:
-        return _build(run, opts, with_test)
-    finally:
-        gc.unfreeze()
-
-
-def _build(run: Run, opts: Options, with_test=True) -> Report:
     counts = run.counts
     meta, suite = run.meta, run.suite
     design = Design.of(run, opts)
