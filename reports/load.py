@@ -11,7 +11,8 @@ import pandas as pd
 from benchmark.errors import BenchError
 from benchmark.labels import Scale
 from benchmark.result import CellResult
-from benchmark.run.store import Store, store_location
+from benchmark.run.location import store_location
+from benchmark.run.store import Store
 from benchmark.suite.cells import expand_cells, variant_display
 from benchmark.suite.schema import Suite
 

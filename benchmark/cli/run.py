@@ -223,8 +223,9 @@ def run_workers(args, suite, threads: int | None = None) -> int:
     follows what the store holds, not the dead worker."""
     from reports.summary import print_summary
 
+    from ..run.location import store_location
     from ..run.runner import Runner
-    from ..run.store import Store, store_location
+    from ..run.store import Store
 
     out = Path(args.out) if args.out else Path("runs") / suite.name
     cells = Runner(suite, out, device=args.device, store=args.store).prepare(args.only)

@@ -36,7 +36,8 @@ from ..train.augment import channel_stats
 from ..train.cell import CellSpec, fold_inputs, run_cell
 from ..train.device import DevicePlan, pick_device
 from ..train.loop import PROGRESS_FILE, CellData, discard_unloadable_checkpoints, remove_stale_temp_files
-from .store import Heartbeat, Store, retrying, store_location
+from .location import store_location
+from .store import Heartbeat, Store, retrying
 
 
 @dataclass

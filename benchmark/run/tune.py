@@ -37,8 +37,9 @@ from ..suite.schema import FormulationConfig, Suite, stable_hash
 from ..train.cell import CellSpec, fold_inputs, run_cell
 from ..train.device import pick_device
 from ..train.loop import CellData
+from .location import sqlite_url
 from .runner import batch_size_for, check_backbones_fit, input_size_for, preflight
-from .store import HEARTBEAT_SECONDS, STALE_SECONDS, sqlite_url
+from .store import HEARTBEAT_SECONDS, STALE_SECONDS
 
 
 def simplex_from_unit(u: float, v: float) -> tuple[float, float, float]:
