@@ -120,7 +120,7 @@ def own_section():
     @register_section("needs_test_set", needs=("test",))
     def needs_test_set(ctx, opts, section):
         """Reads the test predictions."""
-        ctx.table(Table("Test images", ["images"], [[str(ctx.test_outputs().image_id.nunique())]]))
+        ctx.table(Table("Test images", ["images"], [[str(ctx.outputs().image_id.nunique())]]))
 
     yield seen
     for name in ("cells_per_backbone", "after_cells", "needs_test_set"):

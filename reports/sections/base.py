@@ -57,11 +57,12 @@ class Context:
             self.shared[name] = make()
         return self.shared[name]
 
-    def test_outputs(self) -> pd.DataFrame:
-        """Every cell's test predictions with the formulations' outputs (Tables 5, 5b, 5d)."""
+    def outputs(self, split: str = "test") -> pd.DataFrame:
+        """Every cell's predictions on a test split (`test`, `external:NAME`) with the formulations' outputs, read
+        once (Tables 5, 5b, 5c, 5d)."""
         return self.once(
-            "test_outputs",
-            lambda: self.run.store.predictions_frame("test", ["key", "image_id", "y_true", "outputs"]),
+            f"outputs:{split}",
+            lambda: self.run.store.predictions_frame(split, ["key", "image_id", "y_true", "outputs"]),
         )
 
     def calibration(self) -> CalibrationData:

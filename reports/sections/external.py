@@ -63,6 +63,6 @@ def external(ctx: Context, opts: Options, section) -> None:
     """Tables 5c and 5d — each external test set's fold-ensemble, and its drop from the internal test set."""
     run = ctx.run
     for name in external_sets(run):
-        preds = run.store.predictions_frame(f"external:{name}", ["key", "image_id", "y_true", "outputs"])
+        preds = ctx.outputs(f"external:{name}")
         ctx.table(test_ensemble(run, opts, preds, external=name))
-        ctx.table(external_drop(run, opts, ctx.test_outputs(), preds, name))
+        ctx.table(external_drop(run, opts, ctx.outputs(), preds, name))

@@ -98,4 +98,4 @@ def patient_level(run: Run, opts: Options, preds: pd.DataFrame) -> Table | None:
 @register_section("patient", needs=("test",))
 def patient(ctx: Context, opts: Options, section) -> None:
     """Table 5b — patient-level scores of each fold-ensemble on the held-out test set."""
-    ctx.table(patient_level(ctx.run, opts, ctx.test_outputs()))
+    ctx.table(patient_level(ctx.run, opts, ctx.outputs()))

@@ -165,4 +165,4 @@ def external_text(run: Run, name: str) -> str:
 @register_section("test", needs=("test",))
 def test(ctx: Context, opts: Options, section) -> None:
     """Table 5 — the held-out test set, each backbone × formulation's fold-ensemble."""
-    ctx.table(test_ensemble(ctx.run, opts, ctx.test_outputs()))
+    ctx.table(test_ensemble(ctx.run, opts, ctx.outputs()))
