@@ -8,6 +8,7 @@ from typing import Any
 from .load import Run, variant_groups
 from .table import Options
 
+AXES = ("formulations", "backbones")  # the two fixed axes; a suite's `variants:` add their own
 Section = Any  # a view's section (reports.views.Section, which imports the sections that import this)
 
 
@@ -44,7 +45,7 @@ def row_references(run: Run, opts: Options) -> tuple[dict[str, str], str | None]
 def check_axis(run: Run, axis: str) -> None:
     from benchmark.errors import BenchError, closest
 
-    if axis not in ("formulations", "backbones") and axis not in run.stored_suite.variants:
+    if axis not in AXES and axis not in run.stored_suite.variants:
         choices = ["formulations", "backbones", *run.stored_suite.variants]
         raise BenchError(
             f"--compare {axis!r}: not an axis of this run — {closest(axis, choices)} (formulations, backbones, or an "

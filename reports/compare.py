@@ -16,13 +16,12 @@ import pandas as pd
 from benchmark.errors import BenchError
 from benchmark.labels import Scale
 
+from .axes import AXES
 from .design import Design, legend, stars_allowed
 from .load import Run
 from .protocol import IN_SAMPLE_MARK, in_sample, mark_in_sample, protocol_notes
 from .stats import BAYES_SAMPLES, BAYES_SEED, CORRECTIONS, TESTS, BayesResult, adjust, smallest_p, stars
 from .table import WIDE, Options, Table, fmt, spread_text, transposed
-
-AXES = ("formulations", "backbones")
 
 
 def class_rows(scale: Scale) -> list[tuple[str, str]]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import warnings
 
-from ..axes import axis_reference, check_axis, figure_withins, section_reference, variant_reference
+from ..axes import AXES, axis_reference, check_axis, figure_withins, section_reference, variant_reference
 from ..figures import png, pyplot
 from ..load import Run, variant_groups
 from ..table import Options
@@ -17,7 +17,7 @@ def figure_classwise(ctx: Context, opts: Options, section) -> None:
     run = ctx.run
     axis = section.compare or opts.compare
     check_axis(run, axis)
-    if axis not in ("formulations", "backbones"):
+    if axis not in AXES:
         for backbone in [w for w in figure_withins(run, section, "formulations") if w in run.backbones]:
             for fixed, items, names in variant_groups(run, axis):
 

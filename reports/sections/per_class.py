@@ -8,6 +8,7 @@ from functools import partial
 import numpy as np
 
 from ..axes import (
+    AXES,
     axis_reference,
     check_axis,
     default_backbone,
@@ -28,7 +29,7 @@ def per_class(ctx: Context, opts: Options, section) -> None:
     run = ctx.run
     axis = section.compare or opts.compare
     check_axis(run, axis)
-    if axis not in ("formulations", "backbones"):
+    if axis not in AXES:
         _per_class_variants(ctx, opts, section, axis)
         return
     present = run.backbones if axis == "formulations" else run.formulations
